@@ -1,0 +1,35 @@
+"""tfmot_zip: Multi-Task Zipping of tf_keras models, composable with TFMOT.
+
+Example:
+    >>> import tfmot_zip
+    >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.5)  # doctest: +SKIP
+
+Attributes are imported lazily so that ``tfmot_zip.core`` (numpy only) stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "zip_models": "tfmot_zip.zip_api",
+    "strip_zipping": "tfmot_zip.zip_api",
+    "zip_summary": "tfmot_zip.zip_api",
+    "zip_scope": "tfmot_zip.zip_api",
+    "ZipReport": "tfmot_zip.zip_api",
+    "ZipDense": "tfmot_zip.layers",
+    "ZipConv2D": "tfmot_zip.layers",
+}
+_SUBMODULES = {"core", "data", "datasets", "zoo", "compat", "layers", "zip_api"}
+
+__all__ = sorted(set(_EXPORTS) | _SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tfmot_zip.{name}")
+    raise AttributeError(f"module 'tfmot_zip' has no attribute {name!r}")

@@ -1,0 +1,59 @@
+"""The one place tfmot_zip imports TensorFlow's Keras 2 (``tf_keras``).
+
+TensorFlow 2.21 ships Keras 3 as ``keras``; TFMOT 0.8.1 only works with Keras 2 models
+(``tf_keras``). Setting ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported makes
+``tf.keras`` resolve to ``tf_keras`` too, so models built either way are compatible.
+Every other module of the package imports ``keras`` and ``tf`` from here.
+
+Example:
+    >>> from tfmot_zip.compat import keras, tf
+    >>> layer = keras.layers.Dense(3)
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+__all__ = ["keras", "tf", "is_keras3_object", "check_tf_keras_model"]
+
+
+def is_keras3_object(obj: object) -> bool:
+    """True when ``obj`` is a Keras 3 object (from the ``keras`` package, not ``tf_keras``).
+
+    Example:
+        >>> is_keras3_object(keras.layers.Dense(2))
+        False
+    """
+    for cls in type(obj).__mro__:
+        module = getattr(cls, "__module__", "") or ""
+        if module == "keras" or module.startswith("keras."):
+            return True
+    return False
+
+
+def check_tf_keras_model(model: object, argument: str = "model") -> "keras.Model":
+    """Return ``model`` if it is a tf_keras model, else raise a ``TypeError`` that says how to fix it.
+
+    Example:
+        >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+        >>> check_tf_keras_model(m) is m
+        True
+    """
+    if is_keras3_object(model):
+        raise TypeError(
+            f"{argument} is a Keras 3 object ({type(model).__module__}.{type(model).__name__}); "
+            "tfmot_zip and TFMOT work only with Keras 2 (tf_keras) models. Rebuild it with "
+            "`import tf_keras as keras` (or `from tfmot_zip.compat import keras`), or load it with "
+            "`tf_keras.models.load_model(path)`, or set TF_USE_LEGACY_KERAS=1 before importing "
+            "TensorFlow so that tf.keras is tf_keras."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"{argument} must be a tf_keras.Model; received {type(model).__name__}: {model!r:.80}. "
+            "Pass a tf_keras Sequential or functional model."
+        )
+    return model

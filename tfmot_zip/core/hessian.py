@@ -1,0 +1,205 @@
+"""Layer-wise Hessians of MTZ: ``H = E[x~ x~^T]`` with ``x~ = [x; 1]``, damping, inversion.
+
+For a Dense layer ``x`` is the layer input; for a Conv2D layer it is one input patch of
+``kh * kw * C_in`` values (extracted with the layer's own strides, padding and dilation, in
+the order a Keras kernel ``[kh, kw, C_in, C_out]`` flattens), and the average runs over
+samples and positions.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.linalg
+
+__all__ = [
+    "HessianAccumulator",
+    "SingularHessianError",
+    "damped",
+    "invert_hessian",
+    "extract_patches",
+    "conv_output_size",
+]
+
+
+class SingularHessianError(ValueError):
+    """Raised when a layer Hessian cannot be inverted even after damping."""
+
+
+class HessianAccumulator:
+    """Streaming accumulator of ``E[x~ x~^T]`` where ``x~`` is ``x`` with a trailing 1.
+
+    Accumulates in float64 so that millions of rows sum without loss.
+
+    Example:
+        >>> acc = HessianAccumulator(dim=2)
+        >>> acc.update(np.array([[1.0, 2.0], [3.0, 4.0]]))
+        >>> acc.hessian().shape
+        (3, 3)
+        >>> float(acc.hessian()[2, 2])
+        1.0
+    """
+
+    def __init__(self, dim: int):
+        if not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise ValueError(f"Expected a positive integer input dimension. Received: dim={dim!r}")
+        self.dim = int(dim)
+        self._xtx = np.zeros((self.dim, self.dim), dtype=np.float64)
+        self._xsum = np.zeros(self.dim, dtype=np.float64)
+        self.count = 0
+
+    def update(self, rows: np.ndarray) -> None:
+        """Adds a batch of input rows ``[n, dim]`` (already patch-extracted for convolutions)."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(
+                f"Expected rows of shape [n, {self.dim}]. Received shape {tuple(rows.shape)}."
+            )
+        if rows.shape[0] == 0:
+            return
+        rows64 = rows.astype(np.float64, copy=False)
+        if not np.all(np.isfinite(rows64)):
+            raise ValueError(
+                "Layer inputs contain NaN or inf; check the calibration data and the model's "
+                "weights (a diverged model produces non-finite activations)."
+            )
+        self._xtx += rows64.T @ rows64
+        self._xsum += rows64.sum(axis=0)
+        self.count += rows64.shape[0]
+
+    def merge(self, other: "HessianAccumulator") -> None:
+        """Adds the statistics of another accumulator (e.g. from another replica)."""
+        if other.dim != self.dim:
+            raise ValueError(f"Cannot merge accumulators of dims {self.dim} and {other.dim}.")
+        self._xtx += other._xtx
+        self._xsum += other._xsum
+        self.count += other.count
+
+    def state(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The raw sums ``(sum x x^T, sum x, count)``, e.g. to reduce across replicas."""
+        return self._xtx.copy(), self._xsum.copy(), self.count
+
+    def hessian(self) -> np.ndarray:
+        """``E[x~ x~^T]`` as a ``[dim + 1, dim + 1]`` float64 matrix (bias coordinate last)."""
+        if self.count == 0:
+            raise ValueError(
+                "No layer inputs were accumulated; pass non-empty calibration data."
+            )
+        n = float(self.count)
+        h = np.empty((self.dim + 1, self.dim + 1), dtype=np.float64)
+        h[: self.dim, : self.dim] = self._xtx / n
+        mean = self._xsum / n
+        h[: self.dim, self.dim] = mean
+        h[self.dim, : self.dim] = mean
+        h[self.dim, self.dim] = 1.0
+        return h
+
+
+def damped(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
+    """``H + damping * mean(diag H) * I``: makes rank-deficient layer Hessians invertible.
+
+    Example:
+        >>> damped(np.eye(2), 0.5)
+        array([[1.5, 0. ],
+               [0. , 1.5]])
+    """
+    if not (damping >= 0 and np.isfinite(damping)):
+        raise ValueError(f"Expected a finite non-negative damping. Received: damping={damping!r}")
+    h = np.asarray(hessian, dtype=np.float64)
+    scale = float(np.mean(np.diag(h)))
+    return h + damping * scale * np.eye(h.shape[0])
+
+
+def invert_hessian(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
+    """Inverse of the damped Hessian, via Cholesky (symmetric positive definite).
+
+    Raises:
+        SingularHessianError: when the damped matrix is still not positive definite or is
+            not finite; the message says to raise ``damping``.
+
+    Example:
+        >>> invert_hessian(np.diag([2.0, 4.0]), damping=0.0)
+        array([[0.5 , 0.  ],
+               [0.  , 0.25]])
+    """
+    h = damped(hessian, damping)
+    if not np.all(np.isfinite(h)):
+        raise SingularHessianError("The layer Hessian has NaN or inf entries; check the inputs.")
+    try:
+        factor = scipy.linalg.cho_factor(h, lower=True, check_finite=False)
+        inverse = scipy.linalg.cho_solve(factor, np.eye(h.shape[0]), check_finite=False)
+    except np.linalg.LinAlgError as err:
+        raise SingularHessianError(
+            f"The layer Hessian ({h.shape[0]}x{h.shape[0]}) is singular even with "
+            f"damping={damping!r}; increase damping (e.g. {max(damping * 10, 1e-3):g})."
+        ) from err
+    inverse = 0.5 * (inverse + inverse.T)
+    if not np.all(np.isfinite(inverse)):
+        raise SingularHessianError(
+            f"Inverting the layer Hessian gave non-finite values with damping={damping!r}; "
+            "increase damping."
+        )
+    return inverse
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: str, dilation: int) -> int:
+    """Output length of one spatial axis, with Keras/TensorFlow semantics."""
+    effective = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        return (size - effective) // stride + 1
+    if padding == "same":
+        return -(-size // stride)
+    raise ValueError(f"Unsupported padding {padding!r}; expected 'valid' or 'same'.")
+
+
+def _pad_amounts(size: int, kernel: int, stride: int, padding: str, dilation: int) -> tuple[int, int]:
+    if padding == "valid":
+        return 0, 0
+    effective = (kernel - 1) * dilation + 1
+    out = conv_output_size(size, kernel, stride, padding, dilation)
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def extract_patches(
+    images: np.ndarray,
+    kernel_size: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    padding: str = "valid",
+    dilation: Sequence[int] = (1, 1),
+) -> np.ndarray:
+    """Input patches of a channels-last Conv2D, one row per (sample, output position).
+
+    Row layout matches a Keras kernel ``[kh, kw, C_in, C_out]`` reshaped to
+    ``[kh * kw * C_in, C_out]``, so ``patches @ kernel.reshape(-1, C_out)`` is the convolution.
+
+    Example:
+        >>> x = np.arange(16, dtype=float).reshape(1, 4, 4, 1)
+        >>> extract_patches(x, (2, 2), strides=(2, 2)).shape
+        (4, 4)
+    """
+    x = np.asarray(images)
+    if x.ndim != 4:
+        raise ValueError(f"Expected images of shape [n, h, w, c]. Received {tuple(x.shape)}.")
+    kh, kw = (int(k) for k in kernel_size)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    n, height, width, channels = x.shape
+    ph = _pad_amounts(height, kh, sh, padding, dh)
+    pw = _pad_amounts(width, kw, sw, padding, dw)
+    if any(ph) or any(pw):
+        x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
+    oh = conv_output_size(height, kh, sh, padding, dh)
+    ow = conv_output_size(width, kw, sw, padding, dw)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(
+            f"Kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit input {height}x{width} "
+            f"with padding {padding!r}."
+        )
+    cols = np.empty((n, oh, ow, kh, kw, channels), dtype=x.dtype)
+    for i in range(kh):
+        r0 = i * dh
+        for j in range(kw):
+            c0 = j * dw
+            cols[:, :, :, i, j, :] = x[:, r0 : r0 + (oh - 1) * sh + 1 : sh, c0 : c0 + (ow - 1) * sw + 1 : sw, :]
+    return cols.reshape(n * oh * ow, kh * kw * channels)
