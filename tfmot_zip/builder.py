@@ -1,0 +1,109 @@
+"""Builds the multi-task (virtual) zipped model from aligned source models.
+
+The new model replays the common layer graph once per task: every Dense/Conv2D position
+becomes one :class:`~tfmot_zip.layers.ZipDense`/:class:`~tfmot_zip.layers.ZipConv2D` that
+serves all tasks; every other layer is cloned per task with that task's weights (BatchNorm
+statistics stay per task). Source models are only read, never modified.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from tfmot_zip.compat import keras
+from tfmot_zip.graph import AlignedNode, ModelGraph
+from tfmot_zip.layers import ZipConv2D, ZipDense
+from tfmot_zip.spaces import Feature, UnitSpace
+
+__all__ = ["build_zipped_model", "task_layer_name", "sanitize_task_names"]
+
+
+def sanitize_task_names(names: Sequence[str]) -> list[str]:
+    """Valid, unique layer-name-safe task names (``a``, ``a`` -> ``a``, ``a_2``)."""
+    out: list[str] = []
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name)) or "task"
+        candidate, k = base, 2
+        while candidate in out:
+            candidate, k = f"{base}_{k}", k + 1
+        out.append(candidate)
+    return out
+
+
+def task_layer_name(layer_name: str, task_name: str) -> str:
+    """Name of the per-task copy of a layer in the zipped model."""
+    return f"{layer_name}__{task_name}"
+
+
+def _zip_layer(node: AlignedNode, feature: Feature, spaces: dict[int, UnitSpace]):
+    layer = node.layers[0]
+    widths = [int(l.units if node.kind == "dense" else l.filters) for l in node.layers]
+    task_inputs = [feature.task_width(spaces, t) for t in range(len(node.layers))]
+    common = dict(
+        task_units=widths,
+        task_input_units=task_inputs,
+        input_capacity=feature.capacity(spaces),
+        activation=keras.activations.serialize(layer.activation),
+        use_bias=layer.use_bias,
+        name=node.name,
+    )
+    if node.kind == "dense":
+        return ZipDense(**common)
+    return ZipConv2D(
+        kernel_size=layer.kernel_size,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        **common,
+    )
+
+
+def build_zipped_model(
+    graph: ModelGraph,
+    features: dict[int, Feature],
+    spaces: dict[int, UnitSpace],
+    task_names: Sequence[str],
+    single_input: bool = False,
+    name: str = "zipped",
+) -> keras.Model:
+    """The multi-task model with every task's original weights and nothing shared yet."""
+    models = graph.models
+    n_tasks = len(models)
+    shape = tuple(models[0].input_shape[1:])
+    dtype = models[0].inputs[0].dtype
+    if single_input:
+        shared_input = keras.Input(shape=shape, dtype=dtype, name="input")
+        inputs = [shared_input]
+        task_inputs = [shared_input] * n_tasks
+    else:
+        inputs = [keras.Input(shape=shape, dtype=dtype, name=f"{t}_input") for t in task_names]
+        task_inputs = inputs
+    tensors: dict[int, list] = {}
+    for node in graph.nodes:
+        if node.kind == "input":
+            tensors[node.index] = list(task_inputs)
+            continue
+        sources = [tensors[i] for i in node.inbound]
+        if node.is_zip:
+            layer = _zip_layer(node, features[node.inbound[0]], spaces)
+            tensors[node.index] = layer(sources[0])
+            for t, source_layer in enumerate(node.layers):
+                weights = source_layer.get_weights()
+                layer.set_maps(t, in_map=features[node.inbound[0]].in_map(spaces, t), out_map=spaces[features[node.index].space].maps[t])
+                layer.set_task_weights(t, weights[0], weights[1] if layer.use_bias else None)
+            continue
+        outs = []
+        for t, (task, source_layer) in enumerate(zip(task_names, node.layers)):
+            config = source_layer.get_config()
+            config["name"] = task_layer_name(node.name, task)
+            clone = type(source_layer).from_config(config)
+            args = [s[t] for s in sources]
+            out = clone(args if node.kind == "add" else args[0])
+            clone.set_weights(source_layer.get_weights())
+            outs.append(out)
+        tensors[node.index] = outs
+    outputs = [
+        keras.layers.Activation("linear", name=task)(tensors[graph.output_nodes[0]][t])
+        for t, task in enumerate(task_names)
+    ]
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,309 @@
+"""Reading tf_keras models as layer graphs and aligning several models layer by layer.
+
+Every model becomes a list of nodes in topological order (``model.layers`` order), each with
+the indices of the nodes feeding it. Models to be zipped must have the same graph: the same
+layer types in the same order, wired the same way, with matching convolution geometry. Widths
+(Dense units, Conv2D filters) may differ. Errors name the offending layer and say what is
+supported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from tfmot_zip.compat import check_tf_keras_model, keras
+
+__all__ = ["AlignedNode", "ModelGraph", "UnsupportedModelError", "align_models", "SUPPORTED_LAYERS"]
+
+
+class UnsupportedModelError(ValueError):
+    """A model (or a layer of it) cannot be zipped; the message says which and why."""
+
+
+L = keras.layers
+
+ZIP_KINDS = {L.Dense: "dense", L.Conv2D: "conv"}
+CHANNELWISE = (
+    L.Activation,
+    L.ReLU,
+    L.LeakyReLU,
+    L.ELU,
+    L.Dropout,
+    L.MaxPooling2D,
+    L.AveragePooling2D,
+    L.ZeroPadding2D,
+    L.BatchNormalization,
+)
+SUPPORTED_LAYERS = (
+    "InputLayer, Dense, Conv2D (groups=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
+    "(elementwise), Dropout, MaxPooling2D, AveragePooling2D, ZeroPadding2D, Flatten, "
+    "GlobalAveragePooling2D, GlobalMaxPooling2D, Add; any single-input layer after the last "
+    "Dense/Conv2D of a task (e.g. Softmax)"
+)
+NOT_ELEMENTWISE = {"softmax", "log_softmax"}
+
+
+@dataclass
+class AlignedNode:
+    """One layer position, with the layer of every model at that position.
+
+    Attributes:
+        index: position in topological order.
+        layers: the layer of each model at this position.
+        inbound: indices of the nodes feeding this one (the same for every model).
+        kind: "input", "dense", "conv", "channelwise", "flatten", "global_pool", "add" or "tail".
+        is_head: for a dense/conv node, whether a model output is reached from it without
+            passing through another dense/conv layer (heads stay task-specific by default).
+    """
+
+    index: int
+    layers: list
+    inbound: list[int]
+    kind: str
+    is_head: bool = False
+    consumers: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.layers[0].name
+
+    @property
+    def is_zip(self) -> bool:
+        return self.kind in ("dense", "conv")
+
+
+@dataclass
+class ModelGraph:
+    """The aligned graph of several models."""
+
+    nodes: list[AlignedNode]
+    input_nodes: list[int]
+    output_nodes: list[int]
+    models: list
+
+    def zip_nodes(self) -> list[AlignedNode]:
+        return [n for n in self.nodes if n.is_zip]
+
+    def hidden_zip_nodes(self) -> list[AlignedNode]:
+        return [n for n in self.nodes if n.is_zip and not n.is_head]
+
+
+def _describe(model, layer) -> str:
+    return f"layer {layer.name!r} ({type(layer).__name__}) of model {model.name!r}"
+
+
+def _graph_of(model) -> tuple[list, list[list[int]], list[int], list[int]]:
+    """(layers, inbound indices, input indices, output indices) of one model."""
+    if isinstance(model, keras.Sequential):
+        if not model.built or not getattr(model, "_is_graph_network", True) or not model.inputs:
+            raise UnsupportedModelError(
+                f"Sequential model {model.name!r} has no known input shape; build it first "
+                "(give the first layer input_shape=..., or call model.build(input_shape))."
+            )
+        first = model.inputs[0]._keras_history.layer if hasattr(model.inputs[0], "_keras_history") else None
+        layers = ([first] if first is not None else []) + list(model.layers)
+        inbound = [[]] + [[i] for i in range(len(layers) - 1)]
+        return layers, inbound, [0], [len(layers) - 1]
+    if not getattr(model, "_is_graph_network", False):
+        raise UnsupportedModelError(
+            f"Model {model.name!r} is a subclassed model ({type(model).__name__}); tfmot_zip "
+            "needs a Sequential or functional tf_keras model whose layer graph it can read. "
+            "Rebuild it with the functional API."
+        )
+    config = model.get_config()
+    names = [spec["name"] for spec in config["layers"]]
+    position = {name: i for i, name in enumerate(names)}
+    layers = [model.get_layer(name) for name in names]
+    inbound: list[list[int]] = []
+    for spec, layer in zip(config["layers"], layers):
+        nodes = spec.get("inbound_nodes", [])
+        if len(nodes) > 1:
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} is called {len(nodes)} times (a shared layer); "
+                "tfmot_zip supports layers called once."
+            )
+        if isinstance(layer, keras.Model):
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} is a model nested in a model; flatten it into one "
+                "functional model first."
+            )
+        sources = []
+        if nodes:
+            node = nodes[0]
+            if isinstance(node, dict):  # newer serialisation
+                args = node.get("args", [])
+                flat = args[0] if args and isinstance(args[0], list) else args
+                items = [a["config"]["keras_history"] for a in flat]
+            else:
+                items = node
+            for item in items:
+                sources.append(position[item[0]])
+        inbound.append(sources)
+    inputs = [position[item[0]] for item in config["input_layers"]]
+    outputs = [position[item[0]] for item in config["output_layers"]]
+    return layers, inbound, inputs, outputs
+
+
+def _kind(layer, model) -> str:
+    if isinstance(layer, L.InputLayer):
+        return "input"
+    if isinstance(layer, (L.DepthwiseConv2D, L.SeparableConv2D, L.Conv2DTranspose)):
+        raise UnsupportedModelError(
+            f"{_describe(model, layer)} is not supported ({type(layer).__name__}); "
+            f"supported layers: {SUPPORTED_LAYERS}."
+        )
+    if isinstance(layer, L.Conv2D):
+        if getattr(layer, "groups", 1) != 1:
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} is a grouped convolution (groups={layer.groups}); "
+                "grouped and depthwise convolutions are not supported yet."
+            )
+        if layer.data_format != "channels_last":
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} uses data_format={layer.data_format!r}; only channels_last is supported."
+            )
+        return "conv"
+    if isinstance(layer, L.Dense):
+        return "dense"
+    if isinstance(layer, L.Flatten):
+        return "flatten"
+    if isinstance(layer, (L.GlobalAveragePooling2D, L.GlobalMaxPooling2D)):
+        if getattr(layer, "keepdims", False):
+            raise UnsupportedModelError(f"{_describe(model, layer)} with keepdims=True is not supported.")
+        return "global_pool"
+    if isinstance(layer, L.Add):
+        return "add"
+    if isinstance(layer, L.BatchNormalization):
+        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+        rank = len(layer.input_shape)
+        if axis is None or axis not in (-1, rank - 1):
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} normalises axis {layer.axis}; only the last (channel) axis is supported."
+            )
+        return "channelwise"
+    if isinstance(layer, CHANNELWISE):
+        if isinstance(layer, L.Activation) and _activation_name(layer.activation) in NOT_ELEMENTWISE:
+            return "tail_only"
+        return "channelwise"
+    return "other"
+
+
+def _activation_name(activation) -> str:
+    return getattr(activation, "__name__", str(activation))
+
+
+GEOMETRY = {
+    "conv": ("kernel_size", "strides", "padding", "dilation_rate", "data_format"),
+    "channelwise": ("pool_size", "strides", "padding", "padding_config", "axis", "rate"),
+}
+
+
+def align_models(models: Sequence) -> ModelGraph:
+    """Reads and aligns ``models``; raises ``UnsupportedModelError`` naming the first problem.
+
+    Example:
+        >>> from tfmot_zip import zoo
+        >>> g = align_models([zoo.lenet_300_100(), zoo.lenet_300_100()])
+        >>> [n.name for n in g.hidden_zip_nodes()]
+        ['fc1', 'fc2']
+    """
+    models = [check_tf_keras_model(m, f"models[{i}]") for i, m in enumerate(models)]
+    if len(models) < 2:
+        raise ValueError(f"zip needs at least two models. Received {len(models)}.")
+    graphs = []
+    for model in models:
+        graphs.append(_graph_of(model))
+    ref_layers, ref_inbound, ref_inputs, ref_outputs = graphs[0]
+    for m, (layers, inbound, inputs, outputs) in enumerate(graphs[1:], start=1):
+        if len(layers) != len(ref_layers):
+            raise UnsupportedModelError(
+                f"Models {models[0].name!r} and {models[m].name!r} have different depths "
+                f"({len(ref_layers)} and {len(layers)} layers); zipping merges layer by layer, "
+                "so the models need the same architecture (widths may differ)."
+            )
+        if len(inputs) != 1 or len(outputs) != 1 or len(ref_inputs) != 1 or len(ref_outputs) != 1:
+            raise UnsupportedModelError(
+                f"Each model needs exactly one input and one output; model {models[m].name!r} has "
+                f"{len(inputs)} inputs and {len(outputs)} outputs."
+            )
+        if inbound != ref_inbound:
+            k = next(i for i, (a, b) in enumerate(zip(ref_inbound, inbound)) if a != b)
+            raise UnsupportedModelError(
+                f"{_describe(models[m], layers[k])} is wired differently from "
+                f"{_describe(models[0], ref_layers[k])}: the models need the same block structure."
+            )
+    shapes = [tuple(m.input_shape[1:]) for m in models]
+    if len(set(shapes)) != 1:
+        raise UnsupportedModelError(
+            f"Models have different input shapes {shapes}; every task's input must have the same "
+            "shape (each task still keeps its own input). Resize or pad the inputs first."
+        )
+    nodes: list[AlignedNode] = []
+    for k in range(len(ref_layers)):
+        per_model = [g[0][k] for g in graphs]
+        kinds = [_kind(layer, model) for layer, model in zip(per_model, models)]
+        for m, layer in enumerate(per_model):
+            if type(layer) is not type(per_model[0]):
+                raise UnsupportedModelError(
+                    f"{_describe(models[m], layer)} is at the position of "
+                    f"{_describe(models[0], per_model[0])}; the models need the same layer types in the same order."
+                )
+        kind = kinds[0]
+        geometry = GEOMETRY.get(kind, ())
+        ref_config = per_model[0].get_config()
+        for m, layer in enumerate(per_model[1:], start=1):
+            config = layer.get_config()
+            for key in geometry:
+                if ref_config.get(key) != config.get(key):
+                    raise UnsupportedModelError(
+                        f"{_describe(models[m], layer)} has {key}={config.get(key)!r} but "
+                        f"{_describe(models[0], per_model[0])} has {key}={ref_config.get(key)!r}; "
+                        "matching layers must have the same geometry."
+                    )
+        nodes.append(AlignedNode(k, per_model, list(ref_inbound[k]), kind))
+    for node in nodes:
+        for src in node.inbound:
+            nodes[src].consumers.append(node.index)
+    _mark_heads_and_tails(nodes, ref_outputs[0], models)
+    return ModelGraph(nodes, [ref_inputs[0]], [ref_outputs[0]], models)
+
+
+def _mark_heads_and_tails(nodes: list[AlignedNode], output: int, models) -> None:
+    """Heads: zip nodes that reach the output without another zip node; after them: tail."""
+    tail = set()
+    frontier = [output]
+    while frontier:
+        k = frontier.pop()
+        node = nodes[k]
+        if node.is_zip:
+            node.is_head = True
+            continue
+        if node.kind == "input":
+            raise UnsupportedModelError(
+                f"Model {models[0].name!r} has a path from its input to its output without any Dense "
+                "or Conv2D layer; every task needs its own head layer."
+            )
+        tail.add(k)
+        frontier.extend(node.inbound)
+    for k in sorted(tail):
+        node = nodes[k]
+        if len(node.inbound) != 1:
+            raise UnsupportedModelError(
+                f"Layer {node.name!r} ({type(node.layers[0]).__name__}) after the head combines several "
+                "tensors; after the last Dense/Conv2D only single-input layers are supported."
+            )
+        node.kind = "tail"
+    for node in nodes:
+        if node.kind == "other" or node.kind == "tail_only":
+            layer = node.layers[0]
+            raise UnsupportedModelError(
+                f"{_describe(models[0], layer)} is not supported between zip-able layers; supported "
+                f"layers: {SUPPORTED_LAYERS}."
+            )
+        if node.is_zip and not node.is_head:
+            for model, layer in zip(models, node.layers):
+                if _activation_name(layer.activation) in NOT_ELEMENTWISE:
+                    raise UnsupportedModelError(
+                        f"{_describe(model, layer)} is a hidden layer with a softmax activation, which "
+                        "mixes units; only elementwise activations are supported below the head."
+                    )

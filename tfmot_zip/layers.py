@@ -1,0 +1,382 @@
+"""Zip-able multi-task layers: one physical weight store read by every task through index maps.
+
+A ``ZipDense`` (``ZipConv2D``) layer serves ``T`` tasks. It owns one kernel over *physical*
+units — rows are the physical input units (or channels), columns the physical output units —
+and, per task ``t``, two integer maps: ``in_map_t`` (task ``t``'s input unit -> physical row)
+and ``out_map_t`` (task ``t``'s neuron -> physical column). Task ``t`` computes with
+``kernel[in_map_t][:, out_map_t]``. Before zipping every task owns its own columns; sharing
+neuron ``j`` of task B with neuron ``i`` of task A sets ``out_map_B[j] = out_map_A[i]``, after
+which both tasks read — and train — the same weights for every input unit both see. Unused
+physical columns are dropped by :func:`tfmot_zip.strip_zipping`.
+
+The maps are non-trainable weights, so checkpoints and ``.keras`` files carry the zipping
+state.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from tfmot_zip.compat import keras, tf
+
+__all__ = ["ZipDense", "ZipConv2D", "ZipLayerMixin", "ZIP_LAYERS"]
+
+
+def _positive_ints(values: Sequence[int], name: str) -> list[int]:
+    try:
+        out = [int(v) for v in values]
+    except TypeError:
+        raise ValueError(f"Expected a list of positive integers. Received: {name}={values!r}") from None
+    if not out or any(v <= 0 for v in out) or any(int(v) != v for v in values):
+        raise ValueError(f"Expected a non-empty list of positive integers. Received: {name}={values!r}")
+    return out
+
+
+class ZipLayerMixin:
+    """Shared bookkeeping of zip-able layers: maps, per-task weight access, physical usage."""
+
+    # Set by subclasses.
+    task_units: list[int]
+    task_input_units: list[int]
+    input_capacity: int
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_units)
+
+    @property
+    def capacity(self) -> int:
+        """Number of physical output units (columns): the sum of every task's width."""
+        return int(sum(self.task_units))
+
+    def _build_maps(self) -> None:
+        offsets = np.concatenate([[0], np.cumsum(self.task_units)[:-1]]).astype(np.int64)
+        self.in_maps = []
+        self.out_maps = []
+        for t, (n_in, n_out) in enumerate(zip(self.task_input_units, self.task_units)):
+            self.in_maps.append(
+                self.add_weight(
+                    name=f"in_map_{t}",
+                    shape=(n_in,),
+                    dtype="int32",
+                    trainable=False,
+                    initializer=keras.initializers.Constant(np.arange(n_in) % self.input_capacity),
+                )
+            )
+            self.out_maps.append(
+                self.add_weight(
+                    name=f"out_map_{t}",
+                    shape=(n_out,),
+                    dtype="int32",
+                    trainable=False,
+                    initializer=keras.initializers.Constant(offsets[t] + np.arange(n_out)),
+                )
+            )
+
+    def _check_inputs(self, inputs: Any) -> list:
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != self.num_tasks:
+            raise ValueError(
+                f"Layer {self.name!r} serves {self.num_tasks} tasks and expects a list of "
+                f"{self.num_tasks} input tensors, one per task. Received: {inputs!r:.120}"
+            )
+        return list(inputs)
+
+    # --- numpy access used by the zipper and strip_zipping -------------------------------
+    def get_maps(self, task: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(in_map, out_map)`` of ``task`` as numpy int arrays."""
+        return self.in_maps[task].numpy().astype(np.int64), self.out_maps[task].numpy().astype(np.int64)
+
+    def set_maps(self, task: int, in_map: np.ndarray | None = None, out_map: np.ndarray | None = None) -> None:
+        """Assigns new maps for ``task`` (weights are not moved: see ``set_task_weights``)."""
+        if in_map is not None:
+            in_map = np.asarray(in_map)
+            if in_map.shape != (self.task_input_units[task],) or in_map.min() < 0 or in_map.max() >= self.input_capacity:
+                raise ValueError(f"Bad in_map for task {task} of {self.name!r}: shape {in_map.shape}.")
+            self.in_maps[task].assign(in_map.astype(np.int32))
+        if out_map is not None:
+            out_map = np.asarray(out_map)
+            if out_map.shape != (self.task_units[task],) or out_map.min() < 0 or out_map.max() >= self.capacity:
+                raise ValueError(f"Bad out_map for task {task} of {self.name!r}: shape {out_map.shape}.")
+            self.out_maps[task].assign(out_map.astype(np.int32))
+
+    def used_units(self) -> np.ndarray:
+        """Sorted physical output units read by at least one task."""
+        return np.unique(np.concatenate([self.get_maps(t)[1] for t in range(self.num_tasks)]))
+
+    def unit_tasks(self) -> dict[int, frozenset]:
+        """For each used physical unit, the set of tasks reading it."""
+        owners: dict[int, set] = {}
+        for t in range(self.num_tasks):
+            for unit in self.get_maps(t)[1]:
+                owners.setdefault(int(unit), set()).add(t)
+        return {u: frozenset(s) for u, s in sorted(owners.items())}
+
+
+def _map_argument(value: Any) -> Any:
+    return value
+
+
+@keras.utils.register_keras_serializable(package="tfmot_zip")
+class ZipDense(ZipLayerMixin, keras.layers.Layer):
+    """A Dense layer shared by several tasks through per-task unit maps.
+
+    Args:
+        task_units: output width of each task's original Dense layer.
+        task_input_units: input width of each task's original Dense layer.
+        input_capacity: number of physical input units (rows of the physical kernel).
+        activation: activation applied to every task's output.
+        use_bias: whether the layer has a bias (one physical bias per physical unit).
+        kernel_initializer, bias_initializer: initialisers of the physical weights.
+
+    Example:
+        >>> layer = ZipDense(task_units=[3, 2], task_input_units=[4, 4], input_capacity=4)
+        >>> outs = layer([tf.zeros((1, 4)), tf.ones((1, 4))])
+        >>> [tuple(o.shape) for o in outs]
+        [(1, 3), (1, 2)]
+    """
+
+    def __init__(
+        self,
+        task_units: Sequence[int],
+        task_input_units: Sequence[int],
+        input_capacity: int,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.task_units = _positive_ints(task_units, "task_units")
+        self.task_input_units = _positive_ints(task_input_units, "task_input_units")
+        if len(self.task_input_units) != len(self.task_units):
+            raise ValueError(
+                f"task_units and task_input_units must have one entry per task. Received: "
+                f"task_units={task_units!r}, task_input_units={task_input_units!r}"
+            )
+        if not isinstance(input_capacity, (int, np.integer)) or input_capacity < max(self.task_input_units):
+            raise ValueError(
+                f"Expected input_capacity >= the widest task input ({max(self.task_input_units)}). "
+                f"Received: input_capacity={input_capacity!r}"
+            )
+        self.input_capacity = int(input_capacity)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape: Any) -> None:
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.input_capacity, self.capacity),
+            initializer=self.kernel_initializer,
+            trainable=True,
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.capacity,), initializer=self.bias_initializer, trainable=True)
+            if self.use_bias
+            else None
+        )
+        self._build_maps()
+        super().build(input_shape)
+
+    def task_kernel(self, task: int) -> tf.Tensor:
+        """The kernel task ``task`` computes with: ``kernel[in_map][:, out_map]``."""
+        return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=0), self.out_maps[task], axis=1)
+
+    def call(self, inputs: Any) -> list:
+        inputs = self._check_inputs(inputs)
+        outputs = []
+        for t, x in enumerate(inputs):
+            y = tf.matmul(x, tf.cast(self.task_kernel(t), x.dtype))
+            if self.use_bias:
+                y = tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[t]), y.dtype))
+            outputs.append(self.activation(y))
+        return outputs
+
+    def compute_output_shape(self, input_shape: Any) -> list:
+        return [tf.TensorShape(s).as_list()[:-1] + [n] for s, n in zip(input_shape, self.task_units)]
+
+    # numpy weight access ---------------------------------------------------------------
+    def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(kernel [n_in, n_out], bias [n_out] or None)`` of one task, as numpy."""
+        in_map, out_map = self.get_maps(task)
+        kernel = self.kernel.numpy()[np.ix_(in_map, out_map)]
+        bias = self.bias.numpy()[out_map] if self.use_bias else None
+        return kernel, bias
+
+    def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
+        """Writes one task's kernel and bias into the physical cells its maps point at."""
+        in_map, out_map = self.get_maps(task)
+        full = self.kernel.numpy()
+        full[np.ix_(in_map, out_map)] = kernel
+        self.kernel.assign(full)
+        if self.use_bias and bias is not None:
+            b = self.bias.numpy()
+            b[out_map] = bias
+            self.bias.assign(b)
+
+    def get_config(self) -> dict:
+        config = {
+            "task_units": list(self.task_units),
+            "task_input_units": list(self.task_input_units),
+            "input_capacity": self.input_capacity,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
+        return {**super().get_config(), **config}
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (value, value)
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"Expected an int or a pair of ints. Received: {name}={value!r}") from None
+    if len(out) != 2 or min(out) <= 0:
+        raise ValueError(f"Expected an int or a pair of positive ints. Received: {name}={value!r}")
+    return out  # type: ignore[return-value]
+
+
+@keras.utils.register_keras_serializable(package="tfmot_zip")
+class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
+    """A Conv2D layer (channels last) shared by several tasks through per-task channel maps.
+
+    A neuron is an output channel; ``in_map_t`` maps task ``t``'s input channels to the
+    physical input channels of the kernel ``[kh, kw, input_capacity, capacity]``.
+
+    Example:
+        >>> layer = ZipConv2D(task_units=[4, 4], task_input_units=[1, 1], input_capacity=1,
+        ...                   kernel_size=3, padding="same")
+        >>> outs = layer([tf.zeros((1, 8, 8, 1)), tf.zeros((1, 8, 8, 1))])
+        >>> [tuple(o.shape) for o in outs]
+        [(1, 8, 8, 4), (1, 8, 8, 4)]
+    """
+
+    def __init__(
+        self,
+        task_units: Sequence[int],
+        task_input_units: Sequence[int],
+        input_capacity: int,
+        kernel_size: Any = 3,
+        strides: Any = 1,
+        padding: str = "valid",
+        dilation_rate: Any = 1,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.task_units = _positive_ints(task_units, "task_units")
+        self.task_input_units = _positive_ints(task_input_units, "task_input_units")
+        if len(self.task_input_units) != len(self.task_units):
+            raise ValueError(
+                f"task_units and task_input_units must have one entry per task. Received: "
+                f"task_units={task_units!r}, task_input_units={task_input_units!r}"
+            )
+        if not isinstance(input_capacity, (int, np.integer)) or input_capacity < max(self.task_input_units):
+            raise ValueError(
+                f"Expected input_capacity >= the widest task input ({max(self.task_input_units)}). "
+                f"Received: input_capacity={input_capacity!r}"
+            )
+        self.input_capacity = int(input_capacity)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
+        self.padding = padding
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape: Any) -> None:
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, self.input_capacity, self.capacity),
+            initializer=self.kernel_initializer,
+            trainable=True,
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.capacity,), initializer=self.bias_initializer, trainable=True)
+            if self.use_bias
+            else None
+        )
+        self._build_maps()
+        super().build(input_shape)
+
+    def task_kernel(self, task: int) -> tf.Tensor:
+        """The kernel task ``task`` computes with."""
+        return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=2), self.out_maps[task], axis=3)
+
+    def call(self, inputs: Any) -> list:
+        inputs = self._check_inputs(inputs)
+        outputs = []
+        for t, x in enumerate(inputs):
+            y = tf.nn.conv2d(
+                x,
+                tf.cast(self.task_kernel(t), x.dtype),
+                strides=(1, *self.strides, 1),
+                padding=self.padding.upper(),
+                dilations=(1, *self.dilation_rate, 1),
+            )
+            if self.use_bias:
+                y = tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[t]), y.dtype))
+            outputs.append(self.activation(y))
+        return outputs
+
+    def compute_output_shape(self, input_shape: Any) -> list:
+        from tfmot_zip.core.hessian import conv_output_size
+
+        shapes = []
+        for s, n in zip(input_shape, self.task_units):
+            s = tf.TensorShape(s).as_list()
+            h = None if s[1] is None else conv_output_size(s[1], self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0])
+            w = None if s[2] is None else conv_output_size(s[2], self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1])
+            shapes.append([s[0], h, w, n])
+        return shapes
+
+    def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(kernel [kh, kw, c_in, c_out], bias or None)`` of one task, as numpy."""
+        in_map, out_map = self.get_maps(task)
+        kernel = self.kernel.numpy()[:, :, in_map][:, :, :, out_map]
+        bias = self.bias.numpy()[out_map] if self.use_bias else None
+        return kernel, bias
+
+    def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
+        """Writes one task's kernel and bias into the physical cells its maps point at."""
+        in_map, out_map = self.get_maps(task)
+        full = self.kernel.numpy()
+        full[:, :, in_map[:, None], out_map[None, :]] = kernel
+        self.kernel.assign(full)
+        if self.use_bias and bias is not None:
+            b = self.bias.numpy()
+            b[out_map] = bias
+            self.bias.assign(b)
+
+    def get_config(self) -> dict:
+        config = {
+            "task_units": list(self.task_units),
+            "task_input_units": list(self.task_input_units),
+            "input_capacity": self.input_capacity,
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+            "dilation_rate": list(self.dilation_rate),
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
+        return {**super().get_config(), **config}
+
+
+ZIP_LAYERS = (ZipDense, ZipConv2D)

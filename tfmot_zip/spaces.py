@@ -1,0 +1,172 @@
+"""Unit spaces: which physical units each task's tensors live in, traced through the graph.
+
+Every Dense/Conv2D output opens a *unit space* whose physical units are numbered
+``0..capacity-1`` (``capacity`` = the sum of every task's width); task ``t``'s units map to
+physical units through ``maps[t]``. Layers that keep channels (activations, BatchNorm,
+pooling, padding, dropout) pass the space through; ``Flatten`` keeps it and records the spatial
+positions; ``Add`` joins the spaces of its inputs into one residual stream, whose writers must
+all use one pairing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfmot_zip.graph import AlignedNode, ModelGraph, UnsupportedModelError
+
+__all__ = ["UnitSpace", "Feature", "trace_spaces"]
+
+
+@dataclass
+class UnitSpace:
+    """Physical units shared by one or more writer layers (one residual stream, or one layer)."""
+
+    id: int
+    widths: list[int]
+    writers: list[int] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    decided: bool = False
+    pairs: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def capacity(self) -> int:
+        return int(sum(self.widths))
+
+    def reset_maps(self) -> None:
+        offsets = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
+        self.maps = [offsets[t] + np.arange(w, dtype=np.int64) for t, w in enumerate(self.widths)]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """What a tensor holds: the raw input, or units of a space (maybe flattened over positions).
+
+    ``input_units`` is the trailing size of a raw-input tensor (every task sees every input unit).
+    """
+
+    kind: str  # "input" or "units"
+    space: int = -1
+    positions: int = 1
+    flat: bool = False
+    input_units: int = 0
+
+    def capacity(self, spaces: dict[int, UnitSpace]) -> int:
+        if self.kind == "input":
+            return self.input_units
+        return self.positions * spaces[self.space].capacity if self.flat else spaces[self.space].capacity
+
+    def in_map(self, spaces: dict[int, UnitSpace], task: int) -> np.ndarray:
+        """Task ``task``'s input unit -> physical input unit (row) of a layer reading this."""
+        if self.kind == "input":
+            return np.arange(self.input_units, dtype=np.int64)
+        space = spaces[self.space]
+        m = space.maps[task]
+        if not self.flat:
+            return m.copy()
+        return (np.arange(self.positions)[:, None] * space.capacity + m[None, :]).reshape(-1)
+
+    def task_width(self, spaces: dict[int, UnitSpace], task: int) -> int:
+        if self.kind == "input":
+            return self.input_units
+        w = spaces[self.space].widths[task]
+        return self.positions * w if self.flat else w
+
+
+def _width(layer) -> int:
+    return int(layer.units if hasattr(layer, "units") else layer.filters)
+
+
+def trace_spaces(graph: ModelGraph) -> tuple[dict[int, Feature], dict[int, UnitSpace]]:
+    """Features of every node's output and the unit spaces (streams) of the zip-able layers.
+
+    Example:
+        >>> from tfmot_zip import zoo
+        >>> from tfmot_zip.graph import align_models
+        >>> g = align_models([zoo.lenet_300_100(), zoo.lenet_300_100()])
+        >>> features, spaces = trace_spaces(g)
+        >>> sorted(s.capacity for s in spaces.values())
+        [20, 200, 600]
+    """
+    nodes = graph.nodes
+    parent = {n.index: n.index for n in nodes if n.is_zip}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    # First pass: which zip layer (space root) feeds each node.
+    source: dict[int, int | None] = {}
+    for node in nodes:
+        if node.kind == "input":
+            source[node.index] = None
+        elif node.is_zip:
+            source[node.index] = node.index
+        elif node.kind == "add":
+            roots = [source[i] for i in node.inbound]
+            if any(r is None for r in roots):
+                raise UnsupportedModelError(
+                    f"Add layer {node.name!r} adds a raw model input to a layer output; residual "
+                    "streams must start at a Dense/Conv2D layer (a stem)."
+                )
+            for r in roots[1:]:
+                parent[find(r)] = find(roots[0])
+            source[node.index] = roots[0]
+        else:
+            source[node.index] = source[node.inbound[0]] if node.inbound else None
+    spaces: dict[int, UnitSpace] = {}
+    for node in graph.zip_nodes():
+        root = find(node.index)
+        widths = [_width(layer) for layer in node.layers]
+        space = spaces.get(root)
+        if space is None:
+            space = spaces[root] = UnitSpace(root, widths)
+        elif space.widths != widths:
+            raise UnsupportedModelError(
+                f"Layers {nodes[space.writers[0]].name!r} and {node.name!r} write into one residual "
+                f"stream but have different widths ({space.widths} and {widths}); the writers of a "
+                "stream must agree."
+            )
+        space.writers.append(node.index)
+    for space in spaces.values():
+        space.reset_maps()
+    # Second pass: features.
+    features: dict[int, Feature] = {}
+    for node in nodes:
+        layer = node.layers[0]
+        if node.kind == "input":
+            shape = tuple(graph.models[0].input_shape[1:])
+            features[node.index] = Feature("input", input_units=int(shape[-1]))
+        elif node.is_zip:
+            inp = features[node.inbound[0]]
+            rank = len(layer.input_shape)
+            if node.kind == "dense" and rank != 2:
+                raise UnsupportedModelError(
+                    f"Dense layer {node.name!r} reads a rank-{rank} tensor; add a Flatten or "
+                    "GlobalAveragePooling2D before it (Dense on images is not supported)."
+                )
+            features[node.index] = Feature("units", space=find(node.index))
+        elif node.kind == "flatten":
+            inp = features[node.inbound[0]]
+            shape = layer.input_shape[1:]
+            if inp.kind == "input":
+                features[node.index] = Feature("input", input_units=int(np.prod(shape)))
+            else:
+                features[node.index] = Feature("units", inp.space, int(np.prod(shape[:-1])), True)
+        elif node.kind == "global_pool":
+            inp = features[node.inbound[0]]
+            if inp.kind == "input":
+                features[node.index] = Feature("input", input_units=int(layer.input_shape[-1]))
+            else:
+                features[node.index] = Feature("units", inp.space)
+        elif node.kind == "add":
+            features[node.index] = Feature("units", space=find(source[node.index]))
+        else:
+            inp = features[node.inbound[0]]
+            if inp.kind == "input":
+                features[node.index] = Feature("input", input_units=int(layer.output_shape[-1]))
+            else:
+                features[node.index] = inp
+    return features, spaces

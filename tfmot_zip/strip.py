@@ -1,0 +1,284 @@
+"""``strip_zipping``: a zipped model rebuilt from standard tf_keras layers only.
+
+Every zipped layer's physical units are grouped by the set of tasks that read them (for two
+tasks: shared, only-A, only-B). Each group becomes its own tensor, and each weight block
+``input group -> output group`` becomes one standard ``Dense``/``Conv2D`` layer that every task
+reading both groups calls, so shared weights are stored once and stay shared under further
+training (e.g. TFMOT pruning). Block outputs are summed with ``Add``; BatchNorm stays per task
+(sliced per group), stateless layers are applied per group. With one input for all tasks, a
+block whose inputs are all shared is computed once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.layers import ZipConv2D, ZipDense, ZipLayerMixin
+
+__all__ = ["strip_zipping", "group_units"]
+
+L = keras.layers
+
+
+@dataclass
+class Grouped:
+    """One task's view of a tensor whose units are split into physical groups."""
+
+    capacity: int
+    groups: dict  # key (frozenset of tasks) -> sorted physical units
+    tensors: dict  # key -> keras tensor of this task
+    task_map: np.ndarray  # task channel -> physical unit
+    positions: int = 1
+    flat: bool = False
+
+
+@dataclass
+class Raw:
+    tensor: Any
+
+
+def group_units(layer: ZipLayerMixin) -> dict:
+    """``{frozenset(tasks): sorted physical units}`` of a zip layer's used output units."""
+    groups: dict = {}
+    for unit, tasks in layer.unit_tasks().items():
+        groups.setdefault(tasks, []).append(unit)
+    return {k: np.asarray(v, dtype=np.int64) for k, v in sorted(groups.items(), key=lambda kv: (-len(kv[0]), sorted(kv[0])))}
+
+
+def _group_label(key: frozenset, task_names: list[str]) -> str:
+    if len(key) == len(task_names):
+        return "shared"
+    return "+".join(task_names[t] for t in sorted(key))
+
+
+def _inbound(config_layer: dict) -> list:
+    nodes = config_layer.get("inbound_nodes", [])
+    if not nodes:
+        return []
+    node = nodes[0]
+    if isinstance(node, dict):
+        args = node.get("args", [])
+        flat = args[0] if args and isinstance(args[0], list) else args
+        return [tuple(a["config"]["keras_history"]) for a in flat]
+    return [tuple(item[:3]) for item in node]
+
+
+class _Stripper:
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.task_names = list(model.output_names)
+        self.n_tasks = len(self.task_names)
+        self.memo: dict = {}
+        self.blocks: dict = {}
+
+    def call(self, key: tuple, factory, inputs):
+        """Calls a (new or cached) layer, reusing the output when inputs are the same tensors."""
+        ids = tuple(id(t) for t in (inputs if isinstance(inputs, list) else [inputs]))
+        memo_key = (key, ids)
+        if memo_key not in self.memo:
+            layer = self.blocks.get(key)
+            if layer is None:
+                layer = self.blocks[key] = factory()
+            self.memo[memo_key] = layer(inputs)
+        return self.memo[memo_key]
+
+    def new_layer(self, source, name: str):
+        config = source.get_config()
+        config["name"] = name
+        return type(source).from_config(config)
+
+    # --- zip layers ---------------------------------------------------------------------------
+    def zip_layer(self, layer, inputs: list) -> list:
+        groups = group_units(layer)
+        kernel = layer.kernel.numpy()
+        bias = layer.bias.numpy() if layer.use_bias else None
+        outputs = []
+        for t in range(self.n_tasks):
+            _, out_map = layer.get_maps(t)
+            tensors = {}
+            for gkey, units in groups.items():
+                if t not in gkey:
+                    continue
+                terms = []
+                source_groups = self._input_groups(layer, inputs[t], t)
+                bias_home = self._bias_home(layer, inputs, gkey)
+                for hkey, rows, tensor, htasks in source_groups:
+                    with_bias = bias is not None and (bias_home == hkey or (bias_home is None and hkey == source_groups[0][0]))
+                    private = bias is not None and bias_home is None and hkey == source_groups[0][0]
+                    block_key = (layer.name, hkey, gkey, t if private else None, with_bias)
+                    label = f"{layer.name}_{self._label(hkey)}_to_{_group_label(gkey, self.task_names)}"
+                    if private:
+                        label += f"_{self.task_names[t]}"
+                    terms.append(self.call(block_key, lambda: self._block(layer, kernel, bias, rows, units, with_bias, label), tensor))
+                z = self._sum(layer, gkey, t, terms)
+                act = keras.activations.serialize(layer.activation)
+                if act not in ("linear", None):
+                    z = self.call(("act", layer.name, gkey, id(z)), lambda: L.Activation(layer.activation, name=f"{layer.name}_{_group_label(gkey, self.task_names)}_{keras.activations.serialize(layer.activation)}_{len(self.blocks)}"), z)
+                tensors[gkey] = z
+            outputs.append(Grouped(layer.capacity, groups, tensors, out_map))
+        return outputs
+
+    def _sum(self, layer, gkey, t, terms):
+        if len(terms) == 1:
+            return terms[0]
+        ids = tuple(id(x) for x in terms)
+        return self.call(("sum", layer.name, gkey, ids), lambda: L.Add(name=f"{layer.name}_{_group_label(gkey, self.task_names)}_add_{len(self.blocks)}"), terms)
+
+    def _label(self, hkey) -> str:
+        return "input" if hkey == "input" else _group_label(hkey, self.task_names)
+
+    def _bias_home(self, layer, inputs, gkey):
+        """The input group whose tasks cover the output group's tasks (carries the shared bias)."""
+        first = inputs[0]
+        if isinstance(first, Raw):
+            return "input"
+        for hkey in first.groups:
+            if hkey >= gkey:
+                return hkey
+        return None
+
+    def _input_groups(self, layer, view, t):
+        """[(key, physical rows, tensor, tasks)] of task ``t``'s input to ``layer``."""
+        if isinstance(view, Raw):
+            return [("input", np.arange(layer.input_capacity), view.tensor, frozenset(range(self.n_tasks)))]
+        out = []
+        for hkey, units in view.groups.items():
+            if t not in hkey:
+                continue
+            rows = units
+            if view.flat:
+                rows = (np.arange(view.positions)[:, None] * view.capacity + units[None, :]).reshape(-1)
+            out.append((hkey, rows, view.tensors[hkey], hkey))
+        return out
+
+    def _block(self, layer, kernel, bias, rows, units, with_bias, name):
+        if isinstance(layer, ZipDense):
+            block = L.Dense(len(units), use_bias=with_bias, name=name)
+            block.build((None, len(rows)))
+            weights = [kernel[np.ix_(rows, units)]]
+        else:
+            block = L.Conv2D(
+                len(units),
+                layer.kernel_size,
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+                use_bias=with_bias,
+                name=name,
+            )
+            block.build((None, None, None, len(rows)))
+            weights = [kernel[:, :, rows][:, :, :, units]]
+        if with_bias:
+            weights.append(bias[units])
+        block.set_weights(weights)
+        return block
+
+    # --- per-task layers ------------------------------------------------------------------------
+    def per_task(self, layer, view, t: int, args: list):
+        name = layer.name
+        if isinstance(layer, L.Add):
+            first = args[0]
+            if isinstance(first, Raw):
+                return Raw(self.new_layer(layer, name)([a.tensor for a in args]))
+            tensors = {}
+            for gkey in first.tensors:
+                terms = [a.tensors[gkey] for a in args]
+                tensors[gkey] = self.call(("add", name, gkey, tuple(id(x) for x in terms)), lambda: L.Add(name=f"{name}_{_group_label(gkey, self.task_names)}"), terms)
+            return Grouped(first.capacity, first.groups, tensors, first.task_map, first.positions, first.flat)
+        if isinstance(view, Raw):
+            return Raw(self._clone_call(layer, name, view.tensor))
+        tensors = {}
+        positions, flat = view.positions, view.flat
+        for gkey, units in view.groups.items():
+            if gkey not in view.tensors:
+                continue
+            x = view.tensors[gkey]
+            label = f"{name}_{_group_label(gkey, self.task_names)}"
+            if isinstance(layer, L.BatchNormalization):
+                inverse = {int(u): c for c, u in enumerate(view.task_map)}
+                channels = [inverse[int(u)] for u in units]
+                bn = self.new_layer(layer, label)
+                bn.build((None, len(units)) if len(x.shape) == 2 else (None, None, None, len(units)))
+                bn.set_weights([w[channels] for w in layer.get_weights()])
+                tensors[gkey] = bn(x)
+            else:
+                if isinstance(layer, L.Flatten):
+                    positions, flat = int(np.prod(x.shape[1:-1])), True
+                tensors[gkey] = self.call(("stateless", name, gkey, id(x)), lambda: self.new_layer(layer, f"{label}_{len(self.blocks)}"), x)
+        return Grouped(view.capacity, view.groups, tensors, view.task_map, positions, flat)
+
+    def _clone_call(self, layer, name, tensor):
+        clone = self.new_layer(layer, f"{name}_{len(self.blocks)}")
+        self.blocks[("clone", name, len(self.blocks))] = clone
+        out = clone(tensor)
+        clone.set_weights(layer.get_weights())
+        return out
+
+    def run(self) -> keras.Model:
+        config = self.model.get_config()
+        single = len(self.model.inputs) == 1
+        views: dict = {}  # (layer name, tensor index) -> list per task (or "all") of Raw/Grouped
+        new_inputs = []
+        for spec in config["layers"]:
+            name = spec["name"]
+            layer = self.model.get_layer(name)
+            inbound = _inbound(spec)
+            if isinstance(layer, L.InputLayer):
+                x = keras.Input(shape=layer.input_shape[0][1:] if isinstance(layer.input_shape, list) else layer.input_shape[1:], dtype=layer.dtype, name=name)
+                new_inputs.append(x)
+                task = None if single else len(new_inputs) - 1
+                views[(name, 0)] = (task, Raw(x))
+                continue
+            if isinstance(layer, (ZipDense, ZipConv2D)):
+                per_task = []
+                for t, item in enumerate(inbound):
+                    task, view = views[(item[0], item[2])]
+                    per_task.append(view)
+                outs = self.zip_layer(layer, per_task)
+                for t, out in enumerate(outs):
+                    views[(name, t)] = (t, out)
+                continue
+            sources = [views[(item[0], item[2])] for item in inbound]
+            task = sources[0][0]
+            args = [s[1] for s in sources]
+            if name in self.task_names:
+                view = args[0]
+                if isinstance(view, Grouped):
+                    view = self._to_raw(view, task)
+                views[(name, 0)] = (task, Raw(L.Activation("linear", name=name)(view.tensor)))
+                continue
+            views[(name, 0)] = (task, self.per_task(layer, args[0], task, args))
+        outputs = [views[(n, 0)][1].tensor for n in self.task_names]
+        return keras.Model(new_inputs, outputs, name=f"{self.model.name}_stripped")
+
+    def _to_raw(self, view: Grouped, task: int) -> Raw:
+        keys = list(view.tensors)
+        if len(keys) == 1 and np.array_equal(np.sort(view.task_map), view.groups[keys[0]]) and np.all(np.diff(view.task_map) > 0):
+            return Raw(view.tensors[keys[0]])
+        raise ValueError(
+            f"The output of task {self.task_names[task]!r} is not task-specific (its head shares units); "
+            "heads must stay task-specific to be stripped."
+        )
+
+
+def strip_zipping(model: keras.Model) -> keras.Model:
+    """Returns an equivalent model made only of standard tf_keras layers.
+
+    Shared weights become layers called by several tasks, so they are stored once; outputs
+    equal the zipped model's within float tolerance. The zipped model is not modified.
+
+    Example:
+        >>> plain = strip_zipping(zipped)  # doctest: +SKIP
+        >>> plain.output_names == zipped.output_names  # doctest: +SKIP
+        True
+    """
+    check_tf_keras_model(model)
+    if not any(isinstance(l, (ZipDense, ZipConv2D)) for l in model.layers):
+        raise ValueError(
+            f"Model {model.name!r} has no zip layers; strip_zipping expects a model returned by "
+            "tfmot_zip.zip_models (it is already stripped, or was never zipped)."
+        )
+    return _Stripper(model).run()

@@ -1,0 +1,105 @@
+"""A tensorflow-datasets builder for Fashion-MNIST that reads the local Debian files (no download).
+
+Kept apart from :mod:`tfmot_zip.datasets` because defining the class imports tensorflow_datasets (and
+registers the name ``local_fashion_mnist`` with tfds); ``datasets.load_tfds`` imports it lazily.
+
+Example:
+    >>> from tfmot_zip.tfds_builder import LocalFashionMnist
+    >>> builder = LocalFashionMnist(data_dir="/tmp/tfds")
+    >>> builder.download_and_prepare()  # doctest: +SKIP
+    >>> ds = builder.as_dataset(split="test", as_supervised=True)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from tfmot_zip.compat import tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tfds imports TF)
+from tfmot_zip.datasets import (
+    CLASS_NAMES,
+    IMAGE_SHAPE,
+    PathLike,
+    fashion_mnist_dir,
+    fashion_mnist_files,
+    load_fashion_mnist_uint8,
+)
+
+import tensorflow_datasets as tfds  # noqa: E402  (needs the importlib_resources package)
+
+__all__ = ["LocalFashionMnist"]
+
+_DESCRIPTION = (
+    "Fashion-MNIST (Zalando article images, 60,000 train / 10,000 test, 28x28 grayscale, 10 classes), "
+    "read from the local idx files of the Debian package dataset-fashion-mnist instead of downloaded."
+)
+_CITATION = """\
+@article{DBLP:journals/corr/abs-1708-07747,
+  author  = {Han Xiao and Kashif Rasul and Roland Vollgraf},
+  title   = {Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning Algorithms},
+  journal = {CoRR},
+  volume  = {abs/1708.07747},
+  year    = {2017},
+  url     = {http://arxiv.org/abs/1708.07747},
+}
+"""
+
+
+class LocalFashionMnist(tfds.core.GeneratorBasedBuilder):
+    """Fashion-MNIST built from local idx files; ``_split_generators`` never downloads.
+
+    Args:
+        source_dir: folder with the four idx ``.gz`` files; defaults to
+            ``$TFMOT_ZIP_FASHION_MNIST_DIR`` or ``/usr/share/datasets/fashion-mnist``.
+        **kwargs: passed to ``tfds.core.GeneratorBasedBuilder`` (``data_dir``, ``file_format``, ...).
+
+    Example:
+        >>> builder = LocalFashionMnist(data_dir="/tmp/tfds")
+        >>> builder.info.features["label"].num_classes
+        10
+    """
+
+    name = "local_fashion_mnist"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: local Debian idx files."}
+
+    def __init__(self, *, source_dir: PathLike | None = None, **kwargs) -> None:
+        # Set before super().__init__, which already builds the DatasetInfo.
+        self._source_dir = fashion_mnist_dir(source_dir)
+        super().__init__(**kwargs)
+
+    @property
+    def source_dir(self) -> str:
+        """The folder the examples are read from."""
+        return os.fspath(self._source_dir)
+
+    def _info(self) -> "tfds.core.DatasetInfo":
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            # Keep the idx file order (example i of a split is image i of the file), like the numpy
+            # loader; shuffle in the input pipeline instead.
+            disable_shuffling=True,
+            homepage="https://github.com/zalandoresearch/fashion-mnist",
+            citation=_CITATION,
+        )
+
+    def _split_generators(self, dl_manager):  # noqa: ARG002 - nothing to download
+        generators = {}
+        for split in ("train", "test"):
+            fashion_mnist_files(split, self._source_dir)  # clear FileNotFoundError when missing
+            generators[split] = self._generate_examples(split)
+        return generators
+
+    def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
+        images, labels = load_fashion_mnist_uint8(split, self._source_dir)
+        for index in range(len(labels)):
+            yield index, {"image": images[index], "label": int(labels[index])}

@@ -1,0 +1,308 @@
+"""The public zipping API: ``zip_models``, ``strip_zipping``, ``zip_summary``, ``zip_scope``."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from tfmot_zip.builder import build_zipped_model, sanitize_task_names
+from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.core.selection import SELECTORS
+from tfmot_zip.graph import ModelGraph, align_models
+from tfmot_zip.layers import ZipConv2D, ZipDense
+from tfmot_zip.spaces import trace_spaces
+from tfmot_zip.strategies import STRATEGIES, get_strategy
+from tfmot_zip.strip import group_units, strip_zipping
+from tfmot_zip.zipper import Zipper
+
+__all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
+
+
+@dataclass
+class LayerSummary:
+    """Sharing of one zip-able layer."""
+
+    name: str
+    kind: str
+    widths: list[int]
+    shared_units: int
+    params_before: int
+    params_after: int
+    merge_cost: float | None = None
+    is_head: bool = False
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ZipReport:
+    """Per-layer sharing, parameter counts and timings of a zipped model."""
+
+    task_names: list[str]
+    layers: list[LayerSummary]
+    params_original: int
+    params_zipped: int
+    zip_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def shared_params(self) -> int:
+        """Parameters used by more than one task (the paper's measure, over one network)."""
+        return self.params_original - self.params_zipped
+
+    def as_dict(self) -> dict:
+        return {
+            "task_names": self.task_names,
+            "layers": [l.as_dict() for l in self.layers],
+            "params_original": self.params_original,
+            "params_zipped": self.params_zipped,
+            "shared_params": self.shared_params,
+            "zip_seconds": self.zip_seconds,
+            **self.extra,
+        }
+
+    def __str__(self) -> str:
+        head = f"{'layer':<14}{'widths':<14}{'shared':>8}{'params before':>15}{'params after':>14}{'merge cost':>12}"
+        lines = [head, "-" * len(head)]
+        for l in self.layers:
+            cost = "" if l.merge_cost is None else f"{l.merge_cost:.4g}"
+            widths = "/".join(str(w) for w in l.widths) + (" (head)" if l.is_head else "")
+            lines.append(f"{l.name:<14}{widths:<14}{l.shared_units:>8}{l.params_before:>15,}{l.params_after:>14,}{cost:>12}")
+        lines.append(
+            f"total parameters: {self.params_original:,} in the separate models -> {self.params_zipped:,} "
+            f"zipped ({self.params_zipped / self.params_original:.1%})"
+        )
+        return "\n".join(lines)
+
+
+def _as_calibration(data: Any, argument: str, shape: tuple, limit: int | None) -> np.ndarray:
+    from tfmot_zip.data import as_inputs
+
+    try:
+        x = as_inputs(data, count=limit)
+    except ValueError as err:
+        raise ValueError(f"{argument}: {err}") from None
+    x = np.asarray(x)
+    if x.shape[1:] != shape:
+        raise ValueError(
+            f"{argument} has samples of shape {x.shape[1:]}, but the model input is {shape}. "
+            "Pass inputs of the model's input shape (labels are ignored)."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{argument} is empty; pass at least one calibration sample per model.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{argument} contains NaN or inf values; clean the calibration data.")
+    return x.astype(np.float32, copy=False)
+
+
+def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[str, int]:
+    """Pairs per space, keyed by the name of the space's first writer."""
+    hidden = graph.hidden_zip_nodes()
+    names = [n.name for n in hidden]
+    heads = [n.name for n in graph.zip_nodes() if n.is_head]
+
+    def check_fraction(value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (0.0 <= float(value) <= 1.0):
+            raise ValueError(
+                f"Expected sharing between 0 and 1 (1.0 shares every unit of a layer). Received: {where}={value!r}"
+            )
+        return float(value)
+
+    if isinstance(sharing, Mapping):
+        unknown = [k for k in sharing if k not in names]
+        if unknown:
+            extra = f" ({', '.join(repr(h) for h in heads)} are heads, which stay task-specific)" if any(k in heads for k in unknown) else ""
+            raise ValueError(
+                f"sharing names unknown layers {unknown}{extra}; zip-able hidden layers are {names}."
+            )
+        fractions = {k: check_fraction(v, f"sharing[{k!r}]") for k, v in sharing.items()}
+    else:
+        value = check_fraction(sharing, "sharing")
+        fractions = {name: value for name in names}
+    shares: dict[str, int] = {}
+    for space in spaces.values():
+        writers = [graph.nodes[w] for w in space.writers if not graph.nodes[w].is_head]
+        if not writers:
+            continue
+        given = {fractions[w.name] for w in writers if w.name in fractions}
+        if len(given) > 1:
+            raise ValueError(
+                f"Layers {[w.name for w in writers]} write into one residual stream and must share "
+                f"one fraction; sharing gives {sorted(given)}."
+            )
+        fraction = given.pop() if given else 0.0
+        shares[writers[0].name] = int(round(fraction * min(space.widths)))
+    return shares
+
+
+def zip_models(
+    *models: keras.Model,
+    calibration_data: Sequence[Any],
+    sharing: float | Mapping[str, float] = 1.0,
+    method: str = "mtz",
+    selection: str = "greedy",
+    damping: float = 1e-4,
+    calibration_samples: int | None = 10_000,
+    task_names: Sequence[str] | None = None,
+    single_input: bool = False,
+    seed: int = 0,
+    verbose: bool = False,
+) -> keras.Model:
+    """Zips pre-trained tf_keras models into one multi-task model (MTZ, one shot, bottom-up).
+
+    Args:
+        *models: two tf_keras Sequential/functional models with the same architecture
+            (Dense, Conv2D, BatchNorm, pooling, Flatten, Dropout, activations, Add; widths may
+            differ). They are never modified.
+        calibration_data: one entry per model: a numpy array of inputs, or a ``tf.data``
+            dataset of inputs or of ``(inputs, labels)`` (labels are ignored).
+        sharing: fraction (0..1) of each hidden layer's units to share (of the narrower
+            model), or ``{layer_name: fraction}``; 1.0 fully merges every hidden layer. Heads
+            (the last Dense/Conv2D of each task) stay task-specific.
+        method: "mtz" (Hessian-based, the paper's), or the baselines "euclidean" and "random"
+            (pairs merged by averaging).
+        selection: "greedy" (the paper's) or "hungarian" (exact minimum-cost matching).
+        damping: relative damping of the layer Hessians.
+        calibration_samples: at most this many samples per model are used (None: all).
+        task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
+            defaults to the models' names.
+        single_input: one input for every task (a shared unit whose inputs are all shared
+            is then computed once after ``strip_zipping``).
+        seed: seeds the random choices (random pairs, subsampling of conv patches).
+        verbose: print one line per layer.
+
+    Returns:
+        A new, uncompiled tf_keras model with one input and one output per task, in the order
+        the models were given. ``zip_summary(model)`` describes what is shared.
+
+    Example:
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b),
+        ...                               sharing=0.5)  # doctest: +SKIP
+        >>> print(tfmot_zip.zip_summary(zipped))  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    models = [check_tf_keras_model(m, f"models[{i}]") for i, m in enumerate(models)]
+    if len(models) != 2:
+        raise ValueError(
+            f"zip_models merges two models at a time; received {len(models)}. To merge more, "
+            "zip two, then zip the result with the next (not yet supported in one call)."
+        )
+    get_strategy(method)
+    if selection not in SELECTORS:
+        raise ValueError(f"Unknown selection {selection!r}; expected one of {sorted(SELECTORS)}.")
+    if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
+        raise ValueError(f"Expected a finite non-negative damping (e.g. 1e-4). Received: damping={damping!r}")
+    if calibration_samples is not None and (not isinstance(calibration_samples, int) or calibration_samples <= 0):
+        raise ValueError(f"Expected a positive calibration_samples or None. Received: {calibration_samples!r}")
+    if not isinstance(calibration_data, (list, tuple)) or len(calibration_data) != len(models):
+        raise ValueError(
+            f"calibration_data needs one entry per model ({len(models)}); received "
+            f"{type(calibration_data).__name__} of length {len(calibration_data) if hasattr(calibration_data, '__len__') else '?'}."
+            " Pass a tuple like (x_a, x_b)."
+        )
+    for i, m in enumerate(models):
+        for w in m.weights:
+            if not np.all(np.isfinite(w.numpy())):
+                raise ValueError(f"Model {m.name!r} has NaN or inf in weight {w.name!r}; zip only trained, finite models.")
+    graph = align_models(models)
+    features, spaces = trace_spaces(graph)
+    shares = _resolve_sharing(sharing, graph, features, spaces)
+    shape = tuple(models[0].input_shape[1:])
+    calibration = [
+        _as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples) for i, d in enumerate(calibration_data)
+    ]
+    names = sanitize_task_names(task_names if task_names is not None else [m.name for m in models])
+    if len(names) != len(models):
+        raise ValueError(f"task_names needs {len(models)} names; received {list(task_names or [])}.")
+    zipped = build_zipped_model(graph, features, spaces, names, single_input=single_input)
+    progress = (lambda name: print(f"zipping {name}", flush=True)) if verbose else None
+    zipper = Zipper(
+        zipped, graph, features, spaces, calibration, get_strategy(method), selection=selection,
+        damping=damping, seed=seed, progress=progress,
+    )
+    records = zipper.run(shares)
+    for node in graph.zip_nodes():
+        record = records[node.index]
+        layer = zipped.get_layer(node.name)
+        layer._zip_merge_cost = record.merge_cost if not node.is_head else None
+    zipped._zip_seconds = time.perf_counter() - start
+    zipped._zip_records = {graph.nodes[i].name: r for i, r in records.items()}
+    return zipped
+
+
+def _source_params(layer) -> int:
+    """Parameters every task's original layer had (kernel + bias per task)."""
+    total = 0
+    for t in range(layer.num_tasks):
+        n_in = layer.task_input_units[t]
+        per_unit = n_in * (int(np.prod(layer.kernel_size)) if isinstance(layer, ZipConv2D) else 1)
+        total += layer.task_units[t] * (per_unit + (1 if layer.use_bias else 0))
+    return total
+
+
+def physical_params(layer) -> int:
+    """Distinct kernel and bias cells read by at least one task."""
+    cells = []
+    positions = int(np.prod(layer.kernel_size)) if isinstance(layer, ZipConv2D) else 1
+    for t in range(layer.num_tasks):
+        in_map, out_map = layer.get_maps(t)
+        cells.append((in_map[:, None] * layer.capacity + out_map[None, :]).reshape(-1))
+    kernel_cells = np.unique(np.concatenate(cells)).size * positions
+    bias_cells = layer.used_units().size if layer.use_bias else 0
+    return int(kernel_cells + bias_cells)
+
+
+def zip_summary(model: keras.Model) -> ZipReport:
+    """What a zipped model shares, per layer, with parameters before and after.
+
+    Works on a model from ``zip_models`` or one loaded from a ``.keras`` file.
+
+    Example:
+        >>> print(tfmot_zip.zip_summary(zipped))  # doctest: +SKIP
+    """
+    check_tf_keras_model(model)
+    zip_layers = [l for l in model.layers if isinstance(l, (ZipDense, ZipConv2D))]
+    if not zip_layers:
+        raise ValueError(f"Model {model.name!r} has no zip layers; pass a model returned by zip_models.")
+    records = getattr(model, "_zip_records", {})
+    summaries = []
+    before_total = after_total = 0
+    for layer in zip_layers:
+        owners = layer.unit_tasks()
+        shared = sum(1 for tasks in owners.values() if len(tasks) > 1)
+        before, after = _source_params(layer), physical_params(layer)
+        before_total += before
+        after_total += after
+        cost = getattr(layer, "_zip_merge_cost", None)
+        record = records.get(layer.name)
+        is_head = all(len(t) == 1 for t in owners.values()) and layer is zip_layers[-1]
+        summaries.append(LayerSummary(layer.name, "dense" if isinstance(layer, ZipDense) else "conv", list(layer.task_units), shared, before, after, cost, is_head))
+    other = sum(
+        int(np.sum([np.prod(w.shape) for w in l.weights])) for l in model.layers if not isinstance(l, (ZipDense, ZipConv2D))
+    )
+    return ZipReport(
+        task_names=list(model.output_names),
+        layers=summaries,
+        params_original=before_total + other,
+        params_zipped=after_total + other,
+        zip_seconds=getattr(model, "_zip_seconds", None),
+    )
+
+
+@contextlib.contextmanager
+def zip_scope() -> Iterator[None]:
+    """Custom-object scope with the zip layers, for parity with ``tfmot.*.keras.*_scope``.
+
+    Not needed to load a model (the layers are registered), but harmless.
+
+    Example:
+        >>> with zip_scope():
+        ...     model = keras.models.load_model("zipped.keras")  # doctest: +SKIP
+    """
+    with keras.utils.custom_object_scope({"ZipDense": ZipDense, "ZipConv2D": ZipConv2D}):
+        yield

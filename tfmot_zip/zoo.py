@@ -1,0 +1,498 @@
+"""A small model zoo (LeNet-300-100, LeNet-5, a small VGG, ResNet-20) and cached training on tasks.
+
+The builders return plain, uncompiled tf_keras models with readable layer names (``fc1``, ``conv1``,
+``head``...). :func:`train_on_task` trains one on a :mod:`tfmot_zip.data` task and caches the result on
+disk (``$TFMOT_ZIP_CACHE`` or ``~/.cache/tfmot_zip``), so examples, benchmarks and tests pay for training
+once.
+
+Example:
+    >>> from tfmot_zip import zoo
+    >>> zoo.lenet_300_100().count_params()
+    266610
+    >>> trained = zoo.train_on_task("lenet_300_100", "classes_0_4", seed=0)  # doctest: +SKIP
+    >>> trained.test_accuracy  # doctest: +SKIP
+    0.90...
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from tfmot_zip.compat import keras, tf
+from tfmot_zip.data import Task, make_task
+from tfmot_zip.datasets import default_cache_dir
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_EPOCHS",
+    "TrainedModel",
+    "build_model",
+    "lenet5",
+    "lenet_300_100",
+    "resnet20",
+    "small_vgg",
+    "train_on_task",
+]
+
+Shape = Sequence[int]
+
+#: Bumped when the training recipe changes, so stale cache entries are not reused.
+_CACHE_FORMAT = 1
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"Expected a positive integer. Received: num_classes={num_classes!r}")
+    return int(num_classes)
+
+
+def _check_image_shape(input_shape: Shape, arch: str, min_side: int = 1) -> tuple[int, int, int]:
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+        raise ValueError(
+            f"{arch} expects input_shape=(height, width, channels) of positive ints; received "
+            f"input_shape={input_shape!r}. Fashion-MNIST images are (28, 28, 1)."
+        )
+    if min(shape[:2]) < min_side:
+        raise ValueError(
+            f"{arch} needs images of at least {min_side}x{min_side}; received input_shape={shape}. "
+            "Resize or pad the images."
+        )
+    return tuple(int(d) for d in shape)  # type: ignore[return-value]
+
+
+def lenet_300_100(
+    num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: str = "lenet_300_100"
+) -> "keras.Model":
+    """LeNet-300-100: Flatten -> Dense 300 relu ``fc1`` -> Dense 100 relu ``fc2`` -> softmax ``head``.
+
+    Args:
+        num_classes: outputs of the softmax head.
+        input_shape: image shape (height, width, channels).
+        name: model name.
+
+    Returns:
+        An uncompiled ``keras.Sequential``.
+
+    Example:
+        >>> lenet_300_100().count_params()  # 784*300+300 + 300*100+100 + 100*10+10
+        266610
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_image_shape(input_shape, "lenet_300_100")
+    return keras.Sequential(
+        [
+            keras.layers.InputLayer(input_shape=input_shape, name="input"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(300, activation="relu", name="fc1"),
+            keras.layers.Dense(100, activation="relu", name="fc2"),
+            keras.layers.Dense(num_classes, activation="softmax", name="head"),
+        ],
+        name=name,
+    )
+
+
+def lenet5(num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: str = "lenet5") -> "keras.Model":
+    """LeNet-5: conv 6@5x5 same, pool, conv 16@5x5 valid, pool, Dense 120, Dense 84, softmax head.
+
+    Layers: ``conv1``, ``pool1``, ``conv2``, ``pool2``, ``flatten``, ``fc1``, ``fc2``, ``head``.
+
+    Args:
+        num_classes: outputs of the softmax head.
+        input_shape: image shape (height, width, channels); at least 8x8.
+        name: model name.
+
+    Returns:
+        An uncompiled ``keras.Sequential``.
+
+    Example:
+        >>> lenet5().count_params()  # 156 + 2416 + 48120 + 10164 + 850
+        61706
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_image_shape(input_shape, "lenet5", min_side=12)
+    return keras.Sequential(
+        [
+            keras.layers.InputLayer(input_shape=input_shape, name="input"),
+            keras.layers.Conv2D(6, 5, padding="same", activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(16, 5, padding="valid", activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(120, activation="relu", name="fc1"),
+            keras.layers.Dense(84, activation="relu", name="fc2"),
+            keras.layers.Dense(num_classes, activation="softmax", name="head"),
+        ],
+        name=name,
+    )
+
+
+def small_vgg(
+    num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: str = "small_vgg"
+) -> "keras.Model":
+    """A small VGG: [conv 32, conv 32, pool, conv 64, conv 64, pool], Dense 128, softmax head.
+
+    Each conv is 3x3 ``same`` with a bias, followed by BatchNormalization and ReLU
+    (``conv1_1`` -> ``bn1_1`` -> ``relu1_1``, ...); then ``flatten``, ``fc1`` and ``head``.
+
+    Args:
+        num_classes: outputs of the softmax head.
+        input_shape: image shape (height, width, channels); at least 4x4.
+        name: model name.
+
+    Returns:
+        An uncompiled ``keras.Sequential``.
+
+    Example:
+        >>> model = small_vgg()
+        >>> [layer.name for layer in model.layers][:3]
+        ['conv1_1', 'bn1_1', 'relu1_1']
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_image_shape(input_shape, "small_vgg", min_side=4)
+    layers: list = [keras.layers.InputLayer(input_shape=input_shape, name="input")]
+    for stage, filters in ((1, 32), (2, 64)):
+        for index in (1, 2):
+            suffix = f"{stage}_{index}"
+            layers += [
+                keras.layers.Conv2D(filters, 3, padding="same", use_bias=True, name=f"conv{suffix}"),
+                keras.layers.BatchNormalization(name=f"bn{suffix}"),
+                keras.layers.ReLU(name=f"relu{suffix}"),
+            ]
+        layers.append(keras.layers.MaxPooling2D(2, name=f"pool{stage}"))
+    layers += [
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(128, activation="relu", name="fc1"),
+        keras.layers.Dense(num_classes, activation="softmax", name="head"),
+    ]
+    return keras.Sequential(layers, name=name)
+
+
+def _conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bool):
+    x = keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def resnet20(
+    num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: str = "resnet20"
+) -> "keras.Model":
+    """CIFAR-style ResNet-20 (He et al. 2016): 3 stages x 3 basic blocks, 16/32/64 filters.
+
+    A 28x28 input is zero-padded to 32x32 first (``pad``). Stem ``stem_conv``/``stem_bn``/``stem_relu``;
+    block ``stage{s}_block{b}`` has ``_1_conv``/``_1_bn``/``_1_relu``, ``_2_conv``/``_2_bn``, a 1x1
+    ``_proj_conv``/``_proj_bn`` shortcut where the shape changes (stride 2), ``_add`` and ``_out``
+    (ReLU). Then ``gap`` and the softmax ``head``. Convolutions have no bias (BatchNormalization
+    follows each).
+
+    Args:
+        num_classes: outputs of the softmax head.
+        input_shape: image shape (height, width, channels); at least 4x4.
+        name: model name.
+
+    Returns:
+        An uncompiled functional ``keras.Model``.
+
+    Example:
+        >>> resnet20().count_params()
+        273754
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_image_shape(input_shape, "resnet20", min_side=4)
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = inputs
+    if input_shape[:2] == (28, 28):
+        x = keras.layers.ZeroPadding2D(2, name="pad")(x)
+    x = _conv_bn(x, 16, 3, 1, "stem", relu=True)
+    for stage, filters in enumerate((16, 32, 64), start=1):
+        for block in range(1, 4):
+            prefix = f"stage{stage}_block{block}"
+            strides = 2 if stage > 1 and block == 1 else 1
+            shortcut = x
+            y = _conv_bn(x, filters, 3, strides, f"{prefix}_1", relu=True)
+            y = _conv_bn(y, filters, 3, 1, f"{prefix}_2", relu=False)
+            if strides != 1 or shortcut.shape[-1] != filters:
+                shortcut = _conv_bn(shortcut, filters, 1, strides, f"{prefix}_proj", relu=False)
+            x = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
+            x = keras.layers.ReLU(name=f"{prefix}_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+#: Architecture name -> builder ``(num_classes, input_shape, name) -> keras.Model``.
+ARCHITECTURES: dict[str, Callable[..., "keras.Model"]] = {
+    "lenet_300_100": lenet_300_100,
+    "lenet5": lenet5,
+    "small_vgg": small_vgg,
+    "resnet20": resnet20,
+}
+#: Default training epochs per architecture.
+DEFAULT_EPOCHS = {"lenet_300_100": 10, "lenet5": 10, "small_vgg": 8, "resnet20": 8}
+
+
+def _check_arch(arch: str) -> str:
+    if arch not in ARCHITECTURES:
+        raise ValueError(
+            f"Unknown architecture: arch={arch!r}. Known architectures: {', '.join(ARCHITECTURES)}."
+        )
+    return arch
+
+
+def build_model(
+    arch: str, num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: Optional[str] = None
+) -> "keras.Model":
+    """Build a zoo architecture by name.
+
+    Raises:
+        ValueError: unknown ``arch`` (the message lists the known ones).
+
+    Example:
+        >>> build_model("lenet5", num_classes=5).output_shape
+        (None, 5)
+    """
+    _check_arch(arch)
+    return ARCHITECTURES[arch](num_classes=num_classes, input_shape=input_shape, name=name or arch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A zoo model trained on a task, with the figures recorded when it was trained.
+
+    Attributes:
+        model: the trained tf_keras model (compiled with Adam 1e-3, sparse categorical crossentropy,
+            accuracy).
+        task: the :class:`~tfmot_zip.data.Task` it was trained on.
+        train_steps: optimizer steps the training took (epochs x batches per epoch).
+        test_accuracy: accuracy on the task's full test split, in [0, 1].
+        path: the cached ``.keras`` file.
+    """
+
+    model: "keras.Model"
+    task: Task
+    train_steps: int
+    test_accuracy: float
+    path: Path
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "task"
+
+
+def _task_fingerprint(task: Task) -> str:
+    """Short hash of a task's data, so two tasks with one name never share a cache entry."""
+    digest = hashlib.sha1()
+    digest.update(repr((task.name, task.num_classes, task.classes)).encode())
+    for array in (task.x_train, task.y_train, task.x_test, task.y_test):
+        array = np.ascontiguousarray(array)
+        digest.update(repr((array.shape, array.dtype.str)).encode())
+        flat = array.reshape(-1)
+        # Labels whole; images sparsely (a strided sample is enough to tell datasets apart).
+        sample = flat if array.ndim <= 1 else flat[:: max(1, flat.size // 200_000)]
+        digest.update(np.ascontiguousarray(sample).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _temporary_sibling(path: Path, suffix: str) -> Path:
+    """A unique hidden path in ``path``'s folder (same filesystem, so ``os.replace`` is atomic).
+
+    Created with ``open``/``model.save`` rather than ``mkstemp`` so the final file gets the usual
+    umask permissions instead of 0600.
+    """
+    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = _temporary_sibling(path, path.suffix)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_save_model(model: "keras.Model", path: Path) -> None:
+    # Keras picks the format from the extension, so the temporary file must end in ".keras" too.
+    tmp = _temporary_sibling(path, ".keras")
+    try:
+        model.save(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _compile(model: "keras.Model") -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _versions() -> dict:
+    return {
+        "tensorflow": tf.__version__,
+        "tf_keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _subsample(x: np.ndarray, y: np.ndarray, count: Optional[int], seed: int):
+    if count is None or count >= len(y):
+        return x, y
+    order = np.sort(np.random.default_rng(seed).choice(len(y), size=count, replace=False))
+    return x[order], y[order]
+
+
+def train_on_task(
+    arch: str,
+    task: Union[str, Task],
+    *,
+    seed: int = 0,
+    epochs: Optional[int] = None,
+    batch_size: int = 128,
+    cache_dir: Union[str, "os.PathLike[str]", None] = None,
+    verbose: int = 0,
+    max_train_samples: Optional[int] = None,
+) -> TrainedModel:
+    """Train a zoo architecture on a task, or load it from the cache if it was trained before.
+
+    Training: ``keras.utils.set_random_seed(seed)``, build ``arch`` with the task's classes and the name
+    ``f"{arch}_{task.name}_s{seed}"``, Adam 1e-3 with sparse categorical crossentropy, ``epochs`` passes
+    over the task's train split, then accuracy on its full test split. The model (``.keras``) and a JSON
+    sidecar (train_steps, test_accuracy, epochs, seed, versions) are written atomically to ``cache_dir``
+    under a key made of arch, task (name and a hash of its data), seed, epochs, batch_size and
+    max_train_samples. A later call with the same key loads the model (``compile=False``, then
+    recompiled) and returns the stored figures without training.
+
+    Args:
+        arch: one of :data:`ARCHITECTURES` ("lenet_300_100", "lenet5", "small_vgg", "resnet20").
+        task: a task name for :func:`tfmot_zip.data.make_task`, or a :class:`~tfmot_zip.data.Task`.
+        seed: random seed for initialisation, shuffling and subsampling.
+        epochs: passes over the training data; default :data:`DEFAULT_EPOCHS` [arch].
+        batch_size: training batch size.
+        cache_dir: cache folder; default ``$TFMOT_ZIP_CACHE`` or ``~/.cache/tfmot_zip``
+            (models go in its ``zoo`` subfolder).
+        verbose: Keras ``fit`` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+        max_train_samples: train on a seeded random subset of this many examples (quick runs, tests).
+
+    Returns:
+        A :class:`TrainedModel`.
+
+    Raises:
+        ValueError: unknown ``arch`` or task name, or a non-positive ``epochs``/``batch_size``/
+            ``max_train_samples``.
+
+    Example:
+        >>> trained = train_on_task("lenet_300_100", "classes_0_4", epochs=1,
+        ...                         max_train_samples=2000, cache_dir="/tmp/zoo")  # doctest: +SKIP
+        >>> trained.train_steps  # doctest: +SKIP
+        16
+    """
+    _check_arch(arch)
+    if isinstance(task, str):
+        task = make_task(task, seed=seed)
+    elif not isinstance(task, Task):
+        raise TypeError(
+            f"task must be a task name (str) or a tfmot_zip.data.Task; received {type(task).__name__}. "
+            "Use tfmot_zip.data.make_task(name) or make_class_task(classes)."
+        )
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS[arch]
+    checked = {"epochs": epochs, "batch_size": batch_size, "max_train_samples": max_train_samples}
+    for argument, value in checked.items():
+        if value is None and argument == "max_train_samples":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"Expected a positive integer. Received: {argument}={value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int; received seed={seed!r}.")
+    epochs, batch_size, seed = int(epochs), int(batch_size), int(seed)
+
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "zoo"
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = "all" if max_train_samples is None else str(int(max_train_samples))
+    fingerprint = _task_fingerprint(task)
+    key = (
+        f"{arch}_{_safe(task.name)}_s{seed}_e{epochs}_b{batch_size}_n{samples}"
+        f"_{fingerprint}_v{_CACHE_FORMAT}"
+    )
+    model_path, info_path = folder / f"{key}.keras", folder / f"{key}.json"
+    model_name = f"{arch}_{_safe(task.name)}_s{seed}"
+
+    if model_path.is_file() and info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        model = keras.models.load_model(model_path, compile=False)
+        _compile(model)
+        return TrainedModel(
+            model=model,
+            task=task,
+            train_steps=int(info["train_steps"]),
+            test_accuracy=float(info["test_accuracy"]),
+            path=model_path,
+        )
+
+    keras.utils.set_random_seed(seed)
+    x_train, y_train = _subsample(task.x_train, task.y_train, max_train_samples, seed)
+    model = build_model(
+        arch, num_classes=task.num_classes, input_shape=task.x_train.shape[1:], name=model_name
+    )
+    _compile(model)
+    started = time.perf_counter()
+    model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose)
+    train_seconds = time.perf_counter() - started
+    _, test_accuracy = model.evaluate(task.x_test, task.y_test, batch_size=1024, verbose=0)
+    train_steps = epochs * math.ceil(len(y_train) / batch_size)
+
+    _atomic_save_model(model, model_path)
+    info = {
+        "arch": arch,
+        "task": task.name,
+        "task_fingerprint": fingerprint,
+        "classes": list(task.classes),
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "max_train_samples": max_train_samples,
+        "train_examples": int(len(y_train)),
+        "train_steps": int(train_steps),
+        "train_seconds": round(train_seconds, 3),
+        "test_accuracy": float(test_accuracy),
+        "versions": _versions(),
+    }
+    # The sidecar goes last: an entry counts as cached only when both files exist.
+    _atomic_write_text(info_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return TrainedModel(
+        model=model,
+        task=task,
+        train_steps=int(train_steps),
+        test_accuracy=float(test_accuracy),
+        path=model_path,
+    )
