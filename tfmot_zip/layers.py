@@ -100,6 +100,10 @@ class ZipLayerMixin:
                 raise ValueError(f"Bad out_map for task {task} of {self.name!r}: shape {out_map.shape}.")
             self.out_maps[task].assign(out_map.astype(np.int32))
 
+    def get_prunable_weights(self) -> list:
+        """The physical kernel: what TFMOT's ``prune_low_magnitude`` may sparsify."""
+        return [self.kernel]
+
     def used_units(self) -> np.ndarray:
         """Sorted physical output units read by at least one task."""
         return np.unique(np.concatenate([self.get_maps(t)[1] for t in range(self.num_tasks)]))
