@@ -145,7 +145,7 @@ def zip_models(
     calibration_data: Sequence[Any],
     sharing: float | Mapping[str, float] = 1.0,
     method: str = "mtz",
-    selection: str = "greedy",
+    selection: str = "hungarian",
     damping: float = 1e-4,
     calibration_samples: int | None = 10_000,
     task_names: Sequence[str] | None = None,
@@ -166,7 +166,8 @@ def zip_models(
             (the last Dense/Conv2D of each task) stay task-specific.
         method: "mtz" (Hessian-based, the paper's), or the baselines "euclidean" and "random"
             (pairs merged by averaging).
-        selection: "greedy" (the paper's) or "hungarian" (exact minimum-cost matching).
+        selection: "hungarian" (exact minimum-total-cost matching; the default, because it
+            loses less accuracy at full sharing: see docs/RESULTS.md) or "greedy" (the paper's).
         damping: relative damping of the layer Hessians.
         calibration_samples: at most this many samples per model are used (None: all).
         task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
