@@ -2,7 +2,9 @@
 
 ``mtz`` is the method of the MTZ paper (Hessian-weighted costs, constrained update that
 compensates the task-specific coordinates). The baselines share the same machinery:
-``euclidean`` (nearest shared weights, averaged) and ``random`` (random pairs, averaged).
+``euclidean`` (nearest shared weights, averaged), ``random`` (random pairs, averaged) and
+``activation`` (ZipIt!-style: pairs of most correlated output features of the two models on
+the same inputs, averaged).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from tfmot_zip.core import MergeSide, apply_merge, merge_cost_matrix
 
-__all__ = ["Strategy", "STRATEGIES", "get_strategy"]
+__all__ = ["Strategy", "STRATEGIES", "get_strategy", "feature_correlation"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,9 @@ class Strategy:
 
     name: str
     needs_hessian: bool
-    costs: Callable[[MergeSide, MergeSide, np.random.Generator], np.ndarray]
+    costs: Callable[[MergeSide, MergeSide, np.random.Generator, dict], np.ndarray]
     merge: Callable[[MergeSide, MergeSide, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    needs_activations: bool = False
 
 
 def _average_merge(a: MergeSide, b: MergeSide, rows: np.ndarray, cols: np.ndarray):
@@ -35,18 +38,46 @@ def _average_merge(a: MergeSide, b: MergeSide, rows: np.ndarray, cols: np.ndarra
     return new_a, new_b
 
 
-def _euclidean_costs(a: MergeSide, b: MergeSide, rng: np.random.Generator) -> np.ndarray:
+def _euclidean_costs(a: MergeSide, b: MergeSide, rng: np.random.Generator, stats: dict) -> np.ndarray:
     x, y = a.shared_weights, b.shared_weights
     sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
     return np.maximum(sq, 0.0)
 
 
-def _random_costs(a: MergeSide, b: MergeSide, rng: np.random.Generator) -> np.ndarray:
+def _random_costs(a: MergeSide, b: MergeSide, rng: np.random.Generator, stats: dict) -> np.ndarray:
     return rng.random((a.weights.shape[0], b.weights.shape[0]))
 
 
+def feature_correlation(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
+    """Pearson correlation ``[n_a, n_b]`` between columns of two ``[samples, units]`` arrays.
+
+    Constant (dead) features get correlation 0.
+
+    Example:
+        >>> x = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]])
+        >>> np.round(feature_correlation(x, x), 3)
+        array([[1., 0.],
+               [0., 1.]])
+    """
+    a = np.asarray(features_a, np.float64)
+    b = np.asarray(features_b, np.float64)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    sa = np.sqrt((a * a).sum(0))
+    sb = np.sqrt((b * b).sum(0))
+    corr = (a.T @ b) / np.maximum(sa[:, None] * sb[None, :], 1e-12)
+    corr[sa < 1e-12, :] = 0.0
+    corr[:, sb < 1e-12] = 0.0
+    return corr
+
+
+def _activation_costs(a: MergeSide, b: MergeSide, rng: np.random.Generator, stats: dict) -> np.ndarray:
+    return 1.0 - stats["correlation"]
+
+
 STRATEGIES: dict[str, Strategy] = {
-    "mtz": Strategy("mtz", True, lambda a, b, rng: merge_cost_matrix(a, b), apply_merge),
+    "mtz": Strategy("mtz", True, lambda a, b, rng, stats: merge_cost_matrix(a, b), apply_merge),
+    "activation": Strategy("activation", False, _activation_costs, _average_merge, needs_activations=True),
     "euclidean": Strategy("euclidean", False, _euclidean_costs, _average_merge),
     "random": Strategy("random", False, _random_costs, _average_merge),
 }

@@ -164,8 +164,8 @@ def zip_models(
         sharing: fraction (0..1) of each hidden layer's units to share (of the narrower
             model), or ``{layer_name: fraction}``; 1.0 fully merges every hidden layer. Heads
             (the last Dense/Conv2D of each task) stay task-specific.
-        method: "mtz" (Hessian-based, the paper's), or the baselines "euclidean" and "random"
-            (pairs merged by averaging).
+        method: "mtz" (Hessian-based, the paper's), or the baselines "euclidean", "random"
+            and "activation" (ZipIt!-style feature correlation), whose pairs are averaged.
         selection: "hungarian" (exact minimum-total-cost matching; the default, because it
             loses less accuracy at full sharing: see docs/RESULTS.md) or "greedy" (the paper's).
         damping: relative damping of the layer Hessians.

@@ -52,6 +52,7 @@ class Zipper:
     batch_size: int = 256
     seed: int = 0
     max_conv_rows: int = 2_000_000
+    activation_samples: int = 2_000
     progress: Callable[[str], None] | None = None
     records: dict[int, LayerRecord] = field(default_factory=dict)
 
@@ -61,6 +62,7 @@ class Zipper:
         self.weights: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
         self.merged: set[int] = set()
         self._hessian_cache: dict[int, list[np.ndarray]] = {}
+        self._stats_cache: dict[int, dict] = {}
         for node in self.graph.zip_nodes():
             layer = self.layer(node)
             self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
@@ -144,6 +146,28 @@ class Zipper:
         self._hessian_cache[node.index] = inverses
         return inverses
 
+    def statistics(self, node: AlignedNode) -> dict:
+        """Extra inputs of a strategy: output-feature correlation on shared inputs when needed."""
+        if not self.strategy.needs_activations:
+            return {}
+        if node.index in self._stats_cache:
+            return self._stats_cache[node.index]
+        from tfmot_zip.strategies import feature_correlation
+
+        per_task = max(1, self.activation_samples // self.n_tasks)
+        common = np.concatenate([d[:per_task] for d in self.calibration])
+        extractor = keras.Model(self.model.inputs, list(self.layer(node).output))
+        feats: list[list[np.ndarray]] = [[] for _ in range(self.n_tasks)]
+        for start in range(0, len(common), self.batch_size):
+            chunk = common[start : start + self.batch_size]
+            outs = extractor(chunk if len(self.model.inputs) == 1 else [chunk] * self.n_tasks, training=False)
+            for t in range(self.n_tasks):
+                out = np.asarray(outs[t])
+                feats[t].append(out.reshape(-1, out.shape[-1]))
+        stats = {"correlation": feature_correlation(np.concatenate(feats[0]), np.concatenate(feats[1]))}
+        self._stats_cache[node.index] = stats
+        return stats
+
     # --- sides ------------------------------------------------------------------------------
     def _coordinate_ids(self, node: AlignedNode, task: int) -> np.ndarray:
         layer = self.layer(node)
@@ -193,7 +217,7 @@ class Zipper:
         side_a, side_b = sides if sides is not None else self.sides(node)
         record = self.records[node.index]
         if len(rows):
-            costs = self.strategy.costs(side_a, side_b, self.rng)
+            costs = self.strategy.costs(side_a, side_b, self.rng, self.statistics(node))
             record.merge_cost = float(costs[rows, cols].sum())
             new_a, new_b = self.strategy.merge(side_a, side_b, rows, cols)
             self._store_rows(node, 0, new_a)
@@ -213,7 +237,7 @@ class Zipper:
             total = None
             for writer in ready:
                 side_cache[writer.index] = self.sides(writer)
-                costs = self.strategy.costs(*side_cache[writer.index], self.rng)
+                costs = self.strategy.costs(*side_cache[writer.index], self.rng, self.statistics(writer))
                 total = costs if total is None else total + costs
             rows, cols = select_pairs(total, k, selection)
         decide_seconds = time.perf_counter() - start
@@ -248,4 +272,5 @@ class Zipper:
                 self.merge_node(node, *space.pairs)
                 self._write(node)
             self._hessian_cache.pop(node.index, None)
+            self._stats_cache.pop(node.index, None)
         return self.records

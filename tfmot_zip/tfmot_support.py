@@ -1,0 +1,385 @@
+"""TFMOT integration of the zip layers: pruning and quantization-aware training (QAT).
+
+Pruning. ``tfmot.sparsity.keras.prune_low_magnitude`` accepts a custom layer when it is a
+``PrunableLayer`` or has a ``get_prunable_weights`` method; :class:`~tfmot_zip.ZipDense` and
+:class:`~tfmot_zip.ZipConv2D` return their physical kernel there, and
+:func:`register_with_tfmot` also registers them as virtual subclasses of ``PrunableLayer``, so
+``isinstance(layer, PrunableLayer)`` holds as TFMOT's docs promise. Note that the physical
+kernel of a zipped layer also holds cells no task reads (the columns freed by sharing); the
+magnitude threshold is computed over all of them, so the sparsity of the cells actually used
+differs from the target. The documented route is ``strip_zipping`` first, then pruning the
+standard layers (shared blocks stay shared: each is one layer called by several tasks).
+
+Quantization. TFMOT's default 8-bit registry only knows built-in layers; custom layers are
+quantized through a ``QuantizeConfig``. :class:`ZipDenseQuantizeConfig` and
+:class:`ZipConv2DQuantizeConfig` mirror TFMOT's Dense/Conv2D configs (8-bit symmetric
+narrow-range weights, per tensor for Dense and per output channel for Conv2D; 8-bit asymmetric
+activations after the layer's activation). :func:`quantize_annotate_zipped` annotates a model
+(zip layers with these configs, every other layer with TFMOT's default) and
+:func:`zip_quantize_scope` makes the classes known to ``quantize_apply`` and to model loading.
+:func:`quantize_zipped` does both steps. Stripped models need none of this:
+``tfmot.quantization.keras.quantize_model(tfmot_zip.strip_zipping(zipped))`` works as is.
+
+Example:
+    >>> import tfmot_zip
+    >>> from tfmot_zip import tfmot_support
+    >>> qat = tfmot_support.quantize_zipped(zipped)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from tfmot_zip.compat import keras, tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFMOT)
+
+import tensorflow_model_optimization as tfmot  # noqa: E402
+
+from tfmot_zip.layers import ZIP_LAYERS, ZipConv2D, ZipDense  # noqa: E402
+
+__all__ = [
+    "register_with_tfmot",
+    "ZipDenseQuantizeConfig",
+    "ZipConv2DQuantizeConfig",
+    "quantize_config_for",
+    "quantize_annotate_zipped",
+    "quantize_zipped",
+    "zip_quantize_scope",
+    "has_pruning_wrappers",
+    "is_quantization_aware",
+    "shared_layers",
+]
+
+_qk = tfmot.quantization.keras
+_PrunableLayer = tfmot.sparsity.keras.PrunableLayer
+_registered = False
+
+
+def register_with_tfmot() -> None:
+    """Registers the zip layers with TFMOT (idempotent; runs when this module is imported).
+
+    ``ZipDense``/``ZipConv2D`` become virtual subclasses of
+    ``tfmot.sparsity.keras.PrunableLayer`` (their ``get_prunable_weights`` returns the physical
+    kernel), and the quantize configs of this module are registered as serializable
+    (``tfmot_zip>ZipDenseQuantizeConfig``...), so QAT models with zip layers can be saved and
+    loaded.
+
+    Example:
+        >>> register_with_tfmot()
+        >>> isinstance(ZipDense([2], [3], 3), tfmot.sparsity.keras.PrunableLayer)
+        True
+    """
+    global _registered
+    if _registered:
+        return
+    for cls in ZIP_LAYERS:
+        _PrunableLayer.register(cls)
+    _registered = True
+
+
+class _ZipQuantizeConfig(_qk.QuantizeConfig):
+    """8-bit QAT config of a zip layer: the physical kernel and the activation."""
+
+    per_axis_weights = False
+
+    def __init__(self) -> None:
+        self.weight_quantizer = _qk.quantizers.LastValueQuantizer(
+            num_bits=8, per_axis=self.per_axis_weights, symmetric=True, narrow_range=True
+        )
+        self.activation_quantizer = _qk.quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False
+        )
+
+    def _check(self, layer: Any) -> None:
+        if not isinstance(layer, self.layer_class):
+            raise TypeError(
+                f"{type(self).__name__} quantizes {self.layer_class.__name__} layers; received layer "
+                f"{getattr(layer, 'name', layer)!r} of type {type(layer).__name__}. Use "
+                "tfmot_zip.tfmot_support.quantize_config_for(layer) to pick the right config."
+            )
+
+    def get_weights_and_quantizers(self, layer: Any) -> list:
+        self._check(layer)
+        return [(layer.kernel, self.weight_quantizer)]
+
+    def get_activations_and_quantizers(self, layer: Any) -> list:
+        self._check(layer)
+        return [(layer.activation, self.activation_quantizer)]
+
+    def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
+        if len(quantize_weights) != 1:
+            raise ValueError(
+                f"{type(self).__name__} expects one quantized weight (the kernel) for layer "
+                f"{layer.name!r}; received {len(quantize_weights)}."
+            )
+        layer.kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
+        if len(quantize_activations) != 1:
+            raise ValueError(
+                f"{type(self).__name__} expects one quantized activation for layer {layer.name!r}; "
+                f"received {len(quantize_activations)}."
+            )
+        layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer: Any) -> list:
+        return []
+
+    def get_config(self) -> dict:
+        return {}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+@keras.utils.register_keras_serializable(package="tfmot_zip")
+class ZipDenseQuantizeConfig(_ZipQuantizeConfig):
+    """QAT config of :class:`~tfmot_zip.ZipDense`: like TFMOT's Dense config.
+
+    Kernel: 8-bit symmetric, narrow range, one scale per tensor. Activation output: 8-bit
+    asymmetric moving-average range (one range for every task the layer serves).
+
+    Example:
+        >>> layer = tfmot.quantization.keras.quantize_annotate_layer(
+        ...     ZipDense([3, 2], [4, 4], 4), quantize_config=ZipDenseQuantizeConfig())
+    """
+
+    layer_class = ZipDense
+    per_axis_weights = False
+
+
+@keras.utils.register_keras_serializable(package="tfmot_zip")
+class ZipConv2DQuantizeConfig(_ZipQuantizeConfig):
+    """QAT config of :class:`~tfmot_zip.ZipConv2D`: like TFMOT's Conv2D config.
+
+    Kernel: 8-bit symmetric, narrow range, one scale per physical output channel.
+    Activation output: 8-bit asymmetric moving-average range.
+
+    Example:
+        >>> config = ZipConv2DQuantizeConfig()
+        >>> config.weight_quantizer.per_axis
+        True
+    """
+
+    layer_class = ZipConv2D
+    per_axis_weights = True
+
+
+def quantize_config_for(layer: Any) -> _ZipQuantizeConfig:
+    """The quantize config of a zip layer.
+
+    Raises:
+        TypeError: ``layer`` is not a ``ZipDense`` or ``ZipConv2D``.
+
+    Example:
+        >>> type(quantize_config_for(ZipDense([2], [3], 3))).__name__
+        'ZipDenseQuantizeConfig'
+    """
+    if isinstance(layer, ZipDense):
+        return ZipDenseQuantizeConfig()
+    if isinstance(layer, ZipConv2D):
+        return ZipConv2DQuantizeConfig()
+    raise TypeError(
+        f"quantize_config_for expects a ZipDense or ZipConv2D layer; received "
+        f"{getattr(layer, 'name', layer)!r} of type {type(layer).__name__}. Standard layers use "
+        "TFMOT's default registry."
+    )
+
+
+def _custom_objects() -> dict:
+    return {
+        "ZipDense": ZipDense,
+        "ZipConv2D": ZipConv2D,
+        "ZipDenseQuantizeConfig": ZipDenseQuantizeConfig,
+        "ZipConv2DQuantizeConfig": ZipConv2DQuantizeConfig,
+    }
+
+
+@contextlib.contextmanager
+def zip_quantize_scope() -> Iterator[None]:
+    """``tfmot.quantization.keras.quantize_scope`` with the zip layers and their configs.
+
+    Needed around ``quantize_apply`` of a model annotated by :func:`quantize_annotate_zipped`
+    and (for parity with TFMOT) around loading a QAT model that contains zip layers.
+
+    Example:
+        >>> with zip_quantize_scope():
+        ...     qat = tfmot.quantization.keras.quantize_apply(
+        ...         quantize_annotate_zipped(zipped))  # doctest: +SKIP
+    """
+    register_with_tfmot()
+    with _qk.quantize_scope(_custom_objects()):
+        yield
+
+
+def _check_model(model: Any, function: str) -> keras.Model:
+    from tfmot_zip.compat import check_tf_keras_model
+
+    check_tf_keras_model(model)
+    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+        raise ValueError(
+            f"{function} needs a Sequential or functional tf_keras model; received the subclassed "
+            f"model {model.name!r}. Rebuild it with the functional API."
+        )
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise ValueError(
+                f"{function}: layer {layer.name!r} of model {model.name!r} is a nested model, which "
+                "TFMOT quantization does not support. Flatten the model first (rebuild it so that "
+                "every layer is called directly in one functional model)."
+            )
+    return model
+
+
+def quantize_annotate_zipped(model: keras.Model) -> keras.Model:
+    """Annotates every layer of ``model`` for QAT, zip layers with their zip quantize configs.
+
+    The counterpart of ``tfmot.quantization.keras.quantize_annotate_model`` for models that
+    contain ``ZipDense``/``ZipConv2D`` layers (it works on stripped models too). Layers already
+    annotated are kept. Like TFMOT, the annotated model wraps the original layer objects;
+    ``quantize_apply`` then builds new layers, so ``model`` is not changed by the whole flow.
+
+    Args:
+        model: a Sequential or functional tf_keras model (not nested).
+
+    Returns:
+        The annotated model, to pass to ``tfmot.quantization.keras.quantize_apply`` inside
+        :func:`zip_quantize_scope`.
+
+    Example:
+        >>> annotated = quantize_annotate_zipped(zipped)  # doctest: +SKIP
+        >>> with zip_quantize_scope():
+        ...     qat = tfmot.quantization.keras.quantize_apply(annotated)  # doctest: +SKIP
+    """
+    _check_model(model, "quantize_annotate_zipped")
+    register_with_tfmot()
+    # TFMOT's public API has no name for the annotation wrapper class.
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (
+        QuantizeAnnotate as annotate_cls,
+    )
+
+    def annotate(layer: Any) -> Any:
+        if isinstance(layer, annotate_cls):
+            return layer
+        if isinstance(layer, ZIP_LAYERS):
+            return _qk.quantize_annotate_layer(layer, quantize_config=quantize_config_for(layer))
+        return annotate_cls(layer)
+
+    return keras.models.clone_model(model, input_tensors=None, clone_function=annotate)
+
+
+def quantize_zipped(model: keras.Model, *, preserve_sparsity: bool = False) -> keras.Model:
+    """Quantization-aware copy of a zipped or stripped model (TFMOT default 8-bit scheme).
+
+    Equivalent to ``quantize_apply(quantize_annotate_zipped(model), scheme)`` inside
+    :func:`zip_quantize_scope`. Output layers are renamed ``quant_<name>`` by TFMOT; compile
+    losses with ``model.output_names`` of the result.
+
+    Args:
+        model: a model from ``tfmot_zip.zip_models`` or ``tfmot_zip.strip_zipping`` (after
+            ``strip_pruning`` if it was pruned).
+        preserve_sparsity: use TFMOT's prune-preserving scheme
+            (``Default8BitPrunePreserveQuantizeScheme``) so that zero weights of pruned standard
+            layers stay zero during QAT. Zip layers' kernels are not sparsity-preserved (the
+            scheme only knows built-in layers): strip the model first.
+
+    Returns:
+        A new QAT model (uncompiled).
+
+    Raises:
+        ValueError: the model still has pruning wrappers, is nested or subclassed.
+
+    Example:
+        >>> qat = quantize_zipped(tfmot_zip.strip_zipping(zipped))  # doctest: +SKIP
+        >>> qat.compile("adam", {n: "sparse_categorical_crossentropy" for n in qat.output_names})  # doctest: +SKIP
+    """
+    _check_model(model, "quantize_zipped")
+    if has_pruning_wrappers(model):
+        raise ValueError(
+            f"Model {model.name!r} still has PruneLowMagnitude wrappers; call "
+            "tfmot.sparsity.keras.strip_pruning(model) before quantizing it (and pass "
+            "preserve_sparsity=True to keep its zeros during QAT)."
+        )
+    if preserve_sparsity and any(isinstance(l, ZIP_LAYERS) for l in model.layers):
+        raise ValueError(
+            f"preserve_sparsity=True keeps zeros of built-in layers only, but model {model.name!r} "
+            "has zip layers; call tfmot_zip.strip_zipping(model) first."
+        )
+    scheme = (
+        tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        if preserve_sparsity
+        else _qk.default_8bit.Default8BitQuantizeScheme()
+    )
+    annotated = quantize_annotate_zipped(model)
+    with zip_quantize_scope():
+        return _qk.quantize_apply(annotated, scheme)
+
+
+def has_pruning_wrappers(model: keras.Model) -> bool:
+    """True when ``model`` (or a model nested in it) has TFMOT ``PruneLowMagnitude`` wrappers.
+
+    Example:
+        >>> has_pruning_wrappers(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
+        False
+    """
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+    for layer in model.layers:
+        if isinstance(layer, PruneLowMagnitude):
+            return True
+        if isinstance(layer, keras.Model) and has_pruning_wrappers(layer):
+            return True
+    return False
+
+
+def is_quantization_aware(model: keras.Model) -> bool:
+    """True when ``model`` has TFMOT QAT layers (``QuantizeWrapper``/``QuantizeLayer``).
+
+    Example:
+        >>> is_quantization_aware(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
+        False
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
+    for layer in model.layers:
+        if isinstance(layer, (QuantizeWrapper, QuantizeLayer)):
+            return True
+        if isinstance(layer, keras.Model) and is_quantization_aware(layer):
+            return True
+    return False
+
+
+def _inbound_count(layer_config: dict) -> int:
+    return len(layer_config.get("inbound_nodes", []) or [])
+
+
+def shared_layers(model: keras.Model) -> dict[str, int]:
+    """Layers with weights that ``model`` calls more than once: ``{layer name: calls}``.
+
+    Counts calls inside this model's graph only (a layer object reused by another model, as
+    TFMOT's wrappers do, is not counted twice). In a stripped zipped model these are the
+    weight blocks shared between tasks.
+
+    Example:
+        >>> dense = keras.layers.Dense(2, name="shared")
+        >>> a, b = keras.Input((3,)), keras.Input((3,))
+        >>> shared_layers(keras.Model([a, b], [dense(a), dense(b)]))
+        {'shared': 2}
+    """
+    config = model.get_config()
+    out = {}
+    for spec in config.get("layers", []):
+        layer = model.get_layer(spec["name"])
+        calls = _inbound_count(spec)
+        if calls > 1 and layer.weights:
+            out[spec["name"]] = calls
+    return out
+
+
+register_with_tfmot()
