@@ -155,3 +155,23 @@ def test_same_seed_same_result(rng):
     z2 = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=0.5, method="random", seed=3)
     for w1, w2 in zip(z1.weights, z2.weights):
         np.testing.assert_array_equal(w1.numpy(), w2.numpy())
+
+
+@pytest.mark.parametrize("merged_hessian", ["sum_of_inverses", "exact"])
+def test_three_models(rng, merged_hessian):
+    models = [mlp(20), mlp(21), mlp(22, widths=(12, 8))]
+    data = tuple(calib(rng, 120, (6, 6, 1)) for _ in models)
+    zero = tfmot_zip.zip_models(*models, calibration_data=data, sharing=0.0)
+    xs = [calib(rng, 8, (6, 6, 1)) for _ in models]
+    for out, model, x in zip(predict(zero, xs), models, xs):
+        np.testing.assert_allclose(out, model(x).numpy(), atol=1e-6)
+    full = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, merged_hessian=merged_hessian)
+    report = tfmot_zip.zip_summary(full)
+    fc1 = report.layers[0]
+    # 16 + 16 + 12 units zip into 16 physical units: all 12 of the third model are shared.
+    assert sorted(len(t) for t in full.get_layer("fc1").unit_tasks().values()) == [2] * 4 + [3] * 12
+    assert fc1.params_after == 16 * 37
+    plain = tfmot_zip.strip_zipping(full)
+    for z, p in zip(predict(full, xs), predict(plain, xs)):
+        np.testing.assert_allclose(z, p, atol=2e-6)
+    assert plain.count_params() == report.params_zipped

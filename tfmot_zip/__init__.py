@@ -21,8 +21,9 @@ _EXPORTS = {
     "ZipReport": "tfmot_zip.zip_api",
     "ZipDense": "tfmot_zip.layers",
     "ZipConv2D": "tfmot_zip.layers",
+    "write_zip_report": "tfmot_zip.report",
 }
-_SUBMODULES = {"core", "data", "datasets", "zoo", "compat", "layers", "zip_api"}
+_SUBMODULES = {"core", "data", "datasets", "zoo", "compat", "layers", "zip_api", "report", "cli"}
 
 __all__ = sorted(set(_EXPORTS) | _SUBMODULES)
 

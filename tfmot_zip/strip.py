@@ -51,7 +51,7 @@ def group_units(layer: ZipLayerMixin) -> dict:
 def _group_label(key: frozenset, task_names: list[str]) -> str:
     if len(key) == len(task_names):
         return "shared"
-    return "+".join(task_names[t] for t in sorted(key))
+    return "_and_".join(task_names[t] for t in sorted(key))
 
 
 def _inbound(config_layer: dict) -> list:

@@ -17,7 +17,7 @@ from tfmot_zip.layers import ZipConv2D, ZipDense
 from tfmot_zip.spaces import trace_spaces
 from tfmot_zip.strategies import STRATEGIES, get_strategy
 from tfmot_zip.strip import group_units, strip_zipping
-from tfmot_zip.zipper import Zipper
+from tfmot_zip.zipper import MERGED_HESSIANS, Zipper
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
 
@@ -100,8 +100,8 @@ def _as_calibration(data: Any, argument: str, shape: tuple, limit: int | None) -
     return x.astype(np.float32, copy=False)
 
 
-def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[str, int]:
-    """Pairs per space, keyed by the name of the space's first writer."""
+def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[str, float]:
+    """Sharing fraction per space, keyed by the name of the space's first writer."""
     hidden = graph.hidden_zip_nodes()
     names = [n.name for n in hidden]
     heads = [n.name for n in graph.zip_nodes() if n.is_head]
@@ -124,7 +124,7 @@ def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[
     else:
         value = check_fraction(sharing, "sharing")
         fractions = {name: value for name in names}
-    shares: dict[str, int] = {}
+    shares: dict[str, float] = {}
     for space in spaces.values():
         writers = [graph.nodes[w] for w in space.writers if not graph.nodes[w].is_head]
         if not writers:
@@ -135,8 +135,7 @@ def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[
                 f"Layers {[w.name for w in writers]} write into one residual stream and must share "
                 f"one fraction; sharing gives {sorted(given)}."
             )
-        fraction = given.pop() if given else 0.0
-        shares[writers[0].name] = int(round(fraction * min(space.widths)))
+        shares[writers[0].name] = given.pop() if given else 0.0
     return shares
 
 
@@ -147,6 +146,7 @@ def zip_models(
     method: str = "mtz",
     selection: str = "hungarian",
     damping: float = 1e-4,
+    merged_hessian: str = "sum_of_inverses",
     calibration_samples: int | None = 10_000,
     task_names: Sequence[str] | None = None,
     single_input: bool = False,
@@ -156,7 +156,7 @@ def zip_models(
     """Zips pre-trained tf_keras models into one multi-task model (MTZ, one shot, bottom-up).
 
     Args:
-        *models: two tf_keras Sequential/functional models with the same architecture
+        *models: two or more tf_keras Sequential/functional models with the same architecture
             (Dense, Conv2D, BatchNorm, pooling, Flatten, Dropout, activations, Add; widths may
             differ). They are never modified.
         calibration_data: one entry per model: a numpy array of inputs, or a ``tf.data``
@@ -169,6 +169,9 @@ def zip_models(
         selection: "hungarian" (exact minimum-total-cost matching; the default, because it
             loses less accuracy at full sharing: see docs/RESULTS.md) or "greedy" (the paper's).
         damping: relative damping of the layer Hessians.
+        merged_hessian: with three or more models, how the side that already serves several
+            tasks weighs a change: "sum_of_inverses" (the sum of its tasks' inverse Hessians,
+            as in DESIGN.md) or "exact" (the inverse of their summed Hessians).
         calibration_samples: at most this many samples per model are used (None: all).
         task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
             defaults to the models' names.
@@ -188,12 +191,11 @@ def zip_models(
     """
     start = time.perf_counter()
     models = [check_tf_keras_model(m, f"models[{i}]") for i, m in enumerate(models)]
-    if len(models) != 2:
-        raise ValueError(
-            f"zip_models merges two models at a time; received {len(models)}. To merge more, "
-            "zip two, then zip the result with the next (not yet supported in one call)."
-        )
+    if len(models) < 2:
+        raise ValueError(f"zip_models needs at least two models; received {len(models)}.")
     get_strategy(method)
+    if merged_hessian not in MERGED_HESSIANS:
+        raise ValueError(f"Unknown merged_hessian {merged_hessian!r}; expected one of {list(MERGED_HESSIANS)}.")
     if selection not in SELECTORS:
         raise ValueError(f"Unknown selection {selection!r}; expected one of {sorted(SELECTORS)}.")
     if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
@@ -224,7 +226,7 @@ def zip_models(
     progress = (lambda name: print(f"zipping {name}", flush=True)) if verbose else None
     zipper = Zipper(
         zipped, graph, features, spaces, calibration, get_strategy(method), selection=selection,
-        damping=damping, seed=seed, progress=progress,
+        damping=damping, merged_hessian=merged_hessian, seed=seed, progress=progress,
     )
     records = zipper.run(shares)
     for node in graph.zip_nodes():

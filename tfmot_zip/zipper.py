@@ -1,11 +1,17 @@
 """The bottom-up zipping procedure (DESIGN.md section 2), driving the numpy core.
 
-For every hidden Dense/Conv2D position in topological order: compute each task's layer-wise
-Hessian from its calibration data run through the already-zipped lower layers, score all
-neuron pairs, select ``k`` pairs, apply the merge update, and re-index the layers that read
-the zipped units. A residual stream (several layers writing into one ``Add``) is paired once,
-from the summed costs of the writers whose inputs are already zipped when the stream is first
-reached; its later writers follow that pairing with their own update.
+Models are merged one at a time: pass ``n`` merges task ``n`` into the network already serving
+tasks ``0..n-1``. In each pass, for every hidden Dense/Conv2D position in topological order:
+compute each task's layer-wise Hessian from its calibration data run through the already
+zipped lower layers, score every (merged unit, neuron of task ``n``) pair, select ``k`` pairs,
+apply the merge update, and re-index the layers that read the zipped units.
+
+A merged unit may serve several tasks ``Q``; its side of the merge uses an inverse Hessian
+built from those tasks' (DESIGN.md: the sum of their inverse Hessians, ``merged_hessian=
+"sum_of_inverses"``; or the inverse of the summed Hessians, ``"exact"``, the curvature of the
+summed layer-wise errors). A residual stream (several layers writing into one ``Add``) is
+paired once per pass, from the summed costs of the writers whose inputs are already zipped
+when the stream is first reached; its later writers follow that pairing with their own update.
 """
 from __future__ import annotations
 
@@ -16,17 +22,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.core import HessianAccumulator, MergeSide, extract_patches, invert_hessian, select_pairs
+from tfmot_zip.core import HessianAccumulator, MergeSide, damped, extract_patches, invert_hessian, select_pairs
 from tfmot_zip.graph import AlignedNode, ModelGraph
 from tfmot_zip.spaces import Feature, UnitSpace
 from tfmot_zip.strategies import Strategy
 
-__all__ = ["LayerRecord", "Zipper"]
+__all__ = ["LayerRecord", "Zipper", "MERGED_HESSIANS"]
+
+MERGED_HESSIANS = ("sum_of_inverses", "exact")
 
 
 @dataclass
 class LayerRecord:
-    """What happened at one zip-able layer."""
+    """What happened at one zip-able layer (summed over passes)."""
 
     name: str
     kind: str
@@ -34,7 +42,16 @@ class LayerRecord:
     shared: int = 0
     merge_cost: float = 0.0
     seconds: float = 0.0
-    pairs: tuple[np.ndarray, np.ndarray] | None = None
+    pairs: list = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    """Merged-side units that serve the same task set ``tasks`` at one layer."""
+
+    tasks: tuple[int, ...]
+    units: np.ndarray  # physical units
+    coords: np.ndarray  # physical coordinate ids of the union of the tasks' inputs
 
 
 @dataclass
@@ -47,11 +64,12 @@ class Zipper:
     spaces: dict[int, UnitSpace]
     calibration: Sequence[np.ndarray]
     strategy: Strategy
-    selection: str = "greedy"
+    selection: str = "hungarian"
     damping: float = 1e-4
+    merged_hessian: str = "sum_of_inverses"
     batch_size: int = 256
     seed: int = 0
-    max_conv_rows: int = 2_000_000
+    max_conv_rows: int = 600_000
     activation_samples: int = 2_000
     progress: Callable[[str], None] | None = None
     records: dict[int, LayerRecord] = field(default_factory=dict)
@@ -61,8 +79,11 @@ class Zipper:
         self.rng = np.random.default_rng(self.seed)
         self.weights: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
         self.merged: set[int] = set()
+        self.decided: set[int] = set()
+        self.task = 1  # the task being merged in this pass
         self._hessian_cache: dict[int, list[np.ndarray]] = {}
         self._stats_cache: dict[int, dict] = {}
+        self._layers = {node.index: self.model.get_layer(node.name) for node in self.graph.zip_nodes()}
         for node in self.graph.zip_nodes():
             layer = self.layer(node)
             self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
@@ -70,25 +91,30 @@ class Zipper:
 
     # --- helpers --------------------------------------------------------------------------
     def layer(self, node: AlignedNode):
-        return self.model.get_layer(node.name)
+        return self._layers[node.index]
 
     def input_feature(self, node: AlignedNode) -> Feature:
         return self.features[node.inbound[0]]
 
     def input_ready(self, node: AlignedNode) -> bool:
         feature = self.input_feature(node)
-        return feature.kind == "input" or self.spaces[feature.space].decided
+        return feature.kind == "input" or feature.space in self.decided
 
     def consumers(self, space: UnitSpace) -> list[AlignedNode]:
-        return [n for n in self.graph.zip_nodes() if self.input_feature(n).kind == "units" and self.input_feature(n).space == space.id]
+        return [
+            n for n in self.graph.zip_nodes()
+            if self.input_feature(n).kind == "units" and self.input_feature(n).space == space.id
+        ]
 
     def _write(self, node: AlignedNode) -> None:
+        """Writes every task's logical weights; lower-numbered tasks win shared cells."""
         layer = self.layer(node)
-        for t, (kernel, bias) in enumerate(self.weights[node.index]):
+        for t in reversed(range(self.n_tasks)):
+            kernel, bias = self.weights[node.index][t]
             layer.set_task_weights(t, kernel, bias)
 
     # --- Hessians -------------------------------------------------------------------------
-    def _layer_input_batches(self, node: AlignedNode):
+    def _layer_input_batches(self, node: AlignedNode, tasks: Sequence[int]):
         """Yields ``(task, batch)`` of layer inputs, every task on its own calibration data.
 
         One forward pass serves all tasks: each input gets its task's batch (a task whose data
@@ -97,10 +123,11 @@ class Zipper:
         layer = self.layer(node)
         extractor = keras.Model(self.model.inputs, list(layer.input))
         single = len(self.model.inputs) == 1
-        longest = max(len(d) for d in self.calibration)
+        longest = max(len(self.calibration[t]) for t in tasks)
         for start in range(0, longest, self.batch_size):
             if single:
-                for t, data in enumerate(self.calibration):
+                for t in tasks:
+                    data = self.calibration[t]
                     if start < len(data):
                         outs = extractor(data[start : start + self.batch_size], training=False)
                         yield t, np.asarray(outs[t])
@@ -114,62 +141,64 @@ class Zipper:
                     chunk = np.concatenate([chunk, pad]) if len(chunk) else pad
                 feeds.append(chunk)
             outs = extractor(feeds, training=False)
-            for t, data in enumerate(self.calibration):
-                valid = max(0, min(size, len(data) - start))
+            for t in tasks:
+                valid = max(0, min(size, len(self.calibration[t]) - start))
                 if valid:
                     yield t, np.asarray(outs[t])[:valid]
 
-    def hessian_inverses(self, node: AlignedNode) -> list[np.ndarray]:
-        """Inverse damped layer Hessian of every task (bias coordinate last when used)."""
+    def hessians(self, node: AlignedNode) -> list[np.ndarray]:
+        """Damped layer Hessian of every task up to the current one (bias last when used)."""
         if node.index in self._hessian_cache:
             return self._hessian_cache[node.index]
         layer = self.layer(node)
-        accumulators: list[HessianAccumulator | None] = [None] * self.n_tasks
-        for t, batch in self._layer_input_batches(node):
+        tasks = list(range(self.task + 1))
+        accumulators: dict[int, HessianAccumulator] = {}
+        for t, batch in self._layer_input_batches(node, tasks):
             if node.kind == "conv":
                 rows = extract_patches(batch, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
                 n_batches = -(-len(self.calibration[t]) // self.batch_size)
                 cap = max(1, self.max_conv_rows // n_batches)
                 if rows.shape[0] > cap:  # evenly subsample positions to bound the cost
                     rows = rows[self.rng.choice(rows.shape[0], size=cap, replace=False)]
+                dtype = np.float32
             else:
                 rows = batch.reshape(batch.shape[0], -1)
-            if accumulators[t] is None:
-                accumulators[t] = HessianAccumulator(rows.shape[1])
+                dtype = np.float64
+            if t not in accumulators:
+                accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
             accumulators[t].update(rows)
-        inverses = []
-        for acc in accumulators:
-            h = acc.hessian()
+        hessians = []
+        for t in tasks:
+            h = accumulators[t].hessian()
             if not layer.use_bias:
                 h = h[:-1, :-1]
-            inverses.append(invert_hessian(h, self.damping))
-        self._hessian_cache[node.index] = inverses
-        return inverses
+            hessians.append(h)
+        self._hessian_cache[node.index] = hessians
+        return hessians
 
     def statistics(self, node: AlignedNode) -> dict:
-        """Extra inputs of a strategy: output-feature correlation on shared inputs when needed."""
+        """Extra inputs of a strategy: output features on common inputs when needed."""
         if not self.strategy.needs_activations:
             return {}
         if node.index in self._stats_cache:
             return self._stats_cache[node.index]
-        from tfmot_zip.strategies import feature_correlation
-
-        per_task = max(1, self.activation_samples // self.n_tasks)
-        common = np.concatenate([d[:per_task] for d in self.calibration])
+        per_task = max(1, self.activation_samples // (self.task + 1))
+        common = np.concatenate([self.calibration[t][:per_task] for t in range(self.task + 1)])
         extractor = keras.Model(self.model.inputs, list(self.layer(node).output))
         feats: list[list[np.ndarray]] = [[] for _ in range(self.n_tasks)]
         for start in range(0, len(common), self.batch_size):
             chunk = common[start : start + self.batch_size]
             outs = extractor(chunk if len(self.model.inputs) == 1 else [chunk] * self.n_tasks, training=False)
-            for t in range(self.n_tasks):
+            for t in range(self.task + 1):
                 out = np.asarray(outs[t])
                 feats[t].append(out.reshape(-1, out.shape[-1]))
-        stats = {"correlation": feature_correlation(np.concatenate(feats[0]), np.concatenate(feats[1]))}
+        stats = {"features": [np.concatenate(f) if f else None for f in feats]}
         self._stats_cache[node.index] = stats
         return stats
 
-    # --- sides ------------------------------------------------------------------------------
-    def _coordinate_ids(self, node: AlignedNode, task: int) -> np.ndarray:
+    # --- coordinates and sides -------------------------------------------------------------------
+    def coordinate_ids(self, node: AlignedNode, task: int) -> np.ndarray:
+        """Physical input coordinate of each of ``task``'s kernel rows (bias excluded)."""
         layer = self.layer(node)
         in_map, _ = layer.get_maps(task)
         if node.kind == "dense":
@@ -177,100 +206,204 @@ class Zipper:
         positions = layer.kernel_size[0] * layer.kernel_size[1]
         return (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
 
-    def _rows(self, node: AlignedNode, task: int) -> np.ndarray:
+    def task_rows(self, node: AlignedNode, task: int) -> np.ndarray:
+        """``[n_units, d (+1)]`` incoming weights of every neuron of ``task`` (bias last)."""
         kernel, bias = self.weights[node.index][task]
-        n_out = kernel.shape[-1]
-        rows = kernel.reshape(-1, n_out).T.astype(np.float64)
+        rows = kernel.reshape(-1, kernel.shape[-1]).T.astype(np.float64)
         if bias is not None:
             rows = np.hstack([rows, bias.astype(np.float64)[:, None]])
         return rows
 
-    def sides(self, node: AlignedNode, a: int = 0, b: int = 1) -> tuple[MergeSide, MergeSide]:
-        ids_a, ids_b = self._coordinate_ids(node, a), self._coordinate_ids(node, b)
-        _, idx_a, idx_b = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
-        rows_a, rows_b = self._rows(node, a), self._rows(node, b)
-        if self.layer(node).use_bias:
-            idx_a = np.append(idx_a, rows_a.shape[1] - 1)
-            idx_b = np.append(idx_b, rows_b.shape[1] - 1)
-        if self.strategy.needs_hessian:
-            inv = self.hessian_inverses(node)
-            inv_a, inv_b = inv[a], inv[b]
-        else:
-            inv_a, inv_b = np.eye(rows_a.shape[1]), np.eye(rows_b.shape[1])
-        return (
-            MergeSide.from_hessian_inverse(rows_a, inv_a, idx_a),
-            MergeSide.from_hessian_inverse(rows_b, inv_b, idx_b),
-        )
-
-    def _store_rows(self, node: AlignedNode, task: int, rows: np.ndarray) -> None:
+    def _store_rows(self, node: AlignedNode, task: int, columns: np.ndarray, rows: np.ndarray) -> None:
         kernel, bias = self.weights[node.index][task]
-        has_bias = bias is not None
-        body = rows[:, :-1] if has_bias else rows
-        new_kernel = body.T.reshape(kernel.shape).astype(kernel.dtype)
-        new_bias = rows[:, -1].astype(bias.dtype) if has_bias else None
-        self.weights[node.index][task] = (new_kernel, new_bias)
+        kernel, bias = kernel.copy(), None if bias is None else bias.copy()
+        flat = kernel.reshape(-1, kernel.shape[-1])
+        flat[:, columns] = rows[:, : flat.shape[0]].T
+        kernel = flat.reshape(kernel.shape)
+        if bias is not None:
+            bias[columns] = rows[:, -1]
+        self.weights[node.index][task] = (kernel, bias)
+
+    def merged_groups(self, node: AlignedNode, space: UnitSpace) -> list[_Group]:
+        """Units used by tasks ``< self.task`` grouped by the task set they serve."""
+        owners: dict[int, list[int]] = {}
+        for t in range(self.task):
+            for unit in space.maps[t]:
+                owners.setdefault(int(unit), []).append(t)
+        by_tasks: dict[tuple, list[int]] = {}
+        for unit, tasks in sorted(owners.items()):
+            by_tasks.setdefault(tuple(tasks), []).append(unit)
+        groups = []
+        for tasks, units in sorted(by_tasks.items()):
+            coords = np.unique(np.concatenate([self.coordinate_ids(node, t) for t in tasks]))
+            groups.append(_Group(tasks, np.asarray(units, np.int64), coords))
+        return groups
+
+    def _inverse_for(self, node: AlignedNode, tasks: Sequence[int], coords: np.ndarray) -> np.ndarray:
+        """Inverse Hessian over ``coords`` (+ bias) of a side serving ``tasks``."""
+        has_bias = self.layer(node).use_bias
+        dim = len(coords) + (1 if has_bias else 0)
+        if not self.strategy.needs_hessian:
+            return np.eye(dim)
+        hessians = self.hessians(node)
+        total = np.zeros((dim, dim))
+        for t in tasks:
+            ids = self.coordinate_ids(node, t)
+            pos = np.searchsorted(coords, ids)
+            if has_bias:
+                pos = np.append(pos, dim - 1)
+            if self.merged_hessian == "exact":
+                total[np.ix_(pos, pos)] += hessians[t]
+            else:
+                total[np.ix_(pos, pos)] += invert_hessian(hessians[t], self.damping)
+        if self.merged_hessian == "exact":
+            return invert_hessian(total, self.damping)
+        return total
+
+    def group_sides(self, node: AlignedNode, space: UnitSpace) -> list[tuple[_Group, MergeSide, MergeSide]]:
+        """For every merged group: (group, merged side, side of the task being merged)."""
+        n = self.task
+        has_bias = self.layer(node).use_bias
+        ids_n = self.coordinate_ids(node, n)
+        rows_n = self.task_rows(node, n)
+        if self.strategy.needs_hessian:
+            inv_n = invert_hessian(self.hessians(node)[n], self.damping)
+        else:
+            inv_n = np.eye(rows_n.shape[1])
+        out = []
+        for group in self.merged_groups(node, space):
+            weights = np.zeros((len(group.units), len(group.coords) + (1 if has_bias else 0)))
+            for t in reversed(group.tasks):  # tasks of a group agree on shared cells
+                columns = self._columns_of(space, t, group.units)
+                task_rows = self.task_rows(node, t)[columns]
+                pos = np.searchsorted(group.coords, self.coordinate_ids(node, t))
+                weights[:, pos] = task_rows[:, : len(pos)]
+                if has_bias:
+                    weights[:, -1] = task_rows[:, -1]
+            inv_group = self._inverse_for(node, group.tasks, group.coords)
+            _, idx_g, idx_n = np.intersect1d(group.coords, ids_n, assume_unique=True, return_indices=True)
+            if has_bias:
+                idx_g = np.append(idx_g, weights.shape[1] - 1)
+                idx_n = np.append(idx_n, rows_n.shape[1] - 1)
+            out.append((
+                group,
+                MergeSide.from_hessian_inverse(weights, inv_group, idx_g),
+                MergeSide.from_hessian_inverse(rows_n, inv_n, idx_n),
+            ))
+        return out
+
+    @staticmethod
+    def _columns_of(space: UnitSpace, task: int, units: np.ndarray) -> np.ndarray:
+        """Positions in ``task``'s neurons of the given physical units."""
+        lookup = {int(u): c for c, u in enumerate(space.maps[task])}
+        return np.asarray([lookup[int(u)] for u in units], np.int64)
+
+    def _group_costs(self, node: AlignedNode, sides) -> np.ndarray:
+        stats = self.statistics(node)
+        blocks = []
+        for group, side_g, side_n in sides:
+            extra = {}
+            if stats:
+                space = self.spaces[self.features[node.index].space]
+                feats_g = stats["features"][group.tasks[0]][:, self._columns_of(space, group.tasks[0], group.units)]
+                from tfmot_zip.strategies import feature_correlation
+
+                extra = {"correlation": feature_correlation(feats_g, stats["features"][self.task])}
+            blocks.append(self.strategy.costs(side_g, side_n, self.rng, extra))
+        return np.vstack(blocks)
 
     # --- the procedure --------------------------------------------------------------------------
-    def merge_node(self, node: AlignedNode, rows: np.ndarray, cols: np.ndarray, sides=None) -> None:
-        """Applies the strategy's update to the pairs of this layer's (decided) space."""
+    def merge_node(self, node: AlignedNode, space: UnitSpace, units: np.ndarray, cols: np.ndarray, sides=None) -> None:
+        """Applies the strategy's update to this layer for the pairs (merged unit, task-n neuron)."""
         start = time.perf_counter()
-        side_a, side_b = sides if sides is not None else self.sides(node)
         record = self.records[node.index]
-        if len(rows):
-            costs = self.strategy.costs(side_a, side_b, self.rng, self.statistics(node))
-            record.merge_cost = float(costs[rows, cols].sum())
-            new_a, new_b = self.strategy.merge(side_a, side_b, rows, cols)
-            self._store_rows(node, 0, new_a)
-            self._store_rows(node, 1, new_b)
-        record.shared = int(len(rows))
-        record.pairs = (rows, cols)
+        n = self.task
+        if len(units):
+            sides = sides if sides is not None else self.group_sides(node, space)
+            costs = self._group_costs(node, sides)
+            offset = 0
+            all_units = np.concatenate([g.units for g, _, _ in sides])
+            row_of = {int(u): r for r, u in enumerate(all_units)}
+            record.merge_cost += float(sum(costs[row_of[int(u)], j] for u, j in zip(units, cols)))
+            new_n = self.task_rows(node, n)
+            for group, side_g, side_n in sides:
+                in_group = np.isin(units, group.units)
+                if not in_group.any():
+                    continue
+                local = np.searchsorted(group.units, units[in_group])
+                g_new, n_rows = self.strategy.merge(side_g, side_n, local, cols[in_group])
+                new_n[cols[in_group]] = n_rows[cols[in_group]]
+                has_bias = self.layer(node).use_bias
+                for t in group.tasks:
+                    pos = np.searchsorted(group.coords, self.coordinate_ids(node, t))
+                    if has_bias:
+                        pos = np.append(pos, g_new.shape[1] - 1)
+                    columns = self._columns_of(space, t, units[in_group])
+                    self._store_rows(node, t, columns, g_new[local][:, pos])
+            self._store_rows(node, n, cols, new_n[cols])
+        record.shared += int(len(units))
+        record.pairs.append((n, units, cols))
         record.seconds += time.perf_counter() - start
         self.merged.add(node.index)
 
     def decide(self, space: UnitSpace, k: int, selection: str) -> None:
-        """Chooses the pairing of a space and re-indexes every layer writing or reading it."""
+        """Chooses this pass's pairing of a space and re-indexes every layer writing or reading it."""
         start = time.perf_counter()
         ready = [self.graph.nodes[w] for w in space.writers if self.input_ready(self.graph.nodes[w])]
         side_cache = {}
-        rows = cols = np.zeros(0, np.int64)
+        units = cols = np.zeros(0, np.int64)
         if k > 0:
             total = None
             for writer in ready:
-                side_cache[writer.index] = self.sides(writer)
-                costs = self.strategy.costs(*side_cache[writer.index], self.rng, self.statistics(writer))
+                side_cache[writer.index] = self.group_sides(writer, space)
+                costs = self._group_costs(writer, side_cache[writer.index])
                 total = costs if total is None else total + costs
+            all_units = np.concatenate([g.units for g, _, _ in side_cache[ready[0].index]])
+            k = min(k, len(all_units), total.shape[1])
             rows, cols = select_pairs(total, k, selection)
+            units = all_units[rows]
         decide_seconds = time.perf_counter() - start
+        # Pairs ordered by unit so that groups index them consistently.
+        order = np.argsort(units, kind="stable")
+        units, cols = units[order], cols[order]
         for writer in ready:
-            self.merge_node(writer, rows, cols, side_cache.get(writer.index))
+            self.merge_node(writer, space, units, cols, side_cache.get(writer.index))
         self.records[ready[0].index].seconds += decide_seconds
-        space.pairs = (rows, cols)
-        space.maps[1][cols] = space.maps[0][rows]
-        space.decided = True
+        space.pairs = (units, cols)
+        space.maps[self.task][cols] = units
+        self.decided.add(space.id)
         for w in space.writers:
             layer = self.layer(self.graph.nodes[w])
-            for t in range(self.n_tasks):
-                layer.set_maps(t, out_map=space.maps[t])
+            layer.set_maps(self.task, out_map=space.maps[self.task])
         for consumer in self.consumers(space):
             layer = self.layer(consumer)
-            for t in range(self.n_tasks):
-                layer.set_maps(t, in_map=self.input_feature(consumer).in_map(self.spaces, t))
+            layer.set_maps(self.task, in_map=self.input_feature(consumer).in_map(self.spaces, self.task))
         for node_index in set(space.writers) | {c.index for c in self.consumers(space)}:
             self._write(self.graph.nodes[node_index])
 
-    def run(self, shares: dict[str, int], selection: str | None = None) -> dict[int, LayerRecord]:
-        """Zips every hidden layer bottom-up; ``shares`` maps layer names to pair counts."""
+    def run(self, shares: dict[str, float], selection: str | None = None) -> dict[int, LayerRecord]:
+        """Zips every hidden layer bottom-up, merging one task per pass.
+
+        ``shares`` maps the first writer of each space to its sharing fraction; a pass shares
+        ``round(fraction * min(width of the new task, units of the merged network))`` pairs.
+        """
         selection = selection or self.selection
-        for node in self.graph.hidden_zip_nodes():
-            space = self.spaces[self.features[node.index].space]
-            if self.progress:
-                self.progress(node.name)
-            if not space.decided:
-                first = self.graph.nodes[space.writers[0]].name
-                self.decide(space, shares.get(first, 0), selection)
-            if node.index not in self.merged:
-                self.merge_node(node, *space.pairs)
-                self._write(node)
-            self._hessian_cache.pop(node.index, None)
-            self._stats_cache.pop(node.index, None)
+        for n in range(1, self.n_tasks):
+            self.task = n
+            self.merged.clear()
+            self.decided.clear()
+            for node in self.graph.hidden_zip_nodes():
+                space = self.spaces[self.features[node.index].space]
+                if self.progress:
+                    self.progress(node.name if self.n_tasks == 2 else f"{node.name} (task {n})")
+                if space.id not in self.decided:
+                    first = self.graph.nodes[space.writers[0]].name
+                    merged_units = np.unique(np.concatenate(space.maps[:n]))
+                    k = int(round(shares.get(first, 0.0) * min(space.widths[n], len(merged_units))))
+                    self.decide(space, k, selection)
+                if node.index not in self.merged:
+                    self.merge_node(node, space, *space.pairs)
+                    self._write(node)
+                self._hessian_cache.pop(node.index, None)
+                self._stats_cache.pop(node.index, None)
         return self.records

@@ -40,10 +40,13 @@ class HessianAccumulator:
         1.0
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, batch_dtype: type = np.float64):
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"Expected a positive integer input dimension. Received: dim={dim!r}")
         self.dim = int(dim)
+        # Precision of each batch's product; sums across batches are always float64.
+        # float32 halves the cost for large convolution patch matrices.
+        self.batch_dtype = np.dtype(batch_dtype)
         self._xtx = np.zeros((self.dim, self.dim), dtype=np.float64)
         self._xsum = np.zeros(self.dim, dtype=np.float64)
         self.count = 0
@@ -57,15 +60,15 @@ class HessianAccumulator:
             )
         if rows.shape[0] == 0:
             return
-        rows64 = rows.astype(np.float64, copy=False)
-        if not np.all(np.isfinite(rows64)):
+        rows_b = rows.astype(self.batch_dtype, copy=False)
+        if not np.all(np.isfinite(rows_b)):
             raise ValueError(
                 "Layer inputs contain NaN or inf; check the calibration data and the model's "
                 "weights (a diverged model produces non-finite activations)."
             )
-        self._xtx += rows64.T @ rows64
-        self._xsum += rows64.sum(axis=0)
-        self.count += rows64.shape[0]
+        self._xtx += (rows_b.T @ rows_b).astype(np.float64)
+        self._xsum += rows_b.sum(axis=0, dtype=np.float64)
+        self.count += rows_b.shape[0]
 
     def merge(self, other: "HessianAccumulator") -> None:
         """Adds the statistics of another accumulator (e.g. from another replica)."""
