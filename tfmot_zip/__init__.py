@@ -22,8 +22,16 @@ _EXPORTS = {
     "ZipDense": "tfmot_zip.layers",
     "ZipConv2D": "tfmot_zip.layers",
     "write_zip_report": "tfmot_zip.report",
+    "ZipCallback": "tfmot_zip.callbacks",
+    "pending_layers": "tfmot_zip.callbacks",
+    "LayerwiseSchedule": "tfmot_zip.schedules",
+    "OneShotSchedule": "tfmot_zip.schedules",
+    "extract_task_models": "tfmot_zip.builder",
 }
-_SUBMODULES = {"core", "data", "datasets", "zoo", "compat", "layers", "zip_api", "report", "cli"}
+_SUBMODULES = {
+    "core", "data", "datasets", "zoo", "compat", "layers", "zip_api", "report", "cli",
+    "training", "callbacks", "schedules",
+}
 
 __all__ = sorted(set(_EXPORTS) | _SUBMODULES)
 

@@ -35,7 +35,7 @@ def task_layer_name(layer_name: str, task_name: str) -> str:
     return f"{layer_name}__{task_name}"
 
 
-def _zip_layer(node: AlignedNode, feature: Feature, spaces: dict[int, UnitSpace]):
+def _zip_layer(node: AlignedNode, feature: Feature, spaces: dict[int, UnitSpace], extra: dict | None = None):
     layer = node.layers[0]
     widths = [int(l.units if node.kind == "dense" else l.filters) for l in node.layers]
     task_inputs = [feature.task_width(spaces, t) for t in range(len(node.layers))]
@@ -47,6 +47,7 @@ def _zip_layer(node: AlignedNode, feature: Feature, spaces: dict[int, UnitSpace]
         use_bias=layer.use_bias,
         kernel_initializer="zeros",  # every used cell is written from the source models
         name=node.name,
+        **(extra or {}),
     )
     if node.kind == "dense":
         return ZipDense(**common)
@@ -66,8 +67,12 @@ def build_zipped_model(
     task_names: Sequence[str],
     single_input: bool = False,
     name: str = "zipped",
+    layer_options: dict[str, dict] | None = None,
 ) -> keras.Model:
-    """The multi-task model with every task's original weights and nothing shared yet."""
+    """The multi-task model with every task's original weights and nothing shared yet.
+
+    ``layer_options`` maps layer names to extra zip-layer arguments (e.g. the schedule state).
+    """
     models = graph.models
     n_tasks = len(models)
     shape = tuple(models[0].input_shape[1:])
@@ -86,7 +91,7 @@ def build_zipped_model(
             continue
         sources = [tensors[i] for i in node.inbound]
         if node.is_zip:
-            layer = _zip_layer(node, features[node.inbound[0]], spaces)
+            layer = _zip_layer(node, features[node.inbound[0]], spaces, (layer_options or {}).get(node.name))
             tensors[node.index] = layer(sources[0])
             for t, source_layer in enumerate(node.layers):
                 weights = source_layer.get_weights()
@@ -108,3 +113,69 @@ def build_zipped_model(
         for t, task in enumerate(task_names)
     ]
     return keras.Model(inputs, outputs, name=name)
+
+
+def extract_task_models(zipped: keras.Model) -> list:
+    """One standard tf_keras model per task, computing exactly what that task computes.
+
+    Zip layers become ordinary ``Dense``/``Conv2D`` layers (named like the zip layer) holding
+    the task's current kernel; per-task copies of other layers get their original names back.
+    Used to rebuild the zipping plan of a saved or checkpointed zipped model, and handy to
+    ship a single task.
+
+    Example:
+        >>> model_a, model_b = extract_task_models(zipped)  # doctest: +SKIP
+    """
+    from tfmot_zip.layers import ZipConv2D, ZipDense
+    from tfmot_zip.strip import _inbound
+
+    task_names = list(zipped.output_names)
+    config = zipped.get_config()
+    single = len(zipped.inputs) == 1
+    models = []
+    for t, task in enumerate(task_names):
+        tensors: dict = {}
+        model_input = None
+        suffix = f"__{task}"
+        for spec in config["layers"]:
+            name = spec["name"]
+            layer = zipped.get_layer(name)
+            inbound = _inbound(spec)
+            if isinstance(layer, keras.layers.InputLayer):
+                if single or name == f"{task}_input":
+                    shape = layer.get_config()["batch_input_shape"][1:]
+                    model_input = keras.Input(shape=shape, dtype=layer.dtype, name=f"{task}_input")
+                    tensors[(name, 0)] = model_input
+                continue
+            if isinstance(layer, (ZipDense, ZipConv2D)):
+                source = inbound[t]
+                if (source[0], source[2]) not in tensors:
+                    continue
+                x = tensors[(source[0], source[2])]
+                kernel, bias = layer.get_task_weights(t)
+                common = dict(activation=layer.activation, use_bias=layer.use_bias, name=layer.name)
+                if isinstance(layer, ZipDense):
+                    clone = keras.layers.Dense(layer.task_units[t], **common)
+                else:
+                    clone = keras.layers.Conv2D(
+                        layer.task_units[t], layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                        dilation_rate=layer.dilation_rate, **common,
+                    )
+                y = clone(x)
+                clone.set_weights([kernel] + ([bias] if layer.use_bias else []))
+                tensors[(name, t)] = y
+                continue
+            if name == task:
+                tensors[(name, 0)] = tensors[(inbound[0][0], inbound[0][2])]
+                continue
+            if not name.endswith(suffix):
+                continue
+            args = [tensors[(i[0], i[2])] for i in inbound]
+            layer_config = layer.get_config()
+            layer_config["name"] = name[: -len(suffix)]
+            clone = type(layer).from_config(layer_config)
+            y = clone(args if len(args) > 1 else args[0])
+            clone.set_weights(layer.get_weights())
+            tensors[(name, 0)] = y
+        models.append(keras.Model(model_input, tensors[(task, 0)], name=task))
+    return models

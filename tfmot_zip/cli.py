@@ -735,22 +735,30 @@ def _zip_with_progress(models, calibration, console: _Console, **kwargs):
     import tfmot_zip
     from tfmot_zip.graph import align_models
 
-    total = len(align_models(models).hidden_zip_nodes())
+    total = len(align_models(models).hidden_zip_nodes()) * (len(models) - 1)  # one pass per added model
     parameters = inspect.signature(tfmot_zip.zip_models).parameters
     with console.bar(total=total, desc="zipping", unit="layer") as bar:
         if "progress" in parameters:  # a progress callback, when the API offers one
             return tfmot_zip.zip_models(*models, calibration_data=calibration, progress=lambda name: (bar.set_postfix_str(str(name)), bar.update(1)), **kwargs)
 
+        started: list[str] = []
+
         class _Lines(io.TextIOBase):
+            """Advances the bar on zip_models' verbose lines ("zipping <layer>" when a layer starts)."""
+
             def write(self, text: str) -> int:
                 for line in text.splitlines():
                     if line.startswith("zipping "):
-                        bar.set_postfix_str(line[len("zipping "):])
-                        bar.update(1)
+                        if started:
+                            bar.update(1)
+                        started.append(line[len("zipping "):])
+                        bar.set_postfix_str(started[-1])
                 return len(text)
 
         with contextlib.redirect_stdout(_Lines()):
-            return tfmot_zip.zip_models(*models, calibration_data=calibration, verbose=True, **kwargs)
+            zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, verbose=True, **kwargs)
+        bar.update(total - bar.n)
+        return zipped
 
 
 def _file_size(path: Path) -> int:
@@ -824,8 +832,8 @@ def _cmd_zip(args, console: _Console) -> int:
     if report_dir is not None:
         from tfmot_zip.report import write_zip_report
 
-        sizes = {f"input {p.name}": _file_size(p) for p in paths}
-        sizes["zipped .keras"] = _file_size(out)
+        sizes = {f"original {i + 1} ({p.suffix or 'SavedModel'})": _file_size(p) for i, p in enumerate(paths)}
+        sizes["zipped (.keras)"] = _file_size(out)
         result = write_zip_report(zipped, report_dir, accuracy_before=before, accuracy_after=after, sizes=sizes)
         print(f"wrote report {result['files']['markdown']}")
     return EXIT_OK

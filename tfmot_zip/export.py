@@ -71,28 +71,33 @@ TFLiteSource = Union[bytes, bytearray, PathLike, Any]
 class Tolerance:
     """How far a TFLite signature may be from the Keras model.
 
+    Errors are in units of ``scale = max(1, max |keras output|)``, so probabilities are
+    compared absolutely and large logits relatively.
+
     Attributes:
-        max_abs: largest allowed ``|tflite - keras|`` over all outputs and samples, in units of
-            ``max(1, max |keras output|)`` (so probabilities are compared absolutely and large
-            logits relatively).
+        max_abs: largest allowed ``|tflite - keras|`` over all outputs and samples (/ scale).
+        max_mean_abs: largest allowed mean of ``|tflite - keras|`` (/ scale), or None.
         min_argmax_agreement: smallest allowed fraction of samples whose argmax over the last
-            axis agrees (only checked when set and the output has more than one class).
+            axis agrees, or None (only checked for outputs with more than one class).
     """
 
     max_abs: float
+    max_mean_abs: float | None = None
     min_argmax_agreement: float | None = None
 
 
-#: Default tolerances per quantization mode (``None`` is float32). float32 differs only by
-#: operation order; float16 stores weights in half precision (~3 significant digits); dynamic
-#: range quantization stores weights in int8 and quantizes activations on the fly; full int8
-#: quantizes every activation to 256 levels, so individual probabilities may move by a few
-#: hundredths and the class decision is what is compared.
+#: Default tolerances per quantization mode (``None`` is float32), for classifier
+#: probabilities. float32 differs only by operation order (measured ~1e-7). float16 stores
+#: weights in half precision (measured max ~3e-3 on LeNet-5). "dynamic" stores int8 weights
+#: and quantizes activations on the fly, full "int8" quantizes every activation to 256 levels:
+#: the typical error is a few 1e-3 (mean) but the worst of 1000 samples reaches ~0.08-0.14 on
+#: a lightly trained LeNet-5, so these modes are bounded by the mean error, a loose maximum,
+#: and the agreement of the predicted class.
 TOLERANCES: dict[str | None, Tolerance] = {
     None: Tolerance(max_abs=1e-5),
     "float16": Tolerance(max_abs=1e-2),
-    "dynamic": Tolerance(max_abs=5e-2),
-    "int8": Tolerance(max_abs=0.25, min_argmax_agreement=0.95),
+    "dynamic": Tolerance(max_abs=0.2, max_mean_abs=2e-2, min_argmax_agreement=0.95),
+    "int8": Tolerance(max_abs=0.25, max_mean_abs=3e-2, min_argmax_agreement=0.95),
 }
 
 
@@ -641,8 +646,10 @@ def _compare(reference: np.ndarray, actual: np.ndarray) -> dict:
     actual = np.asarray(actual, np.float64)
     scale = max(1.0, float(np.max(np.abs(reference)))) if reference.size else 1.0
     finite = bool(np.all(np.isfinite(actual)))
-    error = float(np.max(np.abs(reference - actual))) if finite else math.inf
-    out = {"max_abs_error": error, "scale": scale}
+    difference = np.abs(reference - actual)
+    error = float(np.max(difference)) if finite else math.inf
+    mean = float(np.mean(difference)) if finite else math.inf
+    out = {"max_abs_error": error, "mean_abs_error": mean, "scale": scale}
     if reference.ndim >= 2 and reference.shape[-1] > 1:
         out["argmax_agreement"] = float(np.mean(np.argmax(reference, -1) == np.argmax(actual, -1)))
     return out
@@ -672,8 +679,9 @@ def verify_tflite(
         batch_size: samples per interpreter invocation.
 
     Returns:
-        ``{signature: {output: {"max_abs_error", "scale", "argmax_agreement"}, ...}}`` plus,
-        per signature, ``"max_abs_error"`` (worst output) and ``"argmax_agreement"`` (lowest).
+        ``{signature: {output: {"max_abs_error", "mean_abs_error", "scale",
+        "argmax_agreement"}, ...}}`` plus, per signature, ``"max_abs_error"`` and
+        ``"mean_abs_error"`` (worst output) and ``"argmax_agreement"`` (lowest).
 
     Raises:
         TFLiteVerificationError: a signature is missing or is beyond the tolerance; the message
@@ -729,6 +737,11 @@ def verify_tflite(
                     f"signature {plan.key!r}, output {name!r}: max |tflite - keras| = "
                     f"{stats['max_abs_error']:.3g} > {bound.max_abs:g} x {stats['scale']:.3g}"
                 )
+            if bound.max_mean_abs is not None and stats["mean_abs_error"] > bound.max_mean_abs * stats["scale"]:
+                failures.append(
+                    f"signature {plan.key!r}, output {name!r}: mean |tflite - keras| = "
+                    f"{stats['mean_abs_error']:.3g} > {bound.max_mean_abs:g} x {stats['scale']:.3g}"
+                )
             agreement = stats.get("argmax_agreement")
             if bound.min_argmax_agreement is not None and agreement is not None and agreement < bound.min_argmax_agreement:
                 failures.append(
@@ -736,6 +749,7 @@ def verify_tflite(
                     f"{bound.min_argmax_agreement:g}"
                 )
         entry["max_abs_error"] = max(entry[names[t]]["max_abs_error"] for t in plan.outputs)
+        entry["mean_abs_error"] = max(entry[names[t]]["mean_abs_error"] for t in plan.outputs)
         agreements = [entry[names[t]].get("argmax_agreement") for t in plan.outputs]
         agreements = [a for a in agreements if a is not None]
         entry["argmax_agreement"] = min(agreements) if agreements else None

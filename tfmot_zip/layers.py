@@ -74,6 +74,98 @@ class ZipLayerMixin:
                 )
             )
 
+    # --- zipping during training (ZipCallback) -----------------------------------------------
+    def _init_schedule(self, track_hessians: bool, zip_options: Any, max_rows_per_step: int) -> None:
+        self.track_hessians = bool(track_hessians)
+        self.zip_options = dict(zip_options) if zip_options else None
+        if not isinstance(max_rows_per_step, (int, np.integer)) or max_rows_per_step <= 0:
+            raise ValueError(f"Expected a positive max_rows_per_step. Received: {max_rows_per_step!r}")
+        self.max_rows_per_step = int(max_rows_per_step)
+
+    def _task_input_dim(self, task: int) -> int:
+        return self.task_input_units[task]
+
+    def _build_schedule_state(self) -> None:
+        """Variables of layer-wise zipping: flags, counters and streaming Hessian sums.
+
+        The sums are ``ON_READ``/``SUM`` variables: under ``tf.distribute`` each replica
+        accumulates its own batches and reading them gives the total over replicas.
+        """
+        if not self.track_hessians:
+            return
+        scalar = dict(shape=(), trainable=False)
+        self.zip_pending = self.add_weight(name="zip_pending", dtype="bool", initializer=keras.initializers.Constant(False), **scalar)
+        self.zip_accumulate = self.add_weight(name="zip_accumulate", dtype="bool", initializer=keras.initializers.Constant(False), **scalar)
+        self.zip_step = self.add_weight(name="zip_step", dtype="int64", initializer=keras.initializers.Constant(-1), **scalar)
+        self.zip_done = self.add_weight(name="zip_done", dtype="int64", initializer="zeros", **scalar)
+        self.zip_counter = self.add_weight(name="zip_counter", dtype="int64", initializer="zeros", **scalar)
+        on_read = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM,
+            initializer="zeros",
+            dtype="float64",
+        )
+        self.hessian_sums = []
+        self.hessian_counts = []
+        for t in range(self.num_tasks):
+            d = self._task_input_dim(t) + 1
+            self.hessian_sums.append(self.add_weight(name=f"hessian_sum_{t}", shape=(d, d), **on_read))
+            self.hessian_counts.append(self.add_weight(name=f"hessian_count_{t}", shape=(), **on_read))
+
+    def _layer_rows(self, x: tf.Tensor) -> tf.Tensor:
+        """``[rows, d]`` layer inputs (patches for convolutions) of one batch."""
+        return tf.reshape(x, (-1, x.shape[-1]))
+
+    def _accumulate(self, task: int, x: tf.Tensor) -> tf.Operation:
+        rows = tf.cast(self._layer_rows(x), tf.float32)
+        n = tf.shape(rows)[0]
+        if self.max_rows_per_step:
+            keep = tf.minimum(n, self.max_rows_per_step)
+            idx = tf.random.shuffle(tf.range(n))[:keep]
+            rows = tf.gather(rows, idx)
+        ones = tf.ones((tf.shape(rows)[0], 1), rows.dtype)
+        rows = tf.concat([rows, ones], axis=1)
+        product = tf.cast(tf.matmul(rows, rows, transpose_a=True), tf.float64)
+        return tf.group(
+            self.hessian_sums[task].assign_add(product),
+            self.hessian_counts[task].assign_add(tf.cast(tf.shape(rows)[0], tf.float64)),
+        )
+
+    def _schedule_hook(self, inputs: list, training: Any) -> list:
+        """Checks that ``ZipCallback`` drives a pending layer and accumulates Hessians."""
+        if not self.track_hessians or not training:
+            return []
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(self.zip_pending), self.zip_step >= 0),
+            [
+                f"Layer {self.name!r} still has units to zip, but no tfmot_zip.ZipCallback is "
+                "driving the training. Add callbacks=[tfmot_zip.ZipCallback()] to model.fit."
+            ],
+        )
+        ops = [check]
+        for t, x in enumerate(inputs):
+            ops.append(tf.cond(self.zip_accumulate, lambda t=t, x=x: self._accumulate(t, x), tf.no_op))
+        return ops
+
+    def hessian(self, task: int) -> np.ndarray:
+        """The accumulated ``E[x~ x~^T]`` of ``task`` (summed over replicas)."""
+        count = float(self.hessian_counts[task].numpy())
+        if count <= 0:
+            raise ValueError(f"Layer {self.name!r} has not accumulated any input for task {task}.")
+        return self.hessian_sums[task].numpy() / count
+
+    def reset_hessians(self) -> None:
+        for var in self.hessian_sums + self.hessian_counts:
+            var.assign(tf.zeros(var.shape, var.dtype))
+
+    def _schedule_config(self) -> dict:
+        return {
+            "track_hessians": self.track_hessians,
+            "zip_options": self.zip_options,
+            "max_rows_per_step": self.max_rows_per_step,
+        }
+
     def _check_inputs(self, inputs: Any) -> list:
         if not isinstance(inputs, (list, tuple)) or len(inputs) != self.num_tasks:
             raise ValueError(
@@ -149,6 +241,9 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
+        track_hessians: bool = False,
+        zip_options: Any = None,
+        max_rows_per_step: int = 16384,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -169,6 +264,7 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._init_schedule(track_hessians, zip_options, max_rows_per_step)
 
     def build(self, input_shape: Any) -> None:
         self.kernel = self.add_weight(
@@ -183,20 +279,25 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
             else None
         )
         self._build_maps()
+        self._build_schedule_state()
         super().build(input_shape)
 
     def task_kernel(self, task: int) -> tf.Tensor:
         """The kernel task ``task`` computes with: ``kernel[in_map][:, out_map]``."""
         return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=0), self.out_maps[task], axis=1)
 
-    def call(self, inputs: Any) -> list:
+    def call(self, inputs: Any, training: Any = None) -> list:
         inputs = self._check_inputs(inputs)
+        hooks = self._schedule_hook(inputs, training)
         outputs = []
         for t, x in enumerate(inputs):
             y = tf.matmul(x, tf.cast(self.task_kernel(t), x.dtype))
             if self.use_bias:
                 y = tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[t]), y.dtype))
             outputs.append(self.activation(y))
+        if hooks:
+            with tf.control_dependencies(hooks):
+                outputs = [tf.identity(o) for o in outputs]
         return outputs
 
     def compute_output_shape(self, input_shape: Any) -> list:
@@ -230,6 +331,7 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            **self._schedule_config(),
         }
         return {**super().get_config(), **config}
 
@@ -274,6 +376,9 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
+        track_hessians: bool = False,
+        zip_options: Any = None,
+        max_rows_per_step: int = 16384,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -301,6 +406,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._init_schedule(track_hessians, zip_options, max_rows_per_step)
 
     def build(self, input_shape: Any) -> None:
         self.kernel = self.add_weight(
@@ -315,14 +421,29 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
             else None
         )
         self._build_maps()
+        self._build_schedule_state()
         super().build(input_shape)
+
+    def _task_input_dim(self, task: int) -> int:
+        return self.kernel_size[0] * self.kernel_size[1] * self.task_input_units[task]
+
+    def _layer_rows(self, x: tf.Tensor) -> tf.Tensor:
+        patches = tf.image.extract_patches(
+            x,
+            sizes=(1, *self.kernel_size, 1),
+            strides=(1, *self.strides, 1),
+            rates=(1, *self.dilation_rate, 1),
+            padding=self.padding.upper(),
+        )
+        return tf.reshape(patches, (-1, patches.shape[-1]))
 
     def task_kernel(self, task: int) -> tf.Tensor:
         """The kernel task ``task`` computes with."""
         return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=2), self.out_maps[task], axis=3)
 
-    def call(self, inputs: Any) -> list:
+    def call(self, inputs: Any, training: Any = None) -> list:
         inputs = self._check_inputs(inputs)
+        hooks = self._schedule_hook(inputs, training)
         outputs = []
         for t, x in enumerate(inputs):
             y = tf.nn.conv2d(
@@ -335,6 +456,9 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
             if self.use_bias:
                 y = tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[t]), y.dtype))
             outputs.append(self.activation(y))
+        if hooks:
+            with tf.control_dependencies(hooks):
+                outputs = [tf.identity(o) for o in outputs]
         return outputs
 
     def compute_output_shape(self, input_shape: Any) -> list:
@@ -379,6 +503,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            **self._schedule_config(),
         }
         return {**super().get_config(), **config}
 

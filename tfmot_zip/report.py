@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
@@ -245,33 +246,49 @@ def render_zip_report_markdown(report: dict, image_prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+def _wrap(label: str, width: int = 18) -> str:
+    """Breaks a long label (task names such as ``lenet_300_100_classes_0_4_s0``) at ``_``, ``-`` or spaces."""
+    if len(label) <= width:
+        return label
+    lines, current = [], ""
+    for token in re.split(r"(?<=[_\- ])", label):
+        if current and len(current) + len(token) > width:
+            lines.append(current)
+            current = ""
+        current += token
+    lines.append(current)
+    return "\n".join(lines)
+
+
 def _overview_png(report: dict, path: Path) -> None:
     """Four panels: units per layer, merge cost per layer, accuracy per task, sizes."""
     from tfmot_zip import plots
 
     plt = plots._figure()
     tasks = report["task_names"]
+    short = [_wrap(t) for t in tasks]
     layers = report["layers"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
     ax = axes[0, 0]
-    names = [layer["name"] + (" (head)" if layer["is_head"] else "") for layer in layers]
+    names = [layer["name"] for layer in layers]
     xs = np.arange(len(layers))
     shared = np.array([layer["shared_units"] for layer in layers], dtype=float)
     ax.bar(xs, shared, color=colors[0], label="shared")
     bottom = shared.copy()
     for t, task in enumerate(tasks):
         specific = np.array([layer["task_specific_units"][t] for layer in layers], dtype=float)
-        ax.bar(xs, specific, bottom=bottom, color=colors[(t + 1) % len(colors)], label=f"only {task}")
+        ax.bar(xs, specific, bottom=bottom, color=colors[(t + 1) % len(colors)], label=f"only {_wrap(task, 30)}")
         bottom += specific
     for x, layer, top in zip(xs, layers, bottom):
-        if not layer["is_head"]:
-            ax.annotate(f"{layer['shared_fraction']:.0%} shared", (x, top), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(xs, names, rotation=20 if len(layers) > 4 else 0)
+        text = "head" if layer["is_head"] else f"{layer['shared_fraction']:.0%} shared"
+        ax.annotate(text, (x, top), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, names, rotation=30 if len(layers) > 5 else 0)
     ax.set_ylabel("physical units (neurons / channels)")
+    ax.set_ylim(0, max(bottom.max(), 1) * 1.12)
     ax.set_title("Units per layer")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
 
     ax = axes[0, 1]
     hidden = [layer for layer in layers if not layer["is_head"]]
@@ -297,10 +314,10 @@ def _overview_png(report: dict, path: Path) -> None:
         low = min(min(v) for v in series.values())
         for k, (label, values) in enumerate(series.items()):
             pos = np.arange(len(tasks)) + (k - (len(series) - 1) / 2) * width
-            bars = ax.bar(pos, values, width, label=label, color=colors[k % len(colors)])
+            bars = ax.bar(pos, values, width, label=label, color=colors[(k + len(tasks) + 2) % len(colors)])
             for bar, v in zip(bars, values):
                 ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(tasks)), tasks)
+        ax.set_xticks(range(len(tasks)), short, fontsize=8)
         ax.set_ylim(max(0.0, low - 10.0), 100.0)
         ax.set_ylabel("test accuracy (%)")
         ax.legend(fontsize=7, loc="lower right")
@@ -325,12 +342,11 @@ def _overview_png(report: dict, path: Path) -> None:
     for bar, value, unit in zip(bars, values, units):
         text = f"{value:,}" if unit == "params" else f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value:,} B"
         ax.annotate(text, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", ha="left", fontsize=8, xytext=(3, 0), textcoords="offset points")
-    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_yticks(ys, [_wrap(label, 24) for label in labels], fontsize=8)
     ax.set_xlim(0, 1.35)
     ax.set_xticks([])
     ax.set_title("Sizes (bars relative to the largest of each unit)")
     fig.suptitle(f"Zip report: {' + '.join(tasks)}", fontsize=12)
-    fig.tight_layout()
     plots._save(fig, path)
     plt.close(fig)
 

@@ -17,6 +17,7 @@ from tfmot_zip.layers import ZipConv2D, ZipDense
 from tfmot_zip.spaces import trace_spaces
 from tfmot_zip.strategies import STRATEGIES, get_strategy
 from tfmot_zip.strip import group_units, strip_zipping
+from tfmot_zip.schedules import ZipSchedule
 from tfmot_zip.zipper import MERGED_HESSIANS, Zipper
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
@@ -139,6 +140,15 @@ def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[
     return shares
 
 
+def _layer_fractions(sharing: Any, graph: ModelGraph, shares: dict[str, float]) -> dict[str, float]:
+    """Fraction per hidden layer (every writer of a stream gets the stream's)."""
+    out = {}
+    for node in graph.hidden_zip_nodes():
+        out[node.name] = float(shares.get(node.name, 0.0))
+    # Later writers of a stream inherit the first writer's fraction.
+    return out
+
+
 def zip_models(
     *models: keras.Model,
     calibration_data: Sequence[Any],
@@ -151,6 +161,7 @@ def zip_models(
     task_names: Sequence[str] | None = None,
     single_input: bool = False,
     seed: int = 0,
+    schedule: "ZipSchedule | None" = None,
     verbose: bool = False,
 ) -> keras.Model:
     """Zips pre-trained tf_keras models into one multi-task model (MTZ, one shot, bottom-up).
@@ -178,6 +189,10 @@ def zip_models(
         single_input: one input for every task (a shared unit whose inputs are all shared
             is then computed once after ``strip_zipping``).
         seed: seeds the random choices (random pairs, subsampling of conv patches).
+        schedule: None zips now (one shot). A ``LayerwiseSchedule`` (or ``OneShotSchedule``)
+            defers the zipping to ``model.fit`` with ``tfmot_zip.ZipCallback``, which zips one
+            layer at a time and retrains in between (the paper's procedure). Then
+            ``calibration_data`` may be None (Hessians come from the training batches).
         verbose: print one line per layer.
 
     Returns:
@@ -202,6 +217,13 @@ def zip_models(
         raise ValueError(f"Expected a finite non-negative damping (e.g. 1e-4). Received: damping={damping!r}")
     if calibration_samples is not None and (not isinstance(calibration_samples, int) or calibration_samples <= 0):
         raise ValueError(f"Expected a positive calibration_samples or None. Received: {calibration_samples!r}")
+    if schedule is not None and not isinstance(schedule, ZipSchedule):
+        raise TypeError(
+            f"schedule must be a tfmot_zip.LayerwiseSchedule or OneShotSchedule (or None to zip now); "
+            f"received {schedule!r}."
+        )
+    if calibration_data is None and schedule is not None:
+        calibration_data = [None] * len(models)
     if not isinstance(calibration_data, (list, tuple)) or len(calibration_data) != len(models):
         raise ValueError(
             f"calibration_data needs one entry per model ({len(models)}); received "
@@ -216,13 +238,36 @@ def zip_models(
     features, spaces = trace_spaces(graph)
     shares = _resolve_sharing(sharing, graph, features, spaces)
     shape = tuple(models[0].input_shape[1:])
-    calibration = [
-        _as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples) for i, d in enumerate(calibration_data)
-    ]
+    deferred = schedule is not None
+    calibration = None
+    if not (deferred and all(d is None for d in calibration_data)):
+        calibration = [
+            _as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples) for i, d in enumerate(calibration_data)
+        ]
     names = sanitize_task_names(task_names if task_names is not None else [m.name for m in models])
     if len(names) != len(models):
         raise ValueError(f"task_names needs {len(models)} names; received {list(task_names or [])}.")
-    zipped = build_zipped_model(graph, features, spaces, names, single_input=single_input)
+    layer_options = None
+    if deferred:
+        fractions = _layer_fractions(sharing, graph, shares)
+        layer_options = {
+            node.name: {
+                "track_hessians": True,
+                "zip_options": {
+                    "fraction": fractions[node.name], "method": method, "selection": selection,
+                    "damping": damping, "merged_hessian": merged_hessian, "seed": seed,
+                    "schedule": schedule.get_config(),
+                },
+            }
+            for node in graph.hidden_zip_nodes()
+        }
+    zipped = build_zipped_model(graph, features, spaces, names, single_input=single_input, layer_options=layer_options)
+    if deferred:
+        for node in graph.hidden_zip_nodes():
+            zipped.get_layer(node.name).zip_pending.assign(True)
+        zipped._zip_calibration = calibration
+        zipped._zip_seconds = time.perf_counter() - start
+        return zipped
     progress = (lambda name: print(f"zipping {name}", flush=True)) if verbose else None
     zipper = Zipper(
         zipped, graph, features, spaces, calibration, get_strategy(method), selection=selection,

@@ -73,6 +73,7 @@ class Zipper:
     activation_samples: int = 2_000
     progress: Callable[[str], None] | None = None
     records: dict[int, LayerRecord] = field(default_factory=dict)
+    hessian_provider: Callable[[object, int], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.n_tasks = len(self.graph.models)
@@ -152,6 +153,13 @@ class Zipper:
             return self._hessian_cache[node.index]
         layer = self.layer(node)
         tasks = list(range(self.task + 1))
+        if self.hessian_provider is not None:
+            hessians = []
+            for t in tasks:
+                h = self.hessian_provider(layer, t)
+                hessians.append(h if layer.use_bias else h[:-1, :-1])
+            self._hessian_cache[node.index] = hessians
+            return hessians
         accumulators: dict[int, HessianAccumulator] = {}
         for t, batch in self._layer_input_batches(node, tasks):
             if node.kind == "conv":
@@ -381,29 +389,81 @@ class Zipper:
         for node_index in set(space.writers) | {c.index for c in self.consumers(space)}:
             self._write(self.graph.nodes[node_index])
 
+    # --- stage-wise driving (ZipCallback) ------------------------------------------------------
+    @classmethod
+    def from_model(cls, zipped: keras.Model, **kwargs) -> "Zipper":
+        """A zipper for an existing zipped model (e.g. loaded from a file), state restored.
+
+        The plan is rebuilt from the per-task models the zipped model computes; unit maps
+        come from the zip layers.
+        """
+        from tfmot_zip.builder import extract_task_models
+        from tfmot_zip.graph import align_models
+        from tfmot_zip.spaces import trace_spaces
+
+        task_models = extract_task_models(zipped)
+        graph = align_models(task_models)
+        features, spaces = trace_spaces(graph)
+        for space in spaces.values():
+            first = zipped.get_layer(graph.nodes[space.writers[0]].name)
+            space.maps = [first.get_maps(t)[1] for t in range(len(task_models))]
+        return cls(zipped, graph, features, spaces, **kwargs)
+
+    def stages(self) -> list[tuple[int, AlignedNode]]:
+        """Every (pass, hidden layer) in zipping order."""
+        return [(n, node) for n in range(1, self.n_tasks) for node in self.graph.hidden_zip_nodes()]
+
+    def refresh_weights(self) -> None:
+        """Re-reads every task's weights from the layers (training changed them)."""
+        for node in self.graph.zip_nodes():
+            layer = self.layer(node)
+            self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
+
+    def begin_pass(self, n: int, done: Callable[[AlignedNode], int] | None = None) -> None:
+        """Starts (or resumes) pass ``n``; ``done(node)`` tells how many passes a layer finished."""
+        self.task = n
+        self.merged.clear()
+        self.decided.clear()
+        if done is not None:
+            for node in self.graph.hidden_zip_nodes():
+                if done(node) >= n:
+                    self.merged.add(node.index)
+                    self.decided.add(self.features[node.index].space)
+
+    def nodes_to_measure(self, node: AlignedNode) -> list[AlignedNode]:
+        """Layers whose Hessians the next stage needs (a stream's ready writers, or the layer)."""
+        space = self.spaces[self.features[node.index].space]
+        if space.id in self.decided:
+            return [node]
+        return [self.graph.nodes[w] for w in space.writers if self.input_ready(self.graph.nodes[w])]
+
+    def zip_stage(self, node: AlignedNode, shares: dict[str, float], selection: str | None = None) -> list[AlignedNode]:
+        """Zips one layer of the current pass; returns the layers it merged."""
+        selection = selection or self.selection
+        before = set(self.merged)
+        space = self.spaces[self.features[node.index].space]
+        if self.progress:
+            self.progress(node.name if self.n_tasks == 2 else f"{node.name} (task {self.task})")
+        if space.id not in self.decided:
+            first = self.graph.nodes[space.writers[0]].name
+            merged_units = np.unique(np.concatenate(space.maps[: self.task]))
+            k = int(round(shares.get(first, 0.0) * min(space.widths[self.task], len(merged_units))))
+            self.decide(space, k, selection)
+        if node.index not in self.merged:
+            self.merge_node(node, space, *space.pairs)
+            self._write(node)
+        self._hessian_cache.clear()
+        self._stats_cache.clear()
+        return [self.graph.nodes[i] for i in sorted(self.merged - before)]
+
     def run(self, shares: dict[str, float], selection: str | None = None) -> dict[int, LayerRecord]:
         """Zips every hidden layer bottom-up, merging one task per pass.
 
         ``shares`` maps the first writer of each space to its sharing fraction; a pass shares
         ``round(fraction * min(width of the new task, units of the merged network))`` pairs.
         """
-        selection = selection or self.selection
         for n in range(1, self.n_tasks):
-            self.task = n
-            self.merged.clear()
-            self.decided.clear()
+            self.begin_pass(n)
             for node in self.graph.hidden_zip_nodes():
-                space = self.spaces[self.features[node.index].space]
-                if self.progress:
-                    self.progress(node.name if self.n_tasks == 2 else f"{node.name} (task {n})")
-                if space.id not in self.decided:
-                    first = self.graph.nodes[space.writers[0]].name
-                    merged_units = np.unique(np.concatenate(space.maps[:n]))
-                    k = int(round(shares.get(first, 0.0) * min(space.widths[n], len(merged_units))))
-                    self.decide(space, k, selection)
-                if node.index not in self.merged:
-                    self.merge_node(node, space, *space.pairs)
-                    self._write(node)
-                self._hessian_cache.pop(node.index, None)
-                self._stats_cache.pop(node.index, None)
+                self.zip_stage(node, shares, selection)
         return self.records

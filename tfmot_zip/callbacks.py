@@ -1,0 +1,211 @@
+"""``ZipCallback``: zips a model layer by layer while ``model.fit`` retrains it.
+
+Mirrors TFMOT's ``UpdatePruningStep``: ``zip_models(..., schedule=LayerwiseSchedule(...))``
+returns a model whose zip-able layers are *pending*; ``fit`` with this callback then, stage by
+stage (bottom-up, one merged model per pass): switches on Hessian accumulation in the layer
+to zip (its inputs on the training batches, summed across replicas under ``tf.distribute``),
+zips it after ``calibration_steps`` steps, and lets training go on for the stage's retraining
+steps. All zipping state lives in layer variables, so checkpoints and ``.keras`` files taken
+mid-schedule resume where they stopped. Training a pending model without the callback fails.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from tfmot_zip.compat import keras
+from tfmot_zip.layers import ZipConv2D, ZipDense
+from tfmot_zip.schedules import ZipSchedule
+
+__all__ = ["ZipCallback", "zipping_finished", "pending_layers"]
+
+
+def _zip_layers(model: keras.Model) -> list:
+    return [l for l in model.layers if isinstance(l, (ZipDense, ZipConv2D))]
+
+
+def pending_layers(model: keras.Model) -> list[str]:
+    """Names of layers that still have units to zip (schedule not finished).
+
+    Example:
+        >>> pending_layers(zipped)  # doctest: +SKIP
+        ['fc1', 'fc2']
+    """
+    return [l.name for l in _zip_layers(model) if l.track_hessians and bool(l.zip_pending.numpy())]
+
+
+def zipping_finished(model: keras.Model) -> bool:
+    """True when no layer of ``model`` waits for ``ZipCallback``."""
+    return not pending_layers(model)
+
+
+class ZipCallback(keras.callbacks.Callback):
+    """Drives layer-wise zipping during ``fit`` (see module docstring).
+
+    Args:
+        calibration_data: optional, one entry per task (arrays or datasets of inputs): when
+            given, each layer's Hessians come from these samples run through the current
+            model (as in one-shot zipping) instead of from training batches.
+        calibration_samples: at most this many samples per task from ``calibration_data``.
+        verbose: 1 prints a line per zipped layer.
+
+    Attributes:
+        log: one dict per zipped stage (step, layer, pass, shared units, merge cost).
+
+    Example:
+        >>> zipped = tfmot_zip.zip_models(a, b, calibration_data=None, sharing=1.0,
+        ...                               schedule=tfmot_zip.LayerwiseSchedule(20, 100))  # doctest: +SKIP
+        >>> tfmot_zip.training.compile_multitask(zipped)  # doctest: +SKIP
+        >>> zipped.fit(ds, steps_per_epoch=500, callbacks=[tfmot_zip.ZipCallback()])  # doctest: +SKIP
+    """
+
+    def __init__(self, calibration_data: Sequence[Any] | None = None, calibration_samples: int = 10_000, verbose: int = 0):
+        super().__init__()
+        self.calibration_data = calibration_data
+        self.calibration_samples = calibration_samples
+        self.verbose = verbose
+        self.log: list[dict] = []
+        self._zipper = None
+
+    # --- setup ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        from tfmot_zip.strategies import get_strategy
+        from tfmot_zip.zipper import Zipper
+
+        layers = [l for l in _zip_layers(self.model) if l.track_hessians]
+        if not layers:
+            raise ValueError(
+                f"Model {self.model.name!r} has no layers scheduled for zipping; ZipCallback drives models "
+                "returned by zip_models(..., schedule=LayerwiseSchedule(...))."
+            )
+        options = layers[0].zip_options or {}
+        self.options = options
+        self.schedule = ZipSchedule.from_config(options["schedule"])
+        calibration = None
+        provider = None
+        if self.calibration_data is None:
+            self.calibration_data = getattr(self.model, "_zip_calibration", None)
+        if self.calibration_data is not None:
+            from tfmot_zip.data import as_inputs
+
+            if len(self.calibration_data) != len(self.model.outputs):
+                raise ValueError(
+                    f"calibration_data needs one entry per task ({len(self.model.outputs)}); received "
+                    f"{len(self.calibration_data)}."
+                )
+            calibration = [np.asarray(as_inputs(d, count=self.calibration_samples), np.float32) for d in self.calibration_data]
+        else:
+            provider = lambda layer, t: layer.hessian(t)  # noqa: E731
+            calibration = [np.zeros((1,) + tuple(self.model.inputs[0].shape[1:]), np.float32)] * len(self.model.outputs)
+        self._zipper = Zipper.from_model(
+            self.model,
+            calibration=calibration,
+            strategy=get_strategy(options.get("method", "mtz")),
+            selection=options.get("selection", "hungarian"),
+            damping=options.get("damping", 1e-4),
+            merged_hessian=options.get("merged_hessian", "sum_of_inverses"),
+            seed=options.get("seed", 0),
+            hessian_provider=provider,
+        )
+        self.shares = {
+            node.name: (self._layer(node).zip_options or {}).get("fraction", 0.0)
+            for node in self._zipper.graph.hidden_zip_nodes()
+        }
+        self.stages = self._zipper.stages()
+        self._pass = None
+
+    def _layer(self, node):
+        return self.model.get_layer(node.name)
+
+    def _current(self):
+        """Index of the first stage not finished (zipped and retrained), or None."""
+        for i, (n, node) in enumerate(self.stages):
+            layer = self._layer(node)
+            done = int(layer.zip_done.numpy())
+            if done < n:
+                return i
+            if done == n and int(layer.zip_counter.numpy()) < self.schedule.retrain_steps_for(i):
+                return i
+        return None
+
+    # --- keras hooks --------------------------------------------------------------------------------
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._setup()
+        self.step = 0
+        for layer in _zip_layers(self.model):
+            if layer.track_hessians:
+                layer.zip_step.assign(0)
+        self._advance()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.step += 1
+        if self._zipper is None or self._stage is None:
+            return
+        for layer in _zip_layers(self.model):
+            if layer.track_hessians:
+                layer.zip_step.assign(self.step)
+        n, node = self.stages[self._stage]
+        layer = self._layer(node)
+        layer.zip_counter.assign_add(1)
+        if int(layer.zip_done.numpy()) < n:
+            if int(layer.zip_counter.numpy()) >= self.schedule.calibration_steps:
+                self._zip_current()
+        self._advance()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for layer in _zip_layers(self.model):
+            if layer.track_hessians:
+                layer.zip_accumulate.assign(False)
+                layer.zip_step.assign(-1)  # a later fit without the callback fails loudly again
+
+    # --- the state machine ----------------------------------------------------------------------------
+    def _advance(self) -> None:
+        """Moves to the current stage; zips at once when no calibration steps are needed."""
+        while True:
+            self._stage = self._current()
+            if self._stage is None:
+                self._finish()
+                return
+            n, node = self.stages[self._stage]
+            layer = self._layer(node)
+            if self._pass != n:
+                done = lambda nd: int(self._layer(nd).zip_done.numpy())  # noqa: E731
+                self._zipper.begin_pass(n, done)
+                self._pass = n
+            if int(layer.zip_done.numpy()) >= n:
+                return  # retraining after this stage
+            needs_batches = self.calibration_data is None and self.schedule.calibration_steps > 0
+            if not needs_batches:
+                self._zip_current()
+                continue
+            if not bool(layer.zip_accumulate.numpy()):  # a fresh stage (not a resumed one)
+                layer.zip_counter.assign(0)
+            for other in self._zipper.nodes_to_measure(node):
+                self._layer(other).zip_accumulate.assign(True)
+            return
+
+    def _zip_current(self) -> None:
+        n, node = self.stages[self._stage]
+        self._zipper.refresh_weights()
+        merged = self._zipper.zip_stage(node, self.shares)
+        for other in merged + [node]:
+            layer = self._layer(other)
+            layer.zip_done.assign(n)
+            layer.zip_accumulate.assign(False)
+            layer.reset_hessians()
+        for other in merged:
+            if other.index != node.index:
+                self._layer(other).zip_counter.assign(1 << 40)  # merged as a stream writer: no own retraining
+        self._layer(node).zip_counter.assign(0)
+        record = self._zipper.records[node.index]
+        entry = {"step": self.step, "layer": node.name, "pass": n, "shared_units": record.shared, "merge_cost": record.merge_cost}
+        self.log.append(entry)
+        if self.verbose:
+            print(f"ZipCallback: step {self.step}: zipped {node.name} (task {n}), {record.shared} shared units, merge cost {record.merge_cost:.4g}")
+
+    def _finish(self) -> None:
+        for layer in _zip_layers(self.model):
+            if layer.track_hessians and bool(layer.zip_pending.numpy()):
+                layer.zip_pending.assign(False)
+                layer.zip_accumulate.assign(False)
