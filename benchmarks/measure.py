@@ -133,6 +133,14 @@ def probe_resnet() -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (user + system, all threads): comparable across machine loads."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _round(values: Sequence[float], digits: int = 2) -> list[float]:
     return [round(float(v), digits) for v in values]
 
@@ -466,10 +474,11 @@ def run_search(ctx: Context, control: Optional[dict]) -> Optional[dict]:
 
 def run_scenario(scenario: Scenario, config: BenchConfig, log: Log = print) -> dict:
     """Everything measured on one pair of models."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     log(f"== {scenario.name}: {scenario.title}")
     ctx = Context(scenario, config, log)
     seconds = {"originals": round(time.perf_counter() - started, 1)}
+    cpu = {"originals": round(cpu_seconds() - cpu_started, 1)}
     log(
         f"    originals {ctx.names[0]} / {ctx.names[1]}: {ctx.original_accuracy[0]:.2f} / {ctx.original_accuracy[1]:.2f} %, "
         f"trained {ctx.trained[0].train_steps} / {ctx.trained[1].train_steps} steps, {ctx.one_network_params:,} parameters each"
@@ -491,21 +500,27 @@ def run_scenario(scenario: Scenario, config: BenchConfig, log: Log = print) -> d
             "params_separate": int(sum(m.count_params() for m in ctx.models)),
         },
     }
-    phase = time.perf_counter()
+    phase, cpu_phase = time.perf_counter(), cpu_seconds()
     result["grid"] = run_grid(ctx)
     seconds["grid"] = round(time.perf_counter() - phase, 1)
-    phase = time.perf_counter()
+    cpu["grid"] = round(cpu_seconds() - cpu_phase, 1)
+    phase, cpu_phase = time.perf_counter(), cpu_seconds()
     result["control"] = run_control(ctx)
     seconds["control"] = round(time.perf_counter() - phase, 1)
-    phase = time.perf_counter()
+    cpu["control"] = round(cpu_seconds() - cpu_phase, 1)
+    phase, cpu_phase = time.perf_counter(), cpu_seconds()
     result["search"] = run_search(ctx, result["control"])
     seconds["search"] = round(time.perf_counter() - phase, 1)
-    phase = time.perf_counter()
+    cpu["search"] = round(cpu_seconds() - cpu_phase, 1)
+    phase, cpu_phase = time.perf_counter(), cpu_seconds()
     result["scratch"] = run_scratch(ctx)
     seconds["scratch"] = round(time.perf_counter() - phase, 1)
+    cpu["scratch"] = round(cpu_seconds() - cpu_phase, 1)
     seconds["total"] = round(time.perf_counter() - started, 1)
+    cpu["total"] = round(cpu_seconds() - cpu_started, 1)
     result["seconds"] = seconds
-    log(f"    {scenario.name} done in {seconds['total']:.0f} s")
+    result["cpu_seconds"] = cpu
+    log(f"    {scenario.name} done in {seconds['total']:.0f} s ({cpu['total']:.0f} s of CPU time: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items() if k != "total") + ")")
     return result
 
 
@@ -516,7 +531,7 @@ def run_benchmark(
     resnet_probe: Optional[dict] = None,
 ) -> dict:
     """Runs every scenario of ``config``; ``on_update(results)`` after each (to save partial results)."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     results = {
         "schema": 1,
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv and sys.argv[0] else None,
@@ -531,10 +546,12 @@ def run_benchmark(
     for scenario in config.scenarios:
         results["scenarios"][scenario.name] = run_scenario(scenario, config, log)
         results["seconds"] = round(time.perf_counter() - started, 1)
+        results["cpu_seconds"] = round(cpu_seconds() - cpu_started, 1)
         if on_update is not None:
             on_update(results)
     results["complete"] = True
     results["seconds"] = round(time.perf_counter() - started, 1)
+    results["cpu_seconds"] = round(cpu_seconds() - cpu_started, 1)
     results["machine_at_end"] = machine_info()
     if on_update is not None:
         on_update(results)

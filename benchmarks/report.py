@@ -17,6 +17,9 @@ from tfmot_zip.io_utils import atomic_write_bytes, check_writable_dir
 __all__ = ["render_markdown", "write_plots", "mean_drop", "best_baseline"]
 
 MTZ = "mtz-hungarian"
+#: One colour per strategy in every plot.
+COLORS = {"mtz-hungarian": "tab:blue", "mtz-greedy": "tab:cyan", "activation": "tab:orange",
+          "euclidean": "tab:green", "random": "tab:red"}
 
 
 def mean_drop(drops: Sequence[float]) -> float:
@@ -334,7 +337,7 @@ def _accuracy_plot(path: Path, name: str, result: dict) -> None:
             points = [(r["fraction"], sum(r[phase]["accuracy"]) / 2) for r in rows if r["strategy"] == label and r.get(phase)]
             if points:
                 xs, ys = zip(*sorted(points))
-                ax.plot(xs, ys, marker="o", label=label, linewidth=2.2 if label == MTZ else 1.2)
+                ax.plot(xs, ys, marker="o", label=label, color=COLORS.get(label), linewidth=2.2 if label == MTZ else 1.2)
         ax.axhline(original, color="gray", linestyle="--", label="originals")
         if phase == "retrained":
             control = dict((s, a) for s, a in (result.get("control") or {}).get("history", []))
@@ -350,7 +353,11 @@ def _accuracy_plot(path: Path, name: str, result: dict) -> None:
     axes[0][0].set_ylabel("mean test accuracy of the two tasks (%)")
     low = min(sum(r[p]["accuracy"]) / 2 for r in rows for p, _ in phases if r.get(p))
     axes[0][0].set_ylim(max(0.0, min(low, original) - 2), min(100.0, original + 2))
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    handles: dict = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(result["title"], fontsize=10)
     _save(fig, path)
     plt.close(fig)
@@ -409,7 +416,8 @@ def _search_plot(path: Path, results: dict) -> None:
             ax.plot([0] + [s for s, _ in control], [0.0] + [max(o - a for o, a in zip(orig, acc)) for _, acc in control],
                     color="black", linestyle=":", label="control (originals trained on)")
         ax.axhline(tolerance, color="gray", linestyle="--", label=f"tolerance {tolerance:g}")
-        ax.set_yscale("symlog", linthresh=1.0)
+        top = max([tolerance] + [max(o - a for o, a in zip(orig, acc)) for t in result["search"]["trials"] for _, acc in t["history"]])
+        ax.set_ylim(top=min(top + 0.5, 8.0))
         ax.set_xlabel("joint retraining steps")
         ax.set_ylabel("worst task's drop from its original (points)")
         ax.set_title(result["title"], fontsize=8)

@@ -199,11 +199,10 @@ def test_zip_layers_must_be_stripped_first(setup):
         export_tflite(setup["zipped"])
 
 
-def test_pruning_wrappers_must_be_stripped_first(setup):
+def test_pruning_wrappers_must_be_stripped_first():
     import tensorflow_model_optimization as tfmot
 
-    clone = keras.models.clone_model(setup["plain"])
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(clone)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(_mlp(3))
     with pytest.raises(ValueError, match="strip_pruning"):
         export_tflite(pruned)
 

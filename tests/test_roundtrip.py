@@ -18,6 +18,7 @@ from tfmot_zip.layers import ZipConv2D, ZipDense
 from conftest import calib, cnn, mlp
 
 FORMATS = ["keras", "savedmodel", "h5"]
+pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 
 
 def save_and_load(model, tmp_path, fmt):

@@ -142,21 +142,20 @@ class ZipCallback(keras.callbacks.Callback):
         self.step += 1
         if self._zipper is None or self._stage is None:
             return
-        for layer in _zip_layers(self.model):
-            if layer.track_hessians:
-                layer.zip_step.assign(self.step)
         n, node = self.stages[self._stage]
         layer = self._layer(node)
         layer.zip_counter.assign_add(1)
-        if int(layer.zip_done.numpy()) < n:
-            if int(layer.zip_counter.numpy()) >= self.schedule.calibration_steps:
+        self._counter += 1
+        if self._accumulating:
+            if self._counter >= self.schedule.calibration_steps:
                 self._zip_current()
-        self._advance()
+                self._advance()
+        elif self._counter >= self.schedule.retrain_steps_for(self._stage):
+            self._advance()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         for layer in _zip_layers(self.model):
             if layer.track_hessians:
-                layer.zip_accumulate.assign(False)
                 layer.zip_step.assign(-1)  # a later fit without the callback fails loudly again
 
     # --- the state machine ----------------------------------------------------------------------------
@@ -173,7 +172,9 @@ class ZipCallback(keras.callbacks.Callback):
                 done = lambda nd: int(self._layer(nd).zip_done.numpy())  # noqa: E731
                 self._zipper.begin_pass(n, done)
                 self._pass = n
-            if int(layer.zip_done.numpy()) >= n:
+            self._counter = int(layer.zip_counter.numpy())
+            self._accumulating = int(layer.zip_done.numpy()) < n
+            if not self._accumulating:
                 return  # retraining after this stage
             needs_batches = self.calibration_data is None and self.schedule.calibration_steps > 0
             if not needs_batches:
@@ -181,6 +182,7 @@ class ZipCallback(keras.callbacks.Callback):
                 continue
             if not bool(layer.zip_accumulate.numpy()):  # a fresh stage (not a resumed one)
                 layer.zip_counter.assign(0)
+                self._counter = 0
             for other in self._zipper.nodes_to_measure(node):
                 self._layer(other).zip_accumulate.assign(True)
             return

@@ -406,15 +406,16 @@ def _apply_options(spec: DataSpec, x: np.ndarray, y: np.ndarray | None) -> tuple
     if spec.classes is not None:
         if y is None:
             raise UsageError(f"Data spec {spec.text!r}: classes= needs labels, but the data has none (add 'y' to the .npz).")
-        lookup = {c: k for k, c in enumerate(spec.classes)}
         keep = np.isin(y, spec.classes)
-        x, y = x[keep], np.asarray([lookup[int(v)] for v in y[keep]], dtype=np.int64)
-        if len(x) == 0:
-            present = sorted(set(np.unique(y).tolist())) if y is not None else []
+        if not keep.any():
+            present = np.unique(y).tolist()
             raise UsageError(
-                f"Data spec {spec.text!r}: no example has a label in classes={list(spec.classes)}; "
-                f"check the labels of the data{f' (present: {present[:20]})' if present else ''}."
+                f"Data spec {spec.text!r}: no example has a label in classes={list(spec.classes)}; the data has "
+                f"labels {present[:20]}{' ...' if len(present) > 20 else ''}. Choose classes among them."
             )
+        lookup = np.full(int(max(max(spec.classes), y.max())) + 1, -1, dtype=np.int64)
+        lookup[list(spec.classes)] = np.arange(len(spec.classes))
+        x, y = x[keep], lookup[y[keep]]
     if spec.count is not None:
         x = x[: spec.count]
         y = None if y is None else y[: spec.count]
@@ -635,10 +636,11 @@ def _check_output_dir(text: str | os.PathLike, flag: str) -> Path:
         raise UsageError(f"{flag} {str(text)!r}: {err}") from None
 
 
-def atomic_save_model(model: Any, path: str | os.PathLike) -> Path:
+def atomic_save_model(model: Any, path: str | os.PathLike, **save_kwargs: Any) -> Path:
     """Saves a tf_keras model to ``path`` atomically (a temporary file in the folder, then a rename).
 
     A failure leaves the previous file (or nothing) in place, never a partial file.
+    ``save_kwargs`` go to ``model.save`` (e.g. ``include_optimizer=False``).
 
     Example:
         >>> atomic_save_model(zipped, "out/zipped.keras")  # doctest: +SKIP
@@ -651,7 +653,7 @@ def atomic_save_model(model: Any, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=folder)
     os.close(fd)
     try:
-        model.save(tmp, overwrite=True)
+        model.save(tmp, overwrite=True, **save_kwargs)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -910,7 +912,7 @@ def _cmd_retrain(args, console: _Console) -> int:
         bar.close()
     after = _accuracy_of(model, tests, console, "after retraining") if tests is not None else None
     console.log(f"saving {out}")
-    atomic_save_model(model, out)
+    atomic_save_model(model, out, include_optimizer=False)  # retrain recompiles; the file stays small
     if before is not None:
         for name, b, a in zip(model.output_names, before, after):
             print(f"{name}: accuracy {b:.2f}% -> {a:.2f}% after {args.steps} steps")
@@ -919,7 +921,7 @@ def _cmd_retrain(args, console: _Console) -> int:
         from tfmot_zip.report import write_zip_report
 
         result = write_zip_report(
-            model, report_dir, accuracy_before=before,
+            model, report_dir, accuracy_before=None if before is None else {"zipped": before},
             accuracy_after=None if after is None else {f"retrained {args.steps} steps": after},
             sizes={"retrained .keras": _file_size(out)},
         )
@@ -1048,17 +1050,20 @@ def _format_inspect(info: dict) -> str:
     if info["kind"] == "tflite":
         lines = [f"{info['path']}: TFLite, {info['file_bytes']:,} bytes ({info['gzipped_bytes']:,} gzipped)",
                  f"{len(info['signatures'])} signatures:"]
+        names = [n for sig in info["signatures"].values() for role in ("inputs", "outputs") for n in sig[role]]
+        width = max([len(n) for n in names] + [8]) + 2
         for key, sig in info["signatures"].items():
             lines.append(f"  {key}")
             for role in ("inputs", "outputs"):
                 for name, t in sig[role].items():
                     shape = "x".join("?" if v < 0 else str(v) for v in t["shape"])
-                    lines.append(f"    {role[:-1]:<6} {name:<28} {shape:<14} {t['dtype']}")
+                    lines.append(f"    {role[:-1]:<7}{name:<{width}}{shape:<14}{t['dtype']}")
         return "\n".join(lines)
     lines = [f"{info['path']}: tf_keras model {info['name']!r}, {info['params']:,} parameters, {info['file_bytes']:,} bytes"]
+    width = max([len(n) for role in ("inputs", "outputs") for n in info[role]] + [8]) + 2
     for role in ("inputs", "outputs"):
         for name, shape in info[role].items():
-            lines.append(f"  {role[:-1]:<6} {name:<28} {tuple(shape)}")
+            lines.append(f"  {role[:-1]:<7}{name:<{width}}{tuple(shape)}")
     if info["zipped"]:
         lines += ["", info["summary_text"]]
     else:

@@ -318,9 +318,10 @@ def _overview_png(report: dict, path: Path) -> None:
             for bar, v in zip(bars, values):
                 ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(tasks)), short, fontsize=8)
-        ax.set_ylim(max(0.0, low - 10.0), 100.0)
+        bottom_limit = max(0.0, low - 10.0)
+        ax.set_ylim(bottom_limit, 100.0 + 0.15 * (100.0 - bottom_limit))  # room for the legend above the bars
         ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", ncols=min(3, len(series)))
     else:
         ax.text(0.5, 0.5, "accuracy not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])

@@ -360,7 +360,7 @@ def _inbound_count(layer_config: dict) -> int:
 
 
 def shared_layers(model: keras.Model) -> dict[str, int]:
-    """Layers with weights that ``model`` calls more than once: ``{layer name: calls}``.
+    """Layers with trainable weights that ``model`` calls more than once: ``{name: calls}``.
 
     Counts calls inside this model's graph only (a layer object reused by another model, as
     TFMOT's wrappers do, is not counted twice). In a stripped zipped model these are the
@@ -376,8 +376,11 @@ def shared_layers(model: keras.Model) -> dict[str, int]:
     out = {}
     for spec in config.get("layers", []):
         layer = model.get_layer(spec["name"])
+        inner = layer
+        while isinstance(inner, keras.layers.Wrapper):  # TFMOT wrappers own bookkeeping weights
+            inner = inner.layer
         calls = _inbound_count(spec)
-        if calls > 1 and layer.weights:
+        if calls > 1 and inner.trainable_weights:
             out[spec["name"]] = calls
     return out
 
