@@ -198,7 +198,7 @@ def bad_cases(files, tmp_path):
                                                "needs --representative"),
         "export to .keras": (["export", m0, "--out", out], "must end in .tflite"),
         "inspect missing file": (["inspect", str(tmp_path / "nope.tflite")], "does not exist"),
-        "inspect not a model": (["inspect", d0], "has suffix '.npz'"),
+        "inspect not a model": (["inspect", d0], r"Cannot inspect .*\(suffix '.npz'\).*\.tflite file"),
     }
 
 

@@ -202,3 +202,21 @@ def test_vectorised_matrix_equals_per_pair_loop(n_a, n_b, s, extra, seed):
     costs = merge_cost_matrix(side_a, side_b)
     loop = np.array([[pair_cost(side_a, side_b, i, j) for j in range(n_b)] for i in range(n_a)])
     np.testing.assert_allclose(costs, np.maximum(loop, 0), rtol=1e-7, atol=1e-9)
+
+
+def test_block_hessian_is_the_block_diagonal_of_the_exact_one():
+    from tfmot_zip.core import BlockHessianAccumulator
+
+    rng = np.random.default_rng(6)
+    rows = rng.normal(size=(500, 3 * 4))  # 3 kernel positions x 4 channels
+    exact, block = HessianAccumulator(12), BlockHessianAccumulator(3, 4, batch_dtype=np.float64)
+    for chunk in np.array_split(rows, 3):
+        exact.update(chunk)
+        block.update(chunk)
+    h, b = exact.hessian(), block.hessian()
+    mask = np.zeros((13, 13), bool)
+    for p in range(3):
+        mask[p * 4:(p + 1) * 4, p * 4:(p + 1) * 4] = True
+    mask[12, 12] = True
+    np.testing.assert_allclose(b[mask], h[mask], rtol=1e-12)
+    assert np.all(b[~mask] == 0)

@@ -172,9 +172,11 @@ def test_prune_preserving_qat_keeps_sparsity(setup):
     moved = kernels(qat_float_weights(plain_qat, stripped))
     assert sparsity(moved["fc1_input_to_shared"]) < 0.5
 
-    # tfmot_zip.tfmot_support.quantize_zipped(preserve_sparsity=True) is the same scheme.
+    # tfmot_zip.tfmot_support.quantize_zipped(preserve_sparsity=True) applies the same scheme.
     helper = tfmot_support.quantize_zipped(stripped, preserve_sparsity=True)
-    assert type(helper.get_layer("quant_fc1_input_to_shared").quantize_config).__name__ != "Default8BitQuantizeConfig"
+    for q in (helper, preserving):
+        quantizer = q.get_layer("quant_fc1_input_to_shared").quantize_config.weight_quantizer
+        assert type(quantizer).__name__ == "PrunePreserveDefault8BitWeightsQuantizer"
 
 
 def test_prune_zip_layers_of_an_unstripped_model(setup):
@@ -194,7 +196,10 @@ def test_prune_zip_layers_of_an_unstripped_model(setup):
         # TFMOT prunes the whole physical kernel (cells no task reads included).
         assert sparsity(layer.kernel.numpy()) == pytest.approx(0.5, abs=0.01), name
     plain = tfmot_zip.strip_zipping(stripped)
-    assert sparsity(plain.get_layer("fc1_input_to_shared").kernel.numpy()) > 0.3
+    # The cells the tasks read are pruned too, but not at the target rate: the magnitude
+    # threshold also ranks the unread cells (strip first to prune at an exact rate).
+    used = sparsity(plain.get_layer("fc1_input_to_shared").kernel.numpy())
+    assert 0.1 < used < 0.9
     x = setup["x"]
     for a, b in zip(outputs(stripped, x), outputs(plain, x)):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -221,7 +226,9 @@ def test_qat_zip_layers_with_quantize_configs(setup, tmp_path):
     annotated = tfmot_support.quantize_annotate_zipped(zipped)
     with tfmot_support.zip_quantize_scope():
         applied = quant_api.quantize_apply(annotated)
-    assert [l.name for l in applied.layers] == [l.name for l in qat.layers]
+    names = lambda model: [l.name for l in model.layers if not l.name.startswith("quantize_layer")]  # noqa: E731
+    assert names(applied) == names(qat)
+    assert isinstance(applied.get_layer("quant_head").quantize_config, tfmot_support.ZipDenseQuantizeConfig)
 
 
 def test_zip_conv_quantize_config_is_per_channel():

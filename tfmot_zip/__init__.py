@@ -27,10 +27,20 @@ _EXPORTS = {
     "LayerwiseSchedule": "tfmot_zip.schedules",
     "OneShotSchedule": "tfmot_zip.schedules",
     "extract_task_models": "tfmot_zip.builder",
+    "export_tflite": "tfmot_zip.export",
+    "verify_tflite": "tfmot_zip.export",
+    "tflite_predict": "tfmot_zip.export",
+    "tflite_accuracy": "tfmot_zip.export",
+    "size_latency_report": "tfmot_zip.size_report",
+    "register_with_tfmot": "tfmot_zip.tfmot_support",
+    "quantize_annotate_zipped": "tfmot_zip.tfmot_support",
+    "quantize_zipped": "tfmot_zip.tfmot_support",
+    "zip_quantize_scope": "tfmot_zip.tfmot_support",
 }
 _SUBMODULES = {
     "core", "data", "datasets", "zoo", "compat", "layers", "zip_api", "report", "cli",
     "training", "callbacks", "schedules",
+    "export", "size_report", "tfmot_support", "tflite_chain",
 }
 
 __all__ = sorted(set(_EXPORTS) | _SUBMODULES)

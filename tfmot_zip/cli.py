@@ -993,6 +993,11 @@ def inspect_path(path: str | os.PathLike) -> dict:
         raise UsageError(f"{str(path)!r} does not exist. Pass a .keras model or a .tflite file.")
     if target.suffix.lower() == ".tflite":
         return _inspect_tflite(target)
+    if not target.is_dir() and target.suffix.lower() not in MODEL_SUFFIXES:
+        raise UsageError(
+            f"Cannot inspect {str(path)!r} (suffix {target.suffix or '(none)'!r}): pass a .keras (or .h5) model, "
+            "a SavedModel folder or a .tflite file."
+        )
     model = load_model_file(target, "model")
     shapes = lambda s: [list(x[1:]) for x in (s if isinstance(s, list) else [s])]  # noqa: E731
     info: dict = {
@@ -1258,6 +1263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, argparse errors (code 2)
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
     console = _Console(quiet=args.quiet)
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        sys.stdout.reconfigure(line_buffering=True)  # results interleave with progress in order, even piped
     started = time.perf_counter()
     with _quiet_tensorflow(enabled=not args.debug), _native_stderr_silenced(enabled=not args.debug):
         try:

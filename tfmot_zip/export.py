@@ -205,7 +205,7 @@ def _layer_problems(model: keras.Model) -> None:
             raise ValueError(
                 f"Model {model.name!r} still has TFMOT pruning wrappers (layer {layer.name!r}). "
                 "Call tfmot.sparsity.keras.strip_pruning(model) after fine-tuning and export the "
-                "result (pass sparsity=True to store the zeros compactly)."
+                "result (its zeros shrink the gzipped file; sparsity=True stores them in a sparse format)."
             )
 
 
@@ -390,10 +390,14 @@ def export_tflite(
         representative_data: calibration inputs for "int8": one array for every input, a
             sequence with one array (or ``tf.data`` dataset) per model input, or a dict keyed by
             input or task name. Every signature is calibrated on its inputs' data; the
-            shared-input signature on every task's data.
+            shared-input signature on every task's data. Not used for a quantization-aware
+            model (its ranges were learnt during QAT).
         representative_samples: calibration samples per input (the first ones).
         sparsity: also apply ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``, which stores pruned
-            weights in a sparse format (smaller files for weights that are mostly zeros).
+            weights in a sparse format (smaller raw files for float weights that are mostly
+            zeros). Its index metadata is kept per tensor and per signature, so with several
+            signatures and int8 weights it can make the file larger: measure, and compare
+            with the gzipped size of the dense file.
 
     Returns:
         The TFLite flatbuffer bytes.

@@ -320,6 +320,7 @@ def _overview_png(report: dict, path: Path) -> None:
         ax.set_xticks(range(len(tasks)), short, fontsize=8)
         bottom_limit = max(0.0, low - 10.0)
         ax.set_ylim(bottom_limit, 100.0 + 0.15 * (100.0 - bottom_limit))  # room for the legend above the bars
+        ax.set_yticks([tick for tick in ax.get_yticks() if bottom_limit <= tick <= 100.0])
         ax.set_ylabel("test accuracy (%)")
         ax.legend(fontsize=7, loc="upper center", ncols=min(3, len(series)))
     else:

@@ -157,6 +157,7 @@ def zip_models(
     selection: str = "hungarian",
     damping: float = 1e-4,
     merged_hessian: str = "sum_of_inverses",
+    conv_hessian: str = "auto",
     calibration_samples: int | None = 10_000,
     task_names: Sequence[str] | None = None,
     single_input: bool = False,
@@ -183,6 +184,9 @@ def zip_models(
         merged_hessian: with three or more models, how the side that already serves several
             tasks weighs a change: "sum_of_inverses" (the sum of its tasks' inverse Hessians,
             as in DESIGN.md) or "exact" (the inverse of their summed Hessians).
+        conv_hessian: "exact" ((kh*kw*C_in+1)^2 Hessian of a Conv2D layer), "block" (the
+            per-kernel-position block approximation: kh*kw blocks of C_in x C_in, much cheaper)
+            or "auto" (block only where the exact matrix would exceed 1200 x 1200).
         calibration_samples: at most this many samples per model are used (None: all).
         task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
             defaults to the models' names.
@@ -209,6 +213,8 @@ def zip_models(
     if len(models) < 2:
         raise ValueError(f"zip_models needs at least two models; received {len(models)}.")
     get_strategy(method)
+    if conv_hessian not in ("auto", "exact", "block"):
+        raise ValueError(f"Unknown conv_hessian {conv_hessian!r}; expected 'auto', 'exact' or 'block'.")
     if merged_hessian not in MERGED_HESSIANS:
         raise ValueError(f"Unknown merged_hessian {merged_hessian!r}; expected one of {list(MERGED_HESSIANS)}.")
     if selection not in SELECTORS:
@@ -271,7 +277,7 @@ def zip_models(
     progress = (lambda name: print(f"zipping {name}", flush=True)) if verbose else None
     zipper = Zipper(
         zipped, graph, features, spaces, calibration, get_strategy(method), selection=selection,
-        damping=damping, merged_hessian=merged_hessian, seed=seed, progress=progress,
+        damping=damping, merged_hessian=merged_hessian, conv_hessian=conv_hessian, seed=seed, progress=progress,
     )
     records = zipper.run(shares)
     for node in graph.zip_nodes():

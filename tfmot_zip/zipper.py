@@ -22,7 +22,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.core import HessianAccumulator, MergeSide, damped, extract_patches, invert_hessian, select_pairs
+from tfmot_zip.core import (
+    BlockHessianAccumulator,
+    HessianAccumulator,
+    MergeSide,
+    extract_patches,
+    invert_hessian,
+    select_pairs,
+)
 from tfmot_zip.graph import AlignedNode, ModelGraph
 from tfmot_zip.spaces import Feature, UnitSpace
 from tfmot_zip.strategies import Strategy
@@ -70,6 +77,8 @@ class Zipper:
     batch_size: int = 256
     seed: int = 0
     max_conv_rows: int = 600_000
+    conv_hessian: str = "auto"
+    block_threshold: int = 1200
     activation_samples: int = 2_000
     progress: Callable[[str], None] | None = None
     records: dict[int, LayerRecord] = field(default_factory=dict)
@@ -173,7 +182,11 @@ class Zipper:
                 rows = batch.reshape(batch.shape[0], -1)
                 dtype = np.float64
             if t not in accumulators:
-                accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
+                if node.kind == "conv" and self.uses_block_hessian(node):
+                    positions = layer.kernel_size[0] * layer.kernel_size[1]
+                    accumulators[t] = BlockHessianAccumulator(positions, rows.shape[1] // positions)
+                else:
+                    accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
             accumulators[t].update(rows)
         hessians = []
         for t in tasks:
@@ -183,6 +196,16 @@ class Zipper:
             hessians.append(h)
         self._hessian_cache[node.index] = hessians
         return hessians
+
+    def uses_block_hessian(self, node: AlignedNode) -> bool:
+        """Whether this conv layer's Hessian uses the per-kernel-position block approximation."""
+        if node.kind != "conv" or self.conv_hessian == "exact":
+            return False
+        if self.conv_hessian == "block":
+            return True
+        layer = self.layer(node)
+        widest = max(layer.task_input_units) * layer.kernel_size[0] * layer.kernel_size[1] + 1
+        return widest > self.block_threshold
 
     def statistics(self, node: AlignedNode) -> dict:
         """Extra inputs of a strategy: output features on common inputs when needed."""

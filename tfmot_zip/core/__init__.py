@@ -4,6 +4,7 @@ Nothing here knows about Keras: layers hand over weight matrices and layer input
 and get back costs, pairs and updated weights.
 """
 from tfmot_zip.core.hessian import (
+    BlockHessianAccumulator,
     HessianAccumulator,
     SingularHessianError,
     damped,
@@ -14,6 +15,7 @@ from tfmot_zip.core.merge import MergeSide, apply_merge, merge_cost_matrix, pair
 from tfmot_zip.core.selection import SELECTORS, select_pairs
 
 __all__ = [
+    "BlockHessianAccumulator",
     "HessianAccumulator",
     "SingularHessianError",
     "damped",
