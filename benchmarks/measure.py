@@ -164,13 +164,13 @@ def train_with_checkpoints(
     learning_rate: float,
     batch_size: int = 128,
     seed: int = 0,
-    stop: Optional[Callable[[list[float]], bool]] = None,
+    stop: Optional[Callable[[int, list[float]], bool]] = None,
 ) -> History:
     """Joint training (one batch per task per step) evaluated at each checkpoint step.
 
     The batches are those of ``training.retrain`` with ``eval_every`` (one shuffle per chunk,
     seeded by the step), so every model trained with the same ``seed`` sees the same data.
-    Stops early when ``stop(accuracies)`` is true.
+    Stops early when ``stop(step, accuracies)`` is true.
 
     Returns:
         ``[(step, [accuracy per task])]``.
@@ -184,9 +184,9 @@ def train_with_checkpoints(
         if step > done:
             training.retrain(model, train_sets, step - done, learning_rate, batch_size=batch_size, seed=seed + done)
             done = step
-        accuracies = training.evaluate_tasks(model, tests)
-        history.append((step, _round(accuracies)))
-        if stop is not None and stop(accuracies):
+        accuracies = _round(training.evaluate_tasks(model, tests))
+        history.append((step, accuracies))
+        if stop is not None and stop(step, accuracies):
             break
     return history
 
@@ -379,54 +379,79 @@ def run_control(ctx: Context) -> Optional[dict]:
     }
 
 
-def _search_trial(ctx: Context, fraction: float, control: Optional[dict]) -> dict:
+def _within(reference: Sequence[float], accuracies: Sequence[float], tolerance: float) -> bool:
+    return all(r - a <= tolerance + 1e-9 for r, a in zip(reference, accuracies))
+
+
+def _search_trial(ctx: Context, fraction: float, control: Optional[dict], need_original: bool, need_control: bool) -> dict:
+    """Zips at ``fraction``, retrains until the needed criteria pass (or the budget ends).
+
+    Criteria, checked at every evaluation: every task within the tolerance of its original
+    (``pass_step``), and of the control at the same step (``control_pass_step``).
+    """
     from tfmot_zip import training
 
     config = ctx.config
     tolerance = config.search_tolerance
+    control_at = {0: ctx.original_accuracy}
+    if control is not None:
+        control_at.update((s, a) for s, a in control["history"])
     zipped, summary = ctx.zip(fraction, "mtz-hungarian")
     zipped_accuracy = _round(training.evaluate_tasks(zipped, ctx.tests))
+    flags = {"original": None, "control": None}
 
-    def within(accuracies: Sequence[float]) -> bool:
-        return all(o - a <= tolerance + 1e-9 for o, a in zip(ctx.original_accuracy, accuracies))
+    def record(step: int, accuracies: Sequence[float]) -> bool:
+        if flags["original"] is None and _within(ctx.original_accuracy, accuracies, tolerance):
+            flags["original"] = step
+        if flags["control"] is None and step in control_at and _within(control_at[step], accuracies, tolerance):
+            flags["control"] = step
+        return (flags["original"] is not None or not need_original) and (flags["control"] is not None or not need_control)
 
     start = time.perf_counter()
-    if within(zipped_accuracy):
-        history: History = [(0, zipped_accuracy)]
-    else:
+    history: History = [(0, zipped_accuracy)]
+    if not record(0, zipped_accuracy):
         checkpoints = range(config.search_eval_every, config.search_max_steps + 1, config.search_eval_every)
-        history = [(0, zipped_accuracy)] + train_with_checkpoints(
-            zipped, ctx.train_sets, checkpoints, ctx.tests, config.learning_rate, config.batch_size, config.seed, stop=within
+        history += train_with_checkpoints(
+            zipped, ctx.train_sets, checkpoints, ctx.tests, config.learning_rate, config.batch_size, config.seed,
+            stop=record,
         )
-    step, final = history[-1]
-    passed = within(final)
+    by_step = dict(history)
+    pass_step, control_step = flags["original"], flags["control"]
     trial = {
         "fraction": fraction,
         "shared_params": summary.shared_params,
         "shared_over_one_network": round(summary.shared_params / ctx.one_network_params, 4),
         "params_zipped": summary.params_zipped,
         "history": [[s, a] for s, a in history],
-        "passed": passed,
-        "steps": step,
-        "accuracy": final,
-        "drop": _drops(ctx.original_accuracy, final),
-        "retrain_seconds": round(time.perf_counter() - start, 1),
+        "steps_run": history[-1][0],
+        "passed": pass_step is not None,
+        "pass_step": pass_step,
+        "passed_vs_control": control_step is not None,
+        "control_pass_step": control_step,
     }
+    # Figures at the step the (original) criterion passed, else at the end of the budget.
+    step = pass_step if pass_step is not None else history[-1][0]
+    trial["steps"] = step
+    trial["accuracy"] = by_step[step]
+    trial["drop"] = _drops(ctx.original_accuracy, by_step[step])
+    if step in control_at:
+        trial["control_accuracy"] = control_at[step]
+        trial["drop_vs_control"] = _drops(control_at[step], by_step[step])
+    trial["retrain_seconds"] = round(time.perf_counter() - start, 1)
+    best = " / ".join(f"{max(a[t] for _, a in history):.2f}" for t in range(len(ctx.models)))
+    verdict = [f"vs originals: {'passes at step ' + str(pass_step) if pass_step is not None else 'fails' if need_original else 'not needed'}"]
     if control is not None:
-        at_step = dict((s, a) for s, a in control["history"]).get(step)
-        if step == 0:
-            at_step = ctx.original_accuracy
-        if at_step is not None:
-            trial["control_accuracy"] = at_step
-            trial["drop_vs_control"] = _drops(at_step, final)
-    verdict = f"passes after {step} steps" if passed else f"fails (best within {config.search_max_steps} steps: " + " / ".join(
-        f"{max(a[t] for _, a in history):.2f}" for t in range(len(final))) + ")"
+        verdict.append(f"vs control: {'passes at step ' + str(control_step) if control_step is not None else 'fails' if need_control else 'not checked'}")
     ctx.log(
-        f"    search f={fraction:<5g} shared {trial['shared_over_one_network']:.1%} of one network: "
-        f"zipped {zipped_accuracy[0]:.2f} / {zipped_accuracy[1]:.2f}, {verdict}; now {final[0]:.2f} / {final[1]:.2f}"
-        + (f" (control {trial['control_accuracy'][0]:.2f} / {trial['control_accuracy'][1]:.2f})" if "control_accuracy" in trial else "")
+        f"    search f={fraction:<6g} shared {trial['shared_over_one_network']:.1%} of one network: zipped "
+        f"{zipped_accuracy[0]:.2f} / {zipped_accuracy[1]:.2f}; {'; '.join(verdict)}; best {best} in {history[-1][0]} steps"
+        + (f" (control then {control_at[history[-1][0]][0]:.2f} / {control_at[history[-1][0]][1]:.2f})" if history[-1][0] in control_at else "")
     )
     return trial
+
+
+def _result(trial: Optional[dict]) -> Optional[dict]:
+    return None if trial is None else {k: v for k, v in trial.items() if k != "history"}
 
 
 def run_search(ctx: Context, control: Optional[dict]) -> Optional[dict]:
@@ -435,40 +460,52 @@ def run_search(ctx: Context, control: Optional[dict]) -> Optional[dict]:
     A trial zips at the fraction, then retrains up to ``search_max_steps`` joint steps,
     evaluating every ``search_eval_every``; it passes at the first evaluation where every task is
     within ``search_tolerance`` points of its original. With ``search_refine``, the midpoint
-    between the first pass and the failed fraction above it is tried too.
+    between the first pass and the failed fraction above it is tried too. With
+    ``search_vs_control``, the search goes on down until a trial also passes against the
+    control (the originals trained on for the same steps), a stricter criterion.
     """
     config = ctx.config
     if not ctx.scenario.search:
         return None
+    use_control = config.search_vs_control and control is not None
     ctx.log(
         f"    sharing search: MTZ-hungarian, every task within {config.search_tolerance} point of its original "
-        f"after <= {config.search_max_steps} steps (evaluated every {config.search_eval_every})"
+        f"{'(and of the control) ' if use_control else ''}after <= {config.search_max_steps} steps (evaluated every {config.search_eval_every})"
     )
-    trials, passed, failed_above = [], None, None
+    trials: list[dict] = []
+    passed = passed_control = None
+    failed_above = None
     for fraction in config.search_fractions:
-        trial = _search_trial(ctx, fraction, control)
-        trials.append(trial)
-        if trial["passed"]:
-            passed = trial
+        need_original, need_control = passed is None, use_control and passed_control is None
+        if not (need_original or need_control):
             break
-        failed_above = fraction
+        trial = _search_trial(ctx, fraction, control, need_original, need_control)
+        trials.append(trial)
+        if need_original:
+            if trial["passed"]:
+                passed = trial
+            else:
+                failed_above = fraction
+        if need_control and trial["passed_vs_control"]:
+            passed_control = trial
     if passed is not None and failed_above is not None and config.search_refine:
         middle = round((passed["fraction"] + failed_above) / 2, 4)
-        trial = _search_trial(ctx, middle, control)
+        trial = _search_trial(ctx, middle, control, True, False)
         trials.append(trial)
         if trial["passed"]:
             passed = trial
+    target = ctx.scenario.search_target
     return {
         "strategy": "mtz-hungarian",
         "tolerance": config.search_tolerance,
         "max_steps": config.search_max_steps,
         "eval_every": config.search_eval_every,
         "learning_rate": config.learning_rate,
-        "target_shared_over_one_network": ctx.scenario.search_target,
+        "target_shared_over_one_network": target,
         "trials": trials,
-        "result": None if passed is None else {k: v for k, v in passed.items() if k != "history"},
-        "meets_target": None if passed is None or ctx.scenario.search_target is None
-        else passed["shared_over_one_network"] >= ctx.scenario.search_target,
+        "result": _result(passed),
+        "result_vs_control": _result(passed_control),
+        "meets_target": None if passed is None or target is None else passed["shared_over_one_network"] >= target,
     }
 
 

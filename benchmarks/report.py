@@ -159,19 +159,23 @@ def _retrain_steps(result: dict) -> int:
     return -1
 
 
+def _step(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def _search_table(search: dict) -> list[str]:
     lines = [
-        "| sharing fraction | shared params / one network | right after zipping | steps | accuracy then | "
-        "control at the same step | zipped - control | passes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sharing fraction | shared params / one network | right after zipping | within 0.5 of originals at step | "
+        "accuracy then | control at that step | zipped - control | within 0.5 of control at step | steps run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for trial in search["trials"]:
         control = trial.get("control_accuracy")
         gap = [-d for d in trial["drop_vs_control"]] if "drop_vs_control" in trial else None
         lines.append(
             f"| {trial['fraction']:g} | {_fmt_pct(trial['shared_over_one_network'])} | {_pair(trial['history'][0][1])} | "
-            f"{trial['steps']} | {_pair(trial['accuracy'])} | {_pair(control) if control else '-'} | "
-            f"{' / '.join(f'{g:+.2f}' for g in gap) if gap else '-'} | {'yes' if trial['passed'] else 'no'} |"
+            f"{_step(trial['pass_step'])} | {_pair(trial['accuracy'])} | {_pair(control) if control else '-'} | "
+            f"{' / '.join(f'{g:+.2f}' for g in gap) if gap else '-'} | {_step(trial['control_pass_step'])} | {trial['steps_run']} |"
         )
     return lines
 
@@ -180,24 +184,28 @@ def summary_table(results: dict) -> list[str]:
     """One row per scenario: the sharing the search reached, with the control beside it."""
     lines = [
         "| scenario | originals | sharing fraction | shared params / one network | target | steps | accuracy | "
-        "control (originals trained on, same steps) |",
-        "|---|---|---|---|---|---|---|---|",
+        "control (originals trained on, same steps) | stricter: within 0.5 of the control |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results["scenarios"].items():
         search = result.get("search")
         if not search:
             continue
         best = search["result"]
+        strict = search.get("result_vs_control")
+        strict_text = "-" if strict is None else (
+            f"sharing {strict['fraction']:g}: {_fmt_pct(strict['shared_over_one_network'])} (step {strict['control_pass_step']})"
+        )
         target = search["target_shared_over_one_network"]
         if best is None:
-            lines.append(f"| {name} | {_pair(result['originals']['accuracy'])} | none passed | - | {_fmt_pct(target)} | - | - | - |")
+            lines.append(f"| {name} | {_pair(result['originals']['accuracy'])} | none passed | - | {_fmt_pct(target)} | - | - | - | {strict_text} |")
             continue
         met = "" if search["meets_target"] is None else (" (met)" if search["meets_target"] else " (missed)")
         control = best.get("control_accuracy")
         lines.append(
             f"| {name} | {_pair(result['originals']['accuracy'])} | {best['fraction']:g} | "
             f"{_fmt_pct(best['shared_over_one_network'])} ({best['shared_params']:,}) | {_fmt_pct(target)}{met} | "
-            f"{best['steps']} | {_pair(best['accuracy'])} | {_pair(control) if control else '-'} |"
+            f"{best['steps']} | {_pair(best['accuracy'])} | {_pair(control) if control else '-'} | {strict_text} |"
         )
     return lines
 

@@ -133,6 +133,8 @@ class BenchConfig:
         search_eval_every: steps between evaluations during a search trial.
         search_tolerance: a trial passes when, at one evaluation, every task is within this many
             points of its original's accuracy.
+        search_vs_control: also search for the sharing at which every task is within the
+            tolerance of the control (the originals trained on for the same steps).
         cache_dir: zoo cache (None: ``$TFMOT_ZIP_CACHE`` or ``~/.cache/tfmot_zip``).
     """
 
@@ -150,6 +152,7 @@ class BenchConfig:
     search_max_steps: int = 1000
     search_eval_every: int = 100
     search_tolerance: float = 0.5
+    search_vs_control: bool = True
     cache_dir: Optional[str] = None
 
     def as_dict(self) -> dict:

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 import tfmot_zip  # noqa: E402
 from tfmot_zip import cli, training  # noqa: E402
-from tfmot_zip.compat import keras, tf  # noqa: E402
+import tfmot_zip.compat  # noqa: E402,F401  (tf_keras before anything else)
 
 
 def one_line(text: str, limit: int = 420) -> str:
@@ -131,7 +131,8 @@ def after_loading_cases(test_cli, files, work: Path) -> dict[str, list[str]]:
     (work / "broken.keras").write_bytes(b"not a zip archive")
     (work / "bad.tflite").write_bytes(bytes(64))
     zipped = work / "zipped.keras"
-    cli.main(["zip", m0, m1, "--calibration", d0, "--out", str(zipped), "-q"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli.main(["zip", m0, m1, "--calibration", d0, "--out", str(zipped), "-q"])
     cases = {
         "models of different depths": ["zip", m0, str(deeper), "--calibration", d0, "--out", out],
         "NaN in calibration data": ["zip", m0, m1, "--calibration", str(work / "nan.npz"), "--out", out],

@@ -83,16 +83,19 @@ def test_tiny_run_references_and_search(tiny_results):
         # Sharing 0 is the originals themselves: it passes before any retraining.
         assert [t["fraction"] for t in search["trials"]] == [1.0, 0.0, 0.5][: len(search["trials"])]
         zero = search["trials"][1]
-        assert zero["passed"] and zero["steps"] == 0 and zero["drop"] == [0.0, 0.0]
+        assert zero["passed"] and zero["pass_step"] == 0 and zero["drop"] == [0.0, 0.0]
+        assert zero["passed_vs_control"] and zero["steps_run"] == 0
         assert search["result"]["fraction"] in (0.0, 0.5)
         assert search["meets_target"] is False
 
 
-def test_separate_models_reproduce_the_originals(tmp_path):
+def test_separate_models_reproduce_the_originals(tiny_results):
     from tfmot_zip import data, zoo
 
+    _, tmp_path = tiny_results
     tasks = [data.make_task("classes_0_4"), data.make_task("classes_5_9")]
-    models = [zoo.train_on_task("lenet_300_100", t, epochs=1, max_train_samples=500, cache_dir=tmp_path).model for t in tasks]
+    # The tiny run's originals, from its zoo cache.
+    models = [zoo.train_on_task("lenet_300_100", t, epochs=1, max_train_samples=1000, cache_dir=tmp_path / "zoo").model for t in tasks]
     tests = [(t.x_test[:300], t.y_test[:300]) for t in tasks]
     from tfmot_zip.training import evaluate_tasks
 

@@ -7,7 +7,6 @@ installed ``tfmot-zip`` script in a subprocess to check the entry point, ``--hel
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,6 +180,7 @@ def bad_cases(files, tmp_path):
         "unknown method": (["zip", m0, m1, "--calibration", d0, "--method", "best", "--out", out], "Unknown --method 'best'"),
         "unknown selection": (["zip", m0, m1, "--calibration", d0, "--selection", "optimal", "--out", out], "Unknown --selection"),
         "negative damping": (["zip", m0, m1, "--calibration", d0, "--damping", "-1", "--out", out], "--damping"),
+        "negative seed": (["zip", m0, m1, "--calibration", d0, "--seed", "-3", "--out", out], "--seed must be a non-negative"),
         "spec with unknown option": (["zip", m0, m1, "--calibration", d0 + "?colour=red", "--out", out], "unknown option 'colour'"),
         "spec with bad classes": (["zip", m0, m1, "--calibration", d0 + "?classes=a,b", "--out", out], "classes='a,b'"),
         "spec without split": (["zip", m0, m1, "--calibration", "local_fashion_mnist", "--out", out], "split is missing"),
@@ -206,7 +206,7 @@ BAD = [
     "missing model", "model with wrong suffix", "folder that is not a SavedModel", "one model", "sharing above 1",
     "sharing not a number", "sharing item malformed", "sharing unknown layer", "three calibration specs for two models",
     "out without .keras", "out under a file", "out overwrites an input", "report dir is a file", "unknown method",
-    "unknown selection", "negative damping", "spec with unknown option", "spec with bad classes", "spec without split",
+    "unknown selection", "negative damping", "negative seed", "spec with unknown option", "spec with bad classes", "spec without split",
     "missing npz", "npz class filter without labels", "class filter selecting nothing", "eval without labels",
     "transform of non-images", "unknown tfds dataset", "tfds dataset not prepared", "retrain zero lr",
     "export int8 without representative", "export to .keras", "inspect missing file", "inspect not a model",
@@ -295,6 +295,9 @@ def test_retrain_trains_shared_weights_and_keeps_the_input(files, zipped_file, t
     assert not np.array_equal(original.get_layer("fc1").kernel.numpy(), retrained.get_layer("fc1").kernel.numpy())
     np.testing.assert_array_equal(original.get_layer("fc1").get_maps(1)[1], retrained.get_layer("fc1").get_maps(1)[1])
     assert "after 3 steps" in captured.out
+    x = [np.load(files["data0"])["x"][:4], np.load(files["data1"])["x"][:4]]
+    assert out.stat().st_size < 1.5 * zipped_file.stat().st_size  # no optimizer slots in the file
+    assert not np.allclose(original(x)[0].numpy(), retrained(x)[0].numpy())
     report = json.loads((tmp_path / "report" / "zip_report.json").read_text())
     assert list(report["accuracy"]["series"]) == ["zipped", "retrained 3 steps"]
 

@@ -6,13 +6,12 @@ non-trivial weights and maps (shared units, permuted inputs), saved in the three
 formats and loaded back. Zipped models from ``zip_models`` round-trip too, with their summary
 and their stripped form.
 """
-import itertools
 
 import numpy as np
 import pytest
 
 import tfmot_zip
-from tfmot_zip.compat import keras, tf
+from tfmot_zip.compat import keras
 from tfmot_zip.layers import ZipConv2D, ZipDense
 
 from conftest import calib, cnn, mlp

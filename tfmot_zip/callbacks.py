@@ -201,7 +201,9 @@ class ZipCallback(keras.callbacks.Callback):
                 self._layer(other).zip_counter.assign(1 << 40)  # merged as a stream writer: no own retraining
         self._layer(node).zip_counter.assign(0)
         record = self._zipper.records[node.index]
-        entry = {"step": self.step, "layer": node.name, "pass": n, "shared_units": record.shared, "merge_cost": record.merge_cost}
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        global_step = int(iterations.numpy()) if iterations is not None else self.step
+        entry = {"step": self.step, "global_step": global_step, "layer": node.name, "pass": n, "shared_units": record.shared, "merge_cost": record.merge_cost}
         self.log.append(entry)
         if self.verbose:
             print(f"ZipCallback: step {self.step}: zipped {node.name} (task {n}), {record.shared} shared units, merge cost {record.merge_cost:.4g}")

@@ -38,7 +38,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -740,26 +740,31 @@ def _zip_with_progress(models, calibration, console: _Console, **kwargs):
     total = len(align_models(models).hidden_zip_nodes()) * (len(models) - 1)  # one pass per added model
     parameters = inspect.signature(tfmot_zip.zip_models).parameters
     with console.bar(total=total, desc="zipping", unit="layer") as bar:
-        if "progress" in parameters:  # a progress callback, when the API offers one
-            return tfmot_zip.zip_models(*models, calibration_data=calibration, progress=lambda name: (bar.set_postfix_str(str(name)), bar.update(1)), **kwargs)
-
         started: list[str] = []
 
-        class _Lines(io.TextIOBase):
-            """Advances the bar on zip_models' verbose lines ("zipping <layer>" when a layer starts)."""
+        def advance(name: str) -> None:
+            """Called when a layer starts: the previous one is done."""
+            if started:
+                bar.update(1)
+            started.append(str(name))
+            bar.set_postfix_str(started[-1])
 
-            def write(self, text: str) -> int:
-                for line in text.splitlines():
-                    if line.startswith("zipping "):
-                        if started:
-                            bar.update(1)
-                        started.append(line[len("zipping "):])
-                        bar.set_postfix_str(started[-1])
-                return len(text)
+        if "progress" in parameters:  # a progress callback, when the API offers one
+            zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, progress=advance, **kwargs)
+        else:
 
-        with contextlib.redirect_stdout(_Lines()):
-            zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, verbose=True, **kwargs)
-        bar.update(total - bar.n)
+            class _Lines(io.TextIOBase):
+                """Reads zip_models' verbose lines ("zipping <layer>" when a layer starts)."""
+
+                def write(self, text: str) -> int:
+                    for line in text.splitlines():
+                        if line.startswith("zipping "):
+                            advance(line[len("zipping "):])
+                    return len(text)
+
+            with contextlib.redirect_stdout(_Lines()):
+                zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, verbose=True, **kwargs)
+        bar.update(max(0, total - bar.n))
         return zipped
 
 
@@ -781,6 +786,8 @@ def _cmd_zip(args, console: _Console) -> int:
         raise UsageError(f"--calibration-samples must be a positive integer. Received: {args.calibration_samples}")
     if not (args.damping >= 0 and np.isfinite(args.damping)):
         raise UsageError(f"--damping must be a finite non-negative number (e.g. 1e-4). Received: {args.damping}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer. Received: {args.seed}")
     npz_inputs = [Path(s.name).expanduser() for s in calibration_specs + (eval_specs or []) if s.source == "npz"]
     out = _check_output_file(args.out, (".keras",), "--out", inputs=paths + npz_inputs)
     report_dir = _check_output_dir(args.report, "--report") if args.report else None
@@ -860,6 +867,15 @@ def _retrain_callback(console: _Console, steps: int):
     return _Bar()
 
 
+def _without_optimizer(model: Any) -> Any:
+    """An uncompiled copy with the same weights (``.keras`` files otherwise carry the Adam slots)."""
+    from tfmot_zip.compat import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _cmd_retrain(args, console: _Console) -> int:
     path = _check_model_path(args.model, "zipped model")
     if args.steps < 0:
@@ -868,6 +884,8 @@ def _cmd_retrain(args, console: _Console) -> int:
         raise UsageError(f"--lr must be a positive number (e.g. 1e-4). Received: {args.lr}")
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer. Received: {args.seed}")
     specs = [parse_data_spec(s) for s in args.data]
     eval_specs = [parse_data_spec(s) for s in args.eval] if args.eval else None
     npz_inputs = [Path(s.name).expanduser() for s in specs + (eval_specs or []) if s.source == "npz"]
@@ -912,7 +930,7 @@ def _cmd_retrain(args, console: _Console) -> int:
         bar.close()
     after = _accuracy_of(model, tests, console, "after retraining") if tests is not None else None
     console.log(f"saving {out}")
-    atomic_save_model(model, out, include_optimizer=False)  # retrain recompiles; the file stays small
+    atomic_save_model(_without_optimizer(model), out)  # retrain recompiles anyway; the file stays small
     if before is not None:
         for name, b, a in zip(model.output_names, before, after):
             print(f"{name}: accuracy {b:.2f}% -> {a:.2f}% after {args.steps} steps")

@@ -69,7 +69,7 @@ class ChainConfig:
     retrain_steps: int = 600
     retrain_learning_rate: float = 3e-4
     target_sparsity: float = 0.8
-    prune_steps: int = 2000
+    prune_steps: int = 3000
     prune_end_fraction: float = 0.4
     prune_frequency: int = 10
     prune_learning_rate: float = 1e-3
