@@ -5,8 +5,8 @@ Extends tests/test_bad_input.py (which covers the basic zip_models cases). "Befo
 checked, not assumed: the functions that do the work are replaced by ones that raise
 ``WorkStarted``, so a check that comes too late fails the test.
 
-Tests marked ``xfail(strict=True)`` document library bugs found here (see the report); they
-start passing, and then fail as XPASS, when the library is fixed.
+The section "bugs found by these tests" holds the cases that first failed here and were fixed
+in the library.
 """
 import os
 import stat
@@ -211,38 +211,26 @@ def test_zip_models_rejects_bad_input_before_any_work(no_work, case):
         assert_unchanged(model, snap)
 
 
-# --- library bugs found here (xfail strict: they document the bug until it is fixed) -----------
+# --- bugs found by these tests (now fixed in the library) ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="zip_models does not validate seed: numpy fails inside Zipper, after the model is built, without naming `seed`")
+
 @pytest.mark.parametrize("seed", ["abc", -1, 1.5])
 def test_zip_models_validates_seed_before_work(no_work, seed):
     with pytest.raises((ValueError, TypeError), match="seed"):
         tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), seed=seed)
 
 
-@pytest.mark.xfail(strict=True, reason="booleans pass the isinstance(int) checks: damping=True zips with damping 1.0")
+
 def test_zip_models_rejects_boolean_damping(no_work):
     with pytest.raises(ValueError, match="damping=True"):
         tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), damping=True)
-
-
-@pytest.mark.xfail(strict=True, reason="calibration_samples=True passes zip_models' check; the error then blames "
-                   "'calibration_data[0]: ... count=True' instead of calibration_samples")
 def test_zip_models_rejects_boolean_calibration_samples(no_work):
     with pytest.raises(ValueError, match="calibration_samples=True"):
         tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), calibration_samples=True)
-
-
-@pytest.mark.xfail(strict=True, reason="task names equal to a layer name ('head', 'fc1') fail in Keras with "
-                   "'The name \"head\" is used 2 times in the model' after the work started, not naming task_names")
 def test_zip_models_rejects_task_names_that_collide_with_layer_names(no_work):
     with pytest.raises(ValueError, match="task_names"):
         tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), task_names=["head", "b"])
-
-
-@pytest.mark.xfail(strict=True, reason="an unbuilt Sequential model gets Keras' own 'Weights for model ... have not yet "
-                   "been created' from zip_models' NaN scan, which runs before align_models' clearer 'build it first' error")
 def test_unbuilt_sequential_gets_the_build_it_first_error(no_work):
     with pytest.raises(UnsupportedModelError, match="build it first"):
         tfmot_zip.zip_models(unbuilt(1), unbuilt(2), calibration_data=(X, X))
@@ -250,10 +238,6 @@ def test_unbuilt_sequential_gets_the_build_it_first_error(no_work):
 
 class _ReadTooFar(RuntimeError):
     pass
-
-
-@pytest.mark.xfail(strict=True, reason="an infinite calibration dataset with calibration_samples=None is read forever "
-                   "(here it stops at a guard); it should be refused from its cardinality")
 def test_infinite_calibration_dataset_without_a_limit_is_refused(no_work, monkeypatch):
     original = tf.data.Dataset.as_numpy_iterator
 
@@ -268,10 +252,6 @@ def test_infinite_calibration_dataset_without_a_limit_is_refused(no_work, monkey
     assert int(infinite.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
     with pytest.raises(ValueError, match="infinite"):
         tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, infinite), calibration_samples=None)
-
-
-@pytest.mark.xfail(strict=True, reason="`import tfmot_zip` does not register ZipDense/ZipConv2D (lazy imports), so "
-                   "keras.models.load_model('zipped.keras') fails with \"TypeError: 'str' object is not callable\"")
 def test_zipped_file_loads_after_plain_import_tfmot_zip(tmp_path):
     zipped = tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), sharing=0.5)
     path = tmp_path / "zipped.keras"
@@ -296,29 +276,17 @@ def zipped_pair():
 
 def _trainset(rng, n=32, classes=3):
     return calib(rng, n, (6, 6, 1)), rng.integers(0, classes, n)
-
-
-@pytest.mark.xfail(strict=True, reason="training.retrain does not check that train_sets has one (x, y) per task; "
-                   "Keras fails inside fit with a long traceback")
 def test_retrain_checks_one_train_set_per_task(zipped_pair, monkeypatch):
     rng = np.random.default_rng(4)
     monkeypatch.setattr(type(zipped_pair), "fit", _boom)
     with pytest.raises(ValueError, match="one .* per task"):
         training.retrain(zipped_pair, [_trainset(rng)], steps=1, batch_size=8)
-
-
-@pytest.mark.xfail(strict=True, reason="training.retrain does not check labels against each head's classes; "
-                   "labels out of range fail inside fit (InvalidArgumentError)")
 def test_retrain_checks_label_range_before_training(zipped_pair, monkeypatch):
     rng = np.random.default_rng(5)
     monkeypatch.setattr(type(zipped_pair), "fit", _boom)
     x, _ = _trainset(rng)
     with pytest.raises(ValueError, match="label"):
         training.retrain(zipped_pair, [(x, np.full(32, 7)), _trainset(rng)], steps=1, batch_size=8)
-
-
-@pytest.mark.xfail(strict=True, reason="io_utils.atomic_write_bytes writes through mkstemp, so every report/plot file "
-                   "gets mode 0600 instead of the umask default (e.g. 0644)")
 def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
     from tfmot_zip.io_utils import atomic_write_bytes
 
@@ -359,10 +327,6 @@ def test_baselines_need_no_hessian_so_no_damping():
     data = (dead_pixel_data(1), dead_pixel_data(2))
     zipped = tfmot_zip.zip_models(mlp(31), mlp(32), calibration_data=data, damping=0.0, method="euclidean")
     assert all(np.all(np.isfinite(w.numpy())) for w in zipped.weights)
-
-
-@pytest.mark.xfail(strict=True, reason="SingularHessianError does not say which layer and task: with several layers "
-                   "the user cannot tell where the inputs are dead")
 def test_singular_hessian_error_names_the_layer():
     with pytest.raises(SingularHessianError, match="fc1"):
         tfmot_zip.zip_models(mlp(31), mlp(32), calibration_data=(dead_pixel_data(1), dead_pixel_data(2)), damping=0.0)

@@ -45,6 +45,10 @@ _SUBMODULES = {
 
 __all__ = sorted(set(_EXPORTS) | _SUBMODULES)
 
+# Registers ZipDense/ZipConv2D with tf_keras so that `import tfmot_zip` is enough to load a
+# zipped `.keras` file (imports TensorFlow; the numpy core itself does not depend on it).
+from tfmot_zip import layers as _layers  # noqa: E402,F401
+
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:

@@ -454,6 +454,11 @@ def _dataset_inputs(dataset: "tf.data.Dataset", count: Optional[int], batched: O
         spec = spec[0]
     if batched is None:
         batched = _first_dim_unknown(spec)
+    if count is None and int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError(
+            "as_inputs received an infinite dataset (it repeats forever) and no count; pass a limit "
+            "(e.g. calibration_samples=10000) or a finite dataset."
+        )
     if count is not None and not batched:
         dataset = dataset.take(count)
     chunks: list[np.ndarray] = []

@@ -12,7 +12,11 @@
   on one shared input".
 
 All signatures read the same weight buffers: a weight shared by several tasks (one layer called
-by several tasks in a stripped zipped model) and used by several signatures is stored once.
+by several tasks in a stripped zipped model) and used by several signatures is stored once, in
+float32, float16, dynamic and post-training int8 files. Exception: a quantization-aware (QAT)
+model converts a shared Dense kernel with its per-tensor QAT scale in the one-task signatures
+but re-quantizes it per channel in the all-tasks signatures (where the layer is called twice),
+so the converter writes two int8 copies; post-training int8 keeps one.
 The model is saved as a temporary SavedModel with these signatures and converted with
 ``tf.lite.TFLiteConverter.from_saved_model``.
 

@@ -92,8 +92,22 @@ def retrain(
     """
     from tfmot_zip.data import multitask
 
-    if not isinstance(steps, int) or steps < 0:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"Expected a non-negative integer number of steps. Received: steps={steps!r}")
+    n_tasks = len(model.outputs)
+    if len(train_sets) != n_tasks:
+        raise ValueError(
+            f"retrain needs one (x, y) train set per task ({n_tasks}: {list(model.output_names)}); "
+            f"received {len(train_sets)}."
+        )
+    for name, output, (x, y) in zip(model.output_names, model.outputs, train_sets):
+        classes = int(output.shape[-1])
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            raise ValueError(
+                f"Task {name!r} has {classes} classes but its labels range over {int(y.min())}..{int(y.max())}; "
+                "remap the labels to 0..classes-1 (tfmot_zip.data.make_class_task does this)."
+            )
     if model.optimizer is None:
         compile_multitask(model, learning_rate)
     history: list[tuple[int, list[float]]] = []

@@ -219,10 +219,16 @@ def zip_models(
         raise ValueError(f"Unknown merged_hessian {merged_hessian!r}; expected one of {list(MERGED_HESSIANS)}.")
     if selection not in SELECTORS:
         raise ValueError(f"Unknown selection {selection!r}; expected one of {sorted(SELECTORS)}.")
-    if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
+    if isinstance(damping, bool) or not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
         raise ValueError(f"Expected a finite non-negative damping (e.g. 1e-4). Received: damping={damping!r}")
-    if calibration_samples is not None and (not isinstance(calibration_samples, int) or calibration_samples <= 0):
-        raise ValueError(f"Expected a positive calibration_samples or None. Received: {calibration_samples!r}")
+    if calibration_samples is not None and (
+        isinstance(calibration_samples, bool) or not isinstance(calibration_samples, int) or calibration_samples <= 0
+    ):
+        raise ValueError(
+            f"Expected a positive integer calibration_samples or None. Received: calibration_samples={calibration_samples!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"Expected a non-negative integer seed. Received: seed={seed!r}")
     if schedule is not None and not isinstance(schedule, ZipSchedule):
         raise TypeError(
             f"schedule must be a tfmot_zip.LayerwiseSchedule or OneShotSchedule (or None to zip now); "
@@ -236,11 +242,11 @@ def zip_models(
             f"{type(calibration_data).__name__} of length {len(calibration_data) if hasattr(calibration_data, '__len__') else '?'}."
             " Pass a tuple like (x_a, x_b)."
         )
+    graph = align_models(models)
     for i, m in enumerate(models):
         for w in m.weights:
             if not np.all(np.isfinite(w.numpy())):
                 raise ValueError(f"Model {m.name!r} has NaN or inf in weight {w.name!r}; zip only trained, finite models.")
-    graph = align_models(models)
     features, spaces = trace_spaces(graph)
     shares = _resolve_sharing(sharing, graph, features, spaces)
     shape = tuple(models[0].input_shape[1:])
@@ -253,6 +259,13 @@ def zip_models(
     names = sanitize_task_names(task_names if task_names is not None else [m.name for m in models])
     if len(names) != len(models):
         raise ValueError(f"task_names needs {len(models)} names; received {list(task_names or [])}.")
+    layer_names = {n.name for n in graph.nodes}
+    clashes = [n for n in names if n in layer_names or n.endswith("_input") and n[:-6] in names]
+    if clashes:
+        raise ValueError(
+            f"task_names {clashes} collide with layer names of the models; task names name the outputs "
+            f"of the zipped model, so choose names that are not layer names (e.g. 'task_a')."
+        )
     layer_options = None
     if deferred:
         fractions = _layer_fractions(sharing, graph, shares)

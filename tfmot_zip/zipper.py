@@ -270,6 +270,15 @@ class Zipper:
             groups.append(_Group(tasks, np.asarray(units, np.int64), coords))
         return groups
 
+    def _invert(self, node: AlignedNode, hessian: np.ndarray, tasks: Sequence[int]) -> np.ndarray:
+        from tfmot_zip.core import SingularHessianError
+
+        try:
+            return invert_hessian(hessian, self.damping)
+        except SingularHessianError as err:
+            names = ", ".join(self.model.output_names[t] for t in tasks)
+            raise SingularHessianError(f"Layer {node.name!r} (task {names}): {err}") from None
+
     def _inverse_for(self, node: AlignedNode, tasks: Sequence[int], coords: np.ndarray) -> np.ndarray:
         """Inverse Hessian over ``coords`` (+ bias) of a side serving ``tasks``."""
         has_bias = self.layer(node).use_bias
@@ -286,9 +295,9 @@ class Zipper:
             if self.merged_hessian == "exact":
                 total[np.ix_(pos, pos)] += hessians[t]
             else:
-                total[np.ix_(pos, pos)] += invert_hessian(hessians[t], self.damping)
+                total[np.ix_(pos, pos)] += self._invert(node, hessians[t], [t])
         if self.merged_hessian == "exact":
-            return invert_hessian(total, self.damping)
+            return self._invert(node, total, tasks)
         return total
 
     def group_sides(self, node: AlignedNode, space: UnitSpace) -> list[tuple[_Group, MergeSide, MergeSide]]:
@@ -298,7 +307,7 @@ class Zipper:
         ids_n = self.coordinate_ids(node, n)
         rows_n = self.task_rows(node, n)
         if self.strategy.needs_hessian:
-            inv_n = invert_hessian(self.hessians(node)[n], self.damping)
+            inv_n = self._invert(node, self.hessians(node)[n], [n])
         else:
             inv_n = np.eye(rows_n.shape[1])
         out = []
