@@ -300,7 +300,10 @@ def run_grid(ctx: Context) -> list[dict]:
                 "layers": [layer.as_dict() for layer in summary.layers],
             }
             message = f"    [{len(rows) + 1}/{total}] f={fraction:<5g} {label:<14} zipped {accuracy[0]:6.2f} / {accuracy[1]:6.2f}  ({row['zip_seconds']:.1f} s)"
-            if label in scenario.retrain_strategies and scenario.retrain_steps > 0:
+            retrain = label in scenario.retrain_strategies and scenario.retrain_steps > 0
+            if scenario.retrain_fractions is not None and fraction not in scenario.retrain_fractions:
+                retrain = False
+            if retrain:
                 start = time.perf_counter()
                 history = train_with_checkpoints(
                     zipped, ctx.train_sets, [scenario.retrain_steps], ctx.tests, config.learning_rate,

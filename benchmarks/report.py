@@ -338,7 +338,7 @@ def _accuracy_plot(path: Path, name: str, result: dict) -> None:
     fractions = _fractions(rows)
     steps = _retrain_steps(result)
     phases = [("zipped", "right after zipping")] + ([("retrained", f"after {steps} joint steps")] if steps > 0 else [])
-    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), squeeze=False)
     original = sum(result["originals"]["accuracy"]) / 2
     for ax, (phase, title) in zip(axes[0], phases):
         for label in _strategies(rows):
@@ -359,8 +359,9 @@ def _accuracy_plot(path: Path, name: str, result: dict) -> None:
         ax.set_xticks(fractions)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean test accuracy of the two tasks (%)")
-    low = min(sum(r[p]["accuracy"]) / 2 for r in rows for p, _ in phases if r.get(p))
-    axes[0][0].set_ylim(max(0.0, min(low, original) - 2), min(100.0, original + 2))
+    for ax, (phase, _) in zip(axes[0], phases):  # each panel zoomed on its own values
+        values = [sum(r[phase]["accuracy"]) / 2 for r in rows if r.get(phase)] + [original]
+        ax.set_ylim(max(0.0, min(values) - 1.0), min(100.0, max(values) + 1.0))
     handles: dict = {}
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):

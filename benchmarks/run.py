@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
     probe = None
     use_resnet = args.resnet
-    if use_resnet is None or use_resnet:
+    if use_resnet or (use_resnet is None and not args.quick):  # --quick skips ResNet-20 unless asked
         log("probing ResNet-20 support of zip_models (two tiny untrained ResNet-20)")
         probe = measure.probe_resnet()
         log(f"    {'supported' if probe['supported'] else 'not supported: ' + str(probe['error'])} ({probe['seconds']} s)")
         if use_resnet is None:
-            use_resnet = probe["supported"] and not args.quick
+            use_resnet = probe["supported"]
         elif not probe["supported"]:
             log("    --resnet given: running the ResNet-20 pair anyway (its failure will stop the run)")
     config = (quick_config if args.quick else full_config)(resnet=bool(use_resnet))

@@ -75,6 +75,7 @@ class Scenario:
         fractions: sharing fractions of the grid.
         strategies: labels of the strategies zipped at every fraction.
         retrain_strategies: labels of those also retrained (``retrain_steps`` joint steps).
+        retrain_fractions: the fractions at which they are retrained (None: all).
         retrain_steps: the light retraining budget of the grid.
         scratch_steps: joint steps of the fully shared network trained from scratch; None: as
             many as one original's training; 0: skip.
@@ -95,6 +96,7 @@ class Scenario:
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     strategies: tuple[str, ...] = ALL_LABELS
     retrain_strategies: tuple[str, ...] = ALL_LABELS
+    retrain_fractions: Optional[tuple[float, ...]] = None
     retrain_steps: int = 300
     scratch_steps: Optional[int] = None
     scratch_checkpoints: tuple[int, ...] = (300, 1000)
@@ -190,8 +192,9 @@ def _lenet_scenarios() -> list[Scenario]:
 
 
 def _resnet_scenario(quick: bool) -> Scenario:
-    # ResNet-20 costs ~0.4 s per training step on this 2-core machine (~100x LeNet-300-100), so
-    # its originals are trained on a 10,000-image subset for 4 epochs and the grid is reduced.
+    # ResNet-20 costs ~0.65 s of CPU per joint step here (~50x LeNet-300-100) and MTZ zipping
+    # ~0.2 s of CPU per calibration image (21 conv Hessians), so its originals are trained on a
+    # 10,000-image subset for 4 epochs, the grid is reduced, and there is no search or scratch.
     return Scenario(
         name="resnet20_split_classes",
         title="ResNet-20 (trained on 10k images, 4 epochs), classes 0-4 vs classes 5-9",
@@ -199,11 +202,12 @@ def _resnet_scenario(quick: bool) -> Scenario:
         tasks=("classes_0_4", "classes_5_9"),
         epochs=1 if quick else 4,
         train_samples=2_000 if quick else 10_000,
-        calibration_samples=64 if quick else 500,
+        calibration_samples=32 if quick else 128,
         test_samples=1_000 if quick else 2_000,
         fractions=(1.0,) if quick else (0.5, 1.0),
         strategies=("mtz-hungarian", "euclidean") if quick else ("mtz-hungarian", "activation", "euclidean"),
-        retrain_strategies=("mtz-hungarian",),
+        retrain_strategies=("mtz-hungarian",) if quick else ("mtz-hungarian", "activation", "euclidean"),
+        retrain_fractions=(1.0,),
         retrain_steps=10 if quick else 100,
         scratch_steps=0,
         search=False,

@@ -45,9 +45,21 @@ _SUBMODULES = {
 
 __all__ = sorted(set(_EXPORTS) | _SUBMODULES)
 
+
+def _started_as_cli() -> bool:
+    """The ``tfmot-zip`` command (or ``python -m tfmot_zip.cli``) silences TensorFlow's start-up
+    logs before importing it, so the package must not import TensorFlow first."""
+    import os
+    import sys
+
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return program in ("tfmot-zip", "-m")
+
+
 # Registers ZipDense/ZipConv2D with tf_keras so that `import tfmot_zip` is enough to load a
 # zipped `.keras` file (imports TensorFlow; the numpy core itself does not depend on it).
-from tfmot_zip import layers as _layers  # noqa: E402,F401
+if not _started_as_cli():
+    from tfmot_zip import layers as _layers  # noqa: E402,F401
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,6 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -49,8 +48,10 @@ class ChainConfig:
             first ``prune_end_fraction`` of ``prune_steps`` joint fine-tuning steps, masks
             updated every ``prune_frequency`` steps; Adam with a cosine decay from
             ``prune_learning_rate`` to a tenth of it.
-        int8: "ptq" (post-training full-integer with ``representative_samples`` per task) or
-            "qat" (prune-preserving quantization-aware fine-tuning for ``qat_steps``).
+        int8: "ptq" (post-training full-integer with ``representative_samples`` per task; the
+            default: lossless here, and shared weights stay stored once) or "qat"
+            (prune-preserving quantization-aware fine-tuning for ``qat_steps``; the converter
+            then writes shared Dense kernels twice, see :mod:`tfmot_zip.export`).
         batch_size: examples per task per step.
         latency_runs: timed rounds of the latency comparison.
         verify_samples: test samples per task for :func:`~tfmot_zip.export.verify_tflite`.
