@@ -51,6 +51,19 @@ History = list[tuple[int, list[float]]]
 # --------------------------------------------------------------------------------------------------
 
 
+def _git_state() -> Optional[str]:
+    """Commit of the working tree, with ``+dirty`` when the package has uncommitted changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "tfmot_zip"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def versions() -> dict:
     """Versions of the stack that produced the figures."""
     import scipy
@@ -60,6 +73,7 @@ def versions() -> dict:
 
     return {
         "tfmot_zip": tfmot_zip.__version__,
+        "git": _git_state(),
         "tensorflow": tf.__version__,
         "tf_keras": keras.__version__,
         "numpy": np.__version__,

@@ -73,6 +73,15 @@ class ZipCallback(keras.callbacks.Callback):
         from tfmot_zip.strategies import get_strategy
         from tfmot_zip.zipper import Zipper
 
+        wrapped = [
+            l.name for l in self.model.layers
+            if isinstance(l, keras.layers.Wrapper) and isinstance(getattr(l, "layer", None), (ZipDense, ZipConv2D))
+        ]
+        if wrapped:
+            raise ValueError(
+                f"ZipCallback cannot drive zip layers wrapped by another tool ({wrapped}, e.g. TFMOT's "
+                "prune_low_magnitude). Finish the zipping schedule first, then strip_zipping, then prune."
+            )
         layers = [l for l in _zip_layers(self.model) if l.track_hessians]
         if not layers:
             raise ValueError(

@@ -32,7 +32,7 @@ class DemoConfig:
     calibration_samples: int = 10_000
     retrain_steps: int = 300
     eval_every: int = 100
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3  # Adam, cosine decay to 0 over the retraining steps
     batch_size: int = 128
     out_dir: str = "out/demo"
     cache_dir: str | None = None
@@ -115,7 +115,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
                 f"params {summary.params_zipped:,}   zipped in {summary.zip_seconds:.1f} s")
             if method == "mtz":
                 log(f"[3/5] joint retraining, sharing {fraction:.2f}: {config.retrain_steps} steps (one batch of each task per step)")
-                training.compile_multitask(zipped, config.learning_rate)
+                training.compile_multitask(zipped, config.learning_rate, decay_steps=max(1, config.retrain_steps))
                 history = training.retrain(
                     zipped, [task.train for task in tasks], config.retrain_steps, config.learning_rate,
                     batch_size=config.batch_size, seed=config.seed, eval_every=config.eval_every, tests=tests,

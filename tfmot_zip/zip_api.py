@@ -371,5 +371,12 @@ def zip_scope() -> Iterator[None]:
         >>> with zip_scope():
         ...     model = keras.models.load_model("zipped.keras")  # doctest: +SKIP
     """
-    with keras.utils.custom_object_scope({"ZipDense": ZipDense, "ZipConv2D": ZipConv2D}):
+    objects = {"ZipDense": ZipDense, "ZipConv2D": ZipConv2D}
+    try:  # quantize configs of zip layers, for QAT models saved with TFMOT
+        from tfmot_zip.tfmot_support import ZipConv2DQuantizeConfig, ZipDenseQuantizeConfig
+
+        objects.update(ZipDenseQuantizeConfig=ZipDenseQuantizeConfig, ZipConv2DQuantizeConfig=ZipConv2DQuantizeConfig)
+    except ImportError:  # pragma: no cover - TFMOT is a dependency, but keep the scope usable
+        pass
+    with keras.utils.custom_object_scope(objects):
         yield
