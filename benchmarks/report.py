@@ -244,7 +244,8 @@ def render_markdown(results: dict, img_prefix: str = "") -> str:
         "# tfmot_zip benchmark" + (" (quick mode)" if results["config"]["quick"] else ""),
         "",
         f"Command: `{results.get('command')}`; started {results['started_utc']}; run time "
-        f"{results.get('seconds', 0) / 60:.1f} min{'' if results.get('complete') else ' (INCOMPLETE: partial results)'}.",
+        f"{results.get('seconds', 0) / 60:.1f} min ({results.get('cpu_seconds', 0) / 60:.1f} min of CPU time)"
+        f"{'' if results.get('complete') else ' (INCOMPLETE: partial results)'}.",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, load average {machine['load_average_1_5_15']} at the start"
         + (f", {results['machine_at_end']['load_average_1_5_15']} at the end" if results.get("machine_at_end") else "")
         + f" (shared machine). Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
@@ -258,7 +259,8 @@ def render_markdown(results: dict, img_prefix: str = "") -> str:
             "",
         ]
     config = results["config"]
-    lines += [
+    searched = any(r.get("search") for r in results["scenarios"].values())
+    lines += [] if not searched else [
         f"## Sharing MTZ reaches with every task within {config['search_tolerance']} point of its original "
         f"after at most {config['search_max_steps']} joint retraining steps",
         "",
@@ -269,6 +271,8 @@ def render_markdown(results: dict, img_prefix: str = "") -> str:
         "",
         *summary_table(results),
         "",
+    ]
+    lines += [
         "Zipping time (mean over the grid; ratio to the Euclidean baseline measured in the same run):",
         "",
         *zip_time_table(results),

@@ -25,6 +25,19 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(ROOT))
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its native start-up logs (written to fd 2 before absl is set up) muted."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tfmot_zip.compat  # noqa: F401  (imports tensorflow and tf_keras)
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few-minute run: fewer fractions, strategies and steps")
@@ -39,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
+    _import_tensorflow_quietly()
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from benchmarks import measure, report
     from benchmarks.scenarios import full_config, quick_config, select_scenarios

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tfmot_zip.compat import keras
+from tfmot_zip.compat import keras, tf
 from tfmot_zip.core import (
     BlockHessianAccumulator,
     HessianAccumulator,
@@ -74,9 +74,9 @@ class Zipper:
     selection: str = "hungarian"
     damping: float = 1e-4
     merged_hessian: str = "sum_of_inverses"
-    batch_size: int = 256
+    batch_size: int = 1000
     seed: int = 0
-    max_conv_rows: int = 600_000
+    max_conv_rows: int = 200_000
     conv_hessian: str = "auto"
     block_threshold: int = 1200
     activation_samples: int = 2_000
@@ -124,6 +124,15 @@ class Zipper:
             layer.set_task_weights(t, kernel, bias)
 
     # --- Hessians -------------------------------------------------------------------------
+    def _batch_size_for(self, node: AlignedNode) -> int:
+        """Smaller batches for convolutions so that one batch's patch matrix stays ~64 MB."""
+        if node.kind != "conv":
+            return self.batch_size
+        layer = self.layer(node)
+        shape = layer.output[0].shape
+        floats = int(shape[1]) * int(shape[2]) * layer.kernel_size[0] * layer.kernel_size[1] * max(layer.task_input_units)
+        return int(max(8, min(self.batch_size, 16_000_000 // max(1, floats))))
+
     def _layer_input_batches(self, node: AlignedNode, tasks: Sequence[int]):
         """Yields ``(task, batch)`` of layer inputs, every task on its own calibration data.
 
@@ -131,18 +140,20 @@ class Zipper:
         ran out gets zeros, and its outputs are dropped).
         """
         layer = self.layer(node)
-        extractor = keras.Model(self.model.inputs, list(layer.input))
+        model = keras.Model(self.model.inputs, list(layer.input))
+        extractor = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         single = len(self.model.inputs) == 1
         longest = max(len(self.calibration[t]) for t in tasks)
-        for start in range(0, longest, self.batch_size):
+        batch_size = self._batch_size_for(node)
+        for start in range(0, longest, batch_size):
             if single:
                 for t in tasks:
                     data = self.calibration[t]
                     if start < len(data):
-                        outs = extractor(data[start : start + self.batch_size], training=False)
+                        outs = extractor(data[start : start + batch_size])
                         yield t, np.asarray(outs[t])
                 continue
-            size = min(self.batch_size, longest - start)
+            size = min(batch_size, longest - start)
             feeds = []
             for data in self.calibration:
                 chunk = data[start : start + size]
@@ -150,7 +161,7 @@ class Zipper:
                     pad = np.zeros((size - len(chunk),) + data.shape[1:], data.dtype)
                     chunk = np.concatenate([chunk, pad]) if len(chunk) else pad
                 feeds.append(chunk)
-            outs = extractor(feeds, training=False)
+            outs = extractor(feeds)
             for t in tasks:
                 valid = max(0, min(size, len(self.calibration[t]) - start))
                 if valid:
@@ -173,7 +184,7 @@ class Zipper:
         for t, batch in self._layer_input_batches(node, tasks):
             if node.kind == "conv":
                 rows = extract_patches(batch, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
-                n_batches = -(-len(self.calibration[t]) // self.batch_size)
+                n_batches = -(-len(self.calibration[t]) // self._batch_size_for(node))
                 cap = max(1, self.max_conv_rows // n_batches)
                 if rows.shape[0] > cap:  # evenly subsample positions to bound the cost
                     rows = rows[self.rng.choice(rows.shape[0], size=cap, replace=False)]

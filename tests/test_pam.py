@@ -1,0 +1,206 @@
+"""Tests of Pruning-Aware Merging (tfmot_zip.pam, tfmot_zip.core.pam_math) on tiny synthetic nets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfmot_zip import pam
+from tfmot_zip.compat import keras
+from tfmot_zip.core import pam_math
+from tfmot_zip.core.pam_math import SHARED
+
+NAMES = ["a", "b", "c"]
+
+
+def tiny(seed: int, classes: int = 2, name: str = "tiny") -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.layers.InputLayer(input_shape=(8, 8, 1)),
+            keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="conv"),
+            keras.layers.MaxPooling2D(2, name="pool"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(5, activation="relu", name="fc"),
+            keras.layers.Dense(classes, activation="softmax", name="head"),
+        ],
+        name=name,
+    )
+    for layer in model.layers:  # non-zero biases so that a lost bias would show
+        weights = layer.get_weights()
+        if len(weights) == 2:
+            layer.set_weights([weights[0], np.random.default_rng(seed).uniform(0.05, 0.2, weights[1].shape)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    return [tiny(s, name=n) for s, n in zip((1, 2, 3), NAMES)]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return [(rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 2, 64)) for _ in NAMES]
+
+
+def own_or_shared_groups(seed: int) -> list[np.ndarray]:
+    """Conv units shared; every fc unit of model m goes to group m or to the shared group.
+
+    Then no original connection is forbidden (a shared unit reads only shared units), so each
+    task's path holds its whole original network.
+    """
+    rng = np.random.default_rng(seed)
+    owner = np.repeat(np.arange(3), 5)
+    return [np.full(9, 3), np.where(rng.random(owner.size) < 0.5, 3, owner)]
+
+
+# --- core math -----------------------------------------------------------------------------
+
+
+def test_lenet5_flops_match_hand_count():
+    # conv1 (2*25-1)*28*28*6 + conv2 (2*150-1)*10*10*16 + fc1 (800-1)*120 + fc2 (240-1)*84 + head (168-1)*3
+    layers = [
+        pam_math.LayerShape("conv", {"a": 6}, 5, (28, 28), input_units=1),
+        pam_math.LayerShape("conv", {"a": 16}, 5, (10, 10)),
+        pam_math.LayerShape("dense", {"a": 120}, in_positions=25),
+        pam_math.LayerShape("dense", {"a": 84}),
+        pam_math.LayerShape("dense", {"a": 3}, head=True),
+    ]
+    flops, params = pam_math.subset_cost(layers, ["a"])
+    assert flops == 230496 + 478400 + 95880 + 20076 + 501
+    assert params == 156 + 2416 + 48120 + 10164 + 255
+
+
+def test_subset_cost_reads_only_allowed_groups():
+    l1 = pam_math.LayerShape("dense", {SHARED: 4, "a": 2, "b": 3}, input_units=10)
+    l2 = pam_math.LayerShape("dense", {SHARED: 1, "a": 1, "b": 1})
+    # subset a: l1 shared 19*4 + a 19*2; l2 shared (2*4-1)*1, a reads shared+a (2*6-1)*1
+    assert pam_math.subset_cost([l1, l2], ["a"])[0] == 76 + 38 + 7 + 11
+    # all tasks add b: l1 19*3, l2 b reads shared+b (2*7-1)
+    assert pam_math.subset_cost([l1, l2], ["a", "b"])[0] == 76 + 38 + 7 + 11 + 57 + 13
+
+
+def test_mutual_information_orders_units():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 3000)
+    informative = y + 0.3 * rng.normal(size=y.size)
+    noise = rng.normal(size=y.size)
+    mi = pam_math.binned_mutual_information(np.stack([informative, noise, np.zeros(y.size)], 1), y)
+    assert mi[0] > 0.7 and mi[1] < 0.02 and mi[2] == 0.0
+
+
+def test_grouping_rules():
+    relevance = np.array([[5.0, 4.0, 0.1, 0.0, 3.0], [5.0, 0.0, 4.0, 0.0, 0.1]])
+    relevant = pam_math.relevant_units(relevance, 0.9)
+    np.testing.assert_array_equal(relevant, [[1, 1, 0, 0, 1], [1, 0, 1, 0, 0]])
+    np.testing.assert_array_equal(pam_math.assign_groups(relevant), [2, 0, 1, -1, 0])
+    with pytest.raises(ValueError, match="threshold"):
+        pam_math.relevant_units(relevance, 0.0)
+
+
+# --- merging -------------------------------------------------------------------------------
+
+
+def test_block_diagonal_start_reproduces_every_original(models, data):
+    net = pam.merge_pam_network(models, data, groups=own_or_shared_groups(0), task_names=NAMES)
+    x = [d[0][:16] for d in data]
+    merged = net.to_keras().predict(x, verbose=0)
+    for t, model in enumerate(models):
+        np.testing.assert_allclose(merged[t], model.predict(x[t], verbose=0), atol=1e-5)
+    single = net.to_keras(single_input=True).predict(x[0], verbose=0)
+    for t, model in enumerate(models):
+        np.testing.assert_allclose(single[t], model.predict(x[0], verbose=0), atol=1e-5)
+
+
+def test_connectivity_never_reads_from_narrower_groups(models, data):
+    net = pam.merge_pam_network(models, data, threshold=0.6, task_names=NAMES)
+    model = net.to_keras(single_input=True)
+    assert model.output_names == NAMES
+    for layer in model.layers:
+        if "__from__" in layer.name:
+            group, source = layer.name.split("__")[1], layer.name.split("__from__")[1]
+            assert source in ("input", SHARED, group), layer.name
+            assert not (group == SHARED and source != SHARED and source != "input"), layer.name
+    for op in net.layers():  # cross-network blocks start at zero: untouched originals' weights only
+        for group, sources in op.blocks.items():
+            for src in sources:
+                assert src in pam_math.allowed_sources(group) or src == "input"
+
+
+def test_subset_model_params_match_counter(models, data):
+    net = pam.merge_pam_network(models, data, groups=own_or_shared_groups(1), task_names=NAMES)
+    costs = net.subset_costs()
+    assert len(costs) == 7
+    for subset in [("a",), ("b", "c"), tuple(NAMES)]:
+        assert net.to_keras(list(subset), single_input=True).count_params() == costs[subset][1]
+    assert costs[("a",)][0] < costs[("a", "b")][0] < costs[tuple(NAMES)][0]
+
+
+def test_removing_a_dead_unit_keeps_outputs_and_lowers_flops(models, data):
+    net = pam.merge_pam_network(models, data, groups=own_or_shared_groups(2), task_names=NAMES)
+    fc = net.layers()[1]
+    for src in fc.blocks[SHARED]:
+        fc.blocks[SHARED][src][:, 0] = 0.0
+    fc.biases[SHARED][0] = -1.0  # relu(-1) == 0: unit 0 of the shared fc group is dead
+    x = [d[0][:16] for d in data]
+    before, cost = net.to_keras().predict(x, verbose=0), net.subset_costs()[("a",)][0]
+    n = fc.biases[SHARED].shape[0]
+    net.keep_units(1, SHARED, np.arange(1, n))
+    after = net.to_keras().predict(x, verbose=0)
+    for b, a in zip(before, after):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    n_in = sum(net.layers()[0].units().get(g, 0) for g in (SHARED,)) * 16
+    assert cost - net.subset_costs()[("a",)][0] == (2 * n_in - 1) + 2 * 2  # its fc unit and its head inputs
+
+
+def test_prune_step_removes_units_and_keeps_paths(models, data):
+    net = pam.merge_pam_network(models, data, groups=own_or_shared_groups(3), task_names=NAMES)
+    scores = pam.taylor_importance(net, data, batches=2, batch_size=32)
+    assert all(np.all(s >= 0) for s in scores.values())
+    smaller = pam.prune_step(net, scores, 0.9)
+    full, small = net.subset_costs(), smaller.subset_costs()
+    assert all(small[s][0] < full[s][0] for s in full)
+    for op in smaller.layers():
+        units = op.units()
+        assert all(sum(units.get(g, 0) for g in pam_math.allowed_sources(t)) >= 1 for t in NAMES)
+    assert len(smaller.to_keras().predict([d[0][:4] for d in data], verbose=0)) == 3
+
+
+def test_export_signature_per_subset(models, data, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    net = pam.merge_pam_network(models, data, groups=own_or_shared_groups(4), task_names=NAMES)
+    path = tmp_path / "pam.tflite"
+    keys = pam.export_subsets_tflite(net, path, subsets=[("a",), ("b", "c")])
+    interpreter = Interpreter(model_path=str(path))
+    assert sorted(interpreter.get_signature_list()) == sorted(keys.values())
+    x = data[1][0][:3]
+    out = interpreter.get_signature_runner(keys[("b", "c")])(image=x)
+    assert sorted(out) == ["b", "c"]
+    np.testing.assert_allclose(out["c"], models[2].predict(x, verbose=0), atol=1e-5)
+    out = interpreter.get_signature_runner(keys[("a",)])(image=x)
+    np.testing.assert_allclose(out["a"], models[0].predict(x, verbose=0), atol=1e-5)
+
+
+def test_merge_pam_api_and_errors(models, data):
+    merged = pam.merge_pam(*models, calibration_data=data, threshold=0.8)
+    assert merged.output_names == NAMES and len(merged.inputs) == 3
+    with pytest.raises(ValueError, match="same layer sequence"):
+        pam.merge_pam(models[0], keras.Sequential([keras.layers.InputLayer(input_shape=(8, 8, 1)),
+                                                   keras.layers.Flatten(), keras.layers.Dense(2)]),
+                      calibration_data=data[:2])
+    with pytest.raises(ValueError, match=r"\(x, y\) pair"):
+        pam.merge_pam(*models, calibration_data=[d[0] for d in data])
+    with pytest.raises(ValueError, match="relevance"):
+        pam.merge_pam(*models, calibration_data=data, relevance="kde")
+
+
+def test_taylor_grouping_gives_each_model_its_own_task(models, data):
+    groups = pam.taylor_grouping(models, data, threshold=0.95, warmup_steps=5, batches=2)
+    assert [g.shape for g in groups] == [(9,), (15,)]
+    fc = groups[1]
+    # a unit of model m can never be task-specific to another task (no path to its head at the start)
+    for m in range(3):
+        own = fc[m * 5 : (m + 1) * 5]
+        assert set(own.tolist()) <= {-1, m, 3}
+    assert (fc >= 0).any()

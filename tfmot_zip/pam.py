@@ -1,0 +1,807 @@
+"""Pruning-Aware Merging (PAM): merge so that pruning lowers the cost of every subset of tasks.
+
+Each hidden Dense/Conv2D layer of the merged network holds a shared group and one group per task
+(DESIGN.md section 2, PAM). A group reads only groups serving a superset of its tasks
+(``shared <- shared``, ``task t <- shared, task t``), so a subset of tasks runs only the shared
+groups and its own. Flow::
+
+    net = merge_pam_network(models, calibration_data=[(x1, y1), (x2, y2), (x3, y3)])
+    finetune(net, train_sets, steps=300)
+    net = prune_structured(net, train_sets, val_sets, targets)      # whole units of every group
+    net.subset_costs()                                             # FLOPs/params per task subset
+    export_subsets_tflite(net, "pam.tflite")                       # one signature per subset
+
+:func:`merge_pam` is the one-call version returning a tf_keras model (one input and one output per
+task). The network lives as numpy weights in a :class:`GroupedNetwork`; Keras models are built from
+it (:meth:`GroupedNetwork.to_keras`) and read back (:meth:`GroupedNetwork.read_weights`).
+
+Grouping heuristic (documented choice): for every hidden layer, every original network's units are
+run on every task's calibration data (conv channels averaged over positions) and scored by their
+binned mutual information with that task's labels (:func:`tfmot_zip.core.pam_math.binned_mutual_information`).
+Per task, the smallest set of most informative units holding ``threshold`` of the task's summed
+information is relevant to it; units relevant to two or more tasks are shared, to one task are that
+task's, to none are dropped.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from tfmot_zip.compat import check_tf_keras_model, keras, tf
+from tfmot_zip.core.pam_math import (
+    SHARED,
+    LayerShape,
+    all_subsets,
+    allowed_sources,
+    assign_groups,
+    binned_mutual_information,
+    relevant_units,
+    subset_cost,
+)
+from tfmot_zip.data import multitask
+from tfmot_zip.training import compile_multitask, evaluate_tasks
+
+__all__ = [
+    "GroupLayer",
+    "GroupedNetwork",
+    "pam_grouping",
+    "taylor_grouping",
+    "merge_pam_network",
+    "merge_pam",
+    "separate_network",
+    "shared_network_from_zip",
+    "finetune",
+    "taylor_importance",
+    "prune_structured",
+    "export_subsets_tflite",
+]
+
+L = keras.layers
+INPUT = "input"
+_SUPPORTED = (L.Conv2D, L.Dense, L.MaxPooling2D, L.AveragePooling2D, L.Flatten, L.Dropout, L.InputLayer)
+
+
+@dataclass
+class GroupLayer:
+    """One grouped Dense/Conv2D layer: per group, a kernel block per source group and a bias.
+
+    ``blocks[group][source]`` is a Conv2D kernel ``[k, k, n_src, n_out]`` or a Dense kernel
+    ``[positions * n_src, n_out]`` (rows ordered position-major, channel-minor, as Flatten gives).
+    """
+
+    kind: str
+    name: str
+    config: dict
+    blocks: dict
+    biases: dict
+    in_positions: int = 1
+    out_hw: tuple = (1, 1)
+    head: bool = False
+
+    def units(self) -> dict:
+        return {g: int(b.shape[0]) for g, b in self.biases.items() if b.shape[0] > 0}
+
+
+@dataclass
+class GroupedNetwork:
+    """A PAM-structured multi-task network held as numpy weights (see module docstring).
+
+    Attributes:
+        task_names: one per task; outputs are named after them.
+        input_shape: shape of one example.
+        ops: sequence of :class:`GroupLayer` and stateless ops ``("pool", config)``, ``("flatten",)``.
+    """
+
+    task_names: list
+    input_shape: tuple
+    ops: list
+    history: list = field(default_factory=list)
+
+    # -- structure ---------------------------------------------------------------------------
+    def layers(self) -> list:
+        return [op for op in self.ops if isinstance(op, GroupLayer)]
+
+    def layer_shapes(self) -> list[LayerShape]:
+        shapes = []
+        for i, layer in enumerate(self.layers()):
+            shapes.append(
+                LayerShape(
+                    layer.kind,
+                    layer.units(),
+                    kernel_size=int(layer.config.get("kernel_size", (1, 1))[0]) if layer.kind == "conv" else 1,
+                    out_hw=layer.out_hw,
+                    in_positions=layer.in_positions,
+                    input_units=int(self.input_shape[-1]) * (int(np.prod(self.input_shape[:-1])) if layer.kind == "dense" and i == 0 else 1),
+                    head=layer.head,
+                )
+            )
+        return shapes
+
+    def subset_costs(self) -> dict:
+        """``{subset tuple: (flops, params)}`` for every non-empty task subset, on one shared input.
+
+        Example:
+            >>> net.subset_costs()[("classes_0_2",)]  # doctest: +SKIP
+            (512345, 40123)
+        """
+        shapes = self.layer_shapes()
+        return {s: subset_cost(shapes, s) for s in all_subsets(self.task_names)}
+
+    def group_sizes(self) -> list[dict]:
+        """Per hidden layer, ``{group: units}``."""
+        return [dict(layer.units(), name=layer.name) for layer in self.layers() if not layer.head]
+
+    def copy(self) -> "GroupedNetwork":
+        return copy.deepcopy(self)
+
+    # -- Keras --------------------------------------------------------------------------------
+    def to_keras(
+        self,
+        tasks: Sequence[str] | None = None,
+        single_input: bool = False,
+        cache: dict | None = None,
+        name: str = "pam",
+    ) -> keras.Model:
+        """Standard tf_keras functional model of ``tasks`` (default all) using only their groups.
+
+        With ``single_input`` all tasks read one input and shared groups run once; otherwise each
+        task has its own input ``<task>_input`` and calls the same shared layers on it. Layers are
+        named ``<layer>__<group>__from__<source>``; pass the same ``cache`` dict to several calls to
+        build models that share layer objects (and weights).
+        """
+        tasks = list(self.task_names if tasks is None else tasks)
+        unknown = [t for t in tasks if t not in self.task_names]
+        if unknown or not tasks:
+            raise ValueError(f"Unknown or no tasks: tasks={tasks!r}. Known tasks: {self.task_names}.")
+        cache = {} if cache is None else cache
+        if single_input:
+            x = keras.Input(self.input_shape, name="image")
+            paths = [(x, tasks)]
+            inputs = [x]
+        else:
+            inputs = [keras.Input(self.input_shape, name=f"{t}_input") for t in tasks]
+            paths = [(x, [t]) for x, t in zip(inputs, tasks)]
+        outputs = {}
+        for x, path_tasks in paths:
+            state = {INPUT: x}
+            for op in self.ops:
+                state = self._apply(op, state, path_tasks, cache)
+            outputs.update({t: state[t] for t in path_tasks})
+        return keras.Model(inputs, [outputs[t] for t in tasks], name=name)
+
+    def _apply(self, op, state: dict, path_tasks: list, cache: dict) -> dict:
+        if not isinstance(op, GroupLayer):
+            kind = op[0]
+            make = {"pool": lambda: L.MaxPooling2D(**op[1]), "avgpool": lambda: L.AveragePooling2D(**op[1]), "flatten": L.Flatten}[kind]
+            return {g: make()(t) for g, t in state.items()}
+        new = {}
+        for group in [SHARED] + list(path_tasks):
+            if group not in op.biases or op.biases[group].shape[0] == 0:
+                continue
+            terms = []
+            for src, kernel in op.blocks[group].items():
+                if src not in state or kernel.shape[-1] == 0 or kernel.shape[-2] == 0:
+                    continue
+                key = (op.name, group, src)
+                if key not in cache:
+                    cache[key] = self._block(op, group, src, kernel, with_bias=not terms)
+                terms.append(cache[key](state[src]))
+            if not terms:
+                continue
+            total = terms[0] if len(terms) == 1 else _cached(cache, (op.name, group, "add"), lambda: L.Add(name=f"{op.name}__{group}__add"))(terms)
+            activation = op.config.get("activation", "linear")
+            act_name = group if op.head else f"{op.name}__{group}__act"
+            new[group] = _cached(cache, (op.name, group, "act"), lambda: L.Activation(activation, name=act_name))(total)
+        return new
+
+    def _block(self, op: GroupLayer, group: str, src: str, kernel: np.ndarray, with_bias: bool):
+        name = f"{op.name}__{group}__from__{src}"
+        if op.kind == "conv":
+            layer = L.Conv2D(
+                kernel.shape[-1], kernel.shape[:2], strides=op.config.get("strides", (1, 1)),
+                padding=op.config.get("padding", "valid"), use_bias=with_bias, name=name,
+            )
+            layer.build((None, None, None, kernel.shape[2]))
+        else:
+            layer = L.Dense(kernel.shape[-1], use_bias=with_bias, name=name)
+            layer.build((None, kernel.shape[0]))
+        layer.set_weights([kernel, op.biases[group]] if with_bias else [kernel])
+        return layer
+
+    def read_weights(self, model: keras.Model) -> "GroupedNetwork":
+        """Copies trained weights of ``model`` (built by :meth:`to_keras`) back into this network."""
+        by_name = {layer.name: layer for layer in model.layers}
+        for op in self.layers():
+            for group, sources in op.blocks.items():
+                first = True
+                for src in list(sources):
+                    layer = by_name.get(f"{op.name}__{group}__from__{src}")
+                    if layer is None:
+                        continue
+                    weights = layer.get_weights()
+                    sources[src] = weights[0]
+                    if layer.use_bias:
+                        op.biases[group] = weights[1]
+                    first = False
+        return self
+
+    # -- pruning ------------------------------------------------------------------------------
+    def keep_units(self, layer_index: int, group: str, keep: np.ndarray) -> None:
+        """Keeps only output units ``keep`` of one group, and the matching input rows above it."""
+        layers = self.layers()
+        op = layers[layer_index]
+        keep = np.asarray(keep, dtype=np.int64)
+        op.biases[group] = op.biases[group][keep]
+        for src in op.blocks[group]:
+            op.blocks[group][src] = op.blocks[group][src][..., keep]
+        if layer_index + 1 < len(layers):
+            nxt = layers[layer_index + 1]
+            for reader, sources in nxt.blocks.items():
+                if group not in sources:
+                    continue
+                kernel = sources[group]
+                if nxt.kind == "conv":
+                    sources[group] = kernel[:, :, keep, :]
+                else:
+                    n_out = kernel.shape[-1]
+                    per = kernel.reshape(nxt.in_positions, -1, n_out)
+                    sources[group] = per[:, keep, :].reshape(-1, n_out)
+
+
+def _cached(cache: dict, key: tuple, factory):
+    if key not in cache:
+        cache[key] = factory()
+    return cache[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the original models
+# --------------------------------------------------------------------------------------------------
+
+
+def _plain_layers(model: keras.Model, argument: str) -> list:
+    check_tf_keras_model(model, argument)
+    layers = [l for l in model.layers if not isinstance(l, L.InputLayer)]
+    for layer in layers:
+        if not isinstance(layer, _SUPPORTED) or isinstance(layer, L.Conv2D) and layer.dilation_rate != (1, 1):
+            raise ValueError(
+                f"PAM supports plain chains of Conv2D, Dense, MaxPooling2D, AveragePooling2D, Flatten and "
+                f"Dropout layers; {argument} has layer {layer.name!r} of type {type(layer).__name__}. "
+                "Use zip_models for other architectures."
+            )
+    return layers
+
+
+def _skeleton(models: Sequence[keras.Model], task_names: list) -> tuple[list, list]:
+    """Per-model layer lists and an op skeleton (GroupLayers without weights), checked for shape."""
+    chains = [_plain_layers(m, f"models[{i}]") for i, m in enumerate(models)]
+    kinds = [[type(l).__name__ for l in c] for c in chains]
+    if any(k != kinds[0] for k in kinds):
+        raise ValueError(f"PAM needs models with the same layer sequence; received {kinds}.")
+    shapes = [tuple(m.input_shape[1:]) for m in models]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"PAM needs models with one input shape; received {shapes}.")
+    param = [i for i, l in enumerate(chains[0]) if isinstance(l, (L.Conv2D, L.Dense))]
+    ops, positions = [], 1
+    for i, layer in enumerate(chains[0]):
+        if isinstance(layer, L.Dropout):
+            continue
+        if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
+            cfg = {k: layer.get_config()[k] for k in ("pool_size", "strides", "padding")}
+            ops.append(("pool" if isinstance(layer, L.MaxPooling2D) else "avgpool", cfg))
+        elif isinstance(layer, L.Flatten):
+            positions = int(np.prod(layer.input_shape[1:-1]))
+            ops.append(("flatten",))
+        else:
+            conv = isinstance(layer, L.Conv2D)
+            cfg = {"activation": keras.activations.serialize(layer.activation)}
+            if isinstance(cfg["activation"], dict):
+                cfg["activation"] = cfg["activation"].get("config", {}).get("name", "linear")
+            if conv:
+                cfg.update(kernel_size=layer.kernel_size, strides=layer.strides, padding=layer.padding)
+            ops.append(
+                GroupLayer(
+                    "conv" if conv else "dense", layer.name, cfg, {}, {},
+                    in_positions=1 if conv else positions,
+                    out_hw=tuple(layer.output_shape[1:3]) if conv else (1, 1),
+                    head=i == param[-1],
+                )
+            )
+            if not conv:
+                positions = 1
+    return chains, ops
+
+
+def _hidden_activations(model: keras.Model, layers: list, x: np.ndarray) -> list[np.ndarray]:
+    probe = keras.Model(model.inputs, [l.output for l in layers])
+    outs = probe.predict(x, batch_size=500, verbose=0)
+    outs = outs if isinstance(outs, list) else [outs]
+    return [o.mean(axis=(1, 2)) if o.ndim == 4 else o for o in outs]
+
+
+def pam_grouping(
+    models: Sequence[keras.Model],
+    calibration_data: Sequence[tuple[np.ndarray, np.ndarray]],
+    threshold: float = 0.9,
+    bins: int = 8,
+    samples: int = 2000,
+) -> list[np.ndarray]:
+    """Group of every pooled unit of every hidden layer (see :func:`tfmot_zip.core.pam_math.assign_groups`).
+
+    Pooled units are ordered model by model (model 0's units first). Returns, per hidden layer, an
+    int array: ``-1`` dropped, ``t`` task t's group, ``T`` shared.
+
+    Example:
+        >>> groups = pam_grouping([m1, m2, m3], [(x1, y1), (x2, y2), (x3, y3)])  # doctest: +SKIP
+    """
+    chains, _ = _skeleton(models, [m.name for m in models])
+    hidden = [[l for l in c if isinstance(l, (L.Conv2D, L.Dense))][:-1] for c in chains]
+    if len(calibration_data) != len(models):
+        raise ValueError(f"Expected one (x, y) calibration pair per model ({len(models)}); received {len(calibration_data)}.")
+    per_layer = [[[] for _ in models] for _ in hidden[0]]  # [layer][task] -> list of model scores
+    for t, pair in enumerate(calibration_data):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"calibration_data[{t}] must be an (x, y) pair of numpy arrays (labels are needed).")
+        x, y = np.asarray(pair[0])[:samples], np.asarray(pair[1])[:samples]
+        for m, model in enumerate(models):
+            for l, acts in enumerate(_hidden_activations(model, hidden[m], x)):
+                per_layer[l][t].append(binned_mutual_information(acts, y, bins=bins))
+    return [assign_groups(relevant_units(np.stack([np.concatenate(s) for s in tasks]), threshold)) for tasks in per_layer]
+
+
+def taylor_grouping(
+    models: Sequence[keras.Model],
+    calibration_data: Sequence[tuple[np.ndarray, np.ndarray]],
+    threshold: float = 0.9,
+    warmup_steps: int = 100,
+    batches: int = 8,
+) -> list[np.ndarray]:
+    """Grouping from per-task first-order Taylor importance in an all-shared merged network.
+
+    Every pooled unit is put in one shared group (block-diagonal start; cross-network blocks zero),
+    the network is trained jointly for ``warmup_steps`` so cross-network weights can grow, then each
+    unit's group-Taylor importance for each task's loss alone is its relevance to that task.
+    Same output convention as :func:`pam_grouping`.
+
+    Example:
+        >>> groups = taylor_grouping([m1, m2, m3], [(x1, y1), (x2, y2), (x3, y3)])  # doctest: +SKIP
+    """
+    chains, _ = _skeleton(models, [m.name for m in models])
+    widths = [sum(l.units if isinstance(l, L.Dense) else l.filters for l in [c[i] for c in chains])
+              for i, l in enumerate(chains[0]) if isinstance(l, (L.Conv2D, L.Dense))][:-1]
+    names = [f"task{t}" for t in range(len(models))]
+    net = merge_pam_network(models, calibration_data, task_names=names, groups=[np.full(w, len(models)) for w in widths])
+    finetune(net, calibration_data, warmup_steps)
+    per_task = []
+    for t in range(len(models)):
+        onehot = [1.0 if s == t else 0.0 for s in range(len(models))]
+        scores = taylor_importance(net, calibration_data, batches=batches, seed=t, task_weights=onehot)
+        per_task.append([scores[(l, SHARED)] for l in range(len(widths))])
+    return [assign_groups(relevant_units(np.stack([p[l] for p in per_task]), threshold)) for l in range(len(widths))]
+
+
+def _original_weights(chains: list) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    return [[tuple(l.get_weights()) for l in c if isinstance(l, (L.Conv2D, L.Dense))] for c in chains]
+
+
+def merge_pam_network(
+    models: Sequence[keras.Model],
+    calibration_data: Sequence[tuple[np.ndarray, np.ndarray]],
+    threshold: float = 0.9,
+    task_names: Sequence[str] | None = None,
+    groups: list[np.ndarray] | None = None,
+    bins: int = 8,
+    relevance: str = "mutual_information",
+) -> GroupedNetwork:
+    """Regroup and rewire the models into a :class:`GroupedNetwork` (block-diagonal start).
+
+    Every unit keeps its incoming weights from its own network's units; allowed blocks between
+    different networks' units start at zero (trainable); forbidden connections do not exist.
+
+    Args:
+        models: T tf_keras models with the same chain of Conv2D/Dense/pooling/Flatten layers.
+        calibration_data: per task an ``(x, y)`` pair (labels needed for relevance).
+        threshold: fraction of each task's information its relevant units must hold (0..1].
+        task_names: default the models' names.
+        groups: precomputed :func:`pam_grouping` result (skips the relevance pass).
+        bins: quantile bins of the mutual-information estimate.
+        relevance: "mutual_information" (:func:`pam_grouping`) or "taylor" (:func:`taylor_grouping`).
+
+    Example:
+        >>> net = merge_pam_network([m1, m2, m3], [(x1, y1), (x2, y2), (x3, y3)])  # doctest: +SKIP
+    """
+    if len(models) < 2:
+        raise ValueError(f"PAM merges two or more models; received {len(models)}.")
+    names = [m.name for m in models] if task_names is None else list(task_names)
+    if len(names) != len(models) or len(set(names)) != len(names) or SHARED in names or INPUT in names:
+        raise ValueError(f"Expected {len(models)} distinct task names other than 'shared'/'input'; received {names}.")
+    chains, ops = _skeleton(models, names)
+    if relevance not in ("mutual_information", "taylor"):
+        raise ValueError(f"Unknown relevance={relevance!r}; supported: 'mutual_information', 'taylor'.")
+    if groups is None and relevance == "taylor":
+        groups = taylor_grouping(models, calibration_data, threshold=threshold)
+    elif groups is None:
+        groups = pam_grouping(models, calibration_data, threshold=threshold, bins=bins)
+    weights = _original_weights(chains)
+    T = len(models)
+    keys = names + [SHARED]
+    # owner[l]: for each pooled unit, (model, index); members[l][key] = pooled indices in that group
+    previous = None  # (owner array, members dict)
+    layer_ops = [op for op in ops if isinstance(op, GroupLayer)]
+    for l, op in enumerate(layer_ops):
+        widths = [w[l][1].shape[0] for w in weights]
+        owner = np.concatenate([np.full(n, m) for m, n in enumerate(widths)])
+        local = np.concatenate([np.arange(n) for n in widths])
+        if op.head:
+            members = {names[t]: np.flatnonzero(owner == t) for t in range(T)}
+        else:
+            members = {keys[g] if g < T else SHARED: np.flatnonzero(groups[l] == g) for g in range(T + 1)}
+        for key, units in members.items():
+            op.biases[key] = np.concatenate([weights[owner[u]][l][1][local[u] : local[u] + 1] for u in units]) if len(units) else np.zeros(0, np.float32)
+            op.blocks[key] = {}
+            sources = [INPUT] if previous is None else list(allowed_sources(key))
+            for src in sources:
+                if previous is None:
+                    kernel_cols = [weights[owner[u]][l][0][..., local[u]] for u in units]
+                    shape = weights[0][l][0].shape[:-1]
+                    op.blocks[key][src] = np.stack(kernel_cols, -1) if units.size else np.zeros(shape + (0,), np.float32)
+                    continue
+                prev_owner, prev_local, prev_members = previous
+                rows = prev_members[src]
+                positions = op.in_positions
+                shape_in = (op.config["kernel_size"] + (len(rows), len(units))) if op.kind == "conv" else (positions, len(rows), len(units))
+                block = np.zeros(shape_in, np.float32)
+                for j, u in enumerate(units):
+                    m = owner[u]
+                    original = weights[m][l][0]
+                    if op.kind == "dense":
+                        original = original.reshape(positions, -1, original.shape[-1])
+                    for i, r in enumerate(rows):
+                        if prev_owner[r] == m:  # same network: keep the original weight
+                            block[..., i, j] = original[..., prev_local[r], local[u]]
+                op.blocks[key][src] = block if op.kind == "conv" else block.reshape(positions * len(rows), len(units))
+        previous = (owner, local, members)
+    net = GroupedNetwork(names, tuple(models[0].input_shape[1:]), ops)
+    _drop_dead_groups(net)
+    return net
+
+
+def _drop_dead_groups(net: GroupedNetwork) -> None:
+    """A shared group whose every source is empty computes a constant: remove it (and its readers' rows)."""
+    layers = net.layers()
+    for l in range(1, len(layers)):
+        prev_units = layers[l - 1].units()
+        if SHARED in layers[l].units() and prev_units.get(SHARED, 0) == 0:
+            net.keep_units(l, SHARED, np.zeros(0, np.int64))
+
+
+def separate_network(model: keras.Model, task_name: str | None = None) -> GroupedNetwork:
+    """One original model as a one-task :class:`GroupedNetwork` (all units in its task group)."""
+    name = task_name or model.name
+    chains, ops = _skeleton([model], [name])
+    weights = _original_weights(chains)[0]
+    for index, (op, (kernel, bias)) in enumerate(zip([o for o in ops if isinstance(o, GroupLayer)], weights)):
+        op.biases[name] = bias
+        op.blocks[name] = {INPUT if index == 0 else name: kernel}
+    return GroupedNetwork([name], tuple(model.input_shape[1:]), ops)
+
+
+def shared_network_from_zip(zipped: keras.Model, originals: Sequence[keras.Model], task_names: Sequence[str]) -> GroupedNetwork:
+    """A fully shared zipped model (``zip_models(..., sharing=1.0)``) as a :class:`GroupedNetwork`.
+
+    Hidden layers become one shared group (task 0's view of the shared units); heads stay per task,
+    their rows reordered to task 0's unit order. Raises if a hidden layer is not fully shared.
+    """
+    from tfmot_zip.layers import ZipLayerMixin
+
+    names = list(task_names)
+    chains, ops = _skeleton([originals[0]], [names[0]])
+    zl = [l for l in zipped.layers if isinstance(l, ZipLayerMixin)]
+    gls = [o for o in ops if isinstance(o, GroupLayer)]
+    if len(zl) != len(gls):
+        raise ValueError(f"Expected {len(gls)} zipped layers, found {len(zl)}.")
+    for i, (layer, op) in enumerate(zip(zl, gls)):
+        if not op.head:
+            outs = [np.sort(layer.get_maps(t)[1]) for t in range(len(names))]
+            if any(not np.array_equal(o, outs[0]) for o in outs):
+                raise ValueError(f"Layer {layer.name!r} is not fully shared; use sharing=1.0.")
+            kernel, bias = layer.get_task_weights(0)
+            op.biases[SHARED] = bias
+            op.blocks[SHARED] = {INPUT if i == 0 else SHARED: kernel}
+        else:
+            base = zl[i - 1].get_maps(0)[1]
+            for t, name in enumerate(names):
+                kernel, bias = layer.get_task_weights(t)
+                theirs = zl[i - 1].get_maps(t)[1]
+                order = [int(np.flatnonzero(theirs == p)[0]) for p in base]
+                op.biases[name] = bias
+                op.blocks[name] = {SHARED: kernel[order]}
+    return GroupedNetwork(names, tuple(originals[0].input_shape[1:]), ops)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, importance, pruning
+# --------------------------------------------------------------------------------------------------
+
+
+def finetune(
+    net: GroupedNetwork,
+    train_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    steps: int,
+    learning_rate: float = 5e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> GroupedNetwork:
+    """Joint training (each step one batch per task, summed losses), weights written back in place."""
+    if steps <= 0:
+        return net
+    model = net.to_keras()
+    compile_multitask(model, learning_rate, decay_steps=int(steps))
+    data = multitask(*train_sets, batch_size=batch_size, seed=seed)
+    if len(train_sets) == 1:  # a one-output model wants plain (x, y) batches
+        data = data.map(lambda xs, ys: (xs[0], ys[0]))
+    model.fit(data, steps_per_epoch=int(steps), epochs=1, verbose=0)
+    return net.read_weights(model)
+
+
+def evaluate(net: GroupedNetwork, sets: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    """Accuracy (%) of every task on its own ``(x, y)``."""
+    return evaluate_tasks(net.to_keras(), list(sets))
+
+
+def taylor_importance(
+    net: GroupedNetwork,
+    train_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    batches: int = 8,
+    batch_size: int = 128,
+    seed: int = 0,
+    task_weights: Sequence[float] | None = None,
+) -> dict:
+    """First-order Taylor importance of every hidden unit: mean over batches of ``(sum_w w * dL/dw)^2``.
+
+    ``w`` runs over the unit's incoming kernel weights (from every source block) and its bias; ``L``
+    is the summed loss of all tasks, each on its own data (Molchanov et al. 2019, group Taylor).
+
+    Args:
+        task_weights: per task, the weight of its loss in ``L`` (default all 1; a one-hot vector
+            measures one task's importance).
+
+    Returns:
+        ``{(layer_index, group): [units] scores}`` for every non-head group.
+    """
+    weights_of_tasks = [1.0] * len(train_sets) if task_weights is None else [float(w) for w in task_weights]
+    model = net.to_keras()
+    by_name = {l.name: l for l in model.layers}
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    rng = np.random.default_rng(seed)
+    layers = net.layers()
+    targets = []  # (key, layer object)
+    for li, op in enumerate(layers):
+        if op.head:
+            continue
+        for group in op.units():
+            for src in op.blocks[group]:
+                layer = by_name.get(f"{op.name}__{group}__from__{src}")
+                if layer is not None:
+                    targets.append(((li, group), layer))
+    variables = [v for _, layer in targets for v in layer.trainable_variables]
+    scores = {key: np.zeros(layers[key[0]].units()[key[1]]) for key, _ in targets}
+    for _ in range(batches):
+        feeds, labels = [], []
+        for x, y in train_sets:
+            idx = rng.choice(len(x), size=min(batch_size, len(x)), replace=False)
+            feeds.append(x[idx])
+            labels.append(y[idx])
+        with tf.GradientTape() as tape:
+            outs = model(feeds, training=False)
+            outs = outs if isinstance(outs, list) else [outs]
+            loss = tf.add_n([w * loss_fn(y, o) for w, y, o in zip(weights_of_tasks, labels, outs)])
+        grads = tape.gradient(loss, variables)
+        grad_of = {v.ref(): g for v, g in zip(variables, grads)}
+        batch = {key: 0.0 for key in scores}
+        for key, layer in targets:
+            for v in layer.trainable_variables:
+                g = grad_of[v.ref()]
+                if g is None:
+                    continue
+                prod = (v * g).numpy()
+                axes = tuple(range(prod.ndim - 1))
+                batch[key] = batch[key] + (prod.sum(axis=axes) if axes else prod)
+        for key in scores:
+            scores[key] += np.asarray(batch[key]) ** 2 / batches
+    return scores
+
+
+def _unit_costs(net: GroupedNetwork) -> dict:
+    """Per (layer, group): FLOPs of one more output unit, weighted by how many subsets run it."""
+    shapes = net.layer_shapes()
+    T = len(net.task_names)
+    weight = {SHARED: 2**T - 1}
+    costs = {}
+    for li, (op, shape) in enumerate(zip(net.layers(), shapes)):
+        if op.head:
+            continue
+        for group, n in shape.units.items():
+            n_in = shape.input_units if li == 0 else sum(shapes[li - 1].units.get(s, 0) for s in allowed_sources(group))
+            f = subset_cost([LayerShape(shape.kind, {group: 1}, shape.kernel_size, shape.out_hw, shape.in_positions, n_in)], [group])[0]
+            costs[(li, group)] = max(f, 1) * weight.get(group, 2 ** (T - 1))
+    return costs
+
+
+def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNetwork:
+    """Removes the hidden units with the lowest importance per FLOP, ``fraction`` of the FLOPs (a new network).
+
+    Importance is normalised per layer (divided by the layer's mean score), then divided by the
+    unit's subset-weighted FLOPs, so cheap-to-keep and informative units survive. Every task keeps
+    at least one unit per layer on its path (shared plus its own group).
+    """
+    net = net.copy()
+    costs = _unit_costs(net)
+    layers = net.layers()
+    entries = []
+    for (li, group), s in scores.items():
+        layer_scores = np.concatenate([v for (lj, _), v in scores.items() if lj == li])
+        norm = s / (layer_scores.mean() + 1e-30)
+        for u, value in enumerate(norm):
+            entries.append((value / costs[(li, group)], li, group, u))
+    entries.sort(key=lambda e: e[0])
+    weight = {SHARED: 2 ** len(net.task_names) - 1}
+    plain = {key: cost / weight.get(key[1], 2 ** (len(net.task_names) - 1)) for key, cost in costs.items()}
+    budget = fraction * net.subset_costs()[tuple(net.task_names)][0]  # FLOPs to remove this step
+    removed: dict = {}
+    for _, li, group, u in entries:
+        if budget <= 0:
+            break
+        units = layers[li].units()
+        gone = removed.setdefault((li, group), set())
+        # every task keeps >= 1 unit in this layer on its path
+        blocked = any(
+            group in allowed_sources(t)
+            and sum(units.get(g, 0) - len(removed.get((li, g), ())) for g in allowed_sources(t)) <= 1
+            for t in net.task_names
+        )
+        if not blocked:
+            gone.add(u)
+            budget -= plain[(li, group)]
+    for (li, group), gone in removed.items():
+        if gone:
+            keep = np.array([u for u in range(layers[li].units()[group]) if u not in gone], np.int64)
+            net.keep_units(li, group, keep)
+    _drop_dead_groups(net)
+    return net
+
+
+def prune_structured(
+    net: GroupedNetwork,
+    train_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    val_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    targets: Sequence[float],
+    fraction: float = 0.2,
+    min_fraction: float = 0.03,
+    finetune_steps: int = 150,
+    max_rounds: int = 30,
+    learning_rate: float = 5e-4,
+    verbose: bool = False,
+) -> GroupedNetwork:
+    """Iterative Taylor channel pruning with short fine-tuning while every task stays on target.
+
+    Each round removes units worth ``fraction`` of the all-tasks FLOPs (:func:`prune_step`), fine-tunes
+    ``finetune_steps`` joint steps and checks every task's accuracy on ``val_sets`` against
+    ``targets`` (percent). A failing round is undone and the fraction halved; pruning stops when
+    it falls below ``min_fraction`` or after ``max_rounds``.
+
+    Returns:
+        The smallest network that met every target (``history`` records each round).
+
+    Example:
+        >>> small = prune_structured(net, trains, vals, targets=[96.5, 96.0, 97.0])  # doctest: +SKIP
+    """
+    if len(targets) != len(net.task_names) or len(val_sets) != len(net.task_names):
+        raise ValueError(f"Expected one target and one validation set per task ({len(net.task_names)}).")
+    best = net.copy()
+    for round_index in range(max_rounds):
+        if fraction < min_fraction:
+            break
+        scores = taylor_importance(best, train_sets, seed=round_index)
+        candidate = prune_step(best, scores, fraction)
+        finetune(candidate, train_sets, finetune_steps, learning_rate=learning_rate, seed=round_index)
+        accs = evaluate(candidate, val_sets)
+        ok = all(a >= t for a, t in zip(accs, targets))
+        flops = candidate.subset_costs()[tuple(net.task_names)][0]
+        best.history.append({"round": round_index, "fraction": fraction, "accuracy": accs, "flops": flops, "accepted": ok})
+        if verbose:
+            print(f"round {round_index}: fraction {fraction:.3f} acc {np.round(accs, 2)} flops {flops} {'ok' if ok else 'undo'}")
+        if ok:
+            candidate.history = best.history
+            best = candidate
+        else:
+            fraction /= 2
+    return best
+
+
+# --------------------------------------------------------------------------------------------------
+# One-call API and export
+# --------------------------------------------------------------------------------------------------
+
+
+def merge_pam(
+    *models: keras.Model,
+    calibration_data: Sequence[tuple[np.ndarray, np.ndarray]],
+    relevance: str = "mutual_information",
+    threshold: float = 0.9,
+    task_names: Sequence[str] | None = None,
+    single_input: bool = False,
+) -> keras.Model:
+    """Pruning-aware merge of T models into one tf_keras model (one output per task, named after it).
+
+    Args:
+        *models: two or more tf_keras models with the same Conv2D/Dense/pooling/Flatten chain.
+        calibration_data: per model, ``(x, y)`` of its task (labels are needed).
+        relevance: "mutual_information" (binned per-unit MI with the task's labels, the default) or
+            "taylor" (per-task Taylor importance after a short all-shared joint warm-up).
+        threshold: each task's relevant units hold this fraction of its summed information.
+        task_names: default the models' names.
+        single_input: one input for all tasks (shared groups computed once) instead of one per task.
+
+    Returns:
+        A standard functional tf_keras model (groups as separate Conv2D/Dense blocks summed with
+        Add). For pruning and per-subset export use :func:`merge_pam_network` instead.
+
+    Example:
+        >>> merged = merge_pam(m1, m2, m3, calibration_data=[(x1, y1), (x2, y2), (x3, y3)])  # doctest: +SKIP
+        >>> merged.output_names  # doctest: +SKIP
+        ['classes_0_2', 'classes_3_5', 'classes_6_9']
+    """
+    net = merge_pam_network(list(models), calibration_data, threshold=threshold, task_names=task_names,
+                            relevance=relevance)
+    return net.to_keras(single_input=single_input)
+
+
+def _signature_key(subset: Sequence[str]) -> str:
+    return "tasks__" + "__".join(subset)
+
+
+def export_subsets_tflite(net: GroupedNetwork, path: str | os.PathLike, subsets: Sequence[Sequence[str]] | None = None) -> dict:
+    """One TFLite file with a signature per task subset, each running only that subset's groups.
+
+    Signature key ``tasks__<a>__<b>``, input ``image``, outputs named after the tasks. All
+    signatures call the same layer objects, so each weight is stored once.
+
+    Returns:
+        ``{subset: signature key}``.
+
+    Example:
+        >>> keys = export_subsets_tflite(net, "/tmp/pam.tflite")  # doctest: +SKIP
+        >>> keys[("classes_0_2",)]  # doctest: +SKIP
+        'tasks__classes_0_2'
+    """
+    subsets = [tuple(s) for s in (subsets or all_subsets(net.task_names))]
+    cache: dict = {}
+    module = tf.Module()
+    signatures, keys = {}, {}
+    module.models = []
+    for subset in subsets:
+        model = net.to_keras(subset, single_input=True, cache=cache, name=_signature_key(subset))
+        module.models.append(model)
+        spec = tf.TensorSpec([None, *net.input_shape], tf.float32, name="image")
+
+        def run(image, model=model, subset=subset):
+            outs = model(image, training=False)
+            outs = outs if isinstance(outs, list) else [outs]
+            return {t: o for t, o in zip(subset, outs)}
+
+        key = _signature_key(subset)
+        signatures[key] = tf.function(run, input_signature=[spec]).get_concrete_function()
+        keys[subset] = key
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures))
+        flat = converter.convert()
+    with open(path, "wb") as handle:
+        handle.write(flat)
+    return keys
