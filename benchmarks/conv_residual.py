@@ -48,7 +48,7 @@ def pair_figures(arch, task_names, sharings, methods, calibration, retrain_steps
                 row = {"sharing": fraction, "method": method, "conv_hessian": conv_hessian, "zip_seconds": round(seconds, 2),
                        "accuracy": acc, "params": summary.params_zipped,
                        "shared_params_over_one_network": round(summary.shared_params / one_network, 4)}
-                if retrain_steps:
+                if retrain_steps and method == "mtz":
                     training.compile_multitask(z, lr)
                     hist = training.retrain(z, [t.train for t in tasks], retrain_steps, lr, eval_every=retrain_steps, tests=tests)
                     row["retrained"] = [round(a, 2) for a in hist[-1][1]]
@@ -82,7 +82,7 @@ def main() -> None:
     }
     atomic_write_json(out_dir / "conv_residual.json", results)
     if not args.skip_resnet:
-        results["resnet20_pair"] = pair_figures("resnet20", pair, (0.5, 1.0), ("mtz", "euclidean"), 1_000, steps, 5e-4, print)
+        results["resnet20_pair"] = pair_figures("resnet20", pair, (0.5, 1.0), ("mtz", "euclidean"), 1_000, steps // 2, 5e-4, print)
         atomic_write_json(out_dir / "conv_residual.json", results)
     print(f"wrote {out_dir / 'conv_residual.json'}")
 

@@ -5,8 +5,11 @@ each retraining budget ``B`` (steps, one batch of 128 per task per step, Adam wi
 decay from 1e-3 to 0 over ``B``):
 
 * layer-wise: ``zip_models(..., schedule=LayerwiseSchedule(...))`` + ``fit`` for ``B`` steps with
-  ZipCallback: Hessians from 10 training batches per layer, zipping spread over the first
-  half of the budget, the rest retrains the fully zipped model;
+  ZipCallback: each layer's Hessians from the same 10,000 images per task as one-shot (run
+  through the partly zipped, partly retrained model), zipping spread over the first half of
+  the budget, the rest retrains the fully zipped model;
+* layer-wise/batches: the same, with Hessians accumulated from training batches (``B / (4 x
+  layers)`` batches per layer) instead of calibration data;
 * one-shot: ``zip_models`` (Hessians from 10,000 training images per task) + ``B`` steps;
 * control: the unzipped originals trained on for ``B`` steps with the same optimizer (originals
   that stopped on a noisy epoch gain from any extra training; this keeps the comparison fair).
@@ -39,10 +42,11 @@ def _fit(model, tasks, budget, callbacks=(), seed=0):
     return [round(a, 2) for a in training.evaluate_tasks(model, [t.test for t in tasks])]
 
 
-def layerwise_schedule(budget: int, stages: int):
+def layerwise_schedule(budget: int, stages: int, from_batches: bool):
+    """Zipping spread over the first half of the budget (calibration batches included)."""
     import tfmot_zip
 
-    calibration = 10
+    calibration = max(5, budget // (4 * stages)) if from_batches else 0
     retrain = max(0, (budget // 2 - stages * calibration) // stages)
     return tfmot_zip.LayerwiseSchedule(calibration_steps=calibration, retrain_steps=retrain)
 
@@ -67,7 +71,7 @@ def within(accs, originals, tolerance=0.5):
     return all(o - a <= tolerance for o, a in zip(originals, accs))
 
 
-def run(arch: str, budgets, log=print) -> dict:
+def run(arch: str, budgets, log=print, batches: bool = True) -> dict:
     import tfmot_zip
     from tfmot_zip import data, training, zoo
 
@@ -91,27 +95,33 @@ def run(arch: str, budgets, log=print) -> dict:
         row = {"budget": budget}
         z = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0)
         row["oneshot"] = _fit(z, tasks, budget)
-        schedule = layerwise_schedule(budget, stages)
-        z = tfmot_zip.zip_models(*models, calibration_data=None, sharing=1.0, schedule=schedule)
-        callback = tfmot_zip.ZipCallback()
-        row["layerwise"] = _fit(z, tasks, budget, [callback])
-        row["layerwise_schedule"] = schedule.get_config()["config"]
-        row["layerwise_zipped_at"] = [e["global_step"] for e in callback.log]
-        assert not tfmot_zip.pending_layers(z)
+        for key, callback_data in (("layerwise", cal), ("layerwise_batches", None)):
+            if key == "layerwise_batches" and not batches:
+                continue
+            schedule = layerwise_schedule(budget, stages, from_batches=callback_data is None)
+            row[f"{key}_schedule"] = schedule.get_config()["config"]
+            z = tfmot_zip.zip_models(*models, calibration_data=None, sharing=1.0, schedule=schedule)
+            callback = tfmot_zip.ZipCallback(calibration_data=callback_data)
+            row[key] = _fit(z, tasks, budget, [callback])
+            row[f"{key}_zipped_at"] = [e["global_step"] for e in callback.log]
+            assert not tfmot_zip.pending_layers(z)
         row["control"] = control_accuracy(trained, tasks, budget)
-        for key in ("oneshot", "layerwise"):
+        for key in [k for k in ("oneshot", "layerwise", "layerwise_batches") if k in row]:
             row[f"{key}_within_0.5"] = within(row[key], originals)
             row[f"{key}_vs_control"] = [round(a - c, 2) for a, c in zip(row[key], row["control"])]
         result["rows"].append(row)
+        extra = (f"layer-wise/batches {row['layerwise_batches']} {'ok' if row['layerwise_batches_within_0.5'] else '  '}   "
+                 if "layerwise_batches" in row else "")
         log(f"  B={budget:4d}: one-shot {row['oneshot']} {'ok' if row['oneshot_within_0.5'] else '  '}   "
             f"layer-wise {row['layerwise']} {'ok' if row['layerwise_within_0.5'] else '  '} (zipped at {row['layerwise_zipped_at']})   "
-            f"control {row['control']}")
-    for key in ("oneshot", "layerwise"):
+            f"{extra}control {row['control']}")
+    for key in [k for k in ("oneshot", "layerwise", "layerwise_batches") if f"{k}_within_0.5" in result["rows"][0]]:
         passing = [r["budget"] for r in result["rows"] if r[f"{key}_within_0.5"]]
         result[f"{key}_budget_needed"] = min(passing) if passing else None
         result[f"{key}_ratio"] = round(steps_original / min(passing), 2) if passing else None
-    log(f"  smallest budget within 0.5: one-shot {result['oneshot_budget_needed']} "
-        f"(ratio {result['oneshot_ratio']}), layer-wise {result['layerwise_budget_needed']} (ratio {result['layerwise_ratio']})")
+    log("  smallest budget within 0.5: " + ", ".join(
+        f"{k} {result.get(k + '_budget_needed')} (ratio {result.get(k + '_ratio')})"
+        for k in ("oneshot", "layerwise", "layerwise_batches") if k + "_ratio" in result))
     return result
 
 

@@ -47,3 +47,26 @@ def rng():
 
 def calib(rng, n, shape):
     return rng.random((n,) + tuple(shape)).astype("float32")
+
+
+def tiny_resnet(seed, classes=3, name=None):
+    """Stem + one identity block + one projection block (stride 2) + GAP head, with BatchNorm."""
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="b1_conv1")(x)
+    y = keras.layers.ReLU(name="b1_relu")(y)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="b1_conv2")(y)
+    x = keras.layers.Add(name="b1_add")([x, y])
+    x = keras.layers.ReLU(name="b1_out")(x)
+    y = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="b2_conv1")(x)
+    y = keras.layers.ReLU(name="b2_relu")(y)
+    y = keras.layers.Conv2D(6, 3, padding="same", name="b2_conv2")(y)
+    shortcut = keras.layers.Conv2D(6, 1, strides=2, name="b2_proj")(x)
+    x = keras.layers.Add(name="b2_add")([shortcut, y])
+    x = keras.layers.ReLU(name="b2_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(classes, activation="softmax", name="head")(x)
+    return keras.Model(inp, out, name=name or f"res{seed}")

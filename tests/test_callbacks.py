@@ -173,3 +173,21 @@ def test_mirrored_strategy_two_replicas_match_single_device():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", MIRRORED], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert "MIRRORED_OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_cosine_decay_and_soft_targets(rng):
+    a, b = mlp(9), mlp(10)
+    sets = [labelled(rng, 256, (6, 6, 1)), labelled(rng, 256, (6, 6, 1))]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(sets[0][0], sets[1][0]), sharing=1.0)
+    training.compile_multitask(zipped, 1e-2, decay_steps=4)
+    schedule = zipped.optimizer.learning_rate
+    assert float(schedule(0)) == pytest.approx(1e-2) and float(schedule(4)) == pytest.approx(0.0, abs=1e-9)
+    soft = training.soft_targets([a, b], sets, label_weight=0.25)
+    expected = 0.25 * np.eye(3)[sets[0][1]] + 0.75 * a.predict(sets[0][0], verbose=0)
+    np.testing.assert_allclose(soft[0][1], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(soft[1][1].sum(1), 1.0, rtol=1e-5)
+    training.compile_multitask(zipped, 1e-3, soft=True)
+    history = training.retrain(zipped, soft, steps=4, batch_size=32, eval_every=2, tests=[(s[0], s[1]) for s in sets])
+    assert [step for step, _ in history] == [2, 4]
+    with pytest.raises(ValueError, match="soft targets have 4"):
+        training.retrain(zipped, [(sets[0][0], np.zeros((256, 4))), soft[1]], steps=1)

@@ -796,7 +796,7 @@ def export_subsets_tflite(net: GroupedNetwork, path: str | os.PathLike, subsets:
             return {t: o for t, o in zip(subset, outs)}
 
         key = _signature_key(subset)
-        signatures[key] = tf.function(run, input_signature=[spec]).get_concrete_function()
+        signatures[key] = tf.function(run, input_signature=[spec], autograph=False).get_concrete_function()
         keys[subset] = key
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=signatures)
