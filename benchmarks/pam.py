@@ -20,7 +20,6 @@ import time
 import numpy as np
 
 from tfmot_zip import pam
-from tfmot_zip.compat import keras
 from tfmot_zip.core.pam_math import all_subsets
 from tfmot_zip.data import make_task
 from tfmot_zip.training import evaluate_tasks

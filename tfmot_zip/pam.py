@@ -28,7 +28,7 @@ import copy
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -218,7 +218,6 @@ class GroupedNetwork:
         by_name = {layer.name: layer for layer in model.layers}
         for op in self.layers():
             for group, sources in op.blocks.items():
-                first = True
                 for src in list(sources):
                     layer = by_name.get(f"{op.name}__{group}__from__{src}")
                     if layer is None:
@@ -227,7 +226,6 @@ class GroupedNetwork:
                     sources[src] = weights[0]
                     if layer.use_bias:
                         op.biases[group] = weights[1]
-                    first = False
         return self
 
     # -- pruning ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ read only groups serving a superset of its tasks: ``shared <- shared``, ``task t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Sequence
 
@@ -156,8 +156,10 @@ class LayerShape:
         kernel_size: k (square conv kernels; 1 for dense).
         out_hw: output height and width of a conv (1, 1 for dense).
         in_positions: dense reading a flattened conv map: positions per input channel (else 1).
-        sources: group -> input-group sizes it reads (filled by :func:`subset_cost` callers);
-            defaults to the previous layer's units through :func:`allowed_sources`.
+        input_units: units (channels; for a first Dense layer all input values) of the network input,
+            read by the first layer's groups. Later layers read the previous layer's groups allowed by
+            :func:`allowed_sources`.
+        head: the task-specific output layer (groups are tasks only).
     """
 
     kind: str
@@ -167,7 +169,6 @@ class LayerShape:
     in_positions: int = 1
     input_units: int = 0  # units of the network input (first layer only)
     head: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def group_flops(layer: LayerShape, n_in: int, n_out: int) -> tuple[int, int]:
