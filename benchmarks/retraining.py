@@ -135,7 +135,7 @@ def main() -> None:
     from tfmot_zip.io_utils import atomic_write_json, check_writable_dir
 
     out = check_writable_dir(args.out)
-    budgets = (100, 200) if args.quick else (100, 150, 200, 235, 300, 500)
+    budgets = (100, 200) if args.quick else (100, 200, 235, 300, 500)
     results = {"versions": demo._versions(), "runs": []}
     for arch in ("lenet_300_100", "lenet5"):
         results["runs"].append(run(arch, budgets))

@@ -74,6 +74,50 @@ class ZipLayerMixin:
                 )
             )
 
+    def _init_shapes(self, task_units: Sequence[int], task_input_units: Sequence[int], input_capacity: int) -> None:
+        self.task_units = _positive_ints(task_units, "task_units")
+        self.task_input_units = _positive_ints(task_input_units, "task_input_units")
+        if len(self.task_input_units) != len(self.task_units):
+            raise ValueError(
+                f"task_units and task_input_units must have one entry per task. Received: "
+                f"task_units={task_units!r}, task_input_units={task_input_units!r}"
+            )
+        if isinstance(input_capacity, bool) or not isinstance(input_capacity, (int, np.integer)) or input_capacity < max(self.task_input_units):
+            raise ValueError(
+                f"Expected input_capacity >= the widest task input ({max(self.task_input_units)}). "
+                f"Received: input_capacity={input_capacity!r}"
+            )
+        self.input_capacity = int(input_capacity)
+
+    def _init_common(self, activation: Any, use_bias: bool, kernel_initializer: Any, bias_initializer: Any) -> None:
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def _common_config(self) -> dict:
+        return {
+            "task_units": list(self.task_units),
+            "task_input_units": list(self.task_input_units),
+            "input_capacity": self.input_capacity,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            **self._schedule_config(),
+        }
+
+    def _add_bias(self, y: tf.Tensor, task: int) -> tf.Tensor:
+        if not self.use_bias:
+            return y
+        return tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[task]), y.dtype))
+
+    def _finish_outputs(self, outputs: list, hooks: list) -> list:
+        if hooks:
+            with tf.control_dependencies(hooks):
+                outputs = [tf.identity(o) for o in outputs]
+        return outputs
+
     # --- zipping during training (ZipCallback) -----------------------------------------------
     def _init_schedule(self, track_hessians: bool, zip_options: Any, max_rows_per_step: int) -> None:
         self.track_hessians = bool(track_hessians)
@@ -247,23 +291,8 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.task_units = _positive_ints(task_units, "task_units")
-        self.task_input_units = _positive_ints(task_input_units, "task_input_units")
-        if len(self.task_input_units) != len(self.task_units):
-            raise ValueError(
-                f"task_units and task_input_units must have one entry per task. Received: "
-                f"task_units={task_units!r}, task_input_units={task_input_units!r}"
-            )
-        if not isinstance(input_capacity, (int, np.integer)) or input_capacity < max(self.task_input_units):
-            raise ValueError(
-                f"Expected input_capacity >= the widest task input ({max(self.task_input_units)}). "
-                f"Received: input_capacity={input_capacity!r}"
-            )
-        self.input_capacity = int(input_capacity)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._init_shapes(task_units, task_input_units, input_capacity)
+        self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step)
 
     def build(self, input_shape: Any) -> None:
@@ -292,13 +321,8 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         outputs = []
         for t, x in enumerate(inputs):
             y = tf.matmul(x, tf.cast(self.task_kernel(t), x.dtype))
-            if self.use_bias:
-                y = tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[t]), y.dtype))
-            outputs.append(self.activation(y))
-        if hooks:
-            with tf.control_dependencies(hooks):
-                outputs = [tf.identity(o) for o in outputs]
-        return outputs
+            outputs.append(self.activation(self._add_bias(y, t)))
+        return self._finish_outputs(outputs, hooks)
 
     def compute_output_shape(self, input_shape: Any) -> list:
         return [tf.TensorShape(s).as_list()[:-1] + [n] for s, n in zip(input_shape, self.task_units)]
@@ -323,17 +347,7 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
             self.bias.assign(b)
 
     def get_config(self) -> dict:
-        config = {
-            "task_units": list(self.task_units),
-            "task_input_units": list(self.task_input_units),
-            "input_capacity": self.input_capacity,
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            **self._schedule_config(),
-        }
-        return {**super().get_config(), **config}
+        return {**super().get_config(), **self._common_config()}
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
@@ -382,19 +396,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.task_units = _positive_ints(task_units, "task_units")
-        self.task_input_units = _positive_ints(task_input_units, "task_input_units")
-        if len(self.task_input_units) != len(self.task_units):
-            raise ValueError(
-                f"task_units and task_input_units must have one entry per task. Received: "
-                f"task_units={task_units!r}, task_input_units={task_input_units!r}"
-            )
-        if not isinstance(input_capacity, (int, np.integer)) or input_capacity < max(self.task_input_units):
-            raise ValueError(
-                f"Expected input_capacity >= the widest task input ({max(self.task_input_units)}). "
-                f"Received: input_capacity={input_capacity!r}"
-            )
-        self.input_capacity = int(input_capacity)
+        self._init_shapes(task_units, task_input_units, input_capacity)
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.strides = _pair(strides, "strides")
         self.dilation_rate = _pair(dilation_rate, "dilation_rate")
@@ -402,10 +404,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         if padding not in ("valid", "same"):
             raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
         self.padding = padding
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step)
 
     def build(self, input_shape: Any) -> None:
@@ -453,13 +452,8 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
                 padding=self.padding.upper(),
                 dilations=(1, *self.dilation_rate, 1),
             )
-            if self.use_bias:
-                y = tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[t]), y.dtype))
-            outputs.append(self.activation(y))
-        if hooks:
-            with tf.control_dependencies(hooks):
-                outputs = [tf.identity(o) for o in outputs]
-        return outputs
+            outputs.append(self.activation(self._add_bias(y, t)))
+        return self._finish_outputs(outputs, hooks)
 
     def compute_output_shape(self, input_shape: Any) -> list:
         from tfmot_zip.core.hessian import conv_output_size
@@ -492,18 +486,11 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = {
-            "task_units": list(self.task_units),
-            "task_input_units": list(self.task_input_units),
-            "input_capacity": self.input_capacity,
+            **self._common_config(),
             "kernel_size": list(self.kernel_size),
             "strides": list(self.strides),
             "padding": self.padding,
             "dilation_rate": list(self.dilation_rate),
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            **self._schedule_config(),
         }
         return {**super().get_config(), **config}
 
