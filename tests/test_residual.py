@@ -45,3 +45,22 @@ def test_stream_writers_with_conflicting_sharing_are_refused(rng):
     data = (calib(rng, 10, (8, 8, 1)),) * 2
     with pytest.raises(ValueError, match="residual stream"):
         tfmot_zip.zip_models(a, b, calibration_data=data, sharing={"stem": 1.0, "b1_conv2": 0.5})
+
+
+def test_batchnorm_recalibration_matches_the_statistics_of_its_inputs(rng):
+    from tfmot_zip.batchnorm import recalibrate_batchnorm
+    from tfmot_zip.compat import keras
+
+    a, b = tiny_resnet(7), tiny_resnet(8)
+    data = [calib(rng, 64, (8, 8, 1)), calib(rng, 64, (8, 8, 1))]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, recalibrate_batchnorm=False)
+    assert recalibrate_batchnorm(zipped, data, batch_size=16) == 2
+    for t, task in enumerate(zipped.output_names):
+        bn = zipped.get_layer(f"stem_bn__{task}")
+        feeds = keras.Model(zipped.inputs, bn.input)(data)
+        x = feeds.numpy().reshape(-1, 4)
+        mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+        np.testing.assert_allclose(mean, x.mean(0), rtol=1e-4, atol=1e-5)
+        # the running average of per-batch variances (4 batches of 16) approximates the variance
+        np.testing.assert_allclose(var, x.var(0), rtol=0.1)
+        assert bn.momentum == 0.99

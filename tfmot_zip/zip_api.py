@@ -163,6 +163,7 @@ def zip_models(
     single_input: bool = False,
     seed: int = 0,
     schedule: "ZipSchedule | None" = None,
+    recalibrate_batchnorm: bool = True,
     verbose: bool = False,
 ) -> keras.Model:
     """Zips pre-trained tf_keras models into one multi-task model (MTZ, one shot, bottom-up).
@@ -197,6 +198,9 @@ def zip_models(
             defers the zipping to ``model.fit`` with ``tfmot_zip.ZipCallback``, which zips one
             layer at a time and retrains in between (the paper's procedure). Then
             ``calibration_data`` may be None (Hessians come from the training batches).
+        recalibrate_batchnorm: after zipping (when anything was shared), re-estimate every
+            per-task BatchNorm's moving statistics on the calibration data (zipping changes the
+            layers that feed them).
         verbose: print one line per layer.
 
     Returns:
@@ -293,6 +297,11 @@ def zip_models(
         damping=damping, merged_hessian=merged_hessian, conv_hessian=conv_hessian, seed=seed, progress=progress,
     )
     records = zipper.run(shares)
+    changed = any(r.shared > 0 for r in records.values())
+    if recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
+        from tfmot_zip.batchnorm import recalibrate_batchnorm as _recalibrate
+
+        _recalibrate(zipped, calibration)
     for node in graph.zip_nodes():
         record = records[node.index]
         layer = zipped.get_layer(node.name)
