@@ -15,7 +15,9 @@ images), it measures, without any retraining:
    which pairs they choose;
 3. how much of the ``fc1`` Hessian's trace lies in its top eigenvector (the mean image), i.e.
    how much the MTZ pair cost ``1/4 ||a - b||_H^2`` is about the response to the average input
-   rather than to the variations that tell classes apart.
+   rather than to the variations that tell classes apart; and, for the same-task pair, MTZ
+   zipping of ``fc1`` from mean-centred calibration images, which (H_A == H_B: the update is
+   averaging anyway) changes only the pairing cost, dropping the mean-response term.
 
 Results are printed and written as JSON (versions included). Nothing is asserted.
 """
@@ -73,13 +75,27 @@ def diagnose(calibration_samples: int = 10_000, log=print) -> dict:
                     key = f"{label} {'+'.join(layers)}" + (f" ({which})" if task_names[0] == task_names[1] else "")
                     entry["zipped"][key] = accuracy
                     log(f"{name:<24} {key:<40} {accuracy[0]:6.2f} / {accuracy[1]:6.2f}")
+        if task_names[0] == task_names[1]:
+            # With H_A == H_B the MTZ update is plain averaging whatever H is, so zipping fc1 with
+            # mean-centred calibration images changes only the pairing cost: the response to the
+            # average image no longer dominates it (the weights are still averaged exactly).
+            centred = [c - c.mean(axis=0, keepdims=True) for c in [t.x_train[:calibration_samples] for t in tasks]]
+            zipped = tfmot_zip.zip_models(*models, calibration_data=centred, sharing={"fc1": 1.0}, method="mtz")
+            accuracy = [round(a, 2) for a in training.evaluate_tasks(zipped, tests)]
+            entry["zipped"]["mtz-hungarian fc1 (pairing from mean-centred images)"] = accuracy
+            log(f"{name:<24} {'mtz-hungarian fc1 (pairing from mean-centred images)':<40} {accuracy[0]:6.2f} / {accuracy[1]:6.2f}")
         h = [hessian(c) for c in (tasks[0].x_train[:calibration_samples], tasks[1].x_train[:calibration_samples])]
         eigen = np.linalg.eigvalsh(h[0])
         entry["hessian_relative_difference"] = round(float(np.linalg.norm(h[0] - h[1]) / np.linalg.norm(h[0])), 4)
         entry["hessian_top_eigen_share"] = round(float(eigen[-1] / eigen.sum()), 4)
+        pixels = tasks[0].x_train[:calibration_samples].reshape(calibration_samples, -1).astype(np.float64)
+        variance = np.linalg.eigvalsh(np.cov(pixels, rowvar=False))[::-1]
+        entry["covariance_top1_share"] = round(float(variance[0] / variance.sum()), 4)
+        entry["covariance_top10_share"] = round(float(variance[:10].sum() / variance.sum()), 4)
         log(
             f"{name:<24} fc1 Hessians: ||H_A - H_B|| / ||H_A|| = {entry['hessian_relative_difference']:.3f}; "
-            f"top eigenvector holds {entry['hessian_top_eigen_share']:.1%} of the trace"
+            f"top eigenvector holds {entry['hessian_top_eigen_share']:.1%} of the trace; centred: top 1 / top 10 "
+            f"principal directions hold {entry['covariance_top1_share']:.1%} / {entry['covariance_top10_share']:.1%} of the variance"
         )
         results["pairs"][name] = entry
     return results

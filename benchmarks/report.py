@@ -363,8 +363,9 @@ def _accuracy_plot(path: Path, name: str, result: dict) -> None:
         ax.set_xticks(fractions)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean test accuracy of the two tasks (%)")
-    for ax, (phase, _) in zip(axes[0], phases):  # each panel zoomed on its own values
+    for ax, (phase, _) in zip(axes[0], phases):  # each panel zoomed on its own values and reference lines
         values = [sum(r[phase]["accuracy"]) / 2 for r in rows if r.get(phase)] + [original]
+        values += [line.get_ydata()[0] for line in ax.get_lines() if len(line.get_xdata()) == 2 and line.get_xdata()[0] == 0]
         ax.set_ylim(max(0.0, min(values) - 1.0), min(100.0, max(values) + 1.0))
     handles: dict = {}
     for ax in axes[0]:
@@ -383,7 +384,7 @@ def _layers_plot(path: Path, result: dict) -> None:
     if not rows:
         return
     layers = [l["name"] for l in rows[0]["layers"] if not l["is_head"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10, 0.55 * len(layers) * 2 + 4), 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(min(16, max(10, 0.55 * len(layers) * 2 + 4)), 4))
     width = 0.8 / len(rows)
     for k, row in enumerate(sorted(rows, key=lambda r: r["fraction"])):
         hidden = [l for l in row["layers"] if not l["is_head"]]

@@ -38,6 +38,25 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def rerender(results_json: str, out: str | None, img_dir: str | None) -> int:
+    """Writes results.md and the plots of an earlier run (measures nothing)."""
+    import json
+
+    _import_tensorflow_quietly()  # importing tfmot_zip imports TensorFlow
+
+    from benchmarks import report
+    from tfmot_zip.io_utils import atomic_write_text, check_writable_dir
+
+    results = json.loads(Path(results_json).read_text(encoding="utf-8"))
+    out_dir = check_writable_dir(out or Path(results_json).parent)
+    images = check_writable_dir(img_dir or out_dir)
+    prefix = os.path.relpath(images, out_dir) + "/" if images.resolve() != out_dir.resolve() else ""
+    written = report.write_plots(results, images)
+    atomic_write_text(out_dir / "results.md", report.render_markdown(results, img_prefix=prefix))
+    print(f"wrote {out_dir / 'results.md'} and {len(written)} plots in {images}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few-minute run: fewer fractions, strategies and steps")
@@ -48,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="include the ResNet-20 pair (default: on when zip_models zips a tiny ResNet-20; off in --quick)")
     resnet.add_argument("--no-resnet", dest="resnet", action="store_false", help="skip the ResNet-20 pair")
     parser.add_argument("--scenario", action="append", default=None, metavar="NAME", help="run only this scenario (repeatable)")
+    parser.add_argument("--from-results", default=None, metavar="JSON",
+                        help="measure nothing: re-render results.md and the PNGs from an earlier results.json")
     args = parser.parse_args(argv)
+    if args.from_results:
+        return rerender(args.from_results, args.out, args.img_dir)
 
     import logging
 
