@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--out", default="out/conv_residual")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--only-resnet", action="store_true", help="only the ResNet-20 pair")
     args = parser.parse_args()
 
     from tfmot_zip import demo
@@ -73,6 +74,10 @@ def main() -> None:
     steps = 100 if args.quick else 300
     results = {"versions": demo._versions(), "lr": 5e-4}
     pair = ("classes_0_4", "classes_5_9")
+    if args.only_resnet:
+        results["resnet20_pair"] = pair_figures("resnet20", pair, (0.5, 1.0), ("mtz", "euclidean"), 1_000, steps // 2, 5e-4, print)
+        atomic_write_json(out_dir / "conv_residual_resnet.json", results)
+        return
     results["lenet5_pair"] = pair_figures("lenet5", pair, (0.5, 1.0), ("mtz", "euclidean"), 10_000, steps, 5e-4, print)
     atomic_write_json(out_dir / "conv_residual.json", results)
     results["lenet5_hessian"] = pair_figures("lenet5", pair, (1.0,), ("mtz",), 10_000, 0, 5e-4, print, ("exact", "block"))
