@@ -4,7 +4,8 @@ Example:
     >>> import tfmot_zip
     >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.5)  # doctest: +SKIP
 
-Attributes are imported lazily so that ``tfmot_zip.core`` (numpy only) stays light.
+Public names resolve lazily; importing the package registers the zip layers with tf_keras (so
+TensorFlow is imported). ``tfmot_zip.core`` itself depends only on numpy and scipy.
 """
 from __future__ import annotations
 
