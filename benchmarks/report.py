@@ -126,6 +126,11 @@ def _reference_table(result: dict, learning_rate: float) -> list[str]:
         "|---|---|---|---|---|---|",
         f"| originals (separate) | {steps_orig} each | 100% | 1e-3 | {_pair(orig['accuracy'])} | {orig['params_separate']:,} |",
     ]
+    if orig.get("bn_recalibrated_accuracy"):
+        lines.append(
+            f"| originals, BatchNorm statistics re-estimated on the calibration images (as zip_models does) | 0 | 0% | - | "
+            f"{_pair(orig['bn_recalibrated_accuracy'])} | {orig['params_separate']:,} |"
+        )
     control = result.get("control")
     if control:
         keep = {h[0] for h in control["history"]} & ({_retrain_steps(result)} | {control["history"][-1][0]})
@@ -351,6 +356,9 @@ def _accuracy_plot(path: Path, name: str, result: dict) -> None:
                 xs, ys = zip(*sorted(points))
                 ax.plot(xs, ys, marker="o", label=label, color=COLORS.get(label), linewidth=2.2 if label == MTZ else 1.2)
         ax.axhline(original, color="gray", linestyle="--", label="originals")
+        recalibrated = result["originals"].get("bn_recalibrated_accuracy")
+        if recalibrated:
+            ax.axhline(sum(recalibrated) / 2, color="gray", linestyle="-.", label="originals, BatchNorm re-estimated")
         if phase == "retrained":
             control = dict((s, a) for s, a in (result.get("control") or {}).get("history", []))
             if steps in control:
