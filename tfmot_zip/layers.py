@@ -253,10 +253,6 @@ class ZipLayerMixin:
         return {u: frozenset(s) for u, s in sorted(owners.items())}
 
 
-def _map_argument(value: Any) -> Any:
-    return value
-
-
 @keras.utils.register_keras_serializable(package="tfmot_zip")
 class ZipDense(ZipLayerMixin, keras.layers.Layer):
     """A Dense layer shared by several tasks through per-task unit maps.

@@ -140,15 +140,6 @@ def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[
     return shares
 
 
-def _layer_fractions(sharing: Any, graph: ModelGraph, shares: dict[str, float]) -> dict[str, float]:
-    """Fraction per hidden layer (every writer of a stream gets the stream's)."""
-    out = {}
-    for node in graph.hidden_zip_nodes():
-        out[node.name] = float(shares.get(node.name, 0.0))
-    # Later writers of a stream inherit the first writer's fraction.
-    return out
-
-
 def zip_models(
     *models: keras.Model,
     calibration_data: Sequence[Any],
@@ -272,12 +263,11 @@ def zip_models(
         )
     layer_options = None
     if deferred:
-        fractions = _layer_fractions(sharing, graph, shares)
         layer_options = {
             node.name: {
                 "track_hessians": True,
                 "zip_options": {
-                    "fraction": fractions[node.name], "method": method, "selection": selection,
+                    "fraction": float(shares.get(node.name, 0.0)),  # keyed by each stream's first writer "method": method, "selection": selection,
                     "damping": damping, "merged_hessian": merged_hessian, "seed": seed,
                     "schedule": schedule.get_config(),
                 },
