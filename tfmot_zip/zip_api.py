@@ -267,7 +267,7 @@ def zip_models(
             node.name: {
                 "track_hessians": True,
                 "zip_options": {
-                    "fraction": float(shares.get(node.name, 0.0)),  # keyed by each stream's first writer "method": method, "selection": selection,
+                    "fraction": float(shares.get(node.name, 0.0)), "method": method, "selection": selection,
                     "damping": damping, "merged_hessian": merged_hessian, "seed": seed,
                     "schedule": schedule.get_config(),
                 },
