@@ -44,6 +44,29 @@ def test_lenet5_parameter_count_and_shapes():
     assert model.get_layer("flatten").output_shape == (None, 400)
 
 
+@pytest.mark.parametrize("num_classes", [10, 5])
+def test_lenet5_caffe_parameter_count_and_layers(num_classes):
+    model = zoo.lenet5_caffe(num_classes)
+    # conv1 valid: 24x24x20 -> pool 12x12 -> conv2 valid 8x8x50 -> pool 4x4x50 = 800 features.
+    expected = conv(5, 1, 20) + conv(5, 20, 50) + dense(800, 500) + dense(500, num_classes)
+    assert model.count_params() == expected
+    if num_classes == 10:
+        assert expected == 431_080  # the Caffe/Han et al. LeNet-5
+    assert [layer.name for layer in model.layers] == ["conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "head"]
+    assert model.get_layer("conv1").output_shape == (None, 24, 24, 20)
+    assert model.get_layer("conv2").output_shape == (None, 8, 8, 50)
+    assert model.get_layer("flatten").output_shape == (None, 800)
+    for name in ("conv1", "conv2", "fc1"):
+        assert model.get_layer(name).activation is keras.activations.relu
+    assert model.get_layer("head").activation is keras.activations.softmax
+    assert model.output_shape == (None, num_classes)
+    assert zoo.build_model("lenet5_caffe", num_classes).count_params() == expected
+    assert zoo.DEFAULT_EPOCHS["lenet5_caffe"] == 10
+    assert zoo.lenet5_caffe(input_shape=(16, 16, 3)).get_layer("flatten").output_shape == (None, 50)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        zoo.lenet5_caffe(input_shape=(15, 15, 1))
+
+
 def test_small_vgg_parameter_count_and_conv_bn_relu_order():
     model = zoo.small_vgg(num_classes=4)
     expected = (
@@ -136,7 +159,8 @@ def test_train_on_task_trains_caches_and_reloads_without_training(tmp_path, monk
 
 @needs_data
 def test_train_on_task_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match="Known architectures: lenet_300_100, lenet5, small_vgg, resnet20"):
+    known = "Known architectures: lenet_300_100, lenet5, lenet5_caffe, small_vgg, resnet20"
+    with pytest.raises(ValueError, match=known):
         zoo.train_on_task("alexnet", "all", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="Unknown task name"):
         zoo.train_on_task("lenet5", "cats", cache_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""A small model zoo (LeNet-300-100, LeNet-5, a small VGG, ResNet-20) and cached training on tasks.
+"""A small model zoo (LeNet-300-100, two LeNet-5, a small VGG, ResNet-20) and cached training on tasks.
 
 The builders return plain, uncompiled tf_keras models with readable layer names (``fc1``, ``conv1``,
 ``head``...). :func:`train_on_task` trains one on a :mod:`tfmot_zip.data` task and caches the result on
@@ -39,6 +39,7 @@ __all__ = [
     "TrainedModel",
     "build_model",
     "lenet5",
+    "lenet5_caffe",
     "lenet_300_100",
     "resnet20",
     "small_vgg",
@@ -132,6 +133,44 @@ def lenet5(num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: str = 
             keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(120, activation="relu", name="fc1"),
             keras.layers.Dense(84, activation="relu", name="fc2"),
+            keras.layers.Dense(num_classes, activation="softmax", name="head"),
+        ],
+        name=name,
+    )
+
+
+def lenet5_caffe(
+    num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: str = "lenet5_caffe"
+) -> "keras.Model":
+    """Caffe LeNet-5: conv 20@5x5 valid, pool, conv 50@5x5 valid, pool, Dense 500 ``fc1``, softmax head.
+
+    The "LeNet-5" of the Caffe example, of Han et al. and L-OBS, and the one the MTZ paper zips;
+    seven times the parameters of :func:`lenet5`. Layers: ``conv1``, ``pool1``, ``conv2``, ``pool2``,
+    ``flatten``, ``fc1``, ``head``.
+
+    Args:
+        num_classes: outputs of the softmax head.
+        input_shape: image shape (height, width, channels); at least 16x16.
+        name: model name.
+
+    Returns:
+        An uncompiled ``keras.Sequential``.
+
+    Example:
+        >>> lenet5_caffe().count_params()  # 520 + 25050 + 400500 + 5010
+        431080
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_image_shape(input_shape, "lenet5_caffe", min_side=16)
+    return keras.Sequential(
+        [
+            keras.layers.InputLayer(input_shape=input_shape, name="input"),
+            keras.layers.Conv2D(20, 5, padding="valid", activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(50, 5, padding="valid", activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(500, activation="relu", name="fc1"),
             keras.layers.Dense(num_classes, activation="softmax", name="head"),
         ],
         name=name,
@@ -245,11 +284,12 @@ def resnet20(
 ARCHITECTURES: dict[str, Callable[..., "keras.Model"]] = {
     "lenet_300_100": lenet_300_100,
     "lenet5": lenet5,
+    "lenet5_caffe": lenet5_caffe,
     "small_vgg": small_vgg,
     "resnet20": resnet20,
 }
 #: Default training epochs per architecture.
-DEFAULT_EPOCHS = {"lenet_300_100": 10, "lenet5": 10, "small_vgg": 8, "resnet20": 8}
+DEFAULT_EPOCHS = {"lenet_300_100": 10, "lenet5": 10, "lenet5_caffe": 10, "small_vgg": 8, "resnet20": 8}
 
 
 def _check_arch(arch: str) -> str:
@@ -393,7 +433,8 @@ def train_on_task(
     recompiled) and returns the stored figures without training.
 
     Args:
-        arch: one of :data:`ARCHITECTURES` ("lenet_300_100", "lenet5", "small_vgg", "resnet20").
+        arch: one of :data:`ARCHITECTURES` ("lenet_300_100", "lenet5", "lenet5_caffe", "small_vgg",
+            "resnet20").
         task: a task name for :func:`tfmot_zip.data.make_task`, or a :class:`~tfmot_zip.data.Task`.
         seed: random seed for initialisation, shuffling and subsampling.
         epochs: passes over the training data; default :data:`DEFAULT_EPOCHS` [arch].
