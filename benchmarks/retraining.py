@@ -1,8 +1,8 @@
 """Layer-wise zipping inside fit (ZipCallback) against one-shot zipping, with a control.
 
-For each pair (Fashion-MNIST classes 0-4 vs 5-9; LeNet-300-100 and LeNet-5), sharing 1.0, and
-each retraining budget ``B`` (steps, one batch of 128 per task per step, Adam with a cosine
-decay from 1e-3 to 0 over ``B``):
+For each pair (Fashion-MNIST classes 0-4 vs 5-9; LeNet-300-100 and LeNet-5 by default, any zoo
+architecture with ``--arch``), sharing 1.0, and each retraining budget ``B`` (steps, one batch of
+128 per task per step, Adam with a cosine decay from 1e-3, or ``--learning-rate``, to 0 over ``B``):
 
 * layer-wise: ``zip_models(..., schedule=LayerwiseSchedule(...))`` + ``fit`` for ``B`` steps with
   ZipCallback: each layer's Hessians from the same 10,000 images per task as one-shot (run
@@ -10,7 +10,8 @@ decay from 1e-3 to 0 over ``B``):
   the budget, the rest retrains the fully zipped model;
 * layer-wise/batches: the same, with Hessians accumulated from training batches (``B / (4 x
   layers)`` batches per layer) instead of calibration data;
-* one-shot: ``zip_models`` (Hessians from 10,000 training images per task) + ``B`` steps;
+* one-shot: ``zip_models`` (Hessians from 10,000 training images per task; conv Hessians as
+  ``--conv-hessian``, default "auto") + ``B`` steps;
 * control: the unzipped originals trained on for ``B`` steps with the same optimizer (originals
   that stopped on a noisy epoch gain from any extra training; this keeps the comparison fair).
 
@@ -18,7 +19,9 @@ The smallest budget at which every task is within 0.5 point of its original give
 "steps the originals were trained for / retraining steps" (the paper: >= 17.8x on VGG-16).
 
 Usage:
-    python benchmarks/retraining.py [--quick] [--out out/retraining]
+    python benchmarks/retraining.py [--quick] [--out out/retraining] [--arch lenet5_caffe ...]
+        [--budgets 100,200,235,300,500] [--variants oneshot,layerwise,layerwise_batches,control]
+        [--conv-hessian auto|exact|block] [--learning-rate 1e-3]
 """
 from __future__ import annotations
 
@@ -31,12 +34,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LEARNING_RATE = 1e-3
+DEFAULT_ARCHS = ("lenet_300_100", "lenet5")
+DEFAULT_BUDGETS = (100, 200, 235, 300, 500)
+VARIANTS = ("oneshot", "layerwise", "layerwise_batches", "control")
+ZIPPED_VARIANTS = VARIANTS[:3]
 
 
-def _fit(model, tasks, budget, callbacks=(), seed=0):
+def _fit(model, tasks, budget, callbacks=(), seed=0, learning_rate=LEARNING_RATE):
     from tfmot_zip import data, training
 
-    training.compile_multitask(model, LEARNING_RATE, decay_steps=budget)
+    training.compile_multitask(model, learning_rate, decay_steps=budget)
     model.fit(data.multitask(*[t.train for t in tasks], seed=seed), steps_per_epoch=budget, epochs=1,
               verbose=0, callbacks=list(callbacks))
     return [round(a, 2) for a in training.evaluate_tasks(model, [t.test for t in tasks])]
@@ -51,7 +58,7 @@ def layerwise_schedule(budget: int, stages: int, from_batches: bool):
     return tfmot_zip.LayerwiseSchedule(calibration_steps=calibration, retrain_steps=retrain)
 
 
-def control_accuracy(trained, tasks, budget):
+def control_accuracy(trained, tasks, budget, learning_rate=LEARNING_RATE):
     from tfmot_zip import data, training
     from tfmot_zip.compat import keras
 
@@ -59,7 +66,7 @@ def control_accuracy(trained, tasks, budget):
     for t, tr in zip(tasks, trained):
         model = keras.models.clone_model(tr.model)
         model.set_weights(tr.model.get_weights())
-        rate = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, budget)
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, budget)
         model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy")
         ds = data.multitask(t.train, seed=1).map(lambda x, y: (x[0], y[0]))
         model.fit(ds, steps_per_epoch=budget, epochs=1, verbose=0)
@@ -71,7 +78,13 @@ def within(accs, originals, tolerance=0.5):
     return all(o - a <= tolerance for o, a in zip(originals, accs))
 
 
-def run(arch: str, budgets, log=print, batches: bool = True) -> dict:
+def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, conv_hessian: str = "auto",
+        learning_rate: float = LEARNING_RATE) -> dict:
+    """One architecture: originals, one-shot zip without retraining, then each budget's ``variants``.
+
+    ``batches=False`` drops "layerwise_batches" (kept for callers of the old signature);
+    ``conv_hessian`` applies to the one-shot zips (the layer-wise ones use the library default).
+    """
     import tfmot_zip
     from tfmot_zip import data, training, zoo
 
@@ -83,62 +96,105 @@ def run(arch: str, budgets, log=print, batches: bool = True) -> dict:
     log(f"{arch}: originals {originals}, trained {steps_original} steps each")
     cal = [t.x_train[:10_000] for t in tasks]
     start = time.perf_counter()
-    oneshot_zip = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0)
+    oneshot_zip = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0, conv_hessian=conv_hessian)
     zip_seconds = time.perf_counter() - start
     no_retraining = [round(a, 2) for a in training.evaluate_tasks(oneshot_zip, [t.test for t in tasks])]
     stages = len(tfmot_zip.zip_summary(oneshot_zip).layers) - 1
+    variants = [v for v in variants if batches or v != "layerwise_batches"]
     result = {"arch": arch, "originals": originals, "original_train_steps": steps_original,
-              "no_retraining": no_retraining, "zip_seconds": round(zip_seconds, 2), "learning_rate": LEARNING_RATE,
-              "rows": []}
+              "no_retraining": no_retraining, "zip_seconds": round(zip_seconds, 2), "learning_rate": learning_rate,
+              "conv_hessian": conv_hessian, "variants": list(variants), "rows": []}
     log(f"  one-shot zip (no retraining): {no_retraining} in {zip_seconds:.1f} s")
     for budget in budgets:
+        started = time.perf_counter()
         row = {"budget": budget}
-        z = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0)
-        row["oneshot"] = _fit(z, tasks, budget)
+        if "oneshot" in variants:
+            z = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0, conv_hessian=conv_hessian)
+            row["oneshot"] = _fit(z, tasks, budget, learning_rate=learning_rate)
         for key, callback_data in (("layerwise", cal), ("layerwise_batches", None)):
-            if key == "layerwise_batches" and not batches:
+            if key not in variants:
                 continue
             schedule = layerwise_schedule(budget, stages, from_batches=callback_data is None)
             row[f"{key}_schedule"] = schedule.get_config()["config"]
             z = tfmot_zip.zip_models(*models, calibration_data=None, sharing=1.0, schedule=schedule)
             callback = tfmot_zip.ZipCallback(calibration_data=callback_data)
-            row[key] = _fit(z, tasks, budget, [callback])
+            row[key] = _fit(z, tasks, budget, [callback], learning_rate=learning_rate)
             row[f"{key}_zipped_at"] = [e["global_step"] for e in callback.log]
             assert not tfmot_zip.pending_layers(z)
-        row["control"] = control_accuracy(trained, tasks, budget)
-        for key in [k for k in ("oneshot", "layerwise", "layerwise_batches") if k in row]:
+        if "control" in variants:
+            row["control"] = control_accuracy(trained, tasks, budget, learning_rate=learning_rate)
+        for key in [k for k in ZIPPED_VARIANTS if k in row]:
             row[f"{key}_within_0.5"] = within(row[key], originals)
-            row[f"{key}_vs_control"] = [round(a - c, 2) for a, c in zip(row[key], row["control"])]
+            if "control" in row:
+                row[f"{key}_vs_control"] = [round(a - c, 2) for a, c in zip(row[key], row["control"])]
+        row["seconds"] = round(time.perf_counter() - started, 1)
         result["rows"].append(row)
-        extra = (f"layer-wise/batches {row['layerwise_batches']} {'ok' if row['layerwise_batches_within_0.5'] else '  '}   "
-                 if "layerwise_batches" in row else "")
-        log(f"  B={budget:4d}: one-shot {row['oneshot']} {'ok' if row['oneshot_within_0.5'] else '  '}   "
-            f"layer-wise {row['layerwise']} {'ok' if row['layerwise_within_0.5'] else '  '} (zipped at {row['layerwise_zipped_at']})   "
-            f"{extra}control {row['control']}")
-    for key in [k for k in ("oneshot", "layerwise", "layerwise_batches") if f"{k}_within_0.5" in result["rows"][0]]:
+        parts = []
+        for key, label in (("oneshot", "one-shot"), ("layerwise", "layer-wise"), ("layerwise_batches", "layer-wise/batches")):
+            if key in row:
+                zipped_at = f" (zipped at {row[key + '_zipped_at']})" if key == "layerwise" else ""
+                parts.append(f"{label} {row[key]} {'ok' if row[key + '_within_0.5'] else '  '}{zipped_at}")
+        if "control" in row:
+            parts.append(f"control {row['control']}")
+        log(f"  B={budget:4d}: " + "   ".join(parts) + f"   [{row['seconds']} s]")
+    for key in [k for k in ZIPPED_VARIANTS if result["rows"] and f"{k}_within_0.5" in result["rows"][0]]:
         passing = [r["budget"] for r in result["rows"] if r[f"{key}_within_0.5"]]
         result[f"{key}_budget_needed"] = min(passing) if passing else None
         result[f"{key}_ratio"] = round(steps_original / min(passing), 2) if passing else None
     log("  smallest budget within 0.5: " + ", ".join(
         f"{k} {result.get(k + '_budget_needed')} (ratio {result.get(k + '_ratio')})"
-        for k in ("oneshot", "layerwise", "layerwise_batches") if k + "_ratio" in result))
+        for k in ZIPPED_VARIANTS if k + "_ratio" in result))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/retraining")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="budgets 100 and 200 only")
+    parser.add_argument("--arch", action="append", default=None,
+                        help=f"zoo architecture(s), repeatable or comma-separated (default: {','.join(DEFAULT_ARCHS)})")
+    parser.add_argument("--budgets", default=None,
+                        help=f"comma-separated retraining budgets in steps (default: {','.join(map(str, DEFAULT_BUDGETS))})")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
+    parser.add_argument("--conv-hessian", default="auto", choices=("auto", "exact", "block"),
+                        help="conv Hessians of the one-shot zips (default: auto)")
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+                        help=f"peak Adam learning rate of the retraining and the control (default: {LEARNING_RATE})")
     args = parser.parse_args()
+
+    from tfmot_zip import zoo
+
+    archs = [a.strip() for value in (args.arch or list(DEFAULT_ARCHS)) for a in value.split(",") if a.strip()]
+    for arch in archs:
+        if arch not in zoo.ARCHITECTURES:
+            parser.error(f"unknown --arch {arch!r}; known: {', '.join(zoo.ARCHITECTURES)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or any(v not in VARIANTS for v in variants):
+        parser.error(f"--variants must be a comma-separated subset of {','.join(VARIANTS)}; received {args.variants!r}")
+    if args.budgets is not None:
+        try:
+            budgets = tuple(int(b) for b in args.budgets.split(",") if b.strip())
+        except ValueError:
+            budgets = ()
+        if not budgets or any(b <= 0 for b in budgets):
+            parser.error(f"--budgets must be positive integers separated by commas; received {args.budgets!r}")
+    else:
+        budgets = (100, 200) if args.quick else DEFAULT_BUDGETS
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be positive; received {args.learning_rate}")
 
     from tfmot_zip import demo
     from tfmot_zip.io_utils import atomic_write_json, check_writable_dir
 
     out = check_writable_dir(args.out)
-    budgets = (100, 200) if args.quick else (100, 200, 235, 300, 500)
     results = {"versions": demo._versions(), "runs": []}
-    for arch in ("lenet_300_100", "lenet5"):
-        results["runs"].append(run(arch, budgets))
+    for arch in archs:
+        started = time.perf_counter()
+        results["runs"].append(run(arch, budgets, variants=variants, conv_hessian=args.conv_hessian,
+                                   learning_rate=args.learning_rate))
+        results["runs"][-1]["seconds"] = round(time.perf_counter() - started, 1)
+        print(f"  {arch}: {results['runs'][-1]['seconds']} s", flush=True)
         atomic_write_json(out / "retraining.json", results)
     print(f"wrote {out / 'retraining.json'}")
 
