@@ -204,3 +204,111 @@ def test_taylor_grouping_gives_each_model_its_own_task(models, data):
         own = fc[m * 5 : (m + 1) * 5]
         assert set(own.tolist()) <= {-1, m, 3}
     assert (fc >= 0).any()
+
+
+# --- subset groups and the Hessian merge of per-task networks --------------------------------
+
+
+def test_group_lattice_helpers():
+    assert pam_math.sources_of("a", [SHARED, "a+b", "b+c", "a", "b"]) == [SHARED, "a+b", "a"]
+    assert pam_math.sources_of("a+b", [SHARED, "a+b", "a+c", "a"]) == [SHARED, "a+b"]
+    assert pam_math.group_key(["c", "a"], NAMES) == "a+c" and pam_math.group_key(NAMES, NAMES) == SHARED
+    assert pam_math.group_order(["c", "b+c", "a", SHARED], NAMES) == [SHARED, "b+c", "a", "c"]
+    with pytest.raises(ValueError, match="non-empty subset"):
+        pam_math.group_key(["d"], NAMES)
+    # a+b reads shared only; a reads shared and a+b; subset {c} runs shared and c only
+    l1 = pam_math.LayerShape("dense", {SHARED: 2, "a+b": 3, "a": 1, "c": 4}, input_units=5)
+    l2 = pam_math.LayerShape("dense", {"a+b": 1, "a": 1, "c": 1})
+    assert pam_math.subset_cost([l1, l2], ["c"])[0] == 9 * 2 + 9 * 4 + (2 * 6 - 1)
+    # {a}: l1 shared, a+b, a (6 units * 9); l2 a+b reads shared+a+b (2*5-1), a reads all three (2*6-1)
+    assert pam_math.subset_cost([l1, l2], ["a"])[0] == 9 * 6 + 9 + 11
+
+
+def _brute_merge(hs, targets, allowed):
+    """Least sum_t (w - a_t)^T H_t (w - a_t) over w zero outside ``allowed``, by explicit least squares."""
+    rows, rhs = [], []
+    for h, a in zip(hs, targets):
+        root = np.linalg.cholesky(h).T  # (w - a)^T H (w - a) = |root (w - a)|^2
+        rows.append(root[:, allowed])
+        rhs.append(root @ a)
+    w_a, *_ = np.linalg.lstsq(np.vstack(rows), np.concatenate(rhs), rcond=None)
+    w = np.zeros(len(allowed))
+    w[allowed] = w_a
+    return w, sum(float((w - a) @ h @ (w - a)) for h, a in zip(hs, targets))
+
+
+def test_merged_unit_costs_and_fit_match_brute_force():
+    rng = np.random.default_rng(3)
+    d = 6
+    spd = lambda: (lambda m: m @ m.T + 0.1 * np.eye(d))(rng.normal(size=(d, d)))
+    h_a, h_b, h_c = spd(), spd(), spd()
+    a, b, c = rng.normal(size=(2, d)), rng.normal(size=(3, d)), rng.normal(size=(1, d))
+    allowed = np.array([1, 1, 0, 1, 0, 1], bool)
+    # side X already merged a[i] with c[0] (tasks a, c) under the full mask; side Y single units of b
+    h_x = h_a + h_c
+    g_x = a @ h_a + c @ h_c
+    e_x = np.einsum("id,de,ie->i", a, h_a, a) + float(c[0] @ h_c @ c[0])
+    r_x = np.array([_brute_merge([h_a, h_c], [a[i], c[0]], np.ones(d, bool))[1] for i in range(2)])
+    g_y, e_y = b @ h_b, np.einsum("jd,de,je->j", b, h_b, b)
+    costs = pam_math.merged_unit_costs(h_x, g_x, e_x, r_x, h_b, g_y, e_y, np.zeros(3), allowed, damping=0.0)
+    for i in range(2):
+        for j in range(3):
+            _, err = _brute_merge([h_a, h_c, h_b], [a[i], c[0], b[j]], allowed)
+            assert costs[i, j] == pytest.approx(err - r_x[i], rel=1e-6, abs=1e-8)
+            w, fit_err = pam_math.restricted_fit(h_x + h_b, g_x[i] + g_y[j], e_x[i] + e_y[j], allowed, damping=0.0)
+            w_ref, _ = _brute_merge([h_a, h_c, h_b], [a[i], c[0], b[j]], allowed)
+            np.testing.assert_allclose(w, w_ref, atol=1e-6)
+            assert fit_err == pytest.approx(err, rel=1e-6)
+            assert np.all(w[~allowed] == 0)
+
+
+@pytest.fixture(scope="module")
+def separate_nets(models):
+    return [pam.separate_network(m, n) for m, n in zip(models, NAMES)]
+
+
+def test_merge_pruned_without_merging_reproduces_every_network(models, data, separate_nets):
+    net = pam.merge_pruned_networks(separate_nets, [d[0] for d in data], max_relative_error=0.0)
+    assert [sorted(g for g in sizes if g != "name") for sizes in net.group_sizes()] == [NAMES, NAMES]
+    x = data[1][0][:16]
+    merged = net.to_keras(single_input=True).predict(x, verbose=0)
+    for t, model in enumerate(models):
+        np.testing.assert_allclose(merged[t], model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_merge_pruned_shares_units_without_growing_any_task_path(models, data, separate_nets):
+    net = pam.merge_pruned_networks(separate_nets, [d[0] for d in data], max_relative_error=10.0)
+    sizes = net.group_sizes()
+    assert sizes[0] == {SHARED: 3, "name": "conv"}  # every first-layer unit merged across the three
+    assert sum(n for g, n in sizes[1].items() if g != "name") < 15  # some fc units merged
+    costs = net.subset_costs()
+    for t, sep in enumerate(separate_nets):
+        assert costs[(NAMES[t],)][0] <= sep.subset_costs()[(NAMES[t],)][0]
+    assert costs[tuple(NAMES)][0] < sum(s.subset_costs()[(n,)][0] for s, n in zip(separate_nets, NAMES))
+    for op in net.layers():  # a group reads only groups serving a superset of its tasks
+        for group, sources in op.blocks.items():
+            assert all(src == "input" or pam_math.covers(src, group) for src in sources), (op.name, group, list(sources))
+    # per-subset models run only their groups and count exactly what the counter says
+    for subset in [("a",), ("a", "c"), tuple(NAMES)]:
+        assert net.to_keras(list(subset), single_input=True).count_params() == costs[subset][1]
+    # the first layer's shared weights are the Hessian-weighted least-squares compromise: with the
+    # inputs' Hessians equal, the merged unit is the average of its members
+    same = pam.merge_pruned_networks(separate_nets, [data[0][0]] * 3, max_relative_error=10.0)
+    kernels = [sep.layers()[0].blocks[n]["input"] for sep, n in zip(separate_nets, NAMES)]
+    shared = same.layers()[0].blocks[SHARED]["input"]
+    for column in range(shared.shape[-1]):
+        candidates = [np.mean([k[..., p] for k, p in zip(kernels, perm)], axis=0) for perm in _perms(3)]
+        assert min(np.abs(shared[..., column] - c).max() for c in candidates) < 1e-3
+
+
+def _perms(n):
+    from itertools import product
+
+    return list(product(range(n), repeat=3))  # one unit of each of the three tasks
+
+
+def test_merge_pruned_bad_input(separate_nets, data):
+    with pytest.raises(ValueError, match="one-task networks"):
+        pam.merge_pruned_networks(separate_nets[:1], [data[0][0]])
+    with pytest.raises(ValueError, match="calibration images per network"):
+        pam.merge_pruned_networks(separate_nets, [data[0][0]])

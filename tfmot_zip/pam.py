@@ -38,11 +38,21 @@ from tfmot_zip.core.pam_math import (
     LayerShape,
     all_subsets,
     allowed_sources,
+    group_flops,
     assign_groups,
     binned_mutual_information,
     relevant_units,
+    covers,
+    damped_square,
+    group_key,
+    group_order,
+    merged_unit_costs,
+    runs_for,
+    sources_of,
     subset_cost,
 )
+from tfmot_zip.core.hessian import HessianAccumulator, extract_patches
+from tfmot_zip.core.selection import hungarian_pairs
 from tfmot_zip.data import multitask
 from tfmot_zip.training import compile_multitask, evaluate_tasks
 
@@ -54,6 +64,7 @@ __all__ = [
     "merge_pam_network",
     "merge_pam",
     "separate_network",
+    "merge_pruned_networks",
     "shared_network_from_zip",
     "finetune",
     "taylor_importance",
@@ -180,8 +191,8 @@ class GroupedNetwork:
             make = {"pool": lambda: L.MaxPooling2D(**op[1]), "avgpool": lambda: L.AveragePooling2D(**op[1]), "flatten": L.Flatten}[kind]
             return {g: make()(t) for g, t in state.items()}
         new = {}
-        for group in [SHARED] + list(path_tasks):
-            if group not in op.biases or op.biases[group].shape[0] == 0:
+        for group in [g for g in op.biases if runs_for(g, path_tasks)]:
+            if op.biases[group].shape[0] == 0:
                 continue
             terms = []
             for src, kernel in op.blocks[group].items():
@@ -473,9 +484,12 @@ def _drop_dead_groups(net: GroupedNetwork) -> None:
     """A shared group whose every source is empty computes a constant: remove it (and its readers' rows)."""
     layers = net.layers()
     for l in range(1, len(layers)):
+        if layers[l].head:
+            continue
         prev_units = layers[l - 1].units()
-        if SHARED in layers[l].units() and prev_units.get(SHARED, 0) == 0:
-            net.keep_units(l, SHARED, np.zeros(0, np.int64))
+        for group in list(layers[l].units()):
+            if sum(prev_units[s] for s in sources_of(group, list(prev_units))) == 0:
+                net.keep_units(l, group, np.zeros(0, np.int64))
 
 
 def separate_network(model: keras.Model, task_name: str | None = None) -> GroupedNetwork:
@@ -520,6 +534,288 @@ def shared_network_from_zip(zipped: keras.Model, originals: Sequence[keras.Model
                 op.biases[name] = bias
                 op.blocks[name] = {SHARED: kernel[order]}
     return GroupedNetwork(names, tuple(originals[0].input_shape[1:]), ops)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hessian merge of per-task (pruned) networks into subset groups
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cluster:
+    """Units of several tasks merged into one unit of the layer being built (at most one per task)."""
+
+    members: dict  # task -> unit index in that task's network
+    g: np.ndarray | None  # sum_t H_t a_t
+    e: float  # sum_t a_t^T H_t a_t
+    r: float = 0.0  # current least layer-wise error
+    w: np.ndarray | None = None  # merged weight vector (None: the single member's own)
+
+    @property
+    def tasks(self) -> tuple:
+        return tuple(sorted(self.members))
+
+
+def _layout(groups: list, units: dict) -> dict:
+    """Channel offset of every group in the concatenated (canonical-order) layer output."""
+    offsets, start = {}, 0
+    for g in groups:
+        offsets[g] = start
+        start += units[g]
+    return offsets
+
+
+def _prefix_state_model(net: GroupedNetwork, stop: int, task: str) -> keras.Model:
+    """tf_keras model: image -> ``{group: tensor}`` inputs of GroupLayer ``stop`` on ``task``'s path."""
+    x = keras.Input(net.input_shape)
+    state, cache, seen = {INPUT: x}, {}, 0
+    for op in net.ops:
+        if isinstance(op, GroupLayer):
+            if seen == stop:
+                break
+            seen += 1
+        state = net._apply(op, state, [task], cache)
+    return keras.Model(x, state)
+
+
+def _layer_inputs(
+    net: GroupedNetwork, stop: int, task: str, x: np.ndarray, groups: list, units: dict, max_rows: int, seed: int
+) -> np.ndarray:
+    """Rows of GroupLayer ``stop``'s inputs on ``task``'s data in merged coordinates (groups a task does not
+    run are zero): conv patches or flattened dense inputs, without the bias coordinate."""
+    op = net.layers()[stop]
+    if stop == 0:
+        tensor = np.asarray(x, np.float32)
+    else:
+        outs = _prefix_state_model(net, stop, task).predict(x, batch_size=500, verbose=0)
+        n = len(x)
+        total = sum(units[g] for g in groups)
+        if op.kind == "conv":
+            shape = next(iter(outs.values())).shape[1:3]
+            tensor = np.zeros((n, *shape, total), np.float32)
+        else:
+            tensor = np.zeros((n, op.in_positions, total), np.float32)
+        for g, offset in _layout(groups, units).items():
+            if g in outs:
+                value = np.asarray(outs[g])
+                value = value if op.kind == "conv" else value.reshape(n, op.in_positions, units[g])
+                tensor[..., offset : offset + units[g]] = value
+    if op.kind == "dense":
+        return tensor.reshape(len(x), -1)
+    rows = extract_patches(tensor, op.config["kernel_size"], op.config.get("strides", (1, 1)), op.config.get("padding", "valid"))
+    if rows.shape[0] > max_rows:
+        rows = rows[np.random.default_rng(seed).choice(rows.shape[0], max_rows, replace=False)]
+    return rows
+
+
+def _scatter_kernel(op: GroupLayer, kernel: np.ndarray, channel_index: np.ndarray, total: int) -> np.ndarray:
+    """A task's kernel ``[.., n_own_in, n_out]`` placed at ``channel_index`` among ``total`` input channels,
+    flattened to rows ``[d - 1, n_out]`` in merged coordinates."""
+    n_out = kernel.shape[-1]
+    if op.kind == "conv":
+        full = np.zeros(kernel.shape[:2] + (total, n_out), np.float64)
+        full[:, :, channel_index, :] = kernel
+    else:
+        per = kernel.reshape(op.in_positions, -1, n_out)
+        full = np.zeros((op.in_positions, total, n_out), np.float64)
+        full[:, channel_index, :] = per
+    return full.reshape(-1, n_out)
+
+
+def _allowed_mask(op: GroupLayer, group: str, groups: list, units: dict, dim: int) -> np.ndarray:
+    """Inputs (merged coordinates, bias last; ``dim`` of them) a unit of ``group`` may read."""
+    if not groups:  # first layer: the image is computed for every task
+        return np.ones(dim, bool)
+    channels = np.concatenate([np.full(units[g], covers(g, group)) for g in groups])
+    positions = int(np.prod(op.config["kernel_size"])) if op.kind == "conv" else op.in_positions
+    return np.concatenate([np.tile(channels, positions), [True]])
+
+
+def merge_pruned_networks(
+    nets: Sequence[GroupedNetwork],
+    calibration_x: Sequence[np.ndarray],
+    max_relative_error: float = 0.5,
+    damping: float = 1e-4,
+    samples: int = 1000,
+    max_rows: int = 200_000,
+    seed: int = 0,
+) -> GroupedNetwork:
+    """Merge one-task networks (e.g. separately pruned) into subset groups by Hessian pairing.
+
+    Layer by layer, bottom-up, task n's units are merged into the units built from tasks 0..n-1
+    (MTZ's passes): a merged unit serves the union of its members' tasks, is one computation (one
+    weight vector) and reads only inputs computed for all of those tasks (groups serving a superset).
+    Its weight minimises the summed layer-wise error ``sum_t (w - a_t)^T H_t (w - a_t)`` of its members
+    (:func:`tfmot_zip.core.pam_math.restricted_fit`, one solve per task set); the Hessians ``H_t`` come from each task's
+    calibration images run through the already merged layers. A min-cost assignment
+    (Hungarian) of the error increases (:func:`tfmot_zip.core.pam_math.merged_unit_costs`) picks
+    the pairs; a pair is merged only if its increase is at most ``max_relative_error`` times its
+    members' summed output energy ``sum_t a_t^T H_t a_t``. Heads stay per task.
+
+    No task's path gains a unit: every merged unit replaces one unit of each member, so running any
+    subset of tasks costs at most what the separate networks cost (fewer inputs per merged unit).
+
+    Args:
+        nets: one-task :class:`GroupedNetwork` s with the same layer chain (e.g. from
+            :func:`separate_network` and :func:`prune_structured`), their task names distinct.
+        calibration_x: per network, images of its task.
+        max_relative_error: merge threshold (0 keeps the networks separate, block-diagonal).
+        damping: Hessian damping (relative to the mean diagonal).
+        samples: calibration images per task.
+        max_rows: conv patch rows per Hessian (a seeded random subset beyond that).
+        seed: patch subsampling seed.
+
+    Returns:
+        A :class:`GroupedNetwork` with groups ``shared``, ``a+b`` ... and per task.
+
+    Example:
+        >>> merged = merge_pruned_networks([net_a, net_b, net_c], [xa, xb, xc])  # doctest: +SKIP
+        >>> merged.group_sizes()[0]  # doctest: +SKIP
+        {'shared': 2, 'a+c': 1, 'c': 1, 'name': 'conv1'}
+    """
+    names = [n.task_names[0] if len(n.task_names) == 1 else None for n in nets]
+    if len(nets) < 2 or None in names or len(set(names)) != len(names) or any("+" in t or t in (SHARED, INPUT) for t in names):
+        raise ValueError(
+            f"Expected two or more one-task networks with distinct task names without '+' (not 'shared'/'input'); "
+            f"received task names {[n.task_names for n in nets]}."
+        )
+    if len(calibration_x) != len(nets):
+        raise ValueError(f"Expected calibration images per network ({len(nets)}); received {len(calibration_x)}.")
+    if not 0.0 <= float(max_relative_error):
+        raise ValueError(f"Expected max_relative_error >= 0. Received: {max_relative_error!r}")
+    task_layers = [n.layers() for n in nets]
+    if len({len(t) for t in task_layers}) != 1:
+        raise ValueError("The networks have different numbers of Dense/Conv2D layers; merge networks of one architecture.")
+    xs = [np.asarray(x)[:samples] for x in calibration_x]
+    ops = []
+    for op in nets[0].ops:
+        ops.append(GroupLayer(op.kind, op.name, dict(op.config), {}, {}, op.in_positions, op.out_hw, op.head)
+                   if isinstance(op, GroupLayer) else op)
+    net = GroupedNetwork(list(names), tuple(nets[0].input_shape), ops)
+    groups, units, index_of = [], {}, None  # previous layer: order, sizes, per task unit -> channel
+    for li, op in enumerate(net.layers()):
+        first = li == 0
+        total = sum(units.values())
+        # weight vectors (bias last) of every task's units in merged coordinates
+        vectors = []
+        for t, name in enumerate(names):
+            own = task_layers[t][li]
+            kernel = own.blocks[name][INPUT if first else name]
+            rows = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64) if first else _scatter_kernel(op, kernel, index_of[t], total)
+            vectors.append(np.vstack([rows, own.biases[name][None, :]]))
+        if op.head:
+            clusters_by_group = {name: [(_Cluster({name: u}, None, 0.0), vectors[t][:, u]) for u in range(vectors[t].shape[1])]
+                                 for t, name in enumerate(names)}
+        else:
+            clusters_by_group = _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_error, damping, max_rows, seed)
+        new_groups = group_order(list(clusters_by_group), names)
+        new_units = {g: len(clusters_by_group[g]) for g in new_groups}
+        for g in new_groups:
+            weights = np.stack([w for _, w in clusters_by_group[g]], axis=1)  # [d, n]
+            op.biases[g] = weights[-1].astype(np.float32)
+            body = weights[:-1]
+            op.blocks[g] = {}
+            if first:
+                op.blocks[g][INPUT] = body.reshape(nets[0].layers()[0].blocks[names[0]][INPUT].shape[:-1] + (-1,)).astype(np.float32)
+                continue
+            offsets = _layout(groups, units)
+            positions = int(np.prod(op.config["kernel_size"])) if op.kind == "conv" else op.in_positions
+            per = body.reshape(positions, total, -1)
+            for src in sources_of(g, groups):
+                block = per[:, offsets[src] : offsets[src] + units[src], :]
+                if op.kind == "conv":
+                    block = block.reshape(tuple(op.config["kernel_size"]) + (units[src], -1))
+                else:
+                    block = block.reshape(positions * units[src], -1)
+                op.blocks[g][src] = block.astype(np.float32)
+        offsets = _layout(new_groups, new_units)
+        index_of = [np.zeros(vectors[t].shape[1], np.int64) for t in range(len(names))]
+        for g in new_groups:
+            for i, (cluster, _) in enumerate(clusters_by_group[g]):
+                for name, u in cluster.members.items():
+                    index_of[names.index(name)][u] = offsets[g] + i
+        groups, units = new_groups, new_units
+    return net
+
+
+def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_error, damping, max_rows, seed) -> dict:
+    """Clusters of one hidden layer: ``{group: [(cluster, weight vector), ...]}``."""
+    hessians = {}
+    for t, name in enumerate(names):
+        rows = _layer_inputs(net, li, name, xs[t], groups, units, max_rows, seed)
+        acc = HessianAccumulator(rows.shape[1], batch_dtype=np.float32)
+        for start in range(0, rows.shape[0], 50_000):
+            acc.update(rows[start : start + 50_000])
+        hessians[(name,)] = acc.hessian()
+    dim = vectors[0].shape[0]
+
+    def summed(tasks: tuple) -> np.ndarray:  # one summed Hessian per task set, shared by its clusters
+        if tasks not in hessians:
+            hessians[tasks] = sum(hessians[(t,)] for t in tasks)
+        return hessians[tasks]
+
+    def single(t: int, u: int) -> _Cluster:
+        a = vectors[t][:, u]
+        ha = hessians[(names[t],)] @ a
+        return _Cluster({names[t]: u}, ha, float(a @ ha))
+
+    clusters = [single(0, u) for u in range(vectors[0].shape[1])]
+    for t in range(1, len(names)):
+        new = [single(t, u) for u in range(vectors[t].shape[1])]
+        types: dict = {}
+        for index, c in enumerate(clusters):
+            types.setdefault(c.tasks, []).append(index)
+        costs = np.full((len(clusters), len(new)), np.inf)
+        g_new = np.stack([c.g for c in new])
+        e_new = np.array([c.e for c in new])
+        for tasks, members in types.items():
+            allowed = _allowed_mask(op, group_key(list(tasks) + [names[t]], names), groups, units, dim)
+            side = [clusters[i] for i in members]
+            costs[members] = merged_unit_costs(
+                summed(tasks), np.stack([c.g for c in side]), np.array([c.e for c in side]), np.array([c.r for c in side]),
+                hessians[(names[t],)], g_new, e_new, np.zeros(len(new)), allowed, damping,
+            )
+        energy = np.array([c.e for c in clusters])[:, None] + e_new[None, :]
+        relative = costs / np.maximum(energy, 1e-30)
+        feasible = relative <= max_relative_error
+        accepted = []
+        if feasible.any():
+            rows_i, cols_j = hungarian_pairs(np.where(feasible, relative, 1e6), min(costs.shape))
+            accepted = [(i, j) for i, j in zip(rows_i, cols_j) if feasible[i, j]]
+        by_tasks: dict = {}
+        for i, j in accepted:
+            c, n = clusters[i], new[j]
+            clusters[i] = _Cluster(dict(c.members, **n.members), c.g + n.g, c.e + n.e)
+            by_tasks.setdefault(clusters[i].tasks, []).append(i)
+        for tasks, members in by_tasks.items():  # merged weights: one factorisation per task set
+            allowed = _allowed_mask(op, group_key(list(tasks), names), groups, units, dim)
+            gs = np.stack([clusters[i].g for i in members])
+            for i, (w, r) in zip(members, _restricted_fits(summed(tasks), gs, [clusters[i].e for i in members], allowed, damping)):
+                clusters[i].w, clusters[i].r = w, r
+        taken = {j for _, j in accepted}
+        clusters.extend(n for j, n in enumerate(new) if j not in taken)
+    out: dict = {}
+    for c in clusters:
+        if c.w is None:
+            (name, u), = c.members.items()
+            weight = vectors[names.index(name)][:, u]
+        else:
+            weight = c.w
+        out.setdefault(group_key(list(c.members), names), []).append((c, weight))
+    return out
+
+
+def _restricted_fits(h: np.ndarray, gs: np.ndarray, es: Sequence[float], allowed: np.ndarray, damping: float) -> list:
+    """:func:`restricted_fit` for several units of one task set (one solve with many right-hand sides)."""
+    k = damped_square(h[np.ix_(allowed, allowed)], damping)
+    ga = gs[:, allowed]
+    solution = np.linalg.solve(k, ga.T).T
+    out = []
+    for row, sol, e in zip(ga, solution, es):
+        w = np.zeros(gs.shape[1])
+        w[allowed] = sol
+        out.append((w, float(e - row @ sol)))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -618,17 +914,22 @@ def taylor_importance(
 def _unit_costs(net: GroupedNetwork) -> dict:
     """Per (layer, group): FLOPs of one more output unit, weighted by how many subsets run it."""
     shapes = net.layer_shapes()
-    T = len(net.task_names)
-    weight = {SHARED: 2**T - 1}
     costs = {}
     for li, (op, shape) in enumerate(zip(net.layers(), shapes)):
         if op.head:
             continue
         for group, n in shape.units.items():
-            n_in = shape.input_units if li == 0 else sum(shapes[li - 1].units.get(s, 0) for s in allowed_sources(group))
-            f = subset_cost([LayerShape(shape.kind, {group: 1}, shape.kernel_size, shape.out_hw, shape.in_positions, n_in)], [group])[0]
-            costs[(li, group)] = max(f, 1) * weight.get(group, 2 ** (T - 1))
+            previous = shapes[li - 1].units if li else {}
+            n_in = shape.input_units if li == 0 else sum(previous[s] for s in sources_of(group, list(previous)))
+            f = group_flops(LayerShape(shape.kind, {}, shape.kernel_size, shape.out_hw, shape.in_positions), n_in, 1)[0]
+            costs[(li, group)] = max(f, 1) * _subsets_running(group, net.task_names)
     return costs
+
+
+def _subsets_running(group: str, task_names: Sequence[str]) -> int:
+    """How many non-empty task subsets run ``group``."""
+    served = len(task_names) if group == SHARED else len(group.split("+"))
+    return 2 ** len(task_names) - 2 ** (len(task_names) - served)
 
 
 def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNetwork:
@@ -648,8 +949,7 @@ def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNet
         for u, value in enumerate(norm):
             entries.append((value / costs[(li, group)], li, group, u))
     entries.sort(key=lambda e: e[0])
-    weight = {SHARED: 2 ** len(net.task_names) - 1}
-    plain = {key: cost / weight.get(key[1], 2 ** (len(net.task_names) - 1)) for key, cost in costs.items()}
+    plain = {key: cost / _subsets_running(key[1], net.task_names) for key, cost in costs.items()}
     budget = fraction * net.subset_costs()[tuple(net.task_names)][0]  # FLOPs to remove this step
     removed: dict = {}
     for _, li, group, u in entries:
@@ -659,8 +959,8 @@ def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNet
         gone = removed.setdefault((li, group), set())
         # every task keeps >= 1 unit in this layer on its path
         blocked = any(
-            group in allowed_sources(t)
-            and sum(units.get(g, 0) - len(removed.get((li, g), ())) for g in allowed_sources(t)) <= 1
+            runs_for(group, [t])
+            and sum(n - len(removed.get((li, g), ())) for g, n in units.items() if runs_for(g, [t])) <= 1
             for t in net.task_names
         )
         if not blocked:

@@ -1,7 +1,8 @@
 """Framework-free math of Pruning-Aware Merging (PAM): relevance, grouping, FLOPs counting.
 
-A PAM layer splits its units into a shared group ``"shared"`` and one group per task. A group may
-read only groups serving a superset of its tasks: ``shared <- shared``, ``task t <- shared, task t``
+A PAM layer splits its units into a shared group ``"shared"``, optional groups for partial subsets of
+tasks (``"a+b"``) and one group per task. A group may read only groups serving a superset of its
+tasks: ``shared <- shared``, ``a+b <- shared, a+b``, ``a <- shared, a+b, a``
 (DESIGN.md section 2, PAM). Everything here is plain numpy and knows nothing about Keras.
 """
 from __future__ import annotations
@@ -18,6 +19,15 @@ __all__ = [
     "relevant_units",
     "assign_groups",
     "allowed_sources",
+    "group_tasks",
+    "covers",
+    "sources_of",
+    "runs_for",
+    "group_key",
+    "group_order",
+    "merged_unit_costs",
+    "restricted_fit",
+    "damped_square",
     "all_subsets",
     "LayerShape",
     "group_flops",
@@ -136,8 +146,166 @@ def assign_groups(relevant: np.ndarray, min_units: int = 1) -> np.ndarray:
 
 
 def allowed_sources(group: str) -> tuple[str, ...]:
-    """Groups of the layer below that ``group`` may read (shared first)."""
+    """Groups of the layer below that ``group`` may read among the shared group and its own (shared first).
+
+    With groups for partial subsets (``"a+b"``) use :func:`sources_of`, which also finds them.
+    """
     return (SHARED,) if group == SHARED else (SHARED, group)
+
+
+def group_tasks(group: str) -> frozenset | None:
+    """The tasks a group serves: ``None`` for :data:`SHARED` (every task), else the ``+``-separated names.
+
+    Example:
+        >>> sorted(group_tasks("a+c")), group_tasks("b"), group_tasks(SHARED)
+        (['a', 'c'], frozenset({'b'}), None)
+    """
+    return None if group == SHARED else frozenset(group.split("+"))
+
+
+def covers(source: str, group: str) -> bool:
+    """True when ``source`` serves every task ``group`` serves (``group`` may read ``source``).
+
+    Example:
+        >>> covers(SHARED, "a+b"), covers("a+b", "a"), covers("a", "a+b"), covers("a+b", SHARED)
+        (True, True, False, False)
+    """
+    if source == SHARED:
+        return True
+    if group == SHARED:
+        return False
+    return group_tasks(source) >= group_tasks(group)
+
+
+def sources_of(group: str, available: Sequence[str]) -> list[str]:
+    """The groups among ``available`` (the layer below) that ``group`` may read, in their order.
+
+    Example:
+        >>> sources_of("a", [SHARED, "a+b", "b+c", "a", "b"])
+        ['shared', 'a+b', 'a']
+    """
+    return [source for source in available if covers(source, group)]
+
+
+def runs_for(group: str, subset: Sequence[str]) -> bool:
+    """True when running the tasks ``subset`` needs ``group`` (it serves one of them).
+
+    Example:
+        >>> runs_for("a+b", ["b"]), runs_for("a+b", ["c"]), runs_for(SHARED, ["c"])
+        (True, False, True)
+    """
+    return group == SHARED or bool(group_tasks(group) & set(subset))
+
+
+def group_key(tasks: Sequence[str], task_names: Sequence[str]) -> str:
+    """Key of the group serving ``tasks``: :data:`SHARED` for all, the name for one, else ``"a+b"`` in task order.
+
+    Example:
+        >>> group_key(["c", "a"], ["a", "b", "c"]), group_key(["b"], ["a", "b", "c"])
+        ('a+c', 'b')
+    """
+    wanted = set(tasks)
+    unknown = wanted - set(task_names)
+    if not wanted or unknown:
+        raise ValueError(f"Expected a non-empty subset of {list(task_names)}; received {list(tasks)}.")
+    if len(wanted) == len(task_names):
+        return SHARED
+    return "+".join(t for t in task_names if t in wanted)
+
+
+def group_order(groups: Sequence[str], task_names: Sequence[str]) -> list[str]:
+    """Canonical order of a layer's groups: shared, then partial subsets (largest first), then single tasks.
+
+    Example:
+        >>> group_order(["b", "a+b", SHARED, "a"], ["a", "b", "c"])
+        ['shared', 'a+b', 'a', 'b']
+    """
+    index = {name: i for i, name in enumerate(task_names)}
+
+    def rank(group: str):
+        tasks = group_tasks(group)
+        if tasks is None:
+            return (0, ())
+        return (len(task_names) - len(tasks), tuple(sorted(index[t] for t in tasks)))
+
+    return sorted(groups, key=rank)
+
+
+def merged_unit_costs(
+    h_x: np.ndarray,
+    g_x: np.ndarray,
+    e_x: np.ndarray,
+    r_x: np.ndarray,
+    h_y: np.ndarray,
+    g_y: np.ndarray,
+    e_y: np.ndarray,
+    r_y: np.ndarray,
+    allowed: np.ndarray,
+    damping: float = 1e-4,
+) -> np.ndarray:
+    """Cost of merging each unit of side X with each unit of side Y into one unit that reads ``allowed`` inputs.
+
+    A unit serving tasks S has, per task t, a target weight vector ``a_t`` (incoming weights, bias last)
+    and the layer Hessian ``H_t = E[x~ x~^T]`` of t's inputs. It is summarised by ``H = sum_t H_t``,
+    ``g = sum_t H_t a_t`` and ``e = sum_t a_t^T H_t a_t``; one merged weight ``w`` that is zero outside
+    ``allowed`` (inputs computed for every task of both units) has the summed layer-wise error
+    ``E(w) = sum_t (w - a_t)^T H_t (w - a_t)``, least at ``w = K^-1 g_A`` with ``K = H_AA`` (damped), where
+    it is ``e - g_A^T K^-1 g_A``. The returned cost is that least error of the merged unit minus the errors
+    ``r_x``, ``r_y`` the two units already have: the increase of the summed layer-wise error.
+
+    Args:
+        h_x, h_y: ``[d, d]`` summed Hessians of each side's tasks (every unit of a side serves the same tasks).
+        g_x, g_y: ``[n_x, d]``, ``[n_y, d]`` rows ``sum_t H_t a_t``.
+        e_x, e_y: ``[n_x]``, ``[n_y]`` ``sum_t a_t^T H_t a_t``.
+        r_x, r_y: ``[n_x]``, ``[n_y]`` current least errors of the units (0 for untouched units).
+        allowed: ``[d]`` bool, the inputs the merged unit may read (the bias coordinate included).
+        damping: ``K + damping * mean(diag K) * I``.
+
+    Returns:
+        ``[n_x, n_y]`` cost increases (one matrix product, no loop over pairs).
+
+    Example:
+        >>> h = np.eye(2); g = np.array([[1.0, 0.0]]); e = np.array([1.0]); r = np.zeros(1)
+        >>> round(float(merged_unit_costs(h, g, e, r, h, -g, e, r, np.ones(2, bool), 0.0)[0, 0]), 6)
+        2.0
+    """
+    allowed = np.asarray(allowed, dtype=bool)
+    k = np.asarray(h_x, np.float64)[np.ix_(allowed, allowed)] + np.asarray(h_y, np.float64)[np.ix_(allowed, allowed)]
+    k = damped_square(k, damping)
+    gx, gy = np.asarray(g_x, np.float64)[:, allowed], np.asarray(g_y, np.float64)[:, allowed]
+    kgx = np.linalg.solve(k, gx.T)  # [a, n_x]
+    kgy = np.linalg.solve(k, gy.T)
+    qx = np.einsum("ia,ai->i", gx, kgx)
+    qy = np.einsum("ja,aj->j", gy, kgy)
+    cross = gx @ kgy
+    base_x = np.asarray(e_x, np.float64) - qx - np.asarray(r_x, np.float64)
+    base_y = np.asarray(e_y, np.float64) - qy - np.asarray(r_y, np.float64)
+    return base_x[:, None] + base_y[None, :] - 2.0 * cross
+
+
+def damped_square(k: np.ndarray, damping: float) -> np.ndarray:
+    """``k + damping * mean(diag k) * I`` (a tiny absolute floor keeps an all-zero ``k`` invertible)."""
+    scale = float(np.mean(np.diag(k))) if k.size else 0.0
+    return k + (max(damping * scale, 0.0) + 1e-12) * np.eye(k.shape[0])
+
+
+def restricted_fit(h: np.ndarray, g: np.ndarray, e: float, allowed: np.ndarray, damping: float = 1e-4) -> tuple[np.ndarray, float]:
+    """Weight ``w`` (zero outside ``allowed``) minimising ``sum_t (w - a_t)^T H_t (w - a_t)``, and that least error.
+
+    ``h = sum_t H_t``, ``g = sum_t H_t a_t``, ``e = sum_t a_t^T H_t a_t`` (see :func:`merged_unit_costs`).
+
+    Example:
+        >>> w, err = restricted_fit(np.eye(2), np.array([1.0, 3.0]), 10.0, np.array([True, False]), 0.0)
+        >>> np.round(w, 6).tolist(), round(err, 6)
+        ([1.0, 0.0], 9.0)
+    """
+    allowed = np.asarray(allowed, dtype=bool)
+    k = damped_square(np.asarray(h, np.float64)[np.ix_(allowed, allowed)], damping)
+    ga = np.asarray(g, np.float64)[allowed]
+    solution = np.linalg.solve(k, ga)
+    w = np.zeros(np.asarray(g).shape[0])
+    w[allowed] = solution
+    return w, float(e - ga @ solution)
 
 
 def all_subsets(task_names: Sequence[str]) -> list[tuple[str, ...]]:
@@ -203,12 +371,12 @@ def subset_cost(layers: Sequence[LayerShape], subset: Sequence[str]) -> tuple[in
     previous: dict = {}
     for index, layer in enumerate(layers):
         for group, n_out in layer.units.items():
-            if group != SHARED and group not in wanted:
+            if not runs_for(group, wanted):
                 continue
             if index == 0:
                 n_in = layer.input_units
             else:
-                n_in = sum(previous.get(src, 0) for src in allowed_sources(group))
+                n_in = sum(previous[src] for src in sources_of(group, list(previous)))
             f, p = group_flops(layer, n_in, int(n_out))
             flops, params = flops + f, params + p
         previous = layer.units
