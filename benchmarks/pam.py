@@ -1,15 +1,21 @@
 """PAM benchmark: FLOPs of every task subset after structured pruning to within 1 point.
 
-Fashion-MNIST, three tasks (classes_0_2, classes_3_5, classes_6_9), LeNet-5 (zoo, seed 0).
+Fashion-MNIST, three tasks (classes_0_2, classes_3_5, classes_6_9), LeNet-5 or the small VGG (zoo,
+seed 0; the VGG's BatchNormalization is folded into its convolutions first, an exact rewrite).
 Methods, all pruned by the same iterative Taylor channel pruning (tfmot_zip.pam.prune_structured):
   separate  each original pruned on its own
   mtz       zip_models(m1, m2, m3, sharing=1.0) -> one shared trunk + 3 heads, fine-tuned, pruned
-  pam       merge_pam_network (binned-MI grouping, block-diagonal start), fine-tuned, pruned
+  pam       tfmot_zip.pam.merge_and_prune: the separately pruned networks' units (relevance) merged
+            across tasks into subset groups by Hessian pairing (most aggressive threshold that keeps
+            every task on target after fine-tuning), then pruned again
+  pam_mi    (--with-mi) the PAM authors' grouping: binned mutual information with each task's labels,
+            block-diagonal start, fine-tuned, pruned
 Pruning accepts a round only while every task's validation accuracy (first half of its test
 split) stays within ``--tolerance`` points of its original model's; the reported accuracies are
 on the other half.
 
-Run:  nice -n 10 .venv/bin/python -m benchmarks.pam [--arch lenet5] [--train 0] [--out out/pam.json]  (~10 min on 2 cores)
+Run:  nice -n 10 .venv/bin/python -m benchmarks.pam [--arch lenet5|small_vgg] [--with-mi] [--out out/pam_lenet5.json]
+(LeNet-5 about 10 min on 2 cores, the small VGG about 40 min)
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ import time
 import numpy as np
 
 from tfmot_zip import pam
+from tfmot_zip.compat import keras
+from tfmot_zip.fold import fold_batchnorm
 from tfmot_zip.core.pam_math import all_subsets
 from tfmot_zip.data import make_task
 from tfmot_zip.training import evaluate_tasks
@@ -51,18 +59,26 @@ def _costs_row(net: pam.GroupedNetwork, names: list[str]) -> dict:
     return {"+".join(s): costs[s] for s in all_subsets(names)}
 
 
-def run(arch: str = "lenet5", n_train: int = 0, tolerance: float = 1.0, threshold: float = 0.7,
-        finetune_steps: int = 300, prune_steps: int = 150, verbose: bool = True) -> dict:
-    names = list(TASKS)
+def _load(arch: str, names: list):
     models = [train_on_task(arch, n, seed=0).model for n in names]
+    if any(isinstance(l, keras.layers.BatchNormalization) for l in models[0].layers):
+        models = [fold_batchnorm(m) for m in models]
+    return models
+
+
+def run(arch: str = "lenet5", n_train: int = 0, tolerance: float = 1.0, threshold: float = 0.7,
+        finetune_steps: int = 1000, prune_steps: int = 200, with_mi: bool = False, verbose: bool = True) -> tuple:
+    names = list(TASKS)
+    models = _load(arch, names)
     trains, vals, tests = _splits(n_train)
     base_val = [evaluate_tasks(m, [v])[0] for m, v in zip(models, vals)]
     base_test = [evaluate_tasks(m, [t])[0] for m, t in zip(models, tests)]
     targets = [a - tolerance for a in base_val]
-    result = {"arch": arch, "originals_test": base_test, "originals_val": base_val, "targets_val": targets}
+    result = {"arch": arch, "originals_test": base_test, "originals_val": base_val, "targets_val": targets,
+              "finetune_steps": finetune_steps, "prune_steps": prune_steps}
     timings = {}
 
-    # separate pruning ----------------------------------------------------------------------
+    # separate pruning (also PAM's relevance step) ------------------------------------------
     start = time.time()
     separate = []
     for i, name in enumerate(names):
@@ -77,6 +93,8 @@ def run(arch: str = "lenet5", n_train: int = 0, tolerance: float = 1.0, threshol
     sep_test = [pam.evaluate(net, [tests[i]])[0] for i, net in enumerate(separate)]
     unpruned = {"+".join(s): tuple(int(sum(pam.separate_network(models[names.index(t)], t).subset_costs()[(t,)][k]
                                            for t in s)) for k in (0, 1)) for s in all_subsets(names)}
+    result.update(unpruned_separate=unpruned, separate=sep_costs, separate_test=sep_test,
+                  separate_groups=[net.group_sizes() for net in separate])
 
     # MTZ -----------------------------------------------------------------------------------
     start = time.time()
@@ -90,45 +108,64 @@ def run(arch: str = "lenet5", n_train: int = 0, tolerance: float = 1.0, threshol
     mtz_ft_acc = pam.evaluate(mtz, tests)
     mtz_pruned = pam.prune_structured(mtz, trains, vals, targets, finetune_steps=prune_steps, verbose=verbose)
     timings["mtz"] = time.time() - start
+    result.update(mtz=_costs_row(mtz_pruned, names), mtz_test=pam.evaluate(mtz_pruned, tests),
+                  mtz_extract_max_diff=diff, mtz_zip_test=mtz_zip_acc, mtz_finetuned_test=mtz_ft_acc,
+                  mtz_groups=mtz_pruned.group_sizes())
 
-    # PAM -----------------------------------------------------------------------------------
+    # PAM (prune, Hessian merge into subset groups, prune) -----------------------------------
     start = time.time()
-    net = pam.merge_pam_network(models, trains, threshold=threshold, task_names=names)
-    pam_groups = net.group_sizes()
-    pam_merge_acc = pam.evaluate(net, tests)
-    pam_merge_costs = _costs_row(net, names)
-    pam.finetune(net, trains, finetune_steps, learning_rate=1e-3)
-    pam_ft_acc = pam.evaluate(net, tests)
-    pam_pruned = pam.prune_structured(net, trains, vals, targets, finetune_steps=prune_steps, verbose=verbose)
+    pam_result = pam.merge_and_prune(models, trains, vals, targets, task_names=names, finetune_steps=finetune_steps,
+                                     prune_steps=prune_steps, separate=separate, verbose=verbose)
     timings["pam"] = time.time() - start
-
+    net = pam_result.net
     result.update(
-        unpruned_separate=unpruned,
-        separate=sep_costs, separate_test=sep_test,
-        mtz=_costs_row(mtz_pruned, names), mtz_test=pam.evaluate(mtz_pruned, tests),
-        mtz_extract_max_diff=diff, mtz_zip_test=mtz_zip_acc, mtz_finetuned_test=mtz_ft_acc,
-        mtz_groups=mtz_pruned.group_sizes(),
-        pam=_costs_row(pam_pruned, names), pam_test=pam.evaluate(pam_pruned, tests),
-        pam_groups_merged=pam_groups, pam_groups_pruned=pam_pruned.group_sizes(),
-        pam_merge_test=pam_merge_acc, pam_merge_costs=pam_merge_costs, pam_finetuned_test=pam_ft_acc,
-        threshold=threshold, timings=timings,
+        pam=_costs_row(net, names), pam_test=pam.evaluate(net, tests), pam_threshold=pam_result.threshold,
+        pam_tried=pam_result.tried, pam_groups_merged=pam_result.merged.group_sizes(),
+        pam_merged_costs=_costs_row(pam_result.merged, names), pam_merged_test=pam.evaluate(pam_result.merged, tests),
+        pam_groups_pruned=net.group_sizes(),
     )
-    return result, pam_pruned
+
+    # PAM with the authors' mutual-information grouping ---------------------------------------
+    if with_mi:
+        start = time.time()
+        mi = pam.merge_pam_network(models, trains, threshold=threshold, task_names=names)
+        mi_groups = mi.group_sizes()
+        pam.finetune(mi, trains, finetune_steps, learning_rate=1e-3)
+        mi_pruned = pam.prune_structured(mi, trains, vals, targets, finetune_steps=prune_steps, verbose=verbose)
+        timings["pam_mi"] = time.time() - start
+        result.update(pam_mi=_costs_row(mi_pruned, names), pam_mi_test=pam.evaluate(mi_pruned, tests),
+                      pam_mi_groups_merged=mi_groups, pam_mi_groups_pruned=mi_pruned.group_sizes(), mi_threshold=threshold)
+    result["timings"] = timings
+    return result, net
+
+
+def verdict(r: dict) -> dict:
+    """The issue's targets: PAM >= 1.5x fewer all-tasks FLOPs than separate, never worse than either baseline."""
+    every = "+".join(TASKS)
+    worse = [s for s in r["separate"] if r["pam"][s][0] > min(r["separate"][s][0], r["mtz"][s][0])]
+    ratio = r["separate"][every][0] / r["pam"][every][0]
+    return {"all_tasks_ratio_vs_separate": ratio, "all_tasks_ratio_vs_mtz": r["mtz"][every][0] / r["pam"][every][0],
+            "subsets_worse_than_a_baseline": worse, "met": ratio >= 1.5 and not worse}
 
 
 def print_report(r: dict) -> None:
+    mi = "pam_mi" in r
     print(f"\n{r['arch']}: originals test acc {np.round(r['originals_test'], 2)}; val targets {np.round(r['targets_val'], 2)}")
     print(f"test acc after pruning: separate {np.round(r['separate_test'], 2)}  mtz {np.round(r['mtz_test'], 2)}  "
-          f"pam {np.round(r['pam_test'], 2)}")
-    print(f"{'subset':40s} {'unpruned':>10s} {'separate':>10s} {'mtz':>10s} {'pam':>10s} {'sep/pam':>8s} {'mtz/pam':>8s}")
+          f"pam {np.round(r['pam_test'], 2)}" + (f"  pam_mi {np.round(r['pam_mi_test'], 2)}" if mi else ""))
+    print(f"{'subset':40s} {'unpruned':>10s} {'separate':>10s} {'mtz':>10s} {'pam':>10s} {'sep/pam':>8s} {'mtz/pam':>8s}"
+          + (f" {'pam_mi':>10s}" if mi else ""))
     for s in r["separate"]:
         u, a, b, c = r["unpruned_separate"][s][0], r["separate"][s][0], r["mtz"][s][0], r["pam"][s][0]
-        print(f"{s:40s} {u:10d} {a:10d} {b:10d} {c:10d} {a / c:8.2f} {b / c:8.2f}")
-    print("params (all tasks): separate", r["separate"]["+".join(TASKS)][1], "mtz", r["mtz"]["+".join(TASKS)][1],
-          "pam", r["pam"]["+".join(TASKS)][1])
+        print(f"{s:40s} {u:10d} {a:10d} {b:10d} {c:10d} {a / c:8.2f} {b / c:8.2f}" + (f" {r['pam_mi'][s][0]:10d}" if mi else ""))
+    every = "+".join(TASKS)
+    print("params (all tasks): separate", r["separate"][every][1], "mtz", r["mtz"][every][1], "pam", r["pam"][every][1])
+    print("pam merge thresholds tried:", [(t["threshold"], np.round(t["accuracy"], 2).tolist(), t["accepted"]) for t in r["pam_tried"]])
     print("pam groups merged:", r["pam_groups_merged"])
     print("pam groups pruned:", r["pam_groups_pruned"])
     print("mtz groups pruned:", r["mtz_groups"])
+    print("separate groups pruned:", r["separate_groups"])
+    print("verdict:", verdict(r))
     print("timings (s):", {k: round(v) for k, v in r["timings"].items()})
 
 
@@ -137,14 +174,18 @@ def main() -> None:
     parser.add_argument("--arch", default="lenet5")
     parser.add_argument("--train", type=int, default=0, help="training images per task (0: all but validation)")
     parser.add_argument("--tolerance", type=float, default=1.0)
-    parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--threshold", type=float, default=0.7, help="MI relevance threshold of --with-mi")
     parser.add_argument("--prune-steps", type=int, default=200)
     parser.add_argument("--finetune-steps", type=int, default=1000)
-    parser.add_argument("--out", default="out/pam.json")
-    parser.add_argument("--tflite", default="out/pam_subsets.tflite")
+    parser.add_argument("--with-mi", action="store_true", help="also run PAM with the authors' MI grouping")
+    parser.add_argument("--out", default=None, help="default out/pam_<arch>.json")
+    parser.add_argument("--tflite", default=None, help="default out/pam_<arch>.tflite")
     args = parser.parse_args()
+    args.out = args.out or f"out/pam_{args.arch}.json"
+    args.tflite = args.tflite or f"out/pam_{args.arch}.tflite"
     result, net = run(args.arch, args.train, args.tolerance, args.threshold, finetune_steps=args.finetune_steps,
-                      prune_steps=args.prune_steps)
+                      prune_steps=args.prune_steps, with_mi=args.with_mi)
+    result["verdict"] = verdict(result)
     print_report(result)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1, default=float)

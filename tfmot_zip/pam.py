@@ -65,6 +65,8 @@ __all__ = [
     "merge_pam",
     "separate_network",
     "merge_pruned_networks",
+    "merge_and_prune",
+    "PamResult",
     "shared_network_from_zip",
     "finetune",
     "taylor_importance",
@@ -162,7 +164,7 @@ class GroupedNetwork:
 
         With ``single_input`` all tasks read one input and shared groups run once; otherwise each
         task has its own input ``<task>_input`` and calls the same shared layers on it. Layers are
-        named ``<layer>__<group>__from__<source>``; pass the same ``cache`` dict to several calls to
+        named ``<layer>__<group>__from__<source>`` (:func:`block_name`); pass the same ``cache`` dict to several calls to
         build models that share layer objects (and weights).
         """
         tasks = list(self.task_names if tasks is None else tasks)
@@ -204,14 +206,14 @@ class GroupedNetwork:
                 terms.append(cache[key](state[src]))
             if not terms:
                 continue
-            total = terms[0] if len(terms) == 1 else _cached(cache, (op.name, group, "add"), lambda: L.Add(name=f"{op.name}__{group}__add"))(terms)
+            total = terms[0] if len(terms) == 1 else _cached(cache, (op.name, group, "add"), lambda: L.Add(name=f"{op.name}__{_safe(group)}__add"))(terms)
             activation = op.config.get("activation", "linear")
-            act_name = group if op.head else f"{op.name}__{group}__act"
+            act_name = group if op.head else f"{op.name}__{_safe(group)}__act"
             new[group] = _cached(cache, (op.name, group, "act"), lambda: L.Activation(activation, name=act_name))(total)
         return new
 
     def _block(self, op: GroupLayer, group: str, src: str, kernel: np.ndarray, with_bias: bool):
-        name = f"{op.name}__{group}__from__{src}"
+        name = block_name(op.name, group, src)
         if op.kind == "conv":
             layer = L.Conv2D(
                 kernel.shape[-1], kernel.shape[:2], strides=op.config.get("strides", (1, 1)),
@@ -230,7 +232,7 @@ class GroupedNetwork:
         for op in self.layers():
             for group, sources in op.blocks.items():
                 for src in list(sources):
-                    layer = by_name.get(f"{op.name}__{group}__from__{src}")
+                    layer = by_name.get(block_name(op.name, group, src))
                     if layer is None:
                         continue
                     weights = layer.get_weights()
@@ -260,6 +262,20 @@ class GroupedNetwork:
                     n_out = kernel.shape[-1]
                     per = kernel.reshape(nxt.in_positions, -1, n_out)
                     sources[group] = per[:, keep, :].reshape(-1, n_out)
+
+
+def _safe(group: str) -> str:
+    return group.replace("+", ".")  # Keras scope names may not hold "+"
+
+
+def block_name(layer: str, group: str, source: str) -> str:
+    """Name of the Keras layer holding ``group``'s weights from ``source`` (``+`` written ``.``).
+
+    Example:
+        >>> block_name("fc1", "a+b", "shared")
+        'fc1__a.b__from__shared'
+    """
+    return f"{layer}__{_safe(group)}__from__{_safe(source)}"
 
 
 def _cached(cache: dict, key: tuple, factory):
@@ -634,7 +650,7 @@ def _allowed_mask(op: GroupLayer, group: str, groups: list, units: dict, dim: in
 def merge_pruned_networks(
     nets: Sequence[GroupedNetwork],
     calibration_x: Sequence[np.ndarray],
-    max_relative_error: float = 0.5,
+    max_relative_error: float | dict = 0.5,
     damping: float = 1e-4,
     samples: int = 1000,
     max_rows: int = 200_000,
@@ -659,7 +675,9 @@ def merge_pruned_networks(
         nets: one-task :class:`GroupedNetwork` s with the same layer chain (e.g. from
             :func:`separate_network` and :func:`prune_structured`), their task names distinct.
         calibration_x: per network, images of its task.
-        max_relative_error: merge threshold (0 keeps the networks separate, block-diagonal).
+        max_relative_error: merge threshold (0 keeps the networks separate, block-diagonal); a dict
+            ``{layer name: threshold}`` sets it per hidden layer (layers not named: 0). Merging conv
+            units saves far more FLOPs than merging dense units, so a higher conv threshold pays.
         damping: Hessian damping (relative to the mean diagonal).
         samples: calibration images per task.
         max_rows: conv patch rows per Hessian (a seeded random subset beyond that).
@@ -681,9 +699,17 @@ def merge_pruned_networks(
         )
     if len(calibration_x) != len(nets):
         raise ValueError(f"Expected calibration images per network ({len(nets)}); received {len(calibration_x)}.")
-    if not 0.0 <= float(max_relative_error):
-        raise ValueError(f"Expected max_relative_error >= 0. Received: {max_relative_error!r}")
     task_layers = [n.layers() for n in nets]
+    hidden = [op.name for op in task_layers[0] if not op.head]
+    if isinstance(max_relative_error, dict):
+        unknown = sorted(set(max_relative_error) - set(hidden))
+        if unknown:
+            raise ValueError(f"max_relative_error names unknown layers {unknown}; hidden layers: {hidden}.")
+        thresholds = {name: float(max_relative_error.get(name, 0.0)) for name in hidden}
+    else:
+        thresholds = {name: float(max_relative_error) for name in hidden}
+    if any(not v >= 0.0 for v in thresholds.values()):
+        raise ValueError(f"Expected max_relative_error >= 0. Received: {max_relative_error!r}")
     if len({len(t) for t in task_layers}) != 1:
         raise ValueError("The networks have different numbers of Dense/Conv2D layers; merge networks of one architecture.")
     xs = [np.asarray(x)[:samples] for x in calibration_x]
@@ -707,7 +733,7 @@ def merge_pruned_networks(
             clusters_by_group = {name: [(_Cluster({name: u}, None, 0.0), vectors[t][:, u]) for u in range(vectors[t].shape[1])]
                                  for t, name in enumerate(names)}
         else:
-            clusters_by_group = _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_error, damping, max_rows, seed)
+            clusters_by_group = _merge_layer(net, li, op, names, xs, vectors, groups, units, thresholds[op.name], damping, max_rows, seed)
         new_groups = group_order(list(clusters_by_group), names)
         new_units = {g: len(clusters_by_group[g]) for g in new_groups}
         for g in new_groups:
@@ -880,7 +906,7 @@ def taylor_importance(
             continue
         for group in op.units():
             for src in op.blocks[group]:
-                layer = by_name.get(f"{op.name}__{group}__from__{src}")
+                layer = by_name.get(block_name(op.name, group, src))
                 if layer is not None:
                     targets.append(((li, group), layer))
     variables = [v for _, layer in targets for v in layer.trainable_variables]
@@ -1020,6 +1046,105 @@ def prune_structured(
         else:
             fraction /= 2
     return best
+
+
+@dataclass
+class PamResult:
+    """What :func:`merge_and_prune` did: the final network and each stage's figures.
+
+    Attributes:
+        net: the pruned merged :class:`GroupedNetwork`.
+        separate: each task's network pruned on its own (the relevance step and the baseline).
+        threshold: the merge threshold that was accepted (``None``: every candidate failed, the
+            separate networks were kept side by side).
+        tried: per candidate threshold ``{"threshold", "accuracy", "accepted", "flops"}`` (validation).
+        merged: the accepted merged network before the final pruning.
+    """
+
+    net: GroupedNetwork
+    separate: list
+    threshold: float | dict | None
+    tried: list
+    merged: GroupedNetwork
+
+
+def merge_and_prune(
+    models: Sequence[keras.Model],
+    train_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    val_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    targets: Sequence[float],
+    thresholds: Sequence[float | dict] = (1.0, 0.3, 0.15, 0.05),
+    task_names: Sequence[str] | None = None,
+    finetune_steps: int = 1000,
+    prune_steps: int = 200,
+    learning_rate: float = 1e-3,
+    separate: Sequence[GroupedNetwork] | None = None,
+    verbose: bool = False,
+) -> PamResult:
+    """Pruning-aware merge: prune each task's network, merge the survivors into subset groups, prune again.
+
+    1. Relevance: each model is pruned on its own (:func:`prune_structured`, whole units) while its
+       task stays on target; the units it keeps are the ones relevant to its task.
+    2. Merge: :func:`merge_pruned_networks` shares relevant units across tasks by Hessian pairing,
+       so that a shared unit is computed once for every subset that needs it; candidate thresholds
+       are tried from the most to the least aggressive, each followed by ``finetune_steps`` joint
+       steps, and the first whose every task meets its target on ``val_sets`` is kept.
+    3. Prune the merged network again (every group, :func:`prune_structured`).
+
+    Since merging never adds a unit to any task's path, every subset costs at most what the
+    separately pruned networks cost; sharing makes subsets of several tasks cheaper.
+
+    Args:
+        models: T tf_keras models with one Conv2D/Dense/pooling/Flatten chain (fold BatchNormalization
+            first: :func:`tfmot_zip.fold.fold_batchnorm`).
+        train_sets, val_sets: per task ``(x, y)``.
+        targets: per task the least validation accuracy (percent) to keep.
+        thresholds: candidate ``max_relative_error`` values (floats or per-layer dicts), most aggressive first.
+        task_names: default the models' names.
+        finetune_steps: joint steps after merging; prune_steps: steps after each pruning round.
+        learning_rate: fine-tuning learning rate (cosine decay to 0).
+        separate: already pruned one-task networks (skips step 1).
+        verbose: print each stage.
+
+    Returns:
+        A :class:`PamResult`.
+
+    Example:
+        >>> result = merge_and_prune([m1, m2, m3], trains, vals, targets=[96.0, 95.0, 96.5])  # doctest: +SKIP
+        >>> result.net.subset_costs()[("classes_0_2",)]  # doctest: +SKIP
+        (150123, 21000)
+    """
+    names = [m.name for m in models] if task_names is None else list(task_names)
+    if not (len(names) == len(models) == len(train_sets) == len(val_sets) == len(targets)) or len(models) < 2:
+        raise ValueError(
+            f"Expected two or more models with one name, train set, validation set and target each; received "
+            f"{len(models)} models, {len(names)} names, {len(train_sets)} train sets, {len(val_sets)} validation "
+            f"sets, {len(targets)} targets."
+        )
+    if separate is None:
+        separate = [
+            prune_structured(separate_network(m, n), [tr], [va], [tg], finetune_steps=prune_steps, verbose=verbose)
+            for m, n, tr, va, tg in zip(models, names, train_sets, val_sets, targets)
+        ]
+    tried, chosen, merged = [], None, None
+    calibration = [x for x, _ in train_sets]
+    for threshold in thresholds:
+        candidate = merge_pruned_networks(separate, calibration, max_relative_error=threshold)
+        finetune(candidate, train_sets, finetune_steps, learning_rate=learning_rate)
+        accs = evaluate(candidate, val_sets)
+        ok = all(a >= t for a, t in zip(accs, targets))
+        tried.append({"threshold": threshold, "accuracy": accs, "accepted": ok,
+                      "flops": candidate.subset_costs()[tuple(names)][0]})
+        if verbose:
+            print(f"merge threshold {threshold}: val acc {np.round(accs, 2)} all-tasks FLOPs {tried[-1]['flops']} {'ok' if ok else 'too lossy'}")
+        if ok:
+            chosen, merged = threshold, candidate
+            break
+    if merged is None:  # keep the separate networks side by side (no sharing, never worse)
+        merged = merge_pruned_networks(separate, calibration, max_relative_error=0.0)
+    pruned = prune_structured(merged.copy(), train_sets, val_sets, targets, finetune_steps=prune_steps,
+                              learning_rate=5e-4, verbose=verbose)
+    return PamResult(pruned, list(separate), chosen, tried, merged)
 
 
 # --------------------------------------------------------------------------------------------------
