@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=1.0)
     parser.add_argument("--threshold", type=float, default=0.7, help="MI relevance threshold of --with-mi")
     parser.add_argument("--prune-steps", type=int, default=200)
-    parser.add_argument("--finetune-steps", type=int, default=1000)
+    parser.add_argument("--finetune-steps", type=int, default=3000, help="joint steps after merging (MTZ and PAM)")
     parser.add_argument("--with-mi", action="store_true", help="also run PAM with the authors' MI grouping")
     parser.add_argument("--out", default=None, help="default out/pam_<arch>.json")
     parser.add_argument("--tflite", default=None, help="default out/pam_<arch>.tflite")

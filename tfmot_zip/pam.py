@@ -856,12 +856,14 @@ def finetune(
     learning_rate: float = 5e-4,
     batch_size: int = 64,
     seed: int = 0,
+    task_weights: Sequence[float] | None = None,
 ) -> GroupedNetwork:
-    """Joint training (each step one batch per task, summed losses), weights written back in place."""
+    """Joint training (each step one batch per task, summed losses, ``task_weights`` per task), weights
+    written back in place."""
     if steps <= 0:
         return net
     model = net.to_keras()
-    compile_multitask(model, learning_rate, decay_steps=int(steps))
+    compile_multitask(model, learning_rate, decay_steps=int(steps), loss_weights=task_weights)
     data = multitask(*train_sets, batch_size=batch_size, seed=seed)
     if len(train_sets) == 1:  # a one-output model wants plain (x, y) batches
         data = data.map(lambda xs, ys: (xs[0], ys[0]))
@@ -1075,7 +1077,7 @@ def merge_and_prune(
     targets: Sequence[float],
     thresholds: Sequence[float | dict] = (1.0, 0.3, 0.15, 0.05),
     task_names: Sequence[str] | None = None,
-    finetune_steps: int = 1000,
+    finetune_steps: int = 3000,
     prune_steps: int = 200,
     learning_rate: float = 1e-3,
     separate: Sequence[GroupedNetwork] | None = None,

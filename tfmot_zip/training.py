@@ -20,6 +20,7 @@ def compile_multitask(
     from_logits: bool = False,
     soft: bool = False,
     decay_steps: int | None = None,
+    loss_weights: Sequence[float] | None = None,
 ) -> keras.Model:
     """Compiles ``model`` with a cross-entropy per task output (keyed by name) and Adam.
 
@@ -30,6 +31,8 @@ def compile_multitask(
         soft: targets are probability vectors (see :func:`soft_targets`).
         decay_steps: when given, the learning rate follows a cosine decay to zero over this
             many steps (a fixed retraining budget ends on settled weights, not a noisy step).
+        loss_weights: per task output (in output order), the weight of its loss in the summed
+            loss (default all 1).
 
     Example:
         >>> compile_multitask(zipped, 1e-3, decay_steps=200)  # doctest: +SKIP
@@ -46,7 +49,15 @@ def compile_multitask(
     else:
         loss = {n: keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits) for n in names}
         metrics = {n: ["accuracy"] for n in names}
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss, metrics=metrics)
+    weights = None
+    if loss_weights is not None:
+        weights = [float(w) for w in loss_weights]
+        if len(weights) != len(names) or any(not (w >= 0.0) for w in weights):
+            raise ValueError(
+                f"Expected one non-negative loss weight per output {names}. Received: loss_weights={loss_weights!r}"
+            )
+        weights = dict(zip(names, weights))
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss, metrics=metrics, loss_weights=weights)
     return model
 
 
