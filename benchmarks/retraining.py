@@ -15,13 +15,18 @@ architecture with ``--arch``), sharing 1.0, and each retraining budget ``B`` (st
 * control: the unzipped originals trained on for ``B`` steps with the same optimizer (originals
   that stopped on a noisy epoch gain from any extra training; this keeps the comparison fair).
 
+``--seed S`` (default 0) sets the retraining data order: the zipped variants shuffle task ``i`` with
+seed ``S + i``, the control with ``S + 1``, and ``keras.utils.set_random_seed(S)`` runs before each
+variant's zipping and training (the global seed enters tf.data's shuffle order). The originals
+are always the zoo's seed-0 networks, so other seeds measure the run-to-run noise of the retraining.
+
 The smallest budget at which every task is within 0.5 point of its original gives the ratio
 "steps the originals were trained for / retraining steps" (the paper: >= 17.8x on VGG-16).
 
 Usage:
     python benchmarks/retraining.py [--quick] [--out out/retraining] [--arch lenet5_caffe ...]
         [--budgets 100,200,235,300,500] [--variants oneshot,layerwise,layerwise_batches,control]
-        [--conv-hessian auto|exact|block] [--learning-rate 1e-3]
+        [--conv-hessian auto|exact|block] [--learning-rate 1e-3] [--seed 0]
 """
 from __future__ import annotations
 
@@ -58,17 +63,25 @@ def layerwise_schedule(budget: int, stages: int, from_batches: bool):
     return tfmot_zip.LayerwiseSchedule(calibration_steps=calibration, retrain_steps=retrain)
 
 
-def control_accuracy(trained, tasks, budget, learning_rate=LEARNING_RATE):
+def _set_seed(seed: int) -> None:
+    from tfmot_zip.compat import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def control_accuracy(trained, tasks, budget, learning_rate=LEARNING_RATE, seed=0):
+    """The originals trained on for ``budget`` steps; data order seed ``seed + 1`` (1 at the default)."""
     from tfmot_zip import data, training
     from tfmot_zip.compat import keras
 
     out = []
+    _set_seed(seed)
     for t, tr in zip(tasks, trained):
         model = keras.models.clone_model(tr.model)
         model.set_weights(tr.model.get_weights())
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, budget)
         model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy")
-        ds = data.multitask(t.train, seed=1).map(lambda x, y: (x[0], y[0]))
+        ds = data.multitask(t.train, seed=seed + 1).map(lambda x, y: (x[0], y[0]))
         model.fit(ds, steps_per_epoch=budget, epochs=1, verbose=0)
         out.append(round(training.accuracy(model.predict(t.x_test, verbose=0), t.y_test), 2))
     return out
@@ -79,11 +92,12 @@ def within(accs, originals, tolerance=0.5):
 
 
 def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, conv_hessian: str = "auto",
-        learning_rate: float = LEARNING_RATE) -> dict:
+        learning_rate: float = LEARNING_RATE, seed: int = 0) -> dict:
     """One architecture: originals, one-shot zip without retraining, then each budget's ``variants``.
 
     ``batches=False`` drops "layerwise_batches" (kept for callers of the old signature);
     ``conv_hessian`` applies to the one-shot zips (the layer-wise ones use the library default).
+    ``seed`` is the retraining data-order seed (see the module docstring); the originals stay seed 0.
     """
     import tfmot_zip
     from tfmot_zip import data, training, zoo
@@ -93,8 +107,9 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
     models = [t.model for t in trained]
     originals = [round(100 * t.test_accuracy, 2) for t in trained]
     steps_original = trained[0].train_steps
-    log(f"{arch}: originals {originals}, trained {steps_original} steps each")
+    log(f"{arch}: originals {originals}, trained {steps_original} steps each; retraining seed {seed}")
     cal = [t.x_train[:10_000] for t in tasks]
+    _set_seed(seed)
     start = time.perf_counter()
     oneshot_zip = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0, conv_hessian=conv_hessian)
     zip_seconds = time.perf_counter() - start
@@ -103,26 +118,28 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
     variants = [v for v in variants if batches or v != "layerwise_batches"]
     result = {"arch": arch, "originals": originals, "original_train_steps": steps_original,
               "no_retraining": no_retraining, "zip_seconds": round(zip_seconds, 2), "learning_rate": learning_rate,
-              "conv_hessian": conv_hessian, "variants": list(variants), "rows": []}
+              "seed": seed, "conv_hessian": conv_hessian, "variants": list(variants), "rows": []}
     log(f"  one-shot zip (no retraining): {no_retraining} in {zip_seconds:.1f} s")
     for budget in budgets:
         started = time.perf_counter()
         row = {"budget": budget}
         if "oneshot" in variants:
+            _set_seed(seed)
             z = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0, conv_hessian=conv_hessian)
-            row["oneshot"] = _fit(z, tasks, budget, learning_rate=learning_rate)
+            row["oneshot"] = _fit(z, tasks, budget, seed=seed, learning_rate=learning_rate)
         for key, callback_data in (("layerwise", cal), ("layerwise_batches", None)):
             if key not in variants:
                 continue
             schedule = layerwise_schedule(budget, stages, from_batches=callback_data is None)
             row[f"{key}_schedule"] = schedule.get_config()["config"]
+            _set_seed(seed)
             z = tfmot_zip.zip_models(*models, calibration_data=None, sharing=1.0, schedule=schedule)
             callback = tfmot_zip.ZipCallback(calibration_data=callback_data)
-            row[key] = _fit(z, tasks, budget, [callback], learning_rate=learning_rate)
+            row[key] = _fit(z, tasks, budget, [callback], seed=seed, learning_rate=learning_rate)
             row[f"{key}_zipped_at"] = [e["global_step"] for e in callback.log]
             assert not tfmot_zip.pending_layers(z)
         if "control" in variants:
-            row["control"] = control_accuracy(trained, tasks, budget, learning_rate=learning_rate)
+            row["control"] = control_accuracy(trained, tasks, budget, learning_rate=learning_rate, seed=seed)
         for key in [k for k in ZIPPED_VARIANTS if k in row]:
             row[f"{key}_within_0.5"] = within(row[key], originals)
             if "control" in row:
@@ -161,6 +178,9 @@ def main() -> None:
                         help="conv Hessians of the one-shot zips (default: auto)")
     parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
                         help=f"peak Adam learning rate of the retraining and the control (default: {LEARNING_RATE})")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="retraining data-order seed of the zipped variants and the control; the originals "
+                             "stay the zoo's seed 0 (default: 0)")
     args = parser.parse_args()
 
     from tfmot_zip import zoo
@@ -181,6 +201,8 @@ def main() -> None:
             parser.error(f"--budgets must be positive integers separated by commas; received {args.budgets!r}")
     else:
         budgets = (100, 200) if args.quick else DEFAULT_BUDGETS
+    if args.seed < 0:
+        parser.error(f"--seed must be a non-negative integer; received {args.seed}")
     if not args.learning_rate > 0:
         parser.error(f"--learning-rate must be positive; received {args.learning_rate}")
 
@@ -192,7 +214,7 @@ def main() -> None:
     for arch in archs:
         started = time.perf_counter()
         results["runs"].append(run(arch, budgets, variants=variants, conv_hessian=args.conv_hessian,
-                                   learning_rate=args.learning_rate))
+                                   learning_rate=args.learning_rate, seed=args.seed))
         results["runs"][-1]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"  {arch}: {results['runs'][-1]['seconds']} s", flush=True)
         atomic_write_json(out / "retraining.json", results)
