@@ -312,3 +312,34 @@ def test_merge_pruned_bad_input(separate_nets, data):
         pam.merge_pruned_networks(separate_nets[:1], [data[0][0]])
     with pytest.raises(ValueError, match="calibration images per network"):
         pam.merge_pruned_networks(separate_nets, [data[0][0]])
+
+
+def test_finetune_task_weight_zero_leaves_that_head_untouched(models, data):
+    net = pam.merge_pruned_networks([pam.separate_network(m, n) for m, n in zip(models, NAMES)], [d[0] for d in data],
+                                    max_relative_error=10.0)
+    heads = {g: {s: k.copy() for s, k in net.layers()[-1].blocks[g].items()} for g in NAMES}
+    pam.finetune(net, data, steps=5, learning_rate=1e-2, task_weights=[1.0, 0.0, 1.0])
+    head = net.layers()[-1]
+    for src, kernel in heads["b"].items():
+        np.testing.assert_array_equal(head.blocks["b"][src], kernel)
+    assert any(not np.array_equal(head.blocks["a"][s], k) for s, k in heads["a"].items())
+    with pytest.raises(ValueError, match="one non-negative loss weight per output"):
+        pam.finetune(net, data, steps=1, task_weights=[1.0, 1.0])
+
+
+def test_merge_and_prune_never_grows_a_task_path(models, data):
+    # targets of 0 accept the most aggressive threshold and every pruning round
+    result = pam.merge_and_prune(models, data, data, targets=[0.0] * 3, task_names=NAMES, thresholds=(10.0,),
+                                 finetune_steps=2, prune_steps=2)
+    assert result.threshold == 10.0 and result.tried[0]["accepted"]
+    merged, pruned = result.merged.subset_costs(), result.net.subset_costs()
+    for t, sep in zip(NAMES, result.separate):
+        assert merged[(t,)][0] <= sep.subset_costs()[(t,)][0]
+    assert all(pruned[s][0] <= merged[s][0] for s in merged)
+    # impossible targets: every threshold is refused and the separate networks are kept side by side
+    refused = pam.merge_and_prune(models, data, data, targets=[101.0] * 3, task_names=NAMES, thresholds=(10.0, 0.1),
+                                  finetune_steps=1, prune_steps=1, separate=result.separate)
+    assert refused.threshold is None and [t["accepted"] for t in refused.tried] == [False, False]
+    assert all(set(g) - {"name"} <= set(NAMES) for g in refused.merged.group_sizes())
+    with pytest.raises(ValueError, match="one name, train set"):
+        pam.merge_and_prune(models, data, data[:2], targets=[0.0] * 3, task_names=NAMES)

@@ -796,6 +796,8 @@ def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_er
         e_new = np.array([c.e for c in new])
         for tasks, members in types.items():
             allowed = _allowed_mask(op, group_key(list(tasks) + [names[t]], names), groups, units, dim)
+            if allowed.sum() <= 1:  # no input computed for all of them: the merged unit would be a constant
+                continue
             side = [clusters[i] for i in members]
             costs[members] = merged_unit_costs(
                 summed(tasks), np.stack([c.g for c in side]), np.array([c.e for c in side]), np.array([c.r for c in side]),
