@@ -343,3 +343,13 @@ def test_merge_and_prune_never_grows_a_task_path(models, data):
     assert all(set(g) - {"name"} <= set(NAMES) for g in refused.merged.group_sizes())
     with pytest.raises(ValueError, match="one name, train set"):
         pam.merge_and_prune(models, data, data[:2], targets=[0.0] * 3, task_names=NAMES)
+
+
+def test_keep_units_with_an_emptied_reader_group(models, data):
+    net = pam.merge_pam_network(models, data, groups=own_or_shared_groups(0), task_names=NAMES)
+    fc = net.layers()[1]
+    empty = next(g for g, n in fc.units().items() if g != SHARED)
+    net.keep_units(1, empty, np.zeros(0, np.int64))  # a dense group with no unit left
+    net.keep_units(0, SHARED, np.array([0, 2]))  # then the conv layer below it loses a unit
+    assert fc.blocks[empty][SHARED].shape == (16 * 2, 0)
+    assert net.layers()[0].units()[SHARED] == 2

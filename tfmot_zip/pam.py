@@ -260,8 +260,8 @@ class GroupedNetwork:
                     sources[group] = kernel[:, :, keep, :]
                 else:
                     n_out = kernel.shape[-1]
-                    per = kernel.reshape(nxt.in_positions, -1, n_out)
-                    sources[group] = per[:, keep, :].reshape(-1, n_out)
+                    per = kernel.reshape(nxt.in_positions, kernel.shape[0] // nxt.in_positions, n_out)
+                    sources[group] = per[:, keep, :].reshape(nxt.in_positions * len(keep), n_out)
 
 
 def _safe(group: str) -> str:
