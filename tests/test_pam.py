@@ -353,3 +353,37 @@ def test_keep_units_with_an_emptied_reader_group(models, data):
     net.keep_units(0, SHARED, np.array([0, 2]))  # then the conv layer below it loses a unit
     assert fc.blocks[empty][SHARED].shape == (16 * 2, 0)
     assert net.layers()[0].units()[SHARED] == 2
+
+
+def test_prune_unstructured_sparsifies_every_kernel_and_keeps_the_input(models, data):
+    net = pam.merge_pruned_networks([pam.separate_network(m, n) for m, n in zip(models, NAMES)], [d[0] for d in data],
+                                    max_relative_error=0.5)
+    before = net.copy()
+    sparse = pam.prune_unstructured(net, data, sparsity=0.75, steps=20)
+    for op_before, op_sparse, op in zip(before.layers(), sparse.layers(), net.layers()):
+        for group, sources in op_sparse.blocks.items():
+            for src, kernel in sources.items():
+                if kernel.size >= 8:
+                    assert np.mean(kernel == 0) >= 0.7, (op.name, group, src)
+                np.testing.assert_array_equal(op.blocks[group][src], op_before.blocks[group][src])
+    with pytest.raises(ValueError, match="sparsity"):
+        pam.prune_unstructured(net, data, sparsity=1.0)
+
+
+def test_export_runs_subset_groups_of_a_hessian_merged_network(models, data, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    net = pam.merge_pruned_networks([pam.separate_network(m, n) for m, n in zip(models, NAMES)], [d[0] for d in data],
+                                    max_relative_error=0.3)
+    assert any("+" in g for sizes in net.group_sizes() for g in sizes) or any(SHARED in s for s in net.group_sizes())
+    path = tmp_path / "pam.tflite"
+    keys = pam.export_subsets_tflite(net, path)
+    assert len(keys) == 7
+    runner = Interpreter(model_path=str(path))
+    x = data[0][0][:4]
+    for subset in [("a", "c"), ("b",)]:
+        out = runner.get_signature_runner(keys[subset])(image=x)
+        expected = net.to_keras(list(subset), single_input=True).predict(x, verbose=0)
+        expected = expected if isinstance(expected, list) else [expected]
+        for t, e in zip(subset, expected):
+            np.testing.assert_allclose(out[t], e, atol=1e-5)

@@ -71,6 +71,7 @@ __all__ = [
     "finetune",
     "taylor_importance",
     "prune_structured",
+    "prune_unstructured",
     "export_subsets_tflite",
 ]
 
@@ -497,7 +498,7 @@ def merge_pam_network(
 
 
 def _drop_dead_groups(net: GroupedNetwork) -> None:
-    """A shared group whose every source is empty computes a constant: remove it (and its readers' rows)."""
+    """Removes groups that compute a constant (every source empty) or that no group of the next layer reads."""
     layers = net.layers()
     for l in range(1, len(layers)):
         if layers[l].head:
@@ -505,6 +506,11 @@ def _drop_dead_groups(net: GroupedNetwork) -> None:
         prev_units = layers[l - 1].units()
         for group in list(layers[l].units()):
             if sum(prev_units[s] for s in sources_of(group, list(prev_units))) == 0:
+                net.keep_units(l, group, np.zeros(0, np.int64))
+    for l in range(len(layers) - 2, -1, -1):
+        readers = layers[l + 1].units()
+        for group in list(layers[l].units()):
+            if not any(group in layers[l + 1].blocks.get(reader, {}) for reader in readers):
                 net.keep_units(l, group, np.zeros(0, np.int64))
 
 
@@ -761,6 +767,7 @@ def merge_pruned_networks(
                 for name, u in cluster.members.items():
                     index_of[names.index(name)][u] = offsets[g] + i
         groups, units = new_groups, new_units
+    _drop_dead_groups(net)  # e.g. a task's units whose every reader above was merged away
     return net
 
 
@@ -871,6 +878,44 @@ def finetune(
         data = data.map(lambda xs, ys: (xs[0], ys[0]))
     model.fit(data, steps_per_epoch=int(steps), epochs=1, verbose=0)
     return net.read_weights(model)
+
+
+def prune_unstructured(
+    net: GroupedNetwork,
+    train_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    sparsity: float = 0.8,
+    steps: int = 300,
+    learning_rate: float = 5e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> GroupedNetwork:
+    """TFMOT magnitude pruning of every kernel while training jointly (the size route; a copy is returned).
+
+    ``tfmot.sparsity.keras.prune_low_magnitude`` wraps the network's Keras model (a polynomial
+    schedule from 0 to ``sparsity`` over the first 70% of ``steps``, updated every ``steps // 20``
+    steps), ``strip_pruning`` removes the wrappers and the sparse weights are read back. Zeros
+    shrink the gzipped TFLite file; they do not remove FLOPs on dense kernels (structured pruning,
+    :func:`prune_structured`, does).
+
+    Example:
+        >>> sparse = prune_unstructured(net, trains, sparsity=0.8, steps=300)  # doctest: +SKIP
+    """
+    import tensorflow_model_optimization as tfmot
+
+    if not 0.0 < float(sparsity) < 1.0:
+        raise ValueError(f"Expected 0 < sparsity < 1. Received: sparsity={sparsity!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"Expected an integer steps >= 2. Received: steps={steps!r}")
+    sk = tfmot.sparsity.keras
+    schedule = sk.PolynomialDecay(0.0, float(sparsity), begin_step=0, end_step=max(1, int(0.7 * steps)),
+                                  frequency=max(1, steps // 20))
+    wrapped = sk.prune_low_magnitude(net.to_keras(), pruning_schedule=schedule)
+    compile_multitask(wrapped, learning_rate)
+    data = multitask(*train_sets, batch_size=batch_size, seed=seed)
+    if len(train_sets) == 1:
+        data = data.map(lambda xs, ys: (xs[0], ys[0]))
+    wrapped.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[sk.UpdatePruningStep()])
+    return net.copy().read_weights(sk.strip_pruning(wrapped))
 
 
 def evaluate(net: GroupedNetwork, sets: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[float]:
