@@ -54,6 +54,7 @@ from tfmot_zip.core.pam_math import (
 from tfmot_zip.core.hessian import HessianAccumulator, extract_patches
 from tfmot_zip.core.selection import hungarian_pairs
 from tfmot_zip.data import multitask
+from tfmot_zip.io_utils import atomic_write_bytes
 from tfmot_zip.training import compile_multitask, evaluate_tasks
 
 __all__ = [
@@ -1274,6 +1275,5 @@ def export_subsets_tflite(net: GroupedNetwork, path: str | os.PathLike, subsets:
         tf.saved_model.save(module, tmp, signatures=signatures)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures))
         flat = converter.convert()
-    with open(path, "wb") as handle:
-        handle.write(flat)
+    atomic_write_bytes(path, flat)
     return keys
