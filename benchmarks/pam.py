@@ -188,6 +188,57 @@ def print_report(r: dict) -> None:
     print("timings (s):", {k: round(v) for k, v in r["timings"].items()})
 
 
+def render_markdown(r: dict) -> str:
+    """The result as the markdown tables of docs/PAM.md."""
+    short = {t: t.replace("classes_", "").replace("_", "-") for t in TASKS}
+    every = "+".join(TASKS)
+    mi = "pam_mi" in r
+    acc = lambda v: " / ".join(f"{a:.2f}" for a in v)
+    lines = [
+        f"Originals (test half) {acc(r['originals_test'])}; validation targets {acc(r['targets_val'])}.",
+        f"Test accuracy after pruning: separate {acc(r['separate_test'])}, MTZ {acc(r['mtz_test'])}, "
+        f"PAM {acc(r['pam_test'])}" + (f", PAM (MI grouping) {acc(r['pam_mi_test'])}" if mi else "") + ".",
+        "",
+        "| task subset | unpruned separate | separate pruning | MTZ then prune | PAM | separate / PAM | MTZ / PAM |"
+        + (" PAM (MI grouping) |" if mi else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if mi else ""),
+    ]
+    for s in r["separate"]:
+        u, a, m, p = r["unpruned_separate"][s][0], r["separate"][s][0], r["mtz"][s][0], r["pam"][s][0]
+        name = "{" + ", ".join(short[t] for t in s.split("+")) + "}"
+        lines.append(f"| {name} | {u:,} | {a:,} | {m:,} | **{p:,}** | {a / p:.2f}x | {m / p:.2f}x |"
+                     + (f" {r['pam_mi'][s][0]:,} |" if mi else ""))
+    v = verdict(r)
+    lines += [
+        "",
+        f"Parameters, all tasks: separate {r['separate'][every][1]:,}, MTZ {r['mtz'][every][1]:,}, PAM {r['pam'][every][1]:,}"
+        + (f", PAM (MI grouping) {r['pam_mi'][every][1]:,}" if mi else "") + ".",
+        f"Target (>= 1.5x fewer all-tasks FLOPs than separate, never worse than either baseline): "
+        f"{v['all_tasks_ratio_vs_separate']:.2f}x vs separate, {v['all_tasks_ratio_vs_mtz']:.2f}x vs MTZ, subsets worse "
+        f"than a baseline: {v['subsets_worse_than_a_baseline'] or 'none'} -> **{'met' if v['met'] else 'not met'}**.",
+        "",
+        "Merge thresholds tried (validation accuracy after fine-tuning): "
+        + "; ".join(f"{t['threshold']}: {acc(t['accuracy'])} {'accepted' if t['accepted'] else 'too lossy'}" for t in r["pam_tried"]) + ".",
+        f"Groups after merging: {_groups_text(r['pam_groups_merged'])}.",
+        f"Groups after pruning: {_groups_text(r['pam_groups_pruned'])}.",
+        f"MTZ after pruning: {_groups_text(r['mtz_groups'])}. Separate after pruning: "
+        + "; ".join(_groups_text(g) for g in r["separate_groups"]) + ".",
+    ]
+    if "size_route" in r:
+        z = r["size_route"]
+        lines.append(
+            f"Size route: PAM TFLite (7 signatures) {z['tflite_bytes']:,} bytes, {z['tflite_gzip']:,} gzipped; after "
+            f"{z['sparsity']:.0%} magnitude pruning {z['sparse_tflite_gzip']:,} gzipped (test accuracy {acc(z['sparse_test'])})."
+        )
+    lines.append(f"Wall times (s, 2 shared cores): {', '.join(f'{k} {v:.0f}' for k, v in r['timings'].items())}.")
+    return "\n".join(lines)
+
+
+def _groups_text(groups: list) -> str:
+    return ", ".join(g["name"] + " " + "/".join(f"{k.replace('classes_', '')}:{n}" for k, n in g.items() if k != "name")
+                     for g in groups)
+
+
 def _write_json(result: dict, path: str) -> None:
     from tfmot_zip.io_utils import atomic_write_text
 
@@ -221,6 +272,7 @@ def main() -> None:
           f"{size['sparsity']:.0%} magnitude-pruned {size['sparse_tflite_bytes']} ({size['sparse_tflite_gzip']} gzipped), "
           f"test acc {np.round(size['sparse_test'], 2)}")
     print("wrote", args.out, args.tflite)
+    print("\n" + render_markdown(result))
 
 
 if __name__ == "__main__":
