@@ -1,26 +1,29 @@
 """Pruning-Aware Merging (PAM): merge so that pruning lowers the cost of every subset of tasks.
 
-Each hidden Dense/Conv2D layer of the merged network holds a shared group and one group per task
-(DESIGN.md section 2, PAM). A group reads only groups serving a superset of its tasks
-(``shared <- shared``, ``task t <- shared, task t``), so a subset of tasks runs only the shared
-groups and its own. Flow::
+Each hidden Dense/Conv2D layer of the merged network holds groups of units serving task subsets:
+``shared`` (every task), partial subsets ``"a+b"`` and single tasks (DESIGN.md section 2, PAM). A
+group reads only groups serving a superset of its tasks (``shared <- shared``, ``a+b <- shared,
+a+b``, ``a <- shared, a+b, a``), so a subset of tasks runs only the groups serving one of its tasks,
+and a unit serving several tasks is computed once for all of them. Flow (docs/PAM.md)::
 
-    net = merge_pam_network(models, calibration_data=[(x1, y1), (x2, y2), (x3, y3)])
-    finetune(net, train_sets, steps=300)
-    net = prune_structured(net, train_sets, val_sets, targets)      # whole units of every group
-    net.subset_costs()                                             # FLOPs/params per task subset
-    export_subsets_tflite(net, "pam.tflite")                       # one signature per subset
+    result = merge_and_prune(models, train_sets, val_sets, targets)  # prune, Hessian-merge, prune
+    result.net.subset_costs()                                       # FLOPs/params per task subset
+    export_subsets_tflite(result.net, "pam.tflite")                 # one signature per subset
+    sparse = prune_unstructured(result.net, train_sets, 0.8)         # TFMOT magnitude pruning (size)
 
-:func:`merge_pam` is the one-call version returning a tf_keras model (one input and one output per
-task). The network lives as numpy weights in a :class:`GroupedNetwork`; Keras models are built from
-it (:meth:`GroupedNetwork.to_keras`) and read back (:meth:`GroupedNetwork.read_weights`).
+:func:`merge_and_prune` (the default heuristic): each task's own structured pruning decides which
+units are relevant to it; :func:`merge_pruned_networks` merges relevant units across tasks by
+MTZ's Hessian pairing, a merged unit reading only inputs computed for all its tasks; the merged
+network is fine-tuned and pruned again. No task's path gains a unit, so no subset costs more
+than the separately pruned networks.
 
-Grouping heuristic (documented choice): for every hidden layer, every original network's units are
-run on every task's calibration data (conv channels averaged over positions) and scored by their
-binned mutual information with that task's labels (:func:`tfmot_zip.core.pam_math.binned_mutual_information`).
-Per task, the smallest set of most informative units holding ``threshold`` of the task's summed
-information is relevant to it; units relevant to two or more tasks are shared, to one task are that
-task's, to none are dropped.
+The published PAM grouping is also here (:func:`merge_pam_network`, :func:`merge_pam`): every
+original network's units are scored by binned mutual information with each task's labels
+(:func:`tfmot_zip.core.pam_math.binned_mutual_information`); per task, the smallest set of most
+informative units holding ``threshold`` of its information is relevant to it; units relevant to two
+or more tasks are shared, to one are that task's, to none are dropped; weights start
+block-diagonal. The network lives as numpy weights in a :class:`GroupedNetwork`; Keras models are
+built from it (:meth:`GroupedNetwork.to_keras`) and read back (:meth:`GroupedNetwork.read_weights`).
 """
 from __future__ import annotations
 
