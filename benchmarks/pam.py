@@ -23,6 +23,7 @@ import argparse
 import gzip
 import json
 import os
+import pickle
 import time
 
 import numpy as np
@@ -68,8 +69,24 @@ def _load(arch: str, names: list):
     return models
 
 
+def _cached(reuse: bool, name: str, compute):
+    """A baseline stage's result, pickled under out/pam_cache so that a later stage's failure or a
+    rerun with --reuse-baselines does not recompute it (same arch, data and budgets)."""
+    path = os.path.join("out", "pam_cache", name + ".pkl")
+    if reuse and os.path.exists(path):
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    value = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as handle:
+        pickle.dump(value, handle)
+    os.replace(path + ".tmp", path)
+    return value
+
+
 def run(arch: str = "lenet5", n_train: int = 0, tolerance: float = 1.0, threshold: float = 0.7,
-        finetune_steps: int = 1000, prune_steps: int = 200, with_mi: bool = False, verbose: bool = True) -> tuple:
+        finetune_steps: int = 1000, prune_steps: int = 200, with_mi: bool = False, verbose: bool = True,
+        reuse: bool = False) -> tuple:
     names = list(TASKS)
     models = _load(arch, names)
     trains, vals, tests = _splits(n_train)
@@ -81,12 +98,12 @@ def run(arch: str = "lenet5", n_train: int = 0, tolerance: float = 1.0, threshol
     timings = {}
 
     # separate pruning (also PAM's relevance step) ------------------------------------------
+    key = f"{arch}_n{n_train}_tol{tolerance}_p{prune_steps}_f{finetune_steps}"
     start = time.time()
-    separate = []
-    for i, name in enumerate(names):
-        net = pam.separate_network(models[i], name)
-        separate.append(pam.prune_structured(net, [trains[i]], [vals[i]], [targets[i]],
-                                             finetune_steps=prune_steps, verbose=verbose))
+    separate = _cached(reuse, f"{key}_separate", lambda: [
+        pam.prune_structured(pam.separate_network(models[i], name), [trains[i]], [vals[i]], [targets[i]],
+                             finetune_steps=prune_steps, verbose=verbose)
+        for i, name in enumerate(names)])
     timings["separate"] = time.time() - start
     sep_single = {name: net.subset_costs()[(name,)] for name, net in zip(names, separate)}
     sep_costs = {}
@@ -106,9 +123,13 @@ def run(arch: str = "lenet5", n_train: int = 0, tolerance: float = 1.0, threshol
     check = [t[0][:256] for t in tests]
     diff = max(float(np.abs(a - b).max()) for a, b in zip(zipped.predict(check, verbose=0), mtz.to_keras().predict(check, verbose=0)))
     mtz_zip_acc = pam.evaluate(mtz, tests)
-    pam.finetune(mtz, trains, finetune_steps, learning_rate=1e-3)
-    mtz_ft_acc = pam.evaluate(mtz, tests)
-    mtz_pruned = pam.prune_structured(mtz, trains, vals, targets, finetune_steps=prune_steps, verbose=verbose)
+
+    def mtz_stage():
+        pam.finetune(mtz, trains, finetune_steps, learning_rate=1e-3)
+        accuracy = pam.evaluate(mtz, tests)
+        return accuracy, pam.prune_structured(mtz, trains, vals, targets, finetune_steps=prune_steps, verbose=verbose)
+
+    mtz_ft_acc, mtz_pruned = _cached(reuse, f"{key}_mtz", mtz_stage)
     timings["mtz"] = time.time() - start
     result.update(mtz=_costs_row(mtz_pruned, names), mtz_test=pam.evaluate(mtz_pruned, tests),
                   mtz_extract_max_diff=diff, mtz_zip_test=mtz_zip_acc, mtz_finetuned_test=mtz_ft_acc,
@@ -254,6 +275,8 @@ def main() -> None:
     parser.add_argument("--prune-steps", type=int, default=200)
     parser.add_argument("--finetune-steps", type=int, default=3000, help="joint steps after merging (MTZ and PAM)")
     parser.add_argument("--sparsity", type=float, default=0.8, help="unstructured (size) route sparsity")
+    parser.add_argument("--reuse-baselines", action="store_true",
+                        help="load the separate and MTZ results of an earlier run from out/pam_cache")
     parser.add_argument("--with-mi", action="store_true", help="also run PAM with the authors' MI grouping")
     parser.add_argument("--out", default=None, help="default out/pam_<arch>.json")
     parser.add_argument("--tflite", default=None, help="default out/pam_<arch>.tflite")
@@ -261,7 +284,7 @@ def main() -> None:
     args.out = args.out or f"out/pam_{args.arch}.json"
     args.tflite = args.tflite or f"out/pam_{args.arch}.tflite"
     result, net = run(args.arch, args.train, args.tolerance, args.threshold, finetune_steps=args.finetune_steps,
-                      prune_steps=args.prune_steps, with_mi=args.with_mi)
+                      prune_steps=args.prune_steps, with_mi=args.with_mi, reuse=args.reuse_baselines)
     result["verdict"] = verdict(result)
     print_report(result)
     _write_json(result, args.out)  # before the size route: the FLOPs figures survive a failure there

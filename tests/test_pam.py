@@ -387,3 +387,16 @@ def test_export_runs_subset_groups_of_a_hessian_merged_network(models, data, tmp
         expected = expected if isinstance(expected, list) else [expected]
         for t, e in zip(subset, expected):
             np.testing.assert_allclose(out[t], e, atol=1e-5)
+
+
+def test_prune_step_never_disconnects_a_task(models, data, separate_nets):
+    # a+b units read only shared units: emptying the shared group below would cut a's and b's path
+    net = pam.merge_pruned_networks(separate_nets, [d[0] for d in data], max_relative_error=10.0)
+    assert pam._task_paths_alive([{SHARED: 0, "a": 1, "b": 1}, {"a+b": 2, "b": 1}], ["a", "b"]) is False
+    assert pam._task_paths_alive([{SHARED: 1, "a": 0}, {"a+b": 1}], ["a", "b"]) is True
+    scores = {(li, g): np.zeros(n) for li, op in enumerate(net.layers()) if not op.head for g, n in op.units().items()}
+    pruned = pam.prune_step(net, scores, fraction=1.0)  # try to remove everything
+    model = pruned.to_keras(single_input=True)
+    assert model.output_names == NAMES
+    sizes = [{g: n for g, n in s.items() if g != "name"} for s in pruned.group_sizes()]
+    assert pam._task_paths_alive(sizes, NAMES)

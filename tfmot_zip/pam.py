@@ -1011,12 +1011,30 @@ def _subsets_running(group: str, task_names: Sequence[str]) -> int:
     return 2 ** len(task_names) - 2 ** (len(task_names) - served)
 
 
+def _task_paths_alive(sizes: Sequence[dict], task_names: Sequence[str]) -> bool:
+    """True when, with ``sizes[l][group]`` units left in hidden layer l, every task still has a unit
+    in every layer that is fed, through groups it may read, from the input, and its head has one to read.
+
+    Example:
+        >>> _task_paths_alive([{"shared": 0, "a": 1, "b": 1}, {"a+b": 2, "b": 1}], ["a", "b"])
+        False
+    """
+    previous: dict | None = None
+    for units in sizes:
+        alive = {g: n for g, n in units.items() if n > 0
+                 and (previous is None or any(previous[s] > 0 for s in sources_of(g, list(previous))))}
+        if not all(any(runs_for(g, [t]) for g in alive) for t in task_names):
+            return False
+        previous = alive
+    return previous is None or all(any(previous[s] > 0 for s in sources_of(t, list(previous))) for t in task_names)
+
+
 def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNetwork:
     """Removes the hidden units with the lowest importance per FLOP, ``fraction`` of the FLOPs (a new network).
 
     Importance is normalised per layer (divided by the layer's mean score), then divided by the
     unit's subset-weighted FLOPs, so cheap-to-keep and informative units survive. Every task keeps
-    at least one unit per layer on its path (shared plus its own group).
+    a connected path: a unit in every layer fed from the input through groups it may read.
     """
     net = net.copy()
     costs = _unit_costs(net)
@@ -1031,20 +1049,16 @@ def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNet
     plain = {key: cost / _subsets_running(key[1], net.task_names) for key, cost in costs.items()}
     budget = fraction * net.subset_costs()[tuple(net.task_names)][0]  # FLOPs to remove this step
     removed: dict = {}
+    sizes = [dict(op.units()) for op in layers if not op.head]
     for _, li, group, u in entries:
         if budget <= 0:
             break
-        units = layers[li].units()
-        gone = removed.setdefault((li, group), set())
-        # every task keeps >= 1 unit in this layer on its path
-        blocked = any(
-            runs_for(group, [t])
-            and sum(n - len(removed.get((li, g), ())) for g, n in units.items() if runs_for(g, [t])) <= 1
-            for t in net.task_names
-        )
-        if not blocked:
-            gone.add(u)
-            budget -= plain[(li, group)]
+        sizes[li][group] -= 1
+        if not _task_paths_alive(sizes, net.task_names):  # every task keeps a connected path
+            sizes[li][group] += 1
+            continue
+        removed.setdefault((li, group), set()).add(u)
+        budget -= plain[(li, group)]
     for (li, group), gone in removed.items():
         if gone:
             keep = np.array([u for u in range(layers[li].units()[group]) if u not in gone], np.int64)
