@@ -400,3 +400,13 @@ def test_prune_step_never_disconnects_a_task(models, data, separate_nets):
     assert model.output_names == NAMES
     sizes = [{g: n for g, n in s.items() if g != "name"} for s in pruned.group_sizes()]
     assert pam._task_paths_alive(sizes, NAMES)
+
+
+def test_prune_step_cuts_the_requested_flops(models, data, separate_nets):
+    net = pam.merge_pruned_networks(separate_nets, [d[0] for d in data], max_relative_error=0.3)
+    before = net.subset_costs()[tuple(NAMES)][0]
+    rng = np.random.default_rng(0)
+    scores = {(li, g): rng.random(n) for li, op in enumerate(net.layers()) if not op.head for g, n in op.units().items()}
+    after = pam.prune_step(net, scores, fraction=0.25).subset_costs()[tuple(NAMES)][0]
+    # counted with the readers' input rows and the groups left dead: at least the fraction, not far beyond
+    assert 0.5 * before <= after <= 0.75 * before

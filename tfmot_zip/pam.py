@@ -1011,6 +1011,29 @@ def _subsets_running(group: str, task_names: Sequence[str]) -> int:
     return 2 ** len(task_names) - 2 ** (len(task_names) - served)
 
 
+def _effective_cost(shapes: Sequence[LayerShape], sizes: Sequence[dict], subset: Sequence[str]) -> int:
+    """FLOPs of ``subset`` with ``sizes[l][group]`` hidden units left, groups cut off from the input
+    or read by nothing above counted as removed (as :func:`_drop_dead_groups` will remove them)."""
+    live = [dict(units) for units in sizes]
+    for l in range(1, len(live)):
+        previous = live[l - 1]
+        for g in live[l]:
+            if not any(previous[s] > 0 for s in sources_of(g, list(previous))):
+                live[l][g] = 0
+    for l in range(len(live) - 2, -1, -1):
+        above = {g for g, n in live[l + 1].items() if n > 0}
+        for g in live[l]:
+            if not any(covers(g, reader) for reader in above):
+                live[l][g] = 0
+    if len(shapes) > len(live):  # the head reads the last hidden layer
+        for g in live[-1]:
+            if not any(covers(g, t) for t in shapes[-1].units):
+                live[-1][g] = 0
+    new = [LayerShape(s.kind, units, s.kernel_size, s.out_hw, s.in_positions, s.input_units, s.head)
+           for s, units in zip(shapes, live)] + list(shapes[len(live):])
+    return subset_cost(new, subset)[0]
+
+
 def _task_paths_alive(sizes: Sequence[dict], task_names: Sequence[str]) -> bool:
     """True when, with ``sizes[l][group]`` units left in hidden layer l, every task still has a unit
     in every layer that is fed, through groups it may read, from the input, and its head has one to read.
@@ -1046,19 +1069,19 @@ def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNet
         for u, value in enumerate(norm):
             entries.append((value / costs[(li, group)], li, group, u))
     entries.sort(key=lambda e: e[0])
-    plain = {key: cost / _subsets_running(key[1], net.task_names) for key, cost in costs.items()}
-    budget = fraction * net.subset_costs()[tuple(net.task_names)][0]  # FLOPs to remove this step
+    shapes = net.layer_shapes()
+    every = tuple(net.task_names)
+    target = (1.0 - fraction) * subset_cost(shapes, every)[0]  # all-tasks FLOPs after this step
     removed: dict = {}
     sizes = [dict(op.units()) for op in layers if not op.head]
     for _, li, group, u in entries:
-        if budget <= 0:
-            break
         sizes[li][group] -= 1
         if not _task_paths_alive(sizes, net.task_names):  # every task keeps a connected path
             sizes[li][group] += 1
             continue
         removed.setdefault((li, group), set()).add(u)
-        budget -= plain[(li, group)]
+        if _effective_cost(shapes, sizes, every) <= target:  # readers' input rows and dead groups counted
+            break
     for (li, group), gone in removed.items():
         if gone:
             keep = np.array([u for u in range(layers[li].units()[group]) if u not in gone], np.int64)
@@ -1073,7 +1096,7 @@ def prune_structured(
     val_sets: Sequence[tuple[np.ndarray, np.ndarray]],
     targets: Sequence[float],
     fraction: float = 0.2,
-    min_fraction: float = 0.03,
+    min_fraction: float = 0.02,
     finetune_steps: int = 150,
     max_rounds: int = 30,
     learning_rate: float = 5e-4,
