@@ -200,7 +200,8 @@ def print_report(r: dict) -> None:
         print(f"{s:40s} {u:10d} {a:10d} {b:10d} {c:10d} {a / c:8.2f} {b / c:8.2f}" + (f" {r['pam_mi'][s][0]:10d}" if mi else ""))
     every = "+".join(TASKS)
     print("params (all tasks): separate", r["separate"][every][1], "mtz", r["mtz"][every][1], "pam", r["pam"][every][1])
-    print("pam merge thresholds tried:", [(t["threshold"], np.round(t["accuracy"], 2).tolist(), t["accepted"]) for t in r["pam_tried"]])
+    print("pam merge thresholds tried:", [(t["threshold"], t.get("kept_separate", []), np.round(t["accuracy"], 2).tolist(),
+                                           t["flops"], t["accepted"]) for t in r["pam_tried"]])
     print("pam groups merged:", r["pam_groups_merged"])
     print("pam groups pruned:", r["pam_groups_pruned"])
     print("mtz groups pruned:", r["mtz_groups"])
@@ -238,8 +239,9 @@ def render_markdown(r: dict) -> str:
         f"{v['all_tasks_ratio_vs_separate']:.2f}x vs separate, {v['all_tasks_ratio_vs_mtz']:.2f}x vs MTZ, subsets worse "
         f"than a baseline: {v['subsets_worse_than_a_baseline'] or 'none'} -> **{'met' if v['met'] else 'not met'}**.",
         "",
-        "Merge thresholds tried (validation accuracy after fine-tuning): "
-        + "; ".join(f"{t['threshold']}: {acc(t['accuracy'])} {'accepted' if t['accepted'] else 'too lossy'}" for t in r["pam_tried"]) + ".",
+        "Merge thresholds tried (validation accuracy after fine-tuning, all-tasks FLOPs before the final pruning): "
+        + "; ".join(f"{t['threshold']}{_kept_text(t)}: {acc(t['accuracy'])}, {t['flops']:,} "
+                    f"{'accepted' if t['accepted'] else 'too lossy'}" for t in r["pam_tried"]) + ".",
         f"Groups after merging: {_groups_text(r['pam_groups_merged'])}.",
         f"Groups after pruning: {_groups_text(r['pam_groups_pruned'])}.",
         f"MTZ after pruning: {_groups_text(r['mtz_groups'])}. Separate after pruning: "
@@ -253,6 +255,11 @@ def render_markdown(r: dict) -> str:
         )
     lines.append(f"Wall times (s, 2 shared cores): {', '.join(f'{k} {v:.0f}' for k, v in r['timings'].items())}.")
     return "\n".join(lines)
+
+
+def _kept_text(tried: dict) -> str:
+    kept = tried.get("kept_separate") or []
+    return f" keeping {', '.join(k.replace('classes_', '') for k in kept)} separate" if kept else ""
 
 
 def _groups_text(groups: list) -> str:

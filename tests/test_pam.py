@@ -307,6 +307,19 @@ def _perms(n):
     return list(product(range(n), repeat=3))  # one unit of each of the three tasks
 
 
+def test_merge_pruned_keeps_a_protected_task_out_of_every_merge(models, data, separate_nets):
+    net = pam.merge_pruned_networks(separate_nets, [d[0] for d in data], max_relative_error=10.0, keep_separate=["b"])
+    for sizes, own in zip(net.group_sizes(), separate_nets[1].group_sizes()):  # b keeps all its units, alone
+        assert sizes["b"] == own["b"] and SHARED not in sizes, sizes
+        assert all("b" not in pam_math.group_tasks(g) for g in sizes if g not in ("name", "b")), sizes
+    assert net.group_sizes()[0] == {"a+c": 3, "b": 3, "name": "conv"}
+    x = data[1][0][:16]
+    outputs = net.to_keras(single_input=True).predict(x, verbose=0)
+    np.testing.assert_allclose(outputs[1], models[1].predict(x, verbose=0), atol=1e-5)  # b's path is untouched
+    with pytest.raises(ValueError, match=r"keep_separate names unknown tasks \['d'\]"):
+        pam.merge_pruned_networks(separate_nets, [d[0] for d in data], keep_separate=["d"])
+
+
 def test_merge_pruned_bad_input(separate_nets, data):
     with pytest.raises(ValueError, match="one-task networks"):
         pam.merge_pruned_networks(separate_nets[:1], [data[0][0]])
@@ -343,6 +356,17 @@ def test_merge_and_prune_never_grows_a_task_path(models, data):
     assert all(set(g) - {"name"} <= set(NAMES) for g in refused.merged.group_sizes())
     with pytest.raises(ValueError, match="one name, train set"):
         pam.merge_and_prune(models, data, data[:2], targets=[0.0] * 3, task_names=NAMES)
+
+
+def test_merge_and_prune_retries_a_threshold_with_failing_tasks_kept_separate(models, data, separate_nets):
+    # b can never reach 101%: the threshold is retried once with b kept out, then given up
+    result = pam.merge_and_prune(models, data, data, targets=[0.0, 101.0, 0.0], task_names=NAMES, thresholds=(10.0,),
+                                 finetune_steps=1, prune_steps=1, separate=separate_nets)
+    assert [(t["threshold"], t["kept_separate"], t["accepted"]) for t in result.tried] == [(10.0, [], False), (10.0, ["b"], False)]
+    assert result.threshold is None and result.kept_separate == []
+    plain = pam.merge_and_prune(models, data, data, targets=[0.0, 101.0, 0.0], task_names=NAMES, thresholds=(10.0,),
+                                finetune_steps=1, prune_steps=1, separate=separate_nets, protect=False)
+    assert len(plain.tried) == 1
 
 
 def test_keep_units_with_an_emptied_reader_group(models, data):

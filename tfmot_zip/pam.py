@@ -665,6 +665,7 @@ def merge_pruned_networks(
     samples: int = 1000,
     max_rows: int = 200_000,
     seed: int = 0,
+    keep_separate: Sequence[str] = (),
 ) -> GroupedNetwork:
     """Merge one-task networks (e.g. separately pruned) into subset groups by Hessian pairing.
 
@@ -692,6 +693,8 @@ def merge_pruned_networks(
         samples: calibration images per task.
         max_rows: conv patch rows per Hessian (a seeded random subset beyond that).
         seed: patch subsampling seed.
+        keep_separate: task names whose units are never merged (their paths stay as they are, e.g.
+            a task that lost accuracy when it was merged; see :func:`merge_and_prune`).
 
     Returns:
         A :class:`GroupedNetwork` with groups ``shared``, ``a+b`` ... and per task.
@@ -709,6 +712,9 @@ def merge_pruned_networks(
         )
     if len(calibration_x) != len(nets):
         raise ValueError(f"Expected calibration images per network ({len(nets)}); received {len(calibration_x)}.")
+    unknown_tasks = sorted(set(keep_separate) - set(names))
+    if unknown_tasks:
+        raise ValueError(f"keep_separate names unknown tasks {unknown_tasks}; the networks' tasks are {names}.")
     task_layers = [n.layers() for n in nets]
     hidden = [op.name for op in task_layers[0] if not op.head]
     if isinstance(max_relative_error, dict):
@@ -743,7 +749,8 @@ def merge_pruned_networks(
             clusters_by_group = {name: [(_Cluster({name: u}, None, 0.0), vectors[t][:, u]) for u in range(vectors[t].shape[1])]
                                  for t, name in enumerate(names)}
         else:
-            clusters_by_group = _merge_layer(net, li, op, names, xs, vectors, groups, units, thresholds[op.name], damping, max_rows, seed)
+            clusters_by_group = _merge_layer(net, li, op, names, xs, vectors, groups, units, thresholds[op.name], damping,
+                                             max_rows, seed, frozenset(keep_separate))
         new_groups = group_order(list(clusters_by_group), names)
         new_units = {g: len(clusters_by_group[g]) for g in new_groups}
         for g in new_groups:
@@ -775,7 +782,7 @@ def merge_pruned_networks(
     return net
 
 
-def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_error, damping, max_rows, seed) -> dict:
+def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_error, damping, max_rows, seed, alone) -> dict:
     """Clusters of one hidden layer: ``{group: [(cluster, weight vector), ...]}``."""
     hessians = {}
     for t, name in enumerate(names):
@@ -806,6 +813,8 @@ def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_er
         g_new = np.stack([c.g for c in new])
         e_new = np.array([c.e for c in new])
         for tasks, members in types.items():
+            if names[t] in alone or alone.intersection(tasks):  # a task kept separate merges with nobody
+                continue
             allowed = _allowed_mask(op, group_key(list(tasks) + [names[t]], names), groups, units, dim)
             if allowed.sum() <= 1:  # no input computed for all of them: the merged unit would be a constant
                 continue
@@ -1149,6 +1158,7 @@ class PamResult:
             separate networks were kept side by side).
         tried: per candidate threshold ``{"threshold", "accuracy", "accepted", "flops"}`` (validation).
         merged: the accepted merged network before the final pruning.
+        kept_separate: tasks the accepted merge left unmerged (they lost accuracy when merged).
     """
 
     net: GroupedNetwork
@@ -1156,6 +1166,7 @@ class PamResult:
     threshold: float | dict | None
     tried: list
     merged: GroupedNetwork
+    kept_separate: list
 
 
 def merge_and_prune(
@@ -1169,6 +1180,7 @@ def merge_and_prune(
     prune_steps: int = 200,
     learning_rate: float = 1e-3,
     separate: Sequence[GroupedNetwork] | None = None,
+    protect: bool = True,
     verbose: bool = False,
 ) -> PamResult:
     """Pruning-aware merge: prune each task's network, merge the survivors into subset groups, prune again.
@@ -1178,7 +1190,10 @@ def merge_and_prune(
     2. Merge: :func:`merge_pruned_networks` shares relevant units across tasks by Hessian pairing,
        so that a shared unit is computed once for every subset that needs it; candidate thresholds
        are tried from the most to the least aggressive, each followed by ``finetune_steps`` joint
-       steps, and the first whose every task meets its target on ``val_sets`` is kept.
+       steps, and the first whose every task meets its target on ``val_sets`` is kept. Task
+       protection (``protect``): when some tasks miss their targets, the same threshold is tried
+       again with those tasks kept out of the merge (their units stay their own) while the
+       others still share, before a less aggressive threshold is tried.
     3. Prune the merged network again (every group, :func:`prune_structured`).
 
     Since merging never adds a unit to any task's path, every subset costs at most what the
@@ -1194,6 +1209,7 @@ def merge_and_prune(
         finetune_steps: joint steps after merging; prune_steps: steps after each pruning round.
         learning_rate: fine-tuning learning rate (cosine decay to 0).
         separate: already pruned one-task networks (skips step 1).
+        protect: retry a threshold with the tasks that missed their targets kept separate.
         verbose: print each stage.
 
     Returns:
@@ -1216,25 +1232,33 @@ def merge_and_prune(
             prune_structured(separate_network(m, n), [tr], [va], [tg], finetune_steps=prune_steps, verbose=verbose)
             for m, n, tr, va, tg in zip(models, names, train_sets, val_sets, targets)
         ]
-    tried, chosen, merged = [], None, None
+    tried, chosen, merged, kept = [], None, None, []
     calibration = [x for x, _ in train_sets]
     for threshold in thresholds:
-        candidate = merge_pruned_networks(separate, calibration, max_relative_error=threshold)
-        finetune(candidate, train_sets, finetune_steps, learning_rate=learning_rate)
-        accs = evaluate(candidate, val_sets)
-        ok = all(a >= t for a, t in zip(accs, targets))
-        tried.append({"threshold": threshold, "accuracy": accs, "accepted": ok,
-                      "flops": candidate.subset_costs()[tuple(names)][0]})
-        if verbose:
-            print(f"merge threshold {threshold}: val acc {np.round(accs, 2)} all-tasks FLOPs {tried[-1]['flops']} {'ok' if ok else 'too lossy'}")
-        if ok:
-            chosen, merged = threshold, candidate
+        kept = []
+        while merged is None:
+            candidate = merge_pruned_networks(separate, calibration, max_relative_error=threshold, keep_separate=kept)
+            finetune(candidate, train_sets, finetune_steps, learning_rate=learning_rate)
+            accs = evaluate(candidate, val_sets)
+            failing = [n for n, a, t in zip(names, accs, targets) if a < t]
+            tried.append({"threshold": threshold, "kept_separate": list(kept), "accuracy": accs, "accepted": not failing,
+                          "flops": candidate.subset_costs()[tuple(names)][0]})
+            if verbose:
+                print(f"merge threshold {threshold} keeping {kept or 'none'} separate: val acc {np.round(accs, 2)} "
+                      f"all-tasks FLOPs {tried[-1]['flops']} {'ok' if not failing else 'too lossy for ' + str(failing)}")
+            if not failing:
+                chosen, merged = threshold, candidate
+            elif not protect or set(failing) <= set(kept) or len(set(names) - set(kept) - set(failing)) < 2:
+                break  # nothing left to protect, or fewer than two tasks would still merge
+            else:
+                kept = kept + [n for n in failing if n not in kept]
+        if merged is not None:
             break
     if merged is None:  # keep the separate networks side by side (no sharing, never worse)
         merged = merge_pruned_networks(separate, calibration, max_relative_error=0.0)
     pruned = prune_structured(merged.copy(), train_sets, val_sets, targets, finetune_steps=prune_steps,
                               learning_rate=5e-4, verbose=verbose)
-    return PamResult(pruned, list(separate), chosen, tried, merged)
+    return PamResult(pruned, list(separate), chosen, tried, merged, list(kept) if chosen is not None else [])
 
 
 # --------------------------------------------------------------------------------------------------
