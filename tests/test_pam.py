@@ -367,6 +367,18 @@ def test_merge_and_prune_retries_a_threshold_with_failing_tasks_kept_separate(mo
     plain = pam.merge_and_prune(models, data, data, targets=[0.0, 101.0, 0.0], task_names=NAMES, thresholds=(10.0,),
                                 finetune_steps=1, prune_steps=1, separate=separate_nets, protect=False)
     assert len(plain.tried) == 1
+    # candidates run fewest all-tasks FLOPs first, whatever order they are given in
+    order = pam.merge_and_prune(models, data, data, targets=[101.0] * 3, task_names=NAMES, thresholds=(0.0, 10.0),
+                                finetune_steps=1, prune_steps=1, separate=separate_nets, protect=False)
+    assert [t["threshold"] for t in order.tried] == [10.0, 0.0]
+    assert order.tried[0]["flops"] < order.tried[1]["flops"]
+
+
+def test_default_thresholds_add_conv_only_candidates(separate_nets):
+    assert pam.default_thresholds(separate_nets[0], levels=(1.0, 0.3)) == [1.0, {"conv": 1.0}, 0.3, {"conv": 0.3}]
+    conv_only = pam.merge_pruned_networks(separate_nets, [np.ones((4, 8, 8, 1), np.float32)] * 3,
+                                          max_relative_error={"conv": 10.0})
+    assert conv_only.group_sizes()[1] == {"a": 5, "b": 5, "c": 5, "name": "fc"}  # dense units stay per task
 
 
 def test_keep_units_with_an_emptied_reader_group(models, data):
