@@ -260,6 +260,12 @@ def test_merged_unit_costs_and_fit_match_brute_force():
             np.testing.assert_allclose(w, w_ref, atol=1e-6)
             assert fit_err == pytest.approx(err, rel=1e-6)
             assert np.all(w[~allowed] == 0)
+    # the batched fits (one factorisation, every pair with side X's unit 0 and b's units) agree
+    ws, errs = pam_math.restricted_fits(h_x + h_b, g_x[0] + g_y, e_x[0] + e_y, allowed, damping=0.0)
+    for j in range(3):
+        w_ref, err_ref = _brute_merge([h_a, h_c, h_b], [a[0], c[0], b[j]], allowed)
+        np.testing.assert_allclose(ws[j], w_ref, atol=1e-6)
+        assert errs[j] == pytest.approx(err_ref, rel=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -47,10 +47,10 @@ from tfmot_zip.core.pam_math import (
     binned_mutual_information,
     relevant_units,
     covers,
-    damped_square,
     group_key,
     group_order,
     merged_unit_costs,
+    restricted_fits,
     runs_for,
     sources_of,
     subset_cost,
@@ -839,8 +839,9 @@ def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_er
         for tasks, members in by_tasks.items():  # merged weights: one factorisation per task set
             allowed = _allowed_mask(op, group_key(list(tasks), names), groups, units, dim)
             gs = np.stack([clusters[i].g for i in members])
-            for i, (w, r) in zip(members, _restricted_fits(summed(tasks), gs, [clusters[i].e for i in members], allowed, damping)):
-                clusters[i].w, clusters[i].r = w, r
+            ws, errors = restricted_fits(summed(tasks), gs, [clusters[i].e for i in members], allowed, damping)
+            for i, w, r in zip(members, ws, errors):
+                clusters[i].w, clusters[i].r = w, float(r)
         taken = {j for _, j in accepted}
         clusters.extend(n for j, n in enumerate(new) if j not in taken)
     out: dict = {}
@@ -851,19 +852,6 @@ def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_er
         else:
             weight = c.w
         out.setdefault(group_key(list(c.members), names), []).append((c, weight))
-    return out
-
-
-def _restricted_fits(h: np.ndarray, gs: np.ndarray, es: Sequence[float], allowed: np.ndarray, damping: float) -> list:
-    """:func:`restricted_fit` for several units of one task set (one solve with many right-hand sides)."""
-    k = damped_square(h[np.ix_(allowed, allowed)], damping)
-    ga = gs[:, allowed]
-    solution = np.linalg.solve(k, ga.T).T
-    out = []
-    for row, sol, e in zip(ga, solution, es):
-        w = np.zeros(gs.shape[1])
-        w[allowed] = sol
-        out.append((w, float(e - row @ sol)))
     return out
 
 

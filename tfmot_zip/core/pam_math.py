@@ -27,6 +27,7 @@ __all__ = [
     "group_order",
     "merged_unit_costs",
     "restricted_fit",
+    "restricted_fits",
     "damped_square",
     "all_subsets",
     "LayerShape",
@@ -289,6 +290,36 @@ def damped_square(k: np.ndarray, damping: float) -> np.ndarray:
     return k + (max(damping * scale, 0.0) + 1e-12) * np.eye(k.shape[0])
 
 
+def restricted_fits(
+    h: np.ndarray, gs: np.ndarray, es: Sequence[float], allowed: np.ndarray, damping: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`restricted_fit` for several units of one task set: one factorisation, many right-hand sides.
+
+    Args:
+        h: ``sum_t H_t`` of the task set, ``[d, d]``.
+        gs: per unit ``g = sum_t H_t a_t``, ``[n, d]``.
+        es: per unit ``e = sum_t a_t^T H_t a_t``.
+        allowed: ``[d]`` bool, the inputs the merged units may read.
+        damping: relative to the mean diagonal (:func:`damped_square`).
+
+    Returns:
+        ``(w [n, d], least errors [n])``.
+
+    Example:
+        >>> ws, errs = restricted_fits(np.eye(2), np.array([[1.0, 3.0], [2.0, 0.0]]), [10.0, 4.0], np.array([True, False]), 0.0)
+        >>> np.round(ws, 6).tolist(), np.round(errs, 6).tolist()
+        ([[1.0, 0.0], [2.0, 0.0]], [9.0, 0.0])
+    """
+    allowed = np.asarray(allowed, dtype=bool)
+    gs = np.atleast_2d(np.asarray(gs, np.float64))
+    k = damped_square(np.asarray(h, np.float64)[np.ix_(allowed, allowed)], damping)
+    ga = gs[:, allowed]
+    solution = np.linalg.solve(k, ga.T).T
+    ws = np.zeros(gs.shape)
+    ws[:, allowed] = solution
+    return ws, np.asarray(es, np.float64) - np.einsum("nd,nd->n", ga, solution)
+
+
 def restricted_fit(h: np.ndarray, g: np.ndarray, e: float, allowed: np.ndarray, damping: float = 1e-4) -> tuple[np.ndarray, float]:
     """Weight ``w`` (zero outside ``allowed``) minimising ``sum_t (w - a_t)^T H_t (w - a_t)``, and that least error.
 
@@ -299,13 +330,8 @@ def restricted_fit(h: np.ndarray, g: np.ndarray, e: float, allowed: np.ndarray, 
         >>> np.round(w, 6).tolist(), round(err, 6)
         ([1.0, 0.0], 9.0)
     """
-    allowed = np.asarray(allowed, dtype=bool)
-    k = damped_square(np.asarray(h, np.float64)[np.ix_(allowed, allowed)], damping)
-    ga = np.asarray(g, np.float64)[allowed]
-    solution = np.linalg.solve(k, ga)
-    w = np.zeros(np.asarray(g).shape[0])
-    w[allowed] = solution
-    return w, float(e - ga @ solution)
+    ws, errs = restricted_fits(h, np.asarray(g)[None, :], [e], allowed, damping)
+    return ws[0], float(errs[0])
 
 
 def all_subsets(task_names: Sequence[str]) -> list[tuple[str, ...]]:
