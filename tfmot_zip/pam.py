@@ -1145,7 +1145,8 @@ class PamResult:
         separate: each task's network pruned on its own (the relevance step and the baseline).
         threshold: the merge threshold that was accepted (``None``: every candidate failed, the
             separate networks were kept side by side).
-        tried: per candidate threshold ``{"threshold", "accuracy", "accepted", "flops"}`` (validation).
+        tried: per candidate, in the order run, ``{"threshold", "kept_separate", "accuracy", "accepted",
+            "flops"}`` (validation accuracy; all-tasks FLOPs before the final pruning).
         merged: the accepted merged network before the final pruning.
         kept_separate: tasks the accepted merge left unmerged (they lost accuracy when merged).
     """
@@ -1258,7 +1259,7 @@ def merge_and_prune(
         layout = (flops, repr(candidate.group_sizes()))
         if layout not in seen:  # two thresholds can give the same merge
             seen.add(layout)
-            heapq.heappush(queue, (flops, len(seen), threshold, list(keep), candidate))
+            heapq.heappush(queue, (flops, len(seen), threshold, keep, candidate))
 
     for threshold in thresholds:
         push(threshold, [])
