@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def pair_figures(arch, task_names, sharings, methods, calibration, retrain_steps, lr, log, conv_hessians=("auto",)):
     import tfmot_zip
-    from tfmot_zip import data, training, zoo
+    from tfmot_zip import data, training
+    from tfmot_zip.apps import zoo
 
     tasks = [data.make_task(n) for n in task_names]
     trained = [zoo.train_on_task(arch, t, seed=0) for t in tasks]
@@ -67,8 +68,8 @@ def main() -> None:
     parser.add_argument("--only-resnet", action="store_true", help="only the ResNet-20 pair")
     args = parser.parse_args()
 
-    from tfmot_zip import demo
-    from tfmot_zip.io_utils import atomic_write_json, check_writable_dir
+    from tfmot_zip.apps import demo
+    from tfmot_zip.io import atomic_write_json, check_writable_dir
 
     out_dir = check_writable_dir(args.out)
     steps = 100 if args.quick else 300
@@ -94,7 +95,8 @@ def main() -> None:
 
 def pair_figures_three(mode, log):
     import tfmot_zip
-    from tfmot_zip import data, training, zoo
+    from tfmot_zip import data, training
+    from tfmot_zip.apps import zoo
 
     names = ("classes_0_2", "classes_3_5", "classes_6_9")
     tasks = [data.make_task(n) for n in names]

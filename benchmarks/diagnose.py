@@ -51,7 +51,8 @@ def diagnose(calibration_samples: int = 10_000, log=print) -> dict:
 
     import tfmot_zip
     from benchmarks.measure import evaluate_models, versions
-    from tfmot_zip import data, training, zoo
+    from tfmot_zip import data, training
+    from tfmot_zip.apps import zoo
 
     results = {"versions": versions(), "calibration_samples": calibration_samples, "pairs": {}}
     for name, (task_names, seeds) in PAIRS.items():
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="out/bench/diagnose.json", help="JSON output file")
     args = parser.parse_args(argv)
     from benchmarks.run import _import_tensorflow_quietly
-    from tfmot_zip.io_utils import atomic_write_json, check_writable_dir
+    from tfmot_zip.io import atomic_write_json, check_writable_dir
 
     _import_tensorflow_quietly()
     results = diagnose()

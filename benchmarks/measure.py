@@ -117,7 +117,7 @@ def probe_resnet() -> dict:
         True
     """
     import tfmot_zip
-    from tfmot_zip import zoo
+    from tfmot_zip.apps import zoo
     from tfmot_zip.compat import keras
 
     start = time.perf_counter()
@@ -234,7 +234,7 @@ def fully_shared_network(arch: str, num_classes: Sequence[int], names: Sequence[
         >>> net.count_params()  # doctest: +SKIP
         266610
     """
-    from tfmot_zip import zoo
+    from tfmot_zip.apps import zoo
     from tfmot_zip.compat import keras
 
     keras.utils.set_random_seed(seed)
@@ -256,7 +256,8 @@ class Context:
     """What every measurement of one scenario needs: models, data, originals' figures."""
 
     def __init__(self, scenario: Scenario, config: BenchConfig, log: Log):
-        from tfmot_zip import data, zoo
+        from tfmot_zip import data
+        from tfmot_zip.apps import zoo
 
         self.scenario, self.config, self.log = scenario, config, log
         self.tasks = [data.make_task(t) for t in scenario.tasks]
@@ -288,7 +289,7 @@ class Context:
 
         if not any(isinstance(l, keras.layers.BatchNormalization) for l in self.models[0].layers):
             return None
-        from tfmot_zip.batchnorm import recalibrate_batchnorm
+        from tfmot_zip.model.batchnorm import recalibrate_batchnorm
 
         copies = []
         for model, calibration in zip(self.models, self.calibration):

@@ -30,12 +30,12 @@ import numpy as np
 
 from tfmot_zip import pam
 from tfmot_zip.compat import keras
-from tfmot_zip.fold import fold_batchnorm
+from tfmot_zip.model.fold import fold_batchnorm
 from tfmot_zip.core.pam_math import all_subsets
-from tfmot_zip.data import make_task
+from tfmot_zip.data.tasks import make_task
 from tfmot_zip.training import evaluate_tasks
-from tfmot_zip.zip_api import zip_models
-from tfmot_zip.zoo import train_on_task
+from tfmot_zip.zipping.api import zip_models
+from tfmot_zip.apps.zoo import train_on_task
 
 TASKS = ("classes_0_2", "classes_3_5", "classes_6_9")
 
@@ -268,7 +268,7 @@ def _groups_text(groups: list) -> str:
 
 
 def _write_json(result: dict, path: str) -> None:
-    from tfmot_zip.io_utils import atomic_write_text
+    from tfmot_zip.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=1, default=float))
 

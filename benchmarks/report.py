@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from tfmot_zip.io_utils import atomic_write_bytes, check_writable_dir
+from tfmot_zip.io import atomic_write_bytes, check_writable_dir
 
 __all__ = ["render_markdown", "write_plots", "mean_drop", "best_baseline"]
 

@@ -100,7 +100,8 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
     ``seed`` is the retraining data-order seed (see the module docstring); the originals stay seed 0.
     """
     import tfmot_zip
-    from tfmot_zip import data, training, zoo
+    from tfmot_zip import data, training
+    from tfmot_zip.apps import zoo
 
     tasks = [data.make_task("classes_0_4"), data.make_task("classes_5_9")]
     trained = [zoo.train_on_task(arch, t, seed=0) for t in tasks]
@@ -183,7 +184,7 @@ def main() -> None:
                              "stay the zoo's seed 0 (default: 0)")
     args = parser.parse_args()
 
-    from tfmot_zip import zoo
+    from tfmot_zip.apps import zoo
 
     archs = [a.strip() for value in (args.arch or list(DEFAULT_ARCHS)) for a in value.split(",") if a.strip()]
     for arch in archs:
@@ -206,8 +207,8 @@ def main() -> None:
     if not args.learning_rate > 0:
         parser.error(f"--learning-rate must be positive; received {args.learning_rate}")
 
-    from tfmot_zip import demo
-    from tfmot_zip.io_utils import atomic_write_json, check_writable_dir
+    from tfmot_zip.apps import demo
+    from tfmot_zip.io import atomic_write_json, check_writable_dir
 
     out = check_writable_dir(args.out)
     results = {"versions": demo._versions(), "runs": []}

@@ -45,7 +45,7 @@ def rerender(results_json: str, out: str | None, img_dir: str | None) -> int:
     _import_tensorflow_quietly()  # importing tfmot_zip imports TensorFlow
 
     from benchmarks import report
-    from tfmot_zip.io_utils import atomic_write_text, check_writable_dir
+    from tfmot_zip.io import atomic_write_text, check_writable_dir
 
     results = json.loads(Path(results_json).read_text(encoding="utf-8"))
     out_dir = check_writable_dir(out or Path(results_json).parent)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from benchmarks import measure, report
     from benchmarks.scenarios import full_config, quick_config, select_scenarios
-    from tfmot_zip.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
+    from tfmot_zip.io import atomic_write_json, atomic_write_text, check_writable_dir
 
     started = time.perf_counter()
 

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> None:
     import tfmot_zip
-    from tfmot_zip import data, training, zoo
+    from tfmot_zip import data, training
+    from tfmot_zip.apps import zoo
 
     arch = sys.argv[1] if len(sys.argv) > 1 else "lenet5"
     samples = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000

@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small run (subsampled training, 100 steps)")
     args = parser.parse_args()
 
-    from tfmot_zip.demo import DemoConfig, run_demo
+    from tfmot_zip.apps.demo import DemoConfig, run_demo
 
     config = DemoConfig(out_dir=args.out, retrain_steps=args.steps, selection=args.selection)
     if args.quick:

@@ -8,7 +8,7 @@ $TFMOT_ZIP_CACHE) -> tfmot_zip.zip_models(sharing=1.0) -> joint retraining -> st
 TFMOT prune_low_magnitude (PolynomialDecay to 80%) -> strip_pruning -> int8 -> export_tflite.
 Every task's accuracy is measured through the LiteRT interpreter on its full test split; sizes and
 latencies are compared with the two separate models side by side. Writes report.md, report.json
-and the .tflite files into --out. The work is done by tfmot_zip.tflite_chain.run(config).
+and the .tflite files into --out. The work is done by tfmot_zip.apps.tflite_chain.run(config).
 """
 import argparse
 import os
@@ -29,7 +29,7 @@ def main() -> None:
     from tfmot_zip.compat import tf
 
     tf.get_logger().setLevel("ERROR")
-    from tfmot_zip.tflite_chain import ChainConfig, quick_config, run
+    from tfmot_zip.apps.tflite_chain import ChainConfig, quick_config, run
 
     config = quick_config(out_dir=args.out, int8=args.int8) if args.quick else ChainConfig(out_dir=args.out, int8=args.int8)
     report = run(config)

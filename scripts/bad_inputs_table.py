@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 import tfmot_zip  # noqa: E402
 from tfmot_zip.compat import tf  # noqa: E402
-from tfmot_zip import cli, training  # noqa: E402
+from tfmot_zip import cli, training# noqa: E402
 import tfmot_zip.compat  # noqa: E402,F401  (tf_keras before anything else)
 
 
@@ -82,7 +82,7 @@ def other_rows(hardening) -> list[tuple]:
     rows.append(("strip_zipping", "a model without zip layers", *attempt(lambda: tfmot_zip.strip_zipping(hardening.mlp(1))), ""))
     rows.append(("strip_zipping", "a path string instead of a model", *attempt(lambda: tfmot_zip.strip_zipping("zipped.keras")), ""))
     rows.append(("zip_summary", "a model without zip layers", *attempt(lambda: tfmot_zip.zip_summary(hardening.mlp(1))), ""))
-    from tfmot_zip.report import write_zip_report
+    from tfmot_zip.report.zip_report import write_zip_report
 
     with tempfile.TemporaryDirectory() as folder:
         for name, kwargs, _, _ in hardening.REPORT_CASES:
@@ -100,7 +100,7 @@ def other_rows(hardening) -> list[tuple]:
     bad_labels = [(train[0][0], np.full(len(train[0][0]), 7)), train[1]]
     rows.append(("retrain", "labels beyond a head's classes", *attempt(lambda: training.retrain(zipped, bad_labels, steps=1)), "fixed (was a bug)"))
     try:
-        from tfmot_zip.export import export_tflite
+        from tfmot_zip.export.tflite import export_tflite
     except ImportError:
         return rows
     plain = tfmot_zip.strip_zipping(zipped)
@@ -212,7 +212,7 @@ def main() -> None:
     import test_hardening
 
     rows = zip_rows(test_hardening) + other_rows(test_hardening) + cli_rows(test_cli)
-    from tfmot_zip.io_utils import atomic_write_text
+    from tfmot_zip.io import atomic_write_text
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, render(rows))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/img/zip_report_example.png and docs/zip_report_example.md from a real run of
 # the command line on the cached LeNet-300-100 pair (Fashion-MNIST classes 0-4 and 5-9; trained
-# once by tfmot_zip.zoo, then loaded from the cache).
+# once by tfmot_zip.apps.zoo, then loaded from the cache).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,7 +11,7 @@ FM=local_fashion_mnist
 mkdir -p "$OUT" docs/img
 read -r A B < <("$PY" -c '
 import os; os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-from tfmot_zip import zoo
+from tfmot_zip.apps import zoo
 print(*(zoo.train_on_task("lenet_300_100", t, seed=0).path for t in ("classes_0_4", "classes_5_9")))' 2>/dev/null)
 COMMAND=(.venv/bin/tfmot-zip zip "$A" "$B"
   --calibration "$FM:train[:10000]?classes=0,1,2,3,4" "$FM:train[:10000]?classes=5,6,7,8,9"

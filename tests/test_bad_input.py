@@ -4,7 +4,7 @@ import pytest
 
 import tfmot_zip
 from tfmot_zip.compat import keras
-from tfmot_zip.graph import UnsupportedModelError
+from tfmot_zip.model.graph import UnsupportedModelError
 
 from conftest import calib, cnn, mlp
 

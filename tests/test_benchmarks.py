@@ -90,7 +90,8 @@ def test_tiny_run_references_and_search(tiny_results):
 
 
 def test_separate_models_reproduce_the_originals(tiny_results):
-    from tfmot_zip import data, zoo
+    from tfmot_zip import data
+    from tfmot_zip.apps import zoo
 
     _, tmp_path = tiny_results
     tasks = [data.make_task("classes_0_4"), data.make_task("classes_5_9")]

@@ -16,7 +16,7 @@ import pytest
 
 import tfmot_zip
 from tfmot_zip import cli
-from tfmot_zip.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, main, parse_data_spec, parse_sharing
+from tfmot_zip.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, main, parse_data_spec, parse_sharing
 from tfmot_zip.compat import keras
 
 from conftest import calib, mlp
@@ -145,7 +145,7 @@ def test_unexpected_failures_exit_1_and_debug_shows_the_traceback(files, tmp_pat
     def broken(*args, **kwargs):
         raise KeyError("internal bug")
 
-    monkeypatch.setattr(tfmot_zip.zip_api, "zip_models", broken)
+    monkeypatch.setattr(tfmot_zip.zipping.api, "zip_models", broken)
     monkeypatch.setattr(tfmot_zip, "zip_models", broken, raising=False)
     argv = ["zip", files["model0"], files["model1"], "--calibration", files["data0"], "--out", tmp_path / "z.keras", "-q"]
     code, captured = run(argv, capsys)
@@ -372,7 +372,7 @@ def test_inspect_plain_keras_model(files, capsys):
 
 
 def test_demo_quick_maps_to_a_small_config(tmp_path, monkeypatch, capsys):
-    import tfmot_zip.demo
+    import tfmot_zip.apps.demo
 
     seen = {}
 
@@ -380,13 +380,13 @@ def test_demo_quick_maps_to_a_small_config(tmp_path, monkeypatch, capsys):
         seen["config"] = config
         return {}
 
-    monkeypatch.setattr(tfmot_zip.demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(tfmot_zip.apps.demo, "run_demo", fake_run_demo)
     code, _ = run(["demo", "--out", tmp_path / "demo", "--quick"], capsys)
     assert code == EXIT_OK
     config = seen["config"]
     assert config.out_dir == str(tmp_path / "demo") and config.sharings == (1.0,) and config.retrain_steps < 300
     code, _ = run(["demo", "--out", tmp_path / "full"], capsys)
-    assert seen["config"].sharings == tfmot_zip.demo.DemoConfig().sharings
+    assert seen["config"].sharings == tfmot_zip.apps.demo.DemoConfig().sharings
 
 
 # --- data specs -------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def test_npz_spec_options(tmp_path):
 
 def test_local_fashion_mnist_spec_reads_the_local_builder():
     """Prepared once into the user's cache (about a minute on a fresh machine), then instant."""
-    from tfmot_zip.datasets import load_fashion_mnist
+    from tfmot_zip.data.fashion_mnist import load_fashion_mnist
 
     data = cli.load_data_spec("local_fashion_mnist:test[:300]?classes=9,0", need_labels=True)
     x, y = load_fashion_mnist("test")

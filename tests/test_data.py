@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfmot_zip import data, datasets
+from tfmot_zip import data
+from tfmot_zip.data import fashion_mnist as datasets
 from tfmot_zip.compat import keras, tf
 
 pytestmark = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""Tests for tfmot_zip.datasets and the local tensorflow-datasets builder (real Fashion-MNIST files)."""
+"""Tests for tfmot_zip.data.fashion_mnist and the local tensorflow-datasets builder (real Fashion-MNIST files)."""
 from __future__ import annotations
 
 import gzip
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfmot_zip import datasets
+from tfmot_zip.data import fashion_mnist as datasets
 
 REAL_DIR = Path(datasets.DEFAULT_FASHION_MNIST_DIR)
 pytestmark = pytest.mark.skipif(
@@ -133,7 +133,7 @@ def test_tfds_builder_matches_numpy_loader(tfds_dir):
 
 
 def test_tfds_builder_info_and_dict_examples(tfds_dir):
-    from tfmot_zip.tfds_builder import LocalFashionMnist
+    from tfmot_zip.data.tfds_builder import LocalFashionMnist
 
     builder = LocalFashionMnist(data_dir=tfds_dir)
     assert builder.name == "local_fashion_mnist"
@@ -148,7 +148,7 @@ def test_tfds_builder_info_and_dict_examples(tfds_dir):
 
 
 def test_tfds_builder_missing_files_error(tmp_path):
-    from tfmot_zip.tfds_builder import LocalFashionMnist
+    from tfmot_zip.data.tfds_builder import LocalFashionMnist
 
     builder = LocalFashionMnist(data_dir=tmp_path / "tfds", source_dir=tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):

@@ -1,4 +1,4 @@
-"""Tests for tfmot_zip.export and tfmot_zip.size_report: one TFLite file, a signature per task.
+"""Tests for tfmot_zip.export and tfmot_zip.export.size: one TFLite file, a signature per task.
 
 A small LeNet-5 pair (Fashion-MNIST classes 0-4 / 5-9, 2000 training images, 2 epochs) is zipped
 at full sharing and stripped once per module; every export is checked in the LiteRT interpreter.
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import tfmot_zip
-from tfmot_zip import data, zoo
+from tfmot_zip import data
+from tfmot_zip.apps import zoo
 from tfmot_zip.compat import keras
-from tfmot_zip.export import (
+from tfmot_zip.export.tflite import (
     ALL_TASKS,
     ALL_TASKS_SHARED_INPUT,
     TOLERANCES,
@@ -25,7 +26,7 @@ from tfmot_zip.export import (
     tflite_signatures,
     verify_tflite,
 )
-from tfmot_zip.size_report import count_params, format_report, gzip_size, size_latency_report
+from tfmot_zip.export.size import count_params, format_report, gzip_size, size_latency_report
 
 TASKS = ("classes_0_4", "classes_5_9")
 

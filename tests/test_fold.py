@@ -1,12 +1,12 @@
-"""Folding BatchNormalization into the preceding layer (tfmot_zip.fold)."""
+"""Folding BatchNormalization into the preceding layer (tfmot_zip.model.fold)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from tfmot_zip.compat import keras
-from tfmot_zip.fold import fold_batchnorm
-from tfmot_zip.zoo import small_vgg
+from tfmot_zip.model.fold import fold_batchnorm
+from tfmot_zip.apps.zoo import small_vgg
 
 
 def _randomise_batchnorm(model: keras.Model, seed: int) -> None:

@@ -21,7 +21,7 @@ import tfmot_zip
 from tfmot_zip import training
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.core import SingularHessianError
-from tfmot_zip.graph import UnsupportedModelError
+from tfmot_zip.model.graph import UnsupportedModelError
 
 from conftest import calib, cnn, mlp
 
@@ -39,7 +39,7 @@ def _boom(*args, **kwargs):
 @pytest.fixture
 def no_work(monkeypatch):
     """zip_models may validate, but building the zipped model or zipping it fails the test."""
-    import tfmot_zip.zip_api as zip_api
+    import tfmot_zip.zipping.api as zip_api
 
     monkeypatch.setattr(zip_api, "build_zipped_model", _boom)
     monkeypatch.setattr(zip_api, "Zipper", _boom)
@@ -288,7 +288,7 @@ def test_retrain_checks_label_range_before_training(zipped_pair, monkeypatch):
     with pytest.raises(ValueError, match="label"):
         training.retrain(zipped_pair, [(x, np.full(32, 7)), _trainset(rng)], steps=1, batch_size=8)
 def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
-    from tfmot_zip.io_utils import atomic_write_bytes
+    from tfmot_zip.io import atomic_write_bytes
 
     umask = os.umask(0o022)
     try:
@@ -364,7 +364,7 @@ REPORT_CASES = [
 
 @pytest.mark.parametrize("case", REPORT_CASES, ids=[c[0] for c in REPORT_CASES])
 def test_write_zip_report_validates_before_writing(zipped_pair, tmp_path, case):
-    from tfmot_zip.report import write_zip_report
+    from tfmot_zip.report.zip_report import write_zip_report
 
     _, kwargs, error, pattern = case
     out = tmp_path / "report"
@@ -374,7 +374,7 @@ def test_write_zip_report_validates_before_writing(zipped_pair, tmp_path, case):
 
 
 def test_write_zip_report_rejects_plain_models_and_unwritable_folders(zipped_pair, tmp_path):
-    from tfmot_zip.report import write_zip_report
+    from tfmot_zip.report.zip_report import write_zip_report
 
     with pytest.raises(ValueError, match="no zip layers"):
         write_zip_report(mlp(1), tmp_path / "r1")
@@ -467,7 +467,7 @@ def test_three_model_zip_never_modifies_models():
 
 
 def test_write_zip_report_never_modifies_the_model(zipped_pair, tmp_path):
-    from tfmot_zip.report import write_zip_report
+    from tfmot_zip.report.zip_report import write_zip_report
 
     before = snapshot(zipped_pair)
     write_zip_report(zipped_pair, tmp_path / "r", accuracy_before=[50, 60], accuracy_after=[40, 55], sizes={"a": 10})
@@ -482,7 +482,7 @@ def leftovers(folder: Path, keep: set) -> list:
 
 
 def test_atomic_save_model_keeps_the_old_file_when_saving_fails(zipped_pair, tmp_path, monkeypatch):
-    from tfmot_zip.cli import atomic_save_model
+    from tfmot_zip.cli.main import atomic_save_model
 
     target = tmp_path / "zipped.keras"
     target.write_bytes(b"previous version")
@@ -499,7 +499,7 @@ def test_atomic_save_model_keeps_the_old_file_when_saving_fails(zipped_pair, tmp
 
 
 def test_atomic_save_model_writes_a_loadable_file(zipped_pair, tmp_path):
-    from tfmot_zip.cli import atomic_save_model
+    from tfmot_zip.cli.main import atomic_save_model
 
     path = atomic_save_model(zipped_pair, tmp_path / "zipped.keras")
     assert leftovers(tmp_path, {"zipped.keras"}) == []
@@ -508,7 +508,7 @@ def test_atomic_save_model_writes_a_loadable_file(zipped_pair, tmp_path):
 
 
 def test_atomic_write_bytes_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
-    from tfmot_zip import io_utils
+    from tfmot_zip import io as io_utils
 
     target = tmp_path / "report.json"
     target.write_text("old")
@@ -522,7 +522,7 @@ def test_atomic_write_bytes_keeps_the_old_file_when_the_rename_fails(tmp_path, m
 def test_report_leaves_no_partial_png_when_drawing_fails(zipped_pair, tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from tfmot_zip.report import write_zip_report
+    from tfmot_zip.report.zip_report import write_zip_report
 
     def crash(self, fname, *args, **kwargs):
         if hasattr(fname, "write"):

@@ -48,7 +48,7 @@ def test_stream_writers_with_conflicting_sharing_are_refused(rng):
 
 
 def test_batchnorm_recalibration_matches_the_statistics_of_its_inputs(rng):
-    from tfmot_zip.batchnorm import recalibrate_batchnorm
+    from tfmot_zip.model.batchnorm import recalibrate_batchnorm
     from tfmot_zip.compat import keras
 
     a, b = tiny_resnet(7), tiny_resnet(8)

@@ -12,7 +12,7 @@ import pytest
 
 import tfmot_zip
 from tfmot_zip.compat import keras
-from tfmot_zip.layers import ZipConv2D, ZipDense
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
 
 from conftest import calib, cnn, mlp
 

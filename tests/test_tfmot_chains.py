@@ -12,10 +12,12 @@ import pytest
 import tensorflow_model_optimization as tfmot  # noqa: E402  (tfmot_zip sets TF_USE_LEGACY_KERAS on import)
 
 import tfmot_zip
-from tfmot_zip import data, tfmot_support, zoo
+from tfmot_zip import data
+from tfmot_zip.export import tfmot as tfmot_support
+from tfmot_zip.apps import zoo
 from tfmot_zip.compat import keras
-from tfmot_zip.export import TOLERANCES, export_tflite, verify_tflite
-from tfmot_zip.layers import ZipConv2D, ZipDense
+from tfmot_zip.export.tflite import TOLERANCES, export_tflite, verify_tflite
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
 
 TASKS = ("classes_0_4", "classes_5_9")
 sparsity_api = tfmot.sparsity.keras
@@ -172,7 +174,7 @@ def test_prune_preserving_qat_keeps_sparsity(setup):
     moved = kernels(qat_float_weights(plain_qat, stripped))
     assert sparsity(moved["fc1_input_to_shared"]) < 0.5
 
-    # tfmot_zip.tfmot_support.quantize_zipped(preserve_sparsity=True) applies the same scheme.
+    # tfmot_zip.export.tfmot.quantize_zipped(preserve_sparsity=True) applies the same scheme.
     helper = tfmot_support.quantize_zipped(stripped, preserve_sparsity=True)
     for q in (helper, preserving):
         quantizer = q.get_layer("quant_fc1_input_to_shared").quantize_config.weight_quantizer

@@ -1,4 +1,4 @@
-"""Tests for tfmot_zip.zoo: architectures (closed-form parameter counts) and cached training."""
+"""Tests for tfmot_zip.apps.zoo: architectures (closed-form parameter counts) and cached training."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from tfmot_zip import datasets, zoo
+from tfmot_zip.data import fashion_mnist as datasets
+from tfmot_zip.apps import zoo
 from tfmot_zip.compat import keras
 
 

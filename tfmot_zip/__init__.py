@@ -1,8 +1,15 @@
 """tfmot_zip: Multi-Task Zipping of tf_keras models, composable with TFMOT.
 
+The public API, in the order a user meets it: zip (:func:`zip_models`, or deferred to ``fit``
+with a schedule and :class:`ZipCallback`), inspect (:func:`zip_summary`, :class:`ZipReport`),
+strip (:func:`strip_zipping`), quantize (:func:`quantize_zipped`) and export
+(:func:`export_tflite`, :func:`verify_tflite`). Subpackages (``tfmot_zip.data``,
+``tfmot_zip.export``, ``tfmot_zip.pam``, ...) hold the rest; ``docs/ARCHITECTURE.md`` maps them.
+
 Example:
     >>> import tfmot_zip
-    >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.5)  # doctest: +SKIP
+    >>> sorted(tfmot_zip.__all__)[:3]
+    ['LayerwiseSchedule', 'OneShotSchedule', 'TFLiteVerificationError']
 
 Public names resolve lazily; importing the package registers the zip layers with tf_keras (so
 TensorFlow is imported). ``tfmot_zip.core`` itself depends only on numpy and scipy.
@@ -12,39 +19,31 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
-    "zip_models": "tfmot_zip.zip_api",
-    "strip_zipping": "tfmot_zip.zip_api",
-    "zip_summary": "tfmot_zip.zip_api",
-    "zip_scope": "tfmot_zip.zip_api",
-    "ZipReport": "tfmot_zip.zip_api",
-    "ZipDense": "tfmot_zip.layers",
-    "ZipConv2D": "tfmot_zip.layers",
-    "write_zip_report": "tfmot_zip.report",
-    "ZipCallback": "tfmot_zip.callbacks",
-    "pending_layers": "tfmot_zip.callbacks",
-    "LayerwiseSchedule": "tfmot_zip.schedules",
-    "OneShotSchedule": "tfmot_zip.schedules",
-    "extract_task_models": "tfmot_zip.builder",
-    "export_tflite": "tfmot_zip.export",
-    "verify_tflite": "tfmot_zip.export",
-    "tflite_predict": "tfmot_zip.export",
-    "tflite_accuracy": "tfmot_zip.export",
-    "size_latency_report": "tfmot_zip.size_report",
-    "register_with_tfmot": "tfmot_zip.tfmot_support",
-    "quantize_annotate_zipped": "tfmot_zip.tfmot_support",
-    "quantize_zipped": "tfmot_zip.tfmot_support",
-    "zip_quantize_scope": "tfmot_zip.tfmot_support",
-}
-_SUBMODULES = {
-    "core", "data", "datasets", "zoo", "compat", "layers", "zip_api", "report", "cli",
-    "training", "callbacks", "schedules",
-    "export", "size_report", "tfmot_support", "tflite_chain",
+    "zip_models": "tfmot_zip.zipping.api",
+    "strip_zipping": "tfmot_zip.zipping.api",
+    "zip_summary": "tfmot_zip.zipping.api",
+    "zip_scope": "tfmot_zip.zipping.api",
+    "ZipReport": "tfmot_zip.zipping.report",
+    "ZipCallback": "tfmot_zip.zipping.callbacks",
+    "LayerwiseSchedule": "tfmot_zip.zipping.schedules",
+    "OneShotSchedule": "tfmot_zip.zipping.schedules",
+    "extract_task_models": "tfmot_zip.model.builder",
+    "quantize_zipped": "tfmot_zip.export.tfmot",
+    "export_tflite": "tfmot_zip.export.tflite",
+    "verify_tflite": "tfmot_zip.export.tflite",
+    "write_zip_report": "tfmot_zip.report.zip_report",
+    "UnsupportedModelError": "tfmot_zip.model.graph",
+    "TFLiteVerificationError": "tfmot_zip.export.tflite",
 }
 
-__all__ = sorted(set(_EXPORTS) | _SUBMODULES)
+_SUBPACKAGES = {
+    "apps", "cli", "compat", "core", "data", "export", "io", "model", "pam", "report", "training", "zipping",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def _started_as_cli() -> bool:
@@ -60,12 +59,16 @@ def _started_as_cli() -> bool:
 # Registers ZipDense/ZipConv2D with tf_keras so that `import tfmot_zip` is enough to load a
 # zipped `.keras` file (imports TensorFlow; the numpy core itself does not depend on it).
 if not _started_as_cli():
-    from tfmot_zip import layers as _layers  # noqa: E402,F401
+    from tfmot_zip.model import layers as _layers  # noqa: E402,F401
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in _SUBMODULES:
+    if name in _SUBPACKAGES:  # tfmot_zip.data, tfmot_zip.export, ... on first use
         return importlib.import_module(f"tfmot_zip.{name}")
     raise AttributeError(f"module 'tfmot_zip' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -148,7 +148,7 @@ def retrain(
     Example:
         >>> history = retrain(zipped, [task_a.train, task_b.train], steps=300)  # doctest: +SKIP
     """
-    from tfmot_zip.data import multitask
+    from tfmot_zip.data.tasks import multitask
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"Expected a non-negative integer number of steps. Received: steps={steps!r}")

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tfmot_zip.compat import check_tf_keras_model, keras
-from tfmot_zip.export import (
+from tfmot_zip.export.tflite import (
     ALL_TASKS,
     ALL_TASKS_SHARED_INPUT,
     SHARED_INPUT_NAME,
@@ -196,7 +196,7 @@ def size_latency_report(
             "were given; pass one separate model per task, in the zipped model's task order."
         )
     inputs = _per_input(zipped_stripped, sample_inputs, "sample_inputs", count=1)
-    from tfmot_zip.export import _input_dependencies
+    from tfmot_zip.export.tflite import _input_dependencies
 
     deps = _input_dependencies(zipped_stripped)
     task_inputs = [inputs[deps[t][0]] for t in range(len(names))]

@@ -1,16 +1,16 @@
 """The whole chain on real data: zip -> retrain -> strip -> prune -> int8 -> one TFLite file.
 
 Library behind ``examples/zip_prune_quantize_tflite.py`` (tests and notebooks import it):
-two LeNet-5 trained on Fashion-MNIST classes 0-4 and 5-9 (cached by :mod:`tfmot_zip.zoo`) are
+two LeNet-5 trained on Fashion-MNIST classes 0-4 and 5-9 (cached by :mod:`tfmot_zip.apps.zoo`) are
 zipped at full sharing with MTZ, retrained jointly for a few hundred steps, stripped to
 standard layers, pruned with TFMOT to 80% sparsity while fine-tuning, quantized to int8
 (post-training with representative data, or prune-preserving QAT), and exported to ONE TFLite
 file with a signature per task. Every task's accuracy is then measured through the LiteRT
 interpreter on its full test split, and size and latency are compared with the two separate
-float models side by side (:func:`tfmot_zip.size_report.size_latency_report`).
+float models side by side (:func:`tfmot_zip.export.size.size_latency_report`).
 
 Example:
-    >>> from tfmot_zip.tflite_chain import ChainConfig, run
+    >>> from tfmot_zip.apps.tflite_chain import ChainConfig, run
     >>> report = run(ChainConfig(out_dir="out/tflite_chain"))  # doctest: +SKIP
     >>> report["targets"]["int8_gzip_vs_separate_float_gzip"]["met"]  # doctest: +SKIP
     True
@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from tfmot_zip.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
+from tfmot_zip.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 __all__ = ["ChainConfig", "quick_config", "run", "render_markdown"]
 
@@ -195,11 +195,12 @@ def run(config: ChainConfig = ChainConfig(), log: Callable[[str], None] = print)
     import tensorflow_model_optimization as tfmot
 
     import tfmot_zip
-    from tfmot_zip import data, zoo
+    from tfmot_zip import data
+    from tfmot_zip.apps import zoo
     from tfmot_zip.compat import keras
-    from tfmot_zip.export import export_tflite, tflite_accuracy, verify_tflite
-    from tfmot_zip.size_report import format_report, gzip_size, size_latency_report
-    from tfmot_zip.tfmot_support import quantize_zipped, shared_layers
+    from tfmot_zip.export.tflite import export_tflite, tflite_accuracy, verify_tflite
+    from tfmot_zip.export.size import format_report, gzip_size, size_latency_report
+    from tfmot_zip.export.tfmot import quantize_zipped, shared_layers
     from tfmot_zip.training import compile_multitask, evaluate_tasks, retrain
 
     timings: dict[str, float] = {}

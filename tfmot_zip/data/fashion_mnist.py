@@ -9,7 +9,7 @@ Point ``TFMOT_ZIP_FASHION_MNIST_DIR`` (or the ``data_dir`` argument) at another 
 four files to use a copy elsewhere.
 
 Importing this module is cheap: TensorFlow and tensorflow-datasets are imported only by
-:func:`load_tfds` (through :mod:`tfmot_zip.tfds_builder`).
+:func:`load_tfds` (through :mod:`tfmot_zip.data.tfds_builder`).
 
 Example:
     >>> from tfmot_zip import datasets
@@ -304,7 +304,7 @@ def load_tfds(
         >>> tuple(image.shape)  # doctest: +SKIP
         (28, 28, 1)
     """
-    from tfmot_zip.tfds_builder import LocalFashionMnist  # lazy: imports tensorflow_datasets
+    from tfmot_zip.data.tfds_builder import LocalFashionMnist  # lazy: imports tensorflow_datasets
 
     if data_dir is None:
         data_dir = default_cache_dir() / "tensorflow_datasets"
@@ -315,7 +315,7 @@ def load_tfds(
 
 def __getattr__(name: str):  # PEP 562: ``datasets.LocalFashionMnist`` without an eager tfds import.
     if name == "LocalFashionMnist":
-        from tfmot_zip.tfds_builder import LocalFashionMnist
+        from tfmot_zip.data.tfds_builder import LocalFashionMnist
 
         return LocalFashionMnist
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

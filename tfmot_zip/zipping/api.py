@@ -4,85 +4,27 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tfmot_zip.builder import build_zipped_model, sanitize_task_names
+from tfmot_zip.model.builder import build_zipped_model, sanitize_task_names
 from tfmot_zip.compat import check_tf_keras_model, keras
 from tfmot_zip.core.selection import SELECTORS
-from tfmot_zip.graph import ModelGraph, align_models
-from tfmot_zip.layers import ZipConv2D, ZipDense
-from tfmot_zip.spaces import trace_spaces
-from tfmot_zip.strategies import STRATEGIES, get_strategy
-from tfmot_zip.strip import group_units, strip_zipping
-from tfmot_zip.schedules import ZipSchedule
-from tfmot_zip.zipper import MERGED_HESSIANS, Zipper
+from tfmot_zip.model.graph import ModelGraph, align_models
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
+from tfmot_zip.model.spaces import trace_spaces
+from tfmot_zip.core.strategies import STRATEGIES, get_strategy
+from tfmot_zip.model.strip import group_units, strip_zipping
+from tfmot_zip.zipping.schedules import ZipSchedule
+from tfmot_zip.zipping.report import LayerSummary, ZipReport
+from tfmot_zip.zipping.zipper import MERGED_HESSIANS, Zipper
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
 
 
-@dataclass
-class LayerSummary:
-    """Sharing of one zip-able layer."""
-
-    name: str
-    kind: str
-    widths: list[int]
-    shared_units: int
-    params_before: int
-    params_after: int
-    merge_cost: float | None = None
-    is_head: bool = False
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class ZipReport:
-    """Per-layer sharing, parameter counts and timings of a zipped model."""
-
-    task_names: list[str]
-    layers: list[LayerSummary]
-    params_original: int
-    params_zipped: int
-    zip_seconds: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def shared_params(self) -> int:
-        """Parameters used by more than one task (the paper's measure, over one network)."""
-        return self.params_original - self.params_zipped
-
-    def as_dict(self) -> dict:
-        return {
-            "task_names": self.task_names,
-            "layers": [l.as_dict() for l in self.layers],
-            "params_original": self.params_original,
-            "params_zipped": self.params_zipped,
-            "shared_params": self.shared_params,
-            "zip_seconds": self.zip_seconds,
-            **self.extra,
-        }
-
-    def __str__(self) -> str:
-        head = f"{'layer':<14}{'widths':<14}{'shared':>8}{'params before':>15}{'params after':>14}{'merge cost':>12}"
-        lines = [head, "-" * len(head)]
-        for l in self.layers:
-            cost = "" if l.merge_cost is None else f"{l.merge_cost:.4g}"
-            widths = "/".join(str(w) for w in l.widths) + (" (head)" if l.is_head else "")
-            lines.append(f"{l.name:<14}{widths:<14}{l.shared_units:>8}{l.params_before:>15,}{l.params_after:>14,}{cost:>12}")
-        lines.append(
-            f"total parameters: {self.params_original:,} in the separate models -> {self.params_zipped:,} "
-            f"zipped ({self.params_zipped / self.params_original:.1%})"
-        )
-        return "\n".join(lines)
-
-
 def _as_calibration(data: Any, argument: str, shape: tuple, limit: int | None) -> np.ndarray:
-    from tfmot_zip.data import as_inputs
+    from tfmot_zip.data.tasks import as_inputs
 
     try:
         x = as_inputs(data, count=limit)
@@ -289,7 +231,7 @@ def zip_models(
     records = zipper.run(shares)
     changed = any(r.shared > 0 for r in records.values())
     if recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
-        from tfmot_zip.batchnorm import recalibrate_batchnorm as _recalibrate
+        from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
 
         _recalibrate(zipped, calibration)
     for node in graph.zip_nodes():
@@ -372,7 +314,7 @@ def zip_scope() -> Iterator[None]:
     """
     objects = {"ZipDense": ZipDense, "ZipConv2D": ZipConv2D}
     try:  # quantize configs of zip layers, for QAT models saved with TFMOT
-        from tfmot_zip.tfmot_support import ZipConv2DQuantizeConfig, ZipDenseQuantizeConfig
+        from tfmot_zip.export.tfmot import ZipConv2DQuantizeConfig, ZipDenseQuantizeConfig
 
         objects.update(ZipDenseQuantizeConfig=ZipDenseQuantizeConfig, ZipConv2DQuantizeConfig=ZipConv2DQuantizeConfig)
     except ImportError:  # pragma: no cover - TFMOT is a dependency, but keep the scope usable

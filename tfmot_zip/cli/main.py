@@ -16,7 +16,7 @@ TensorFlow's start-up noise is silenced here, not in the library.
 Everything except :func:`main` is a plain function that tests and notebooks can import.
 
 Example:
-    >>> from tfmot_zip.cli import main
+    >>> from tfmot_zip.cli.main import main
     >>> main(["zip", "a.keras", "b.keras", "--calibration", "a.npz", "b.npz",
     ...       "--sharing", "0.5", "--out", "zipped.keras"])  # doctest: +SKIP
     0
@@ -302,7 +302,7 @@ def parse_data_spec(text: str) -> DataSpec:
 
 
 def _default_tfds_dir() -> Path:
-    from tfmot_zip.datasets import default_cache_dir
+    from tfmot_zip.data.fashion_mnist import default_cache_dir
 
     return default_cache_dir() / "tensorflow_datasets"
 
@@ -310,7 +310,7 @@ def _default_tfds_dir() -> Path:
 def _tfds_builder(spec: DataSpec, data_dir: str | os.PathLike | None, console: _Console):
     """A prepared tensorflow-datasets builder for ``spec`` (never downloads)."""
     if spec.name == LOCAL_FASHION_MNIST:
-        from tfmot_zip.tfds_builder import LocalFashionMnist
+        from tfmot_zip.data.tfds_builder import LocalFashionMnist
 
         folder = Path(data_dir) if data_dir is not None else _default_tfds_dir()
         builder = LocalFashionMnist(data_dir=os.fspath(folder))
@@ -448,7 +448,7 @@ def load_data_spec(
     """Reads the examples a data spec names, as float32 inputs and int64 labels.
 
     ``local_fashion_mnist`` is read through the project's own tensorflow-datasets builder
-    (:class:`tfmot_zip.tfds_builder.LocalFashionMnist`, prepared once from the Debian files into
+    (:class:`tfmot_zip.data.tfds_builder.LocalFashionMnist`, prepared once from the Debian files into
     ``<cache>/tensorflow_datasets`` or ``tfds_data_dir``); another tfds name only when it is
     already prepared locally; nothing is ever downloaded.
 
@@ -578,7 +578,7 @@ def load_model_file(path: str | os.PathLike, what: str = "model") -> "Any":
         >>> model = load_model_file("zipped.keras")  # doctest: +SKIP
     """
     path = _check_model_path(path, what)
-    from tfmot_zip import layers  # noqa: F401  (registers ZipDense/ZipConv2D for loading)
+    from tfmot_zip.model import layers# noqa: F401  (registers ZipDense/ZipConv2D for loading)
     from tfmot_zip.compat import check_tf_keras_model, keras
 
     keras3 = _keras3_version(path)
@@ -601,7 +601,7 @@ def load_model_file(path: str | os.PathLike, what: str = "model") -> "Any":
 
 def _check_output_file(text: str | os.PathLike, suffixes: Sequence[str], flag: str, inputs: Sequence[Path] = ()) -> Path:
     """Validates an output file path before any work: suffix, writable folder, not an input."""
-    from tfmot_zip.io_utils import check_writable_dir
+    from tfmot_zip.io import check_writable_dir
 
     path = Path(text).expanduser()
     if path.suffix.lower() not in suffixes:
@@ -623,7 +623,7 @@ def _check_output_file(text: str | os.PathLike, suffixes: Sequence[str], flag: s
 
 
 def _check_output_dir(text: str | os.PathLike, flag: str) -> Path:
-    from tfmot_zip.io_utils import check_writable_dir
+    from tfmot_zip.io import check_writable_dir
 
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
@@ -666,7 +666,7 @@ def atomic_save_model(model: Any, path: str | os.PathLike, **save_kwargs: Any) -
 
 
 def _zip_layers(model: Any) -> list:
-    from tfmot_zip.layers import ZIP_LAYERS
+    from tfmot_zip.model.layers import ZIP_LAYERS
 
     return [layer for layer in model.layers if isinstance(layer, ZIP_LAYERS)]
 
@@ -735,7 +735,7 @@ def _accuracy_of(model: Any, tests: Sequence[LoadedData], console: _Console, des
 def _zip_with_progress(models, calibration, console: _Console, **kwargs):
     """``zip_models`` with a per-layer progress bar."""
     import tfmot_zip
-    from tfmot_zip.graph import align_models
+    from tfmot_zip.model.graph import align_models
 
     total = len(align_models(models).hidden_zip_nodes()) * (len(models) - 1)  # one pass per added model
     parameters = inspect.signature(tfmot_zip.zip_models).parameters
@@ -792,7 +792,7 @@ def _cmd_zip(args, console: _Console) -> int:
     out = _check_output_file(args.out, (".keras",), "--out", inputs=paths + npz_inputs)
     report_dir = _check_output_dir(args.report, "--report") if args.report else None
     from tfmot_zip.core.selection import SELECTORS
-    from tfmot_zip.strategies import STRATEGIES
+    from tfmot_zip.core.strategies import STRATEGIES
 
     if args.method not in STRATEGIES:
         raise UsageError(f"Unknown --method {args.method!r}; expected one of {sorted(STRATEGIES)}.")
@@ -839,7 +839,7 @@ def _cmd_zip(args, console: _Console) -> int:
             print(f"{name}: accuracy {b:.2f}% -> {a:.2f}% after zipping (no retraining)")
     print(f"wrote {out} ({_file_size(out):,} bytes)")
     if report_dir is not None:
-        from tfmot_zip.report import write_zip_report
+        from tfmot_zip.report.zip_report import write_zip_report
 
         sizes = {f"original {i + 1} ({p.suffix or 'SavedModel'})": _file_size(p) for i, p in enumerate(paths)}
         sizes["zipped (.keras)"] = _file_size(out)
@@ -936,7 +936,7 @@ def _cmd_retrain(args, console: _Console) -> int:
             print(f"{name}: accuracy {b:.2f}% -> {a:.2f}% after {args.steps} steps")
     print(f"wrote {out} ({_file_size(out):,} bytes)")
     if report_dir is not None and _zip_layers(model):
-        from tfmot_zip.report import write_zip_report
+        from tfmot_zip.report.zip_report import write_zip_report
 
         result = write_zip_report(
             model, report_dir, accuracy_before=None if before is None else {"zipped": before},
@@ -961,7 +961,7 @@ def _cmd_export(args, console: _Console) -> int:
     npz_inputs = [Path(s.name).expanduser() for s in rep_specs if s.source == "npz"]
     out = _check_output_file(args.out, (".tflite",), "--out", inputs=[path] + npz_inputs)
     try:
-        from tfmot_zip.export import export_tflite
+        from tfmot_zip.export.tflite import export_tflite
     except ImportError as err:  # pragma: no cover - export is part of the package
         raise UsageError(f"TFLite export is unavailable ({err}); install the 'tflite' extra: pip install 'tfmot_zip[tflite]'.") from None
 
@@ -1106,7 +1106,7 @@ def _cmd_inspect(args, console: _Console) -> int:
 
 def _cmd_demo(args, console: _Console) -> int:
     out = _check_output_dir(args.out, "--out")
-    from tfmot_zip.demo import DemoConfig, run_demo
+    from tfmot_zip.apps.demo import DemoConfig, run_demo
 
     config = DemoConfig(out_dir=str(out))
     if args.quick:

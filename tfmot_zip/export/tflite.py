@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 
 from tfmot_zip.compat import check_tf_keras_model, keras, tf
-from tfmot_zip.io_utils import atomic_write_bytes
+from tfmot_zip.io import atomic_write_bytes
 
 __all__ = [
     "ALL_TASKS",
@@ -186,7 +186,7 @@ def _plan_signatures(model: keras.Model) -> list[_Signature]:
 
 def _layer_problems(model: keras.Model) -> None:
     """Raises a clear error for models that must be transformed before export."""
-    from tfmot_zip.layers import ZIP_LAYERS
+    from tfmot_zip.model.layers import ZIP_LAYERS
 
     def walk(m: keras.Model):
         for layer in m.layers:
@@ -223,7 +223,7 @@ def _is_qat(model: keras.Model) -> bool:
 
 
 def _as_array(data: Any, argument: str, count: int | None = None) -> np.ndarray:
-    from tfmot_zip.data import as_inputs
+    from tfmot_zip.data.tasks import as_inputs
 
     try:
         return np.asarray(as_inputs(data, count=count))

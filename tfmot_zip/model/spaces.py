@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfmot_zip.graph import AlignedNode, ModelGraph, UnsupportedModelError
+from tfmot_zip.model.graph import AlignedNode, ModelGraph, UnsupportedModelError
 
 __all__ = ["UnitSpace", "Feature", "trace_spaces"]
 
@@ -82,7 +82,7 @@ def trace_spaces(graph: ModelGraph) -> tuple[dict[int, Feature], dict[int, UnitS
 
     Example:
         >>> from tfmot_zip import zoo
-        >>> from tfmot_zip.graph import align_models
+        >>> from tfmot_zip.model.graph import align_models
         >>> g = align_models([zoo.lenet_300_100(), zoo.lenet_300_100()])
         >>> features, spaces = trace_spaces(g)
         >>> sorted(s.capacity for s in spaces.values())

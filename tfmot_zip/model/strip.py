@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tfmot_zip.compat import check_tf_keras_model, keras
-from tfmot_zip.layers import ZipConv2D, ZipDense, ZipLayerMixin
+from tfmot_zip.model.layers import ZipConv2D, ZipDense, ZipLayerMixin
 
 __all__ = ["strip_zipping", "group_units"]
 

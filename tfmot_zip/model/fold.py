@@ -41,7 +41,7 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
             another axis than the last); a Keras 3 model.
 
     Example:
-        >>> from tfmot_zip.zoo import small_vgg
+        >>> from tfmot_zip.apps.zoo import small_vgg
         >>> [l.name for l in fold_batchnorm(small_vgg(3)).layers][:3]
         ['conv1_1', 'conv1_2', 'pool1']
     """

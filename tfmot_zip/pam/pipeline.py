@@ -57,8 +57,8 @@ from tfmot_zip.core.pam_math import (
 )
 from tfmot_zip.core.hessian import HessianAccumulator, extract_patches
 from tfmot_zip.core.selection import hungarian_pairs
-from tfmot_zip.data import multitask
-from tfmot_zip.io_utils import atomic_write_bytes
+from tfmot_zip.data.tasks import multitask
+from tfmot_zip.io import atomic_write_bytes
 from tfmot_zip.training import compile_multitask, evaluate_tasks
 
 __all__ = [
@@ -536,7 +536,7 @@ def shared_network_from_zip(zipped: keras.Model, originals: Sequence[keras.Model
     Hidden layers become one shared group (task 0's view of the shared units); heads stay per task,
     their rows reordered to task 0's unit order. Raises if a hidden layer is not fully shared.
     """
-    from tfmot_zip.layers import ZipLayerMixin
+    from tfmot_zip.model.layers import ZipLayerMixin
 
     names = list(task_names)
     chains, ops = _skeleton([originals[0]], [names[0]])
@@ -1216,7 +1216,7 @@ def merge_and_prune(
 
     Args:
         models: T tf_keras models with one Conv2D/Dense/pooling/Flatten chain (fold BatchNormalization
-            first: :func:`tfmot_zip.fold.fold_batchnorm`).
+            first: :func:`tfmot_zip.model.fold.fold_batchnorm`).
         train_sets, val_sets: per task ``(x, y)``.
         targets: per task the least validation accuracy (percent) to keep.
         thresholds: candidate ``max_relative_error`` values (floats or per-layer dicts); default

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.layers import ZipConv2D, ZipDense
-from tfmot_zip.schedules import ZipSchedule
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
+from tfmot_zip.zipping.schedules import ZipSchedule
 
 __all__ = ["ZipCallback", "zipping_finished", "pending_layers"]
 
@@ -70,8 +70,8 @@ class ZipCallback(keras.callbacks.Callback):
 
     # --- setup ------------------------------------------------------------------------------------
     def _setup(self) -> None:
-        from tfmot_zip.strategies import get_strategy
-        from tfmot_zip.zipper import Zipper
+        from tfmot_zip.core.strategies import get_strategy
+        from tfmot_zip.zipping.zipper import Zipper
 
         wrapped = [
             l.name for l in self.model.layers
@@ -96,7 +96,7 @@ class ZipCallback(keras.callbacks.Callback):
         if self.calibration_data is None:
             self.calibration_data = getattr(self.model, "_zip_calibration", None)
         if self.calibration_data is not None:
-            from tfmot_zip.data import as_inputs
+            from tfmot_zip.data.tasks import as_inputs
 
             if len(self.calibration_data) != len(self.model.outputs):
                 raise ValueError(

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from tfmot_zip.compat import tf
-from tfmot_zip.datasets import CLASS_NAMES, load_fashion_mnist
+from tfmot_zip.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 __all__ = [
     "TASK_NAMES",
@@ -223,7 +223,7 @@ def make_task(name: str, seed: int = 0) -> Task:
         name: one of :data:`TASK_NAMES`.
         seed: accepted so a task can be named together with a training seed (``make_task("all", 1)``);
             the data itself does not depend on it (seeds differ only in training, see
-            :func:`tfmot_zip.zoo.train_on_task`). Must be an int.
+            :func:`tfmot_zip.apps.zoo.train_on_task`). Must be an int.
 
     Returns:
         A :class:`Task` with read-only arrays; the same object on repeated calls.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tfmot_zip.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
+from tfmot_zip.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 __all__ = ["DemoConfig", "run_demo", "render_markdown"]
 
@@ -66,7 +66,9 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
         [90.0, 96.7]
     """
     import tfmot_zip
-    from tfmot_zip import data, plots, training, zoo
+    from tfmot_zip import data, training
+    from tfmot_zip.report import plots
+    from tfmot_zip.apps import zoo
 
     out = check_writable_dir(config.out_dir)
     started = time.perf_counter()
@@ -140,7 +142,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
     report["summary_text"] = str(summary)
     if config.export_tflite:
         try:
-            from tfmot_zip.export import export_tflite
+            from tfmot_zip.export.tflite import export_tflite
         except ImportError:  # pragma: no cover - export module optional in minimal installs
             log("      TFLite export unavailable (install the 'tflite' extra)")
         else:

@@ -4,14 +4,14 @@
 ``zip_report.md`` (tables, linking the pictures), ``zip_report.png`` (an overview: units per
 layer split into shared and task-specific, merge cost per layer, accuracy before and after per
 task, sizes), ``sharing.png`` and, when accuracies are given, ``accuracy.png`` (both from
-:mod:`tfmot_zip.plots`). Every file is written atomically.
+:mod:`tfmot_zip.report.plots`). Every file is written atomically.
 
 A model straight from :func:`tfmot_zip.zip_models` carries its merge costs and per-layer
 zipping times; a model loaded from a file has only what :func:`tfmot_zip.zip_summary` reads
 from its layers (the sharing), so costs and times are reported as not recorded.
 
 Example:
-    >>> from tfmot_zip.report import write_zip_report
+    >>> from tfmot_zip.report.zip_report import write_zip_report
     >>> report = write_zip_report(zipped, "out/report", accuracy_before=[90.7, 96.5],
     ...                           accuracy_after=[90.6, 96.4])  # doctest: +SKIP
     >>> report["params"]["zipped"]  # doctest: +SKIP
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from tfmot_zip.io_utils import atomic_write_json, atomic_write_text, check_writable_dir
+from tfmot_zip.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 __all__ = ["zip_report_data", "write_zip_report", "render_zip_report_markdown", "REPORT_FILES"]
 
@@ -91,7 +91,7 @@ def _check_sizes(sizes: Mapping[str, float] | None) -> dict[str, int]:
 
 
 def _zip_layers(model: Any) -> list:
-    from tfmot_zip.layers import ZIP_LAYERS
+    from tfmot_zip.model.layers import ZIP_LAYERS
 
     return [layer for layer in model.layers if isinstance(layer, ZIP_LAYERS)]
 
@@ -128,7 +128,7 @@ def zip_report_data(
         >>> [layer["shared_units"] for layer in data["layers"]]  # doctest: +SKIP
         [300, 100, 0]
     """
-    from tfmot_zip.zip_api import zip_summary
+    from tfmot_zip.zipping.api import zip_summary
 
     summary = zip_summary(zipped)  # validates: tf_keras model with zip layers
     n_tasks = len(summary.task_names)
@@ -262,7 +262,7 @@ def _wrap(label: str, width: int = 18) -> str:
 
 def _overview_png(report: dict, path: Path) -> None:
     """Four panels: units per layer, merge cost per layer, accuracy per task, sizes."""
-    from tfmot_zip import plots
+    from tfmot_zip.report import plots
 
     plt = plots._figure()
     tasks = report["task_names"]
@@ -389,7 +389,7 @@ def write_zip_report(
     """
     report = zip_report_data(zipped, accuracy_before=accuracy_before, accuracy_after=accuracy_after, sizes=sizes)
     folder = check_writable_dir(out_dir)
-    from tfmot_zip import plots
+    from tfmot_zip.report import plots
 
     files = {key: str(folder / name) for key, name in REPORT_FILES.items()}
     if not report["accuracy"]["series"]:

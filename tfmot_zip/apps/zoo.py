@@ -30,8 +30,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.data import Task, make_task
-from tfmot_zip.datasets import default_cache_dir
+from tfmot_zip.data.tasks import Task, make_task
+from tfmot_zip.data.fashion_mnist import default_cache_dir
 
 __all__ = [
     "ARCHITECTURES",

@@ -5,7 +5,7 @@ import io
 import os
 from typing import Mapping, Sequence
 
-from tfmot_zip.io_utils import atomic_write_bytes
+from tfmot_zip.io import atomic_write_bytes
 
 __all__ = ["accuracy_bars", "sharing_bars", "accuracy_vs_sharing"]
 

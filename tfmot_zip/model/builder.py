@@ -1,7 +1,7 @@
 """Builds the multi-task (virtual) zipped model from aligned source models.
 
 The new model replays the common layer graph once per task: every Dense/Conv2D position
-becomes one :class:`~tfmot_zip.layers.ZipDense`/:class:`~tfmot_zip.layers.ZipConv2D` that
+becomes one :class:`~tfmot_zip.model.layers.ZipDense`/:class:`~tfmot_zip.model.layers.ZipConv2D` that
 serves all tasks; every other layer is cloned per task with that task's weights (BatchNorm
 statistics stay per task). Source models are only read, never modified.
 """
@@ -11,9 +11,9 @@ import re
 from typing import Sequence
 
 from tfmot_zip.compat import keras
-from tfmot_zip.graph import AlignedNode, ModelGraph
-from tfmot_zip.layers import ZipConv2D, ZipDense
-from tfmot_zip.spaces import Feature, UnitSpace
+from tfmot_zip.model.graph import AlignedNode, ModelGraph
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
+from tfmot_zip.model.spaces import Feature, UnitSpace
 
 __all__ = ["build_zipped_model", "task_layer_name", "sanitize_task_names"]
 
@@ -126,8 +126,8 @@ def extract_task_models(zipped: keras.Model) -> list:
     Example:
         >>> model_a, model_b = extract_task_models(zipped)  # doctest: +SKIP
     """
-    from tfmot_zip.layers import ZipConv2D, ZipDense
-    from tfmot_zip.strip import _inbound
+    from tfmot_zip.model.layers import ZipConv2D, ZipDense
+    from tfmot_zip.model.strip import _inbound
 
     task_names = list(zipped.output_names)
     config = zipped.get_config()

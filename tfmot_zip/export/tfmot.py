@@ -34,7 +34,7 @@ from tfmot_zip.compat import keras, tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS 
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
-from tfmot_zip.layers import ZIP_LAYERS, ZipConv2D, ZipDense  # noqa: E402
+from tfmot_zip.model.layers import ZIP_LAYERS, ZipConv2D, ZipDense  # noqa: E402
 
 __all__ = [
     "register_with_tfmot",
@@ -94,7 +94,7 @@ class _ZipQuantizeConfig(_qk.QuantizeConfig):
             raise TypeError(
                 f"{type(self).__name__} quantizes {self.layer_class.__name__} layers; received layer "
                 f"{getattr(layer, 'name', layer)!r} of type {type(layer).__name__}. Use "
-                "tfmot_zip.tfmot_support.quantize_config_for(layer) to pick the right config."
+                "tfmot_zip.export.tfmot.quantize_config_for(layer) to pick the right config."
             )
 
     def get_weights_and_quantizers(self, layer: Any) -> list:

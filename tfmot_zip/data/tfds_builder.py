@@ -1,10 +1,10 @@
 """A tensorflow-datasets builder for Fashion-MNIST that reads the local Debian files (no download).
 
-Kept apart from :mod:`tfmot_zip.datasets` because defining the class imports tensorflow_datasets (and
+Kept apart from :mod:`tfmot_zip.data.fashion_mnist` because defining the class imports tensorflow_datasets (and
 registers the name ``local_fashion_mnist`` with tfds); ``datasets.load_tfds`` imports it lazily.
 
 Example:
-    >>> from tfmot_zip.tfds_builder import LocalFashionMnist
+    >>> from tfmot_zip.data.tfds_builder import LocalFashionMnist
     >>> builder = LocalFashionMnist(data_dir="/tmp/tfds")
     >>> builder.download_and_prepare()  # doctest: +SKIP
     >>> ds = builder.as_dataset(split="test", as_supervised=True)  # doctest: +SKIP
@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from tfmot_zip.compat import tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tfds imports TF)
-from tfmot_zip.datasets import (
+from tfmot_zip.data.fashion_mnist import (
     CLASS_NAMES,
     IMAGE_SHAPE,
     PathLike,

@@ -30,9 +30,9 @@ from tfmot_zip.core import (
     invert_hessian,
     select_pairs,
 )
-from tfmot_zip.graph import AlignedNode, ModelGraph
-from tfmot_zip.spaces import Feature, UnitSpace
-from tfmot_zip.strategies import Strategy
+from tfmot_zip.model.graph import AlignedNode, ModelGraph
+from tfmot_zip.model.spaces import Feature, UnitSpace
+from tfmot_zip.core.strategies import Strategy
 
 __all__ = ["LayerRecord", "Zipper", "MERGED_HESSIANS"]
 
@@ -357,7 +357,7 @@ class Zipper:
             if stats:
                 space = self.spaces[self.features[node.index].space]
                 feats_g = stats["features"][group.tasks[0]][:, self._columns_of(space, group.tasks[0], group.units)]
-                from tfmot_zip.strategies import feature_correlation
+                from tfmot_zip.core.strategies import feature_correlation
 
                 extra = {"correlation": feature_correlation(feats_g, stats["features"][self.task])}
             blocks.append(self.strategy.costs(side_g, side_n, self.rng, extra))
@@ -440,9 +440,9 @@ class Zipper:
         The plan is rebuilt from the per-task models the zipped model computes; unit maps
         come from the zip layers.
         """
-        from tfmot_zip.builder import extract_task_models
-        from tfmot_zip.graph import align_models
-        from tfmot_zip.spaces import trace_spaces
+        from tfmot_zip.model.builder import extract_task_models
+        from tfmot_zip.model.graph import align_models
+        from tfmot_zip.model.spaces import trace_spaces
 
         task_models = extract_task_models(zipped)
         graph = align_models(task_models)

@@ -1,0 +1,1 @@
+"""Applications built on the library: the model zoo, the demo job and the TFLite chain."""

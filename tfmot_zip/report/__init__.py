@@ -1,0 +1,1 @@
+"""Zip reports (Markdown, JSON, PNG) and their plots."""
