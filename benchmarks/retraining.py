@@ -138,7 +138,7 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
             callback = tfmot_zip.ZipCallback(calibration_data=callback_data)
             row[key] = _fit(z, tasks, budget, [callback], seed=seed, learning_rate=learning_rate)
             row[f"{key}_zipped_at"] = [e["global_step"] for e in callback.log]
-            assert not tfmot_zip.pending_layers(z)
+            assert not tfmot_zip.zipping.callbacks.pending_layers(z)
         if "control" in variants:
             row["control"] = control_accuracy(trained, tasks, budget, learning_rate=learning_rate, seed=seed)
         for key in [k for k in ZIPPED_VARIANTS if k in row]:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import tfmot_zip
+import tfmot_zip.model.layers
+import tfmot_zip.zipping.callbacks
 from tfmot_zip import data, training
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.core.hessian import HessianAccumulator, extract_patches
@@ -30,13 +32,13 @@ def test_layerwise_zipping_inside_fit(rng):
     sets = [labelled(rng, 512, (6, 6, 1)), labelled(rng, 512, (6, 6, 1))]
     zipped = tfmot_zip.zip_models(a, b, calibration_data=None, sharing=1.0,
                                   schedule=tfmot_zip.LayerwiseSchedule(calibration_steps=3, retrain_steps=4, growth=2.0))
-    assert tfmot_zip.pending_layers(zipped) == ["fc1", "fc2"]
+    assert tfmot_zip.zipping.callbacks.pending_layers(zipped) == ["fc1", "fc2"]
     training.compile_multitask(zipped, 1e-3)
     callback = tfmot_zip.ZipCallback()
     zipped.fit(data.multitask(*sets, batch_size=32), steps_per_epoch=20, epochs=1, verbose=0, callbacks=[callback])
     # fc1 zipped after 3 accumulation steps, retrained 4, fc2 accumulated 3 more: zipped at step 10.
     assert [(e["layer"], e["step"]) for e in callback.log] == [("fc1", 3), ("fc2", 10)]
-    assert tfmot_zip.pending_layers(zipped) == []
+    assert tfmot_zip.zipping.callbacks.pending_layers(zipped) == []
     report = tfmot_zip.zip_summary(zipped)
     assert [l.shared_units for l in report.layers] == [16, 8, 0]
     plain = tfmot_zip.strip_zipping(zipped)
@@ -79,10 +81,10 @@ def test_accumulated_hessian_equals_batches(rng, builder):
     frozen_compile(zipped)
     ds = data.multitask(*sets, batch_size=32, shuffle=False, repeat=False)
     zipped.fit(ds, epochs=1, verbose=0, callbacks=[tfmot_zip.ZipCallback()])  # 3 steps < 10: still accumulating
-    first = zipped.layers[[isinstance(l, (tfmot_zip.ZipDense, tfmot_zip.ZipConv2D)) for l in zipped.layers].index(True)]
+    first = zipped.layers[[isinstance(l, (tfmot_zip.model.layers.ZipDense, tfmot_zip.model.layers.ZipConv2D)) for l in zipped.layers].index(True)]
     for t, (x, _) in enumerate(sets):
         acc = HessianAccumulator(first._task_input_dim(t))
-        if isinstance(first, tfmot_zip.ZipConv2D):
+        if isinstance(first, tfmot_zip.model.layers.ZipConv2D):
             acc.update(extract_patches(x, first.kernel_size, first.strides, first.padding, first.dilation_rate))
         else:
             acc.update(x.reshape(len(x), -1))
@@ -105,7 +107,7 @@ def test_resume_from_saved_model_mid_schedule(rng, tmp_path):
     assert [e["step"] for e in log] == [4, 11]
     halted = frozen_compile(tfmot_zip.zip_models(a, b, calibration_data=None, sharing=1.0, schedule=schedule))
     run(halted, 0, 9)  # fc1 zipped at 4, retrained 3, fc2 accumulating for 2 of 4 steps
-    assert tfmot_zip.pending_layers(halted) == ["fc1", "fc2"]
+    assert tfmot_zip.zipping.callbacks.pending_layers(halted) == ["fc1", "fc2"]
     path = tmp_path / "mid.keras"
     halted.save(path)
     resumed = keras.models.load_model(path)
@@ -161,7 +163,7 @@ MIRRORED = textwrap.dedent('''
         ds = data.multitask(*sets, batch_size=32, shuffle=False, repeat=False)
         z.fit(ds, epochs=1, verbose=0, callbacks=[tfmot_zip.ZipCallback()])
         results.append([z.get_layer(n).get_task_weights(1)[0] for n in ("fc1", "fc2")])
-        assert tfmot_zip.pending_layers(z) == []
+        assert tfmot_zip.zipping.callbacks.pending_layers(z) == []
     for w_mirrored, w_single in zip(*results):
         np.testing.assert_allclose(w_mirrored, w_single, rtol=1e-4, atol=1e-5)
     print("MIRRORED_OK")

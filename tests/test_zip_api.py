@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 import tfmot_zip
+import tfmot_zip.model.layers
+import tfmot_zip.zipping.callbacks
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.core import MergeSide, apply_merge, invert_hessian, merge_cost_matrix, select_pairs
 from tfmot_zip.core.hessian import HessianAccumulator
@@ -32,7 +34,7 @@ def test_inputs_untouched_and_strip_is_equivalent(rng, builder, sharing):
     assert zipped.output_names == [a.name, b.name]
     assert [t.name.split(":")[0] for t in zipped.inputs] == [f"{a.name}_input", f"{b.name}_input"]
     plain = tfmot_zip.strip_zipping(zipped)
-    assert not any(isinstance(l, (tfmot_zip.ZipDense, tfmot_zip.ZipConv2D)) for l in plain.layers)
+    assert not any(isinstance(l, (tfmot_zip.model.layers.ZipDense, tfmot_zip.model.layers.ZipConv2D)) for l in plain.layers)
     xs = [calib(rng, 32, shape), calib(rng, 32, shape)]
     for z, p in zip(predict(zipped, xs), predict(plain, xs)):
         np.testing.assert_allclose(z, p, atol=2e-6)
@@ -135,7 +137,7 @@ def test_save_load_roundtrip(rng, tmp_path):
         np.testing.assert_array_equal(z, l)
     assert str(tfmot_zip.zip_summary(loaded)).splitlines()[2:] == str(tfmot_zip.zip_summary(zipped)).splitlines()[2:] or True
     for layer in zipped.layers:
-        if isinstance(layer, (tfmot_zip.ZipDense, tfmot_zip.ZipConv2D)):
+        if isinstance(layer, (tfmot_zip.model.layers.ZipDense, tfmot_zip.model.layers.ZipConv2D)):
             clone = type(layer).from_config(layer.get_config())
             assert clone.get_config() == layer.get_config()
 

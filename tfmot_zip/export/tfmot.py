@@ -1,8 +1,8 @@
 """TFMOT integration of the zip layers: pruning and quantization-aware training (QAT).
 
 Pruning. ``tfmot.sparsity.keras.prune_low_magnitude`` accepts a custom layer when it is a
-``PrunableLayer`` or has a ``get_prunable_weights`` method; :class:`~tfmot_zip.ZipDense` and
-:class:`~tfmot_zip.ZipConv2D` return their physical kernel there, and
+``PrunableLayer`` or has a ``get_prunable_weights`` method; :class:`~tfmot_zip.model.layers.ZipDense` and
+:class:`~tfmot_zip.model.layers.ZipConv2D` return their physical kernel there, and
 :func:`register_with_tfmot` also registers them as virtual subclasses of ``PrunableLayer``, so
 ``isinstance(layer, PrunableLayer)`` holds as TFMOT's docs promise. Note that the physical
 kernel of a zipped layer also holds cells no task reads (the columns freed by sharing); the
@@ -139,7 +139,7 @@ class _ZipQuantizeConfig(_qk.QuantizeConfig):
 
 @keras.utils.register_keras_serializable(package="tfmot_zip")
 class ZipDenseQuantizeConfig(_ZipQuantizeConfig):
-    """QAT config of :class:`~tfmot_zip.ZipDense`: like TFMOT's Dense config.
+    """QAT config of :class:`~tfmot_zip.model.layers.ZipDense`: like TFMOT's Dense config.
 
     Kernel: 8-bit symmetric, narrow range, one scale per tensor. Activation output: 8-bit
     asymmetric moving-average range (one range for every task the layer serves).
@@ -155,7 +155,7 @@ class ZipDenseQuantizeConfig(_ZipQuantizeConfig):
 
 @keras.utils.register_keras_serializable(package="tfmot_zip")
 class ZipConv2DQuantizeConfig(_ZipQuantizeConfig):
-    """QAT config of :class:`~tfmot_zip.ZipConv2D`: like TFMOT's Conv2D config.
+    """QAT config of :class:`~tfmot_zip.model.layers.ZipConv2D`: like TFMOT's Conv2D config.
 
     Kernel: 8-bit symmetric, narrow range, one scale per physical output channel.
     Activation output: 8-bit asymmetric moving-average range.

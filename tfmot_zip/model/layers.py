@@ -492,3 +492,28 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
 
 
 ZIP_LAYERS = (ZipDense, ZipConv2D)
+
+
+def zip_layers(model: Any) -> list:
+    """The zip layers (``ZipDense``, ``ZipConv2D``) of ``model``, in layer order.
+
+    Example:
+        >>> from tfmot_zip.compat import keras
+        >>> zip_layers(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
+        []
+    """
+    return [layer for layer in model.layers if isinstance(layer, ZIP_LAYERS)]
+
+
+def copy_model(model: Any) -> Any:
+    """A new model of the same structure with copies of the weights (no optimizer state).
+
+    Example:
+        >>> from tfmot_zip.compat import keras
+        >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+        >>> copy_model(m) is not m
+        True
+    """
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone

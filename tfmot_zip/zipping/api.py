@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -98,6 +98,7 @@ def zip_models(
     schedule: "ZipSchedule | None" = None,
     recalibrate_batchnorm: bool = True,
     verbose: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> keras.Model:
     """Zips pre-trained tf_keras models into one multi-task model (MTZ, one shot, bottom-up).
 
@@ -135,6 +136,9 @@ def zip_models(
             per-task BatchNorm's moving statistics on the calibration data (zipping changes the
             layers that feed them).
         verbose: print one line per layer.
+        progress: called as ``progress(done, total, layer)`` when a zipping stage starts
+            (``done`` stages finished of ``total``; ``layer`` names the stage) and once more with
+            ``done == total`` at the end: what a progress bar needs.
 
     Returns:
         A new, uncompiled tf_keras model with one input and one output per task, in the order
@@ -223,12 +227,23 @@ def zip_models(
         zipped._zip_calibration = calibration
         zipped._zip_seconds = time.perf_counter() - start
         return zipped
-    progress = (lambda name: print(f"zipping {name}", flush=True)) if verbose else None
+    total_stages = (len(models) - 1) * len(graph.hidden_zip_nodes())
+    started = [0]
+
+    def on_stage(name: str) -> None:
+        if verbose:
+            print(f"zipping {name}", flush=True)
+        if progress is not None:
+            progress(started[0], total_stages, name)
+        started[0] += 1
+
     zipper = Zipper(
         zipped, graph, features, spaces, calibration, get_strategy(method), selection=selection,
-        damping=damping, merged_hessian=merged_hessian, conv_hessian=conv_hessian, seed=seed, progress=progress,
+        damping=damping, merged_hessian=merged_hessian, conv_hessian=conv_hessian, seed=seed, progress=on_stage,
     )
     records = zipper.run(shares)
+    if progress is not None:
+        progress(total_stages, total_stages, "")
     changed = any(r.shared > 0 for r in records.values())
     if recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
         from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
