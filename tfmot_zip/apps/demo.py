@@ -142,7 +142,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
     report["summary_text"] = str(summary)
     if config.export_tflite:
         try:
-            from tfmot_zip.export.tflite import export_tflite
+            from tfmot_zip.export import export_tflite
         except ImportError:  # pragma: no cover - export module optional in minimal installs
             log("      TFLite export unavailable (install the 'tflite' extra)")
         else:

@@ -19,11 +19,6 @@ activations after the layer's activation). :func:`quantize_annotate_zipped` anno
 :func:`zip_quantize_scope` makes the classes known to ``quantize_apply`` and to model loading.
 :func:`quantize_zipped` does both steps. Stripped models need none of this:
 ``tfmot.quantization.keras.quantize_model(tfmot_zip.strip_zipping(zipped))`` works as is.
-
-Example:
-    >>> import tfmot_zip
-    >>> from tfmot_zip import tfmot_support
-    >>> qat = tfmot_support.quantize_zipped(zipped)  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -34,6 +29,7 @@ from tfmot_zip.compat import keras, tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS 
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
+from tfmot_zip.export.signatures import unwrap_layer  # noqa: E402
 from tfmot_zip.model.layers import ZIP_LAYERS, ZipConv2D, ZipDense  # noqa: E402
 
 __all__ = [
@@ -64,6 +60,8 @@ def register_with_tfmot() -> None:
     loaded.
 
     Example:
+        >>> import tensorflow_model_optimization as tfmot
+        >>> from tfmot_zip.model.layers import ZipDense
         >>> register_with_tfmot()
         >>> isinstance(ZipDense([2], [3], 3), tfmot.sparsity.keras.PrunableLayer)
         True
@@ -130,9 +128,6 @@ class _ZipQuantizeConfig(_qk.QuantizeConfig):
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self)
 
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
     def __hash__(self) -> int:
         return hash(type(self))
 
@@ -145,6 +140,8 @@ class ZipDenseQuantizeConfig(_ZipQuantizeConfig):
     asymmetric moving-average range (one range for every task the layer serves).
 
     Example:
+        >>> import tensorflow_model_optimization as tfmot
+        >>> from tfmot_zip.model.layers import ZipDense
         >>> layer = tfmot.quantization.keras.quantize_annotate_layer(
         ...     ZipDense([3, 2], [4, 4], 4), quantize_config=ZipDenseQuantizeConfig())
     """
@@ -177,6 +174,7 @@ def quantize_config_for(layer: Any) -> _ZipQuantizeConfig:
         TypeError: ``layer`` is not a ``ZipDense`` or ``ZipConv2D``.
 
     Example:
+        >>> from tfmot_zip.model.layers import ZipDense
         >>> type(quantize_config_for(ZipDense([2], [3], 3))).__name__
         'ZipDenseQuantizeConfig'
     """
@@ -208,9 +206,10 @@ def zip_quantize_scope() -> Iterator[None]:
     and (for parity with TFMOT) around loading a QAT model that contains zip layers.
 
     Example:
+        >>> from tfmot_zip.compat import keras
         >>> with zip_quantize_scope():
-        ...     qat = tfmot.quantization.keras.quantize_apply(
-        ...         quantize_annotate_zipped(zipped))  # doctest: +SKIP
+        ...     print(keras.utils.get_registered_object("ZipDenseQuantizeConfig").__name__)
+        ZipDenseQuantizeConfig
     """
     register_with_tfmot()
     with _qk.quantize_scope(_custom_objects()):
@@ -252,9 +251,13 @@ def quantize_annotate_zipped(model: keras.Model) -> keras.Model:
         :func:`zip_quantize_scope`.
 
     Example:
-        >>> annotated = quantize_annotate_zipped(zipped)  # doctest: +SKIP
-        >>> with zip_quantize_scope():
-        ...     qat = tfmot.quantization.keras.quantize_apply(annotated)  # doctest: +SKIP
+        >>> from tfmot_zip.compat import keras
+        >>> from tfmot_zip.model.layers import ZipDense
+        >>> a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+        >>> zipped = keras.Model([a, b], ZipDense([3, 2], [4, 4], 4, name="fc")([a, b]))
+        >>> annotated = quantize_annotate_zipped(zipped)
+        >>> [type(layer).__name__ for layer in annotated.layers]
+        ['InputLayer', 'InputLayer', 'QuantizeAnnotate']
     """
     _check_model(model, "quantize_annotate_zipped")
     register_with_tfmot()
@@ -294,9 +297,18 @@ def quantize_zipped(model: keras.Model, *, preserve_sparsity: bool = False) -> k
     Raises:
         ValueError: the model still has pruning wrappers, is nested or subclassed.
 
+    Typical use (``quantize_apply`` takes seconds even on a tiny model, so
+    ``tests/export/test_tfmot_chains.py`` runs it): ``qat = quantize_zipped(plain)``, then
+    ``qat.compile("adam", {n: "sparse_categorical_crossentropy" for n in qat.output_names})``.
+
     Example:
-        >>> qat = quantize_zipped(tfmot_zip.strip_zipping(zipped))  # doctest: +SKIP
-        >>> qat.compile("adam", {n: "sparse_categorical_crossentropy" for n in qat.output_names})  # doctest: +SKIP
+        >>> from tfmot_zip.compat import keras
+        >>> inner = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))], name="inner")
+        >>> try:
+        ...     quantize_zipped(keras.Sequential([inner], name="outer"))
+        ... except ValueError as err:
+        ...     print(str(err).split(",")[0])
+        quantize_zipped: layer 'inner' of model 'outer' is a nested model
     """
     _check_model(model, "quantize_zipped")
     if has_pruning_wrappers(model):
@@ -324,6 +336,7 @@ def has_pruning_wrappers(model: keras.Model) -> bool:
     """True when ``model`` (or a model nested in it) has TFMOT ``PruneLowMagnitude`` wrappers.
 
     Example:
+        >>> from tfmot_zip.compat import keras
         >>> has_pruning_wrappers(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
         False
     """
@@ -338,9 +351,13 @@ def has_pruning_wrappers(model: keras.Model) -> bool:
 
 
 def is_quantization_aware(model: keras.Model) -> bool:
-    """True when ``model`` has TFMOT QAT layers (``QuantizeWrapper``/``QuantizeLayer``).
+    """True when ``model`` (or a model nested in it) has TFMOT QAT layers.
+
+    Checks the layer types (``QuantizeWrapper`` and its subclass ``QuantizeWrapperV2``,
+    ``QuantizeLayer``); :func:`~tfmot_zip.export.export_tflite` uses it to tell a QAT model.
 
     Example:
+        >>> from tfmot_zip.compat import keras
         >>> is_quantization_aware(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
         False
     """
@@ -355,10 +372,6 @@ def is_quantization_aware(model: keras.Model) -> bool:
     return False
 
 
-def _inbound_count(layer_config: dict) -> int:
-    return len(layer_config.get("inbound_nodes", []) or [])
-
-
 def shared_layers(model: keras.Model) -> dict[str, int]:
     """Layers with trainable weights that ``model`` calls more than once: ``{name: calls}``.
 
@@ -367,6 +380,7 @@ def shared_layers(model: keras.Model) -> dict[str, int]:
     weight blocks shared between tasks.
 
     Example:
+        >>> from tfmot_zip.compat import keras
         >>> dense = keras.layers.Dense(2, name="shared")
         >>> a, b = keras.Input((3,)), keras.Input((3,))
         >>> shared_layers(keras.Model([a, b], [dense(a), dense(b)]))
@@ -376,10 +390,8 @@ def shared_layers(model: keras.Model) -> dict[str, int]:
     out = {}
     for spec in config.get("layers", []):
         layer = model.get_layer(spec["name"])
-        inner = layer
-        while isinstance(inner, keras.layers.Wrapper):  # TFMOT wrappers own bookkeeping weights
-            inner = inner.layer
-        calls = _inbound_count(spec)
+        inner = unwrap_layer(layer)  # TFMOT wrappers own bookkeeping weights
+        calls = len(spec.get("inbound_nodes", []) or [])
         if calls > 1 and inner.trainable_weights:
             out[spec["name"]] = calls
     return out

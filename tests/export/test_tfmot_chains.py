@@ -16,8 +16,8 @@ from tfmot_zip import data
 from tfmot_zip.export import tfmot as tfmot_support
 from tfmot_zip.apps import zoo
 from tfmot_zip.compat import keras
-from tfmot_zip.export.tflite import TOLERANCES, export_tflite, verify_tflite
-from tfmot_zip.model.layers import ZipConv2D, ZipDense
+from tfmot_zip.export import TOLERANCES, export_tflite, verify_tflite
+from tfmot_zip.model.layers import ZipConv2D, ZipDense, copy_model
 
 TASKS = ("classes_0_4", "classes_5_9")
 sparsity_api = tfmot.sparsity.keras
@@ -44,12 +44,6 @@ def setup(tmp_path_factory):
         "train": train,
         "x": [task.x_test[:300] for task in tasks],
     }
-
-
-def copy_model(model):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
 
 
 def fit(model, train, steps, callbacks=(), learning_rate=1e-3):

@@ -1,4 +1,4 @@
-"""Tests for tfmot_zip.export and tfmot_zip.export.size: one TFLite file, a signature per task.
+"""Tests for tfmot_zip.export (convert, interpreter, verify, inputs) and tfmot_zip.export.size: one TFLite file, a signature per task.
 
 A small LeNet-5 pair (Fashion-MNIST classes 0-4 / 5-9, 2000 training images, 2 epochs) is zipped
 at full sharing and stripped once per module; every export is checked in the LiteRT interpreter.
@@ -14,7 +14,7 @@ import tfmot_zip
 from tfmot_zip import data
 from tfmot_zip.apps import zoo
 from tfmot_zip.compat import keras
-from tfmot_zip.export.tflite import (
+from tfmot_zip.export import (
     ALL_TASKS,
     ALL_TASKS_SHARED_INPUT,
     TOLERANCES,

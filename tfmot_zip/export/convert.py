@@ -1,0 +1,291 @@
+"""Conversion of a (stripped) multi-task tf_keras model to ONE TFLite file, a signature per task.
+
+:func:`export_tflite` writes the signatures planned by :mod:`tfmot_zip.export.signatures`.
+All signatures read the same weight buffers: a weight shared by several tasks (one layer called
+by several tasks in a stripped zipped model) and used by several signatures is stored once, in
+float32, float16, dynamic and post-training int8 files. Exception: a quantization-aware (QAT)
+model converts a shared Dense kernel with its per-tensor QAT scale in the one-task signatures
+but re-quantizes it per channel in the all-tasks signatures (where the layer is called twice),
+so the converter writes two int8 copies; post-training int8 keeps one. Identical operations on
+the same tensor are merged by the converter, so in ``"all_tasks_shared_input"`` a block shared
+by the tasks runs once.
+
+The model is saved as a temporary SavedModel with these signatures and converted with
+``tf.lite.TFLiteConverter.from_saved_model``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from tfmot_zip.compat import check_tf_keras_model, keras, tf
+from tfmot_zip.export.inputs import per_input_arrays
+from tfmot_zip.export.signatures import (
+    ALL_TASKS,
+    ALL_TASKS_SHARED_INPUT,
+    SHARED_INPUT_NAME,
+    SignaturePlan,
+    plan_signatures,
+    task_names,
+    unwrap_layer,
+)
+from tfmot_zip.io import atomic_write_bytes
+
+__all__ = ["QUANTIZE_MODES", "export_tflite"]
+
+QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _layer_problems(model: keras.Model) -> None:
+    """Raises a clear error for models that must be transformed before export."""
+    from tfmot_zip.model.layers import ZIP_LAYERS
+
+    def walk(m: keras.Model):
+        for layer in m.layers:
+            yield layer
+            inner = unwrap_layer(layer)
+            if inner is not layer:
+                yield inner
+            if isinstance(layer, keras.Model):
+                yield from walk(layer)
+
+    for layer in walk(model):
+        if isinstance(layer, ZIP_LAYERS):
+            raise ValueError(
+                f"Model {model.name!r} still has zip layers (layer {layer.name!r} is a "
+                f"{type(layer).__name__}). Export the stripped model: "
+                "plain = tfmot_zip.strip_zipping(model); tfmot_zip.export_tflite(plain, ...). "
+                "Stripping stores every shared weight once as a standard layer."
+            )
+        if type(layer).__name__ == "PruneLowMagnitude":
+            raise ValueError(
+                f"Model {model.name!r} still has TFMOT pruning wrappers (layer {layer.name!r}). "
+                "Call tfmot.sparsity.keras.strip_pruning(model) after fine-tuning and export the "
+                "result (its zeros shrink the gzipped file; sparsity=True stores them in a sparse format)."
+            )
+
+
+
+def _is_quantization_aware(model: keras.Model) -> bool:
+    """:func:`tfmot_zip.export.tfmot.is_quantization_aware`, without importing TFMOT for nothing.
+
+    A model can only hold TFMOT's QAT layers once TFMOT is imported; float exports do not pay
+    for its import.
+    """
+    if "tensorflow_model_optimization" not in sys.modules:
+        return False
+    from tfmot_zip.export.tfmot import is_quantization_aware
+
+    return is_quantization_aware(model)
+
+
+def _check_destination(path: PathLike) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"Cannot write the TFLite file to {str(path)!r}: it is a directory. Pass a file path like {str(path / 'model.tflite')!r}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise FileNotFoundError(
+            f"Cannot write the TFLite file {str(path)!r}: the folder {str(parent)!r} does not exist. "
+            "Create it first (os.makedirs(folder, exist_ok=True)) or pass another path."
+        )
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"Cannot write the TFLite file {str(path)!r}: {str(parent)!r} is not a folder. Pass a path "
+            "inside an existing folder."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Cannot write the TFLite file {str(path)!r}: the folder {str(parent)!r} is not writable. "
+            "Pass a path in a writable folder."
+        )
+    return path
+
+
+def _concrete_functions(model: keras.Model, plans: Sequence[SignaturePlan]) -> dict:
+    names = task_names(model)
+    input_names = list(model.input_names)
+    specs = [
+        tf.TensorSpec([None, *x.shape[1:].as_list()], x.dtype, name=name)
+        for x, name in zip(model.inputs, input_names)
+    ]
+
+    def run(feeds: list) -> list:
+        outputs = model(feeds if len(feeds) > 1 else feeds[0], training=False)
+        return tf.nest.flatten(outputs)
+
+    functions = {}
+    for plan in plans:
+        if plan.shared_input:
+            spec = tf.TensorSpec(specs[0].shape, specs[0].dtype, name=SHARED_INPUT_NAME)
+
+            def shared_fn(x, plan=plan):
+                outputs = run([x] * len(specs))
+                return {names[t]: outputs[t] for t in plan.outputs}
+
+            functions[plan.key] = tf.function(shared_fn).get_concrete_function(spec)
+            continue
+        if len(plan.outputs) == 1 and len(plan.inputs) < len(specs):
+            # A task reading only some inputs: a sub-model over the same layers (same weights).
+            sub = keras.Model([model.inputs[i] for i in plan.inputs], model.outputs[plan.outputs[0]])
+
+            def task_fn(*xs, sub=sub, plan=plan):
+                y = sub(list(xs) if len(xs) > 1 else xs[0], training=False)
+                return {names[plan.outputs[0]]: y}
+
+            functions[plan.key] = tf.function(task_fn).get_concrete_function(*[specs[i] for i in plan.inputs])
+            continue
+
+        def all_fn(*xs, plan=plan):
+            outputs = run(list(xs))
+            return {names[t]: outputs[t] for t in plan.outputs}
+
+        functions[plan.key] = tf.function(all_fn).get_concrete_function(*specs)
+    return functions
+
+
+def _representative_dataset(model: keras.Model, plans: Sequence[SignaturePlan], arrays: list[np.ndarray], samples: int):
+    input_names = list(model.input_names)
+    count = min(samples, min(len(a) for a in arrays))
+    distinct = list({id(a): a for a in arrays}.values())  # one array given for every input: once
+
+    def generate():
+        for i in range(count):
+            for plan in plans:
+                if plan.shared_input:
+                    for array in distinct:
+                        yield plan.key, {SHARED_INPUT_NAME: array[i : i + 1]}
+                else:
+                    yield plan.key, {input_names[j]: arrays[j][i : i + 1] for j in plan.inputs}
+
+    return generate
+
+
+def export_tflite(
+    model: keras.Model,
+    path: PathLike | None = None,
+    *,
+    quantize: str | None = None,
+    representative_data: Any = None,
+    representative_samples: int = 200,
+    sparsity: bool = False,
+) -> bytes:
+    """Converts a multi-task tf_keras model to ONE TFLite file with a signature per task.
+
+    Signatures: one per task (key = task name = output name), ``"all_tasks"`` (every input and
+    output) and ``"all_tasks_shared_input"`` (one input ``"input"`` fed to every task, when all
+    inputs have one shape) for models with several tasks. Weights shared by tasks or signatures
+    are stored once. Inputs and outputs stay float32 in every mode.
+
+    Args:
+        model: a tf_keras model of standard layers: ``tfmot_zip.strip_zipping(zipped)``,
+            possibly pruned (after ``tfmot.sparsity.keras.strip_pruning``) or quantization-aware
+            (``tfmot.quantization.keras.quantize_model``); any single-task model works too.
+        path: where to write the file (atomically: a temporary file in the same folder, then a
+            rename; nothing is left behind on failure), or None to only return the bytes.
+        quantize: None (float32), "dynamic" (int8 weights, float activations), "float16"
+            (float16 weights) or "int8" (full integer: weights and activations; needs
+            ``representative_data`` unless the model is quantization-aware).
+        representative_data: calibration inputs for "int8": one array for every input, a
+            sequence with one array (or ``tf.data`` dataset) per model input, or a dict keyed by
+            input or task name. Every signature is calibrated on its inputs' data; the
+            shared-input signature on every task's data. Not used for a quantization-aware
+            model (its ranges were learnt during QAT).
+        representative_samples: calibration samples per input (the first ones).
+        sparsity: also apply ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``, which stores pruned
+            weights in a sparse format (smaller raw files for float weights that are mostly
+            zeros). Its index metadata is kept per tensor and per signature, so with several
+            signatures and int8 weights it can make the file larger: measure, and compare
+            with the gzipped size of the dense file.
+
+    Returns:
+        The TFLite flatbuffer bytes.
+
+    Raises:
+        ValueError: unknown ``quantize``; "int8" without ``representative_data`` for a model
+            that is not quantization-aware; a quantization-aware model with another mode; a
+            model with zip layers (call ``tfmot_zip.strip_zipping`` first) or with pruning
+            wrappers (call ``tfmot.sparsity.keras.strip_pruning`` first); a task named like a
+            reserved signature.
+        FileNotFoundError, NotADirectoryError, PermissionError: ``path`` cannot be written
+            (checked before converting).
+
+    Example:
+        >>> from tfmot_zip.compat import keras
+        >>> from tfmot_zip.export import tflite_signatures
+        >>> a, b = keras.Input((3,), name="a_in"), keras.Input((3,), name="b_in")
+        >>> shared = keras.layers.Dense(4, name="shared")
+        >>> model = keras.Model([a, b], [keras.layers.Dense(2, name="task_a")(shared(a)),
+        ...                              keras.layers.Dense(2, name="task_b")(shared(b))])
+        >>> data = export_tflite(model)  # export_tflite(model, "zipped.tflite") also writes the file
+        >>> sorted(tflite_signatures(data))
+        ['all_tasks', 'all_tasks_shared_input', 'task_a', 'task_b']
+    """
+    check_tf_keras_model(model)
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"Unknown quantize={quantize!r}; expected one of {list(QUANTIZE_MODES)} (None is float32)."
+        )
+    if not isinstance(representative_samples, (int, np.integer)) or isinstance(representative_samples, bool) or representative_samples <= 0:
+        raise ValueError(f"Expected a positive integer. Received: representative_samples={representative_samples!r}")
+    _layer_problems(model)
+    qat = _is_quantization_aware(model)
+    if qat and quantize != "int8":
+        raise ValueError(
+            f"Model {model.name!r} is quantization-aware (TFMOT QAT), which converts to full integer "
+            f"only; pass quantize='int8' (received quantize={quantize!r}). Export the float model "
+            "for other modes."
+        )
+    if quantize == "int8" and representative_data is None and not qat:
+        raise ValueError(
+            "quantize='int8' needs representative_data to calibrate the activation ranges: pass a few "
+            "hundred typical inputs per task, e.g. representative_data=(x_a[:200], x_b[:200]) "
+            "(one array per model input), or use quantize='dynamic', which needs none."
+        )
+    destination = _check_destination(path) if path is not None else None
+    plans = plan_signatures(model)
+    keys = [p.key for p in plans]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            f"Task names {task_names(model)} collide with the reserved signature keys "
+            f"{[ALL_TASKS, ALL_TASKS_SHARED_INPUT]} or with each other; rename the outputs."
+        )
+    arrays = None
+    if quantize == "int8" and representative_data is not None:
+        arrays = per_input_arrays(model, representative_data, "representative_data", representative_samples)
+
+    functions = _concrete_functions(model, plans)
+    root = tf.Module()
+    root.model_variables = list(model.variables)
+    with tempfile.TemporaryDirectory(prefix="tfmot_zip_export_") as folder:
+        tf.saved_model.save(root, folder, signatures=functions)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=keys)
+        optimizations = []
+        if quantize is not None:
+            optimizations.append(tf.lite.Optimize.DEFAULT)
+        if sparsity:
+            optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+        converter.optimizations = optimizations
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8" and arrays is not None:
+            converter.representative_dataset = _representative_dataset(model, plans, arrays, representative_samples)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        with warnings.catch_warnings():
+            # The int8 calibrator builds a tf.lite.Interpreter internally; its deprecation
+            # warning is TensorFlow's, not the user's.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            data = bytes(converter.convert())
+    if destination is not None:
+        atomic_write_bytes(destination, data)
+    return data
+
+
