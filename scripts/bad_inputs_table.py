@@ -100,7 +100,7 @@ def other_rows(hardening) -> list[tuple]:
     bad_labels = [(train[0][0], np.full(len(train[0][0]), 7)), train[1]]
     rows.append(("retrain", "labels beyond a head's classes", *attempt(lambda: training.retrain(zipped, bad_labels, steps=1)), "fixed (was a bug)"))
     try:
-        from tfmot_zip.export.tflite import export_tflite
+        from tfmot_zip.export import export_tflite
     except ImportError:
         return rows
     plain = tfmot_zip.strip_zipping(zipped)
