@@ -50,7 +50,8 @@ def diagnose(calibration_samples: int = 10_000, log=print) -> dict:
     import numpy as np
 
     import tfmot_zip
-    from benchmarks.measure import evaluate_models, versions
+    from benchmarks.context import evaluate_models
+    from benchmarks.environment import versions
     from tfmot_zip import data, training
     from tfmot_zip.apps import zoo
 
