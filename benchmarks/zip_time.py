@@ -31,8 +31,8 @@ def main() -> None:
     accuracy = training.evaluate_tasks(zipped, [t.test for t in tasks])
     print(f"{arch}: {samples} calibration images per task, sharing 1.0: {wall:.1f} s wall, {cpu:.1f} s CPU "
           f"({os.cpu_count()} cores); accuracy right after zipping {accuracy[0]:.2f} / {accuracy[1]:.2f}")
-    for name, record in zipped._zip_records.items():
-        print(f"  {name:<28}{record.seconds:6.2f} s")
+    for layer in tfmot_zip.zip_summary(zipped).layers:
+        print(f"  {layer.name:<28}{layer.seconds or 0.0:6.2f} s")
 
 
 if __name__ == "__main__":

@@ -484,7 +484,7 @@ def leftovers(folder: Path, keep: set) -> list:
 
 
 def test_atomic_save_model_keeps_the_old_file_when_saving_fails(zipped_pair, tmp_path, monkeypatch):
-    from tfmot_zip.cli.main import atomic_save_model
+    from tfmot_zip.io import atomic_save_model
 
     target = tmp_path / "zipped.keras"
     target.write_bytes(b"previous version")
@@ -501,7 +501,7 @@ def test_atomic_save_model_keeps_the_old_file_when_saving_fails(zipped_pair, tmp
 
 
 def test_atomic_save_model_writes_a_loadable_file(zipped_pair, tmp_path):
-    from tfmot_zip.cli.main import atomic_save_model
+    from tfmot_zip.io import atomic_save_model
 
     path = atomic_save_model(zipped_pair, tmp_path / "zipped.keras")
     assert leftovers(tmp_path, {"zipped.keras"}) == []
@@ -586,7 +586,7 @@ def zip_twice(builder, kwargs, seeds=(0, 0)):
     results = []
     for seed in seeds:
         zipped = tfmot_zip.zip_models(builder(51), builder(52), calibration_data=data, sharing=0.5, seed=seed, **kwargs)
-        pairs = {name: plain(record.pairs) for name, record in zipped._zip_records.items() if record.pairs is not None}
+        pairs = {layer.name: layer.pairs for layer in tfmot_zip.zip_summary(zipped).layers if layer.pairs}
         results.append((pairs, [w.numpy() for w in zipped.weights]))
     return results
 

@@ -119,9 +119,12 @@ class ZipLayerMixin:
         return outputs
 
     # --- zipping during training (ZipCallback) -----------------------------------------------
-    def _init_schedule(self, track_hessians: bool, zip_options: Any, max_rows_per_step: int) -> None:
+    def _init_schedule(self, track_hessians: bool, zip_options: Any, max_rows_per_step: int, zip_record: Any) -> None:
         self.track_hessians = bool(track_hessians)
         self.zip_options = dict(zip_options) if zip_options else None
+        # What zipping did at this layer (shared units, merge cost, pairs, seconds): part of the
+        # layer config, so it survives cloning, saving and loading (read by zip_summary).
+        self.zip_record = dict(zip_record) if zip_record else None
         if not isinstance(max_rows_per_step, (int, np.integer)) or max_rows_per_step <= 0:
             raise ValueError(f"Expected a positive max_rows_per_step. Received: {max_rows_per_step!r}")
         self.max_rows_per_step = int(max_rows_per_step)
@@ -208,6 +211,7 @@ class ZipLayerMixin:
             "track_hessians": self.track_hessians,
             "zip_options": self.zip_options,
             "max_rows_per_step": self.max_rows_per_step,
+            "zip_record": self.zip_record,
         }
 
     def _check_inputs(self, inputs: Any) -> list:
@@ -284,12 +288,13 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         track_hessians: bool = False,
         zip_options: Any = None,
         max_rows_per_step: int = 16384,
+        zip_record: Any = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._init_shapes(task_units, task_input_units, input_capacity)
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
-        self._init_schedule(track_hessians, zip_options, max_rows_per_step)
+        self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
 
     def build(self, input_shape: Any) -> None:
         self.kernel = self.add_weight(
@@ -389,6 +394,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         track_hessians: bool = False,
         zip_options: Any = None,
         max_rows_per_step: int = 16384,
+        zip_record: Any = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -401,7 +407,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
             raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
         self.padding = padding
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
-        self._init_schedule(track_hessians, zip_options, max_rows_per_step)
+        self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
 
     def build(self, input_shape: Any) -> None:
         self.kernel = self.add_weight(

@@ -10,15 +10,15 @@ import numpy as np
 
 from tfmot_zip.model.builder import build_zipped_model, sanitize_task_names
 from tfmot_zip.compat import check_tf_keras_model, keras
-from tfmot_zip.core.selection import SELECTORS
 from tfmot_zip.model.graph import ModelGraph, align_models
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.model.spaces import trace_spaces
-from tfmot_zip.core.strategies import STRATEGIES, get_strategy
-from tfmot_zip.model.strip import group_units, strip_zipping
+from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
+from tfmot_zip.model.strip import strip_zipping
 from tfmot_zip.zipping.schedules import ZipSchedule
 from tfmot_zip.zipping.report import LayerSummary, ZipReport
-from tfmot_zip.zipping.zipper import MERGED_HESSIANS, Zipper
+from tfmot_zip.zipping.options import ZipOptions
+from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
 
@@ -153,29 +153,23 @@ def zip_models(
     models = [check_tf_keras_model(m, f"models[{i}]") for i, m in enumerate(models)]
     if len(models) < 2:
         raise ValueError(f"zip_models needs at least two models; received {len(models)}.")
-    get_strategy(method)
-    if conv_hessian not in ("auto", "exact", "block"):
-        raise ValueError(f"Unknown conv_hessian {conv_hessian!r}; expected 'auto', 'exact' or 'block'.")
-    if merged_hessian not in MERGED_HESSIANS:
-        raise ValueError(f"Unknown merged_hessian {merged_hessian!r}; expected one of {list(MERGED_HESSIANS)}.")
-    if selection not in SELECTORS:
-        raise ValueError(f"Unknown selection {selection!r}; expected one of {sorted(SELECTORS)}.")
-    if isinstance(damping, bool) or not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
-        raise ValueError(f"Expected a finite non-negative damping (e.g. 1e-4). Received: damping={damping!r}")
-    if calibration_samples is not None and (
-        isinstance(calibration_samples, bool) or not isinstance(calibration_samples, int) or calibration_samples <= 0
-    ):
-        raise ValueError(
-            f"Expected a positive integer calibration_samples or None. Received: calibration_samples={calibration_samples!r}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"Expected a non-negative integer seed. Received: seed={seed!r}")
     if schedule is not None and not isinstance(schedule, ZipSchedule):
         raise TypeError(
             f"schedule must be a tfmot_zip.LayerwiseSchedule or OneShotSchedule (or None to zip now); "
             f"received {schedule!r}."
         )
-    if calibration_data is None and schedule is not None:
+    options = ZipOptions(
+        method=method, selection=selection, damping=damping, merged_hessian=merged_hessian,
+        conv_hessian=conv_hessian, calibration_samples=calibration_samples, seed=seed,
+        recalibrate_batchnorm=recalibrate_batchnorm, schedule=None if schedule is None else schedule.get_config(),
+    )
+    deferred = schedule is not None
+    if deferred and calibration_data is not None and any(d is not None for d in _entries(calibration_data)):
+        raise ValueError(
+            "With a schedule, zip_models takes calibration_data=None: the Hessians come from the training "
+            "batches, or from ZipCallback(calibration_data=(x_a, x_b, ...)) when given there."
+        )
+    if calibration_data is None and deferred:
         calibration_data = [None] * len(models)
     if not isinstance(calibration_data, (list, tuple)) or len(calibration_data) != len(models):
         raise ValueError(
@@ -189,11 +183,10 @@ def zip_models(
             if not np.all(np.isfinite(w.numpy())):
                 raise ValueError(f"Model {m.name!r} has NaN or inf in weight {w.name!r}; zip only trained, finite models.")
     features, spaces = trace_spaces(graph)
-    shares = _resolve_sharing(sharing, graph, features, spaces)
+    options = options.replace(sharing=_resolve_sharing(sharing, graph, features, spaces))
     shape = tuple(models[0].input_shape[1:])
-    deferred = schedule is not None
     calibration = None
-    if not (deferred and all(d is None for d in calibration_data)):
+    if not deferred:
         calibration = [
             _as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples) for i, d in enumerate(calibration_data)
         ]
@@ -210,22 +203,12 @@ def zip_models(
     layer_options = None
     if deferred:
         layer_options = {
-            node.name: {
-                "track_hessians": True,
-                "zip_options": {
-                    "fraction": float(shares.get(node.name, 0.0)), "method": method, "selection": selection,
-                    "damping": damping, "merged_hessian": merged_hessian, "seed": seed,
-                    "schedule": schedule.get_config(),
-                },
-            }
-            for node in graph.hidden_zip_nodes()
+            node.name: {"track_hessians": True, "zip_options": options.get_config()} for node in graph.hidden_zip_nodes()
         }
     zipped = build_zipped_model(graph, features, spaces, names, single_input=single_input, layer_options=layer_options)
     if deferred:
         for node in graph.hidden_zip_nodes():
             zipped.get_layer(node.name).zip_pending.assign(True)
-        zipped._zip_calibration = calibration
-        zipped._zip_seconds = time.perf_counter() - start
         return zipped
     total_stages = (len(models) - 1) * len(graph.hidden_zip_nodes())
     started = [0]
@@ -237,25 +220,23 @@ def zip_models(
             progress(started[0], total_stages, name)
         started[0] += 1
 
-    zipper = Zipper(
-        zipped, graph, features, spaces, calibration, get_strategy(method), selection=selection,
-        damping=damping, merged_hessian=merged_hessian, conv_hessian=conv_hessian, seed=seed, progress=on_stage,
-    )
-    records = zipper.run(shares)
+    zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, **zipper_options(options))
+    records = zipper.run(options.sharing)
     if progress is not None:
         progress(total_stages, total_stages, "")
     changed = any(r.shared > 0 for r in records.values())
-    if recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
-        from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
-
+    if options.recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
         _recalibrate(zipped, calibration)
+    seconds = time.perf_counter() - start
     for node in graph.zip_nodes():
-        record = records[node.index]
-        layer = zipped.get_layer(node.name)
-        layer._zip_merge_cost = record.merge_cost if not node.is_head else None
-    zipped._zip_seconds = time.perf_counter() - start
-    zipped._zip_records = {graph.nodes[i].name: r for i, r in records.items()}
+        zipped.get_layer(node.name).zip_record = records[node.index].as_config(
+            is_head=node.is_head, zip_seconds=seconds, options=options.get_config()
+        )
     return zipped
+
+
+def _entries(calibration_data: Any) -> list:
+    return list(calibration_data) if isinstance(calibration_data, (list, tuple)) else [calibration_data]
 
 
 def _source_params(layer) -> int:
@@ -292,7 +273,6 @@ def zip_summary(model: keras.Model) -> ZipReport:
     zip_layers = [l for l in model.layers if isinstance(l, (ZipDense, ZipConv2D))]
     if not zip_layers:
         raise ValueError(f"Model {model.name!r} has no zip layers; pass a model returned by zip_models.")
-    records = getattr(model, "_zip_records", {})
     summaries = []
     before_total = after_total = 0
     for layer in zip_layers:
@@ -301,10 +281,13 @@ def zip_summary(model: keras.Model) -> ZipReport:
         before, after = _source_params(layer), physical_params(layer)
         before_total += before
         after_total += after
-        cost = getattr(layer, "_zip_merge_cost", None)
-        record = records.get(layer.name)
+        record = layer.zip_record or {}
+        cost = record.get("merge_cost")
         is_head = all(len(t) == 1 for t in owners.values()) and layer is zip_layers[-1]
-        summaries.append(LayerSummary(layer.name, "dense" if isinstance(layer, ZipDense) else "conv", list(layer.task_units), shared, before, after, cost, is_head))
+        summaries.append(LayerSummary(
+            layer.name, "dense" if isinstance(layer, ZipDense) else "conv", list(layer.task_units), shared, before, after,
+            cost, is_head, record.get("seconds"), record.get("pairs"),
+        ))
     other = sum(
         int(np.sum([np.prod(w.shape) for w in l.weights])) for l in model.layers if not isinstance(l, (ZipDense, ZipConv2D))
     )
@@ -313,7 +296,8 @@ def zip_summary(model: keras.Model) -> ZipReport:
         layers=summaries,
         params_original=before_total + other,
         params_zipped=after_total + other,
-        zip_seconds=getattr(model, "_zip_seconds", None),
+        zip_seconds=next((l.zip_record.get("zip_seconds") for l in zip_layers if l.zip_record), None),
+        options=next(((l.zip_record or {}).get("options") or l.zip_options for l in zip_layers if l.zip_record or l.zip_options), None),
     )
 
 

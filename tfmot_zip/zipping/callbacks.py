@@ -16,13 +16,13 @@ import numpy as np
 
 from tfmot_zip.compat import keras
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
+from tfmot_zip.data.tasks import as_inputs
+from tfmot_zip.model.batchnorm import recalibrate_batchnorm
+from tfmot_zip.model.layers import zip_layers
+from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.schedules import ZipSchedule
 
-__all__ = ["ZipCallback", "zipping_finished", "pending_layers"]
-
-
-def _zip_layers(model: keras.Model) -> list:
-    return [l for l in model.layers if isinstance(l, (ZipDense, ZipConv2D))]
+__all__ = ["ZipCallback", "pending_layers"]
 
 
 def pending_layers(model: keras.Model) -> list[str]:
@@ -32,12 +32,7 @@ def pending_layers(model: keras.Model) -> list[str]:
         >>> pending_layers(zipped)  # doctest: +SKIP
         ['fc1', 'fc2']
     """
-    return [l.name for l in _zip_layers(model) if l.track_hessians and bool(l.zip_pending.numpy())]
-
-
-def zipping_finished(model: keras.Model) -> bool:
-    """True when no layer of ``model`` waits for ``ZipCallback``."""
-    return not pending_layers(model)
+    return [l.name for l in zip_layers(model) if l.track_hessians and bool(l.zip_pending.numpy())]
 
 
 class ZipCallback(keras.callbacks.Callback):
@@ -70,8 +65,7 @@ class ZipCallback(keras.callbacks.Callback):
 
     # --- setup ------------------------------------------------------------------------------------
     def _setup(self) -> None:
-        from tfmot_zip.core.strategies import get_strategy
-        from tfmot_zip.zipping.zipper import Zipper
+        from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
         wrapped = [
             l.name for l in self.model.layers
@@ -82,22 +76,16 @@ class ZipCallback(keras.callbacks.Callback):
                 f"ZipCallback cannot drive zip layers wrapped by another tool ({wrapped}, e.g. TFMOT's "
                 "prune_low_magnitude). Finish the zipping schedule first, then strip_zipping, then prune."
             )
-        layers = [l for l in _zip_layers(self.model) if l.track_hessians]
+        layers = [l for l in zip_layers(self.model) if l.track_hessians]
         if not layers:
             raise ValueError(
                 f"Model {self.model.name!r} has no layers scheduled for zipping; ZipCallback drives models "
                 "returned by zip_models(..., schedule=LayerwiseSchedule(...))."
             )
-        options = layers[0].zip_options or {}
-        self.options = options
-        self.schedule = ZipSchedule.from_config(options["schedule"])
-        calibration = None
+        self.options = ZipOptions.from_config(layers[0].zip_options)
+        self.schedule = ZipSchedule.from_config(self.options.schedule)
         provider = None
-        if self.calibration_data is None:
-            self.calibration_data = getattr(self.model, "_zip_calibration", None)
         if self.calibration_data is not None:
-            from tfmot_zip.data.tasks import as_inputs
-
             if len(self.calibration_data) != len(self.model.outputs):
                 raise ValueError(
                     f"calibration_data needs one entry per task ({len(self.model.outputs)}); received "
@@ -107,20 +95,11 @@ class ZipCallback(keras.callbacks.Callback):
         else:
             provider = lambda layer, t: layer.hessian(t)  # noqa: E731
             calibration = [np.zeros((1,) + tuple(self.model.inputs[0].shape[1:]), np.float32)] * len(self.model.outputs)
+        self._calibration = calibration if self.calibration_data is not None else None
         self._zipper = Zipper.from_model(
-            self.model,
-            calibration=calibration,
-            strategy=get_strategy(options.get("method", "mtz")),
-            selection=options.get("selection", "hungarian"),
-            damping=options.get("damping", 1e-4),
-            merged_hessian=options.get("merged_hessian", "sum_of_inverses"),
-            seed=options.get("seed", 0),
-            hessian_provider=provider,
+            self.model, calibration=calibration, hessian_provider=provider, **zipper_options(self.options)
         )
-        self.shares = {
-            node.name: (self._layer(node).zip_options or {}).get("fraction", 0.0)
-            for node in self._zipper.graph.hidden_zip_nodes()
-        }
+        self.shares = self.options.sharing
         self.stages = self._zipper.stages()
         self._pass = None
 
@@ -142,7 +121,7 @@ class ZipCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._setup()
         self.step = 0
-        for layer in _zip_layers(self.model):
+        for layer in zip_layers(self.model):
             if layer.track_hessians:
                 layer.zip_step.assign(0)
         self._advance()
@@ -163,7 +142,7 @@ class ZipCallback(keras.callbacks.Callback):
             self._advance()
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        for layer in _zip_layers(self.model):
+        for layer in zip_layers(self.model):
             if layer.track_hessians:
                 layer.zip_step.assign(-1)  # a later fit without the callback fails loudly again
 
@@ -205,6 +184,8 @@ class ZipCallback(keras.callbacks.Callback):
             layer.zip_done.assign(n)
             layer.zip_accumulate.assign(False)
             layer.reset_hessians()
+        for other in merged + [node]:
+            self._layer(other).zip_record = self._zipper.records[other.index].as_config(options=self.options.get_config())
         for other in merged:
             if other.index != node.index:
                 self._layer(other).zip_counter.assign(1 << 40)  # merged as a stream writer: no own retraining
@@ -218,7 +199,14 @@ class ZipCallback(keras.callbacks.Callback):
             print(f"ZipCallback: step {self.step}: zipped {node.name} (task {n}), {record.shared} shared units, merge cost {record.merge_cost:.4g}")
 
     def _finish(self) -> None:
-        for layer in _zip_layers(self.model):
+        finished_now = False
+        for layer in zip_layers(self.model):
             if layer.track_hessians and bool(layer.zip_pending.numpy()):
                 layer.zip_pending.assign(False)
                 layer.zip_accumulate.assign(False)
+                finished_now = True
+        has_batchnorm = any(isinstance(l, keras.layers.BatchNormalization) for l in self.model.layers)
+        if finished_now and self._calibration is not None and self.options.recalibrate_batchnorm and has_batchnorm:
+            # With training batches, training itself updates the moving statistics; with
+            # calibration data, re-estimate them as one-shot zipping does.
+            recalibrate_batchnorm(self.model, self._calibration)

@@ -18,6 +18,8 @@ class LayerSummary:
     params_after: int
     merge_cost: float | None = None
     is_head: bool = False
+    seconds: float | None = None
+    pairs: list | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -32,6 +34,7 @@ class ZipReport:
     params_original: int
     params_zipped: int
     zip_seconds: float | None = None
+    options: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -47,6 +50,7 @@ class ZipReport:
             "params_zipped": self.params_zipped,
             "shared_params": self.shared_params,
             "zip_seconds": self.zip_seconds,
+            "options": self.options,
             **self.extra,
         }
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -32,11 +32,10 @@ from tfmot_zip.core import (
 )
 from tfmot_zip.model.graph import AlignedNode, ModelGraph
 from tfmot_zip.model.spaces import Feature, UnitSpace
-from tfmot_zip.core.strategies import Strategy
+from tfmot_zip.core.strategies import Strategy, get_strategy
+from tfmot_zip.zipping.options import ZipOptions
 
-__all__ = ["LayerRecord", "Zipper", "MERGED_HESSIANS"]
-
-MERGED_HESSIANS = ("sum_of_inverses", "exact")
+__all__ = ["LayerRecord", "Zipper", "zipper_options"]
 
 
 @dataclass
@@ -50,6 +49,16 @@ class LayerRecord:
     merge_cost: float = 0.0
     seconds: float = 0.0
     pairs: list = field(default_factory=list)
+
+    def as_config(self, **extra: Any) -> dict:
+        """A JSON-serialisable dict (pairs as ``[pass, units, columns]`` lists), plus ``extra``."""
+        return {
+            "shared": int(self.shared),
+            "merge_cost": None if extra.get("is_head") else float(self.merge_cost),
+            "seconds": round(float(self.seconds), 6),
+            "pairs": [[int(n), [int(u) for u in units], [int(c) for c in cols]] for n, units, cols in self.pairs],
+            **extra,
+        }
 
 
 @dataclass
@@ -510,3 +519,16 @@ class Zipper:
             for node in self.graph.hidden_zip_nodes():
                 self.zip_stage(node, shares, selection)
         return self.records
+
+
+def zipper_options(options: ZipOptions) -> dict:
+    """The :class:`Zipper` arguments that ``options`` sets.
+
+    Example:
+        >>> sorted(zipper_options(ZipOptions()))
+        ['conv_hessian', 'damping', 'merged_hessian', 'seed', 'selection', 'strategy']
+    """
+    return {
+        "strategy": get_strategy(options.method), "selection": options.selection, "damping": options.damping,
+        "merged_hessian": options.merged_hessian, "conv_hessian": options.conv_hessian, "seed": options.seed,
+    }

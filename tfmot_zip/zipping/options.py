@@ -1,0 +1,115 @@
+"""The options of one zip (:class:`ZipOptions`): checked once, serialisable, used unchanged by
+one-shot zipping and by :class:`~tfmot_zip.zipping.callbacks.ZipCallback`.
+
+A scheduled zip stores the whole options object in the config of every zip layer it schedules, so
+a ``.keras`` file saved mid-schedule resumes with exactly the options it was started with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tfmot_zip.core.selection import SELECTORS
+from tfmot_zip.core.strategies import STRATEGIES
+
+__all__ = ["ZipOptions", "MERGED_HESSIANS", "CONV_HESSIANS"]
+
+MERGED_HESSIANS = ("sum_of_inverses", "exact")
+CONV_HESSIANS = ("auto", "exact", "block")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class ZipOptions:
+    """How to zip: every option of :func:`~tfmot_zip.zip_models` except the models and data.
+
+    Attributes:
+        method: pairing and merging strategy (``"mtz"``, ``"euclidean"``, ``"random"``, ``"activation"``).
+        selection: ``"hungarian"`` (exact minimum-cost matching) or ``"greedy"`` (the paper's rule).
+        damping: relative damping of the layer Hessians (``H + damping * mean(diag H) * I``).
+        merged_hessian: with 3+ models, ``"sum_of_inverses"`` or ``"exact"`` for the merged side.
+        conv_hessian: ``"exact"``, ``"block"`` or ``"auto"`` Hessians of Conv2D layers.
+        calibration_samples: at most this many calibration samples per task (None: all).
+        seed: seeds the random choices.
+        recalibrate_batchnorm: re-estimate per-task BatchNorm statistics after zipping.
+        sharing: fraction of units shared per space, keyed by the name of the space's first writer.
+        schedule: ``ZipSchedule.get_config()`` of a deferred zip, or None for one shot.
+
+    Example:
+        >>> options = ZipOptions(method="mtz", sharing={"fc1": 0.5})
+        >>> ZipOptions.from_config(options.get_config()) == options
+        True
+        >>> ZipOptions(damping=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected a finite non-negative damping (e.g. 1e-4). Received: damping=-1.0
+    """
+
+    method: str = "mtz"
+    selection: str = "hungarian"
+    damping: float = 1e-4
+    merged_hessian: str = "sum_of_inverses"
+    conv_hessian: str = "auto"
+    calibration_samples: int | None = 10_000
+    seed: int = 0
+    recalibrate_batchnorm: bool = True
+    sharing: dict = field(default_factory=dict)
+    schedule: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in STRATEGIES:
+            raise ValueError(f"Unknown method {self.method!r}; expected one of {sorted(STRATEGIES)}.")
+        if self.conv_hessian not in CONV_HESSIANS:
+            raise ValueError(f"Unknown conv_hessian {self.conv_hessian!r}; expected one of {list(CONV_HESSIANS)}.")
+        if self.merged_hessian not in MERGED_HESSIANS:
+            raise ValueError(f"Unknown merged_hessian {self.merged_hessian!r}; expected one of {list(MERGED_HESSIANS)}.")
+        if self.selection not in SELECTORS:
+            raise ValueError(f"Unknown selection {self.selection!r}; expected one of {sorted(SELECTORS)}.")
+        damping = self.damping
+        if isinstance(damping, bool) or not isinstance(damping, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(float(damping)) and float(damping) >= 0
+        ):
+            raise ValueError(f"Expected a finite non-negative damping (e.g. 1e-4). Received: damping={damping!r}")
+        object.__setattr__(self, "damping", float(damping))
+        samples = self.calibration_samples
+        if samples is not None and (not _is_int(samples) or samples <= 0):
+            raise ValueError(
+                f"Expected a positive integer calibration_samples or None. Received: calibration_samples={samples!r}"
+            )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"Expected a non-negative integer seed. Received: seed={self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+        if not isinstance(self.recalibrate_batchnorm, (bool, np.bool_)):
+            raise ValueError(
+                f"Expected True or False. Received: recalibrate_batchnorm={self.recalibrate_batchnorm!r}"
+            )
+        object.__setattr__(self, "sharing", {str(k): float(v) for k, v in dict(self.sharing).items()})
+
+    def replace(self, **changes: Any) -> "ZipOptions":
+        """A copy with ``changes`` applied (and checked).
+
+        Example:
+            >>> ZipOptions().replace(method="euclidean").method
+            'euclidean'
+        """
+        return dataclasses.replace(self, **changes)
+
+    def get_config(self) -> dict:
+        """A JSON-serialisable dict; :meth:`from_config` rebuilds the same options."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ZipOptions":
+        """Options from :meth:`get_config` (unknown keys are refused, naming them)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"Unknown zip options {unknown}; known options are {sorted(names)}.")
+        return cls(**config)
