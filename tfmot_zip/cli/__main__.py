@@ -1,6 +1,6 @@
 """``python -m tfmot_zip.cli``."""
 import sys
 
-from tfmot_zip.cli.main import main
+from tfmot_zip.cli.parser import main
 
 sys.exit(main())
