@@ -20,7 +20,7 @@ EXTRAS = {
 
 setup(
     name="tfmot_zip",
-    version="0.1.0",
+    version="0.2.0",
     description="Multi-Task Zipping of tf_keras models, composable with TFMOT pruning and quantization",
     packages=find_packages(include=["tfmot_zip", "tfmot_zip.*"]),
     python_requires=">=3.10",

@@ -68,12 +68,12 @@ def main() -> None:
     parser.add_argument("--only-resnet", action="store_true", help="only the ResNet-20 pair")
     args = parser.parse_args()
 
-    from tfmot_zip.apps import demo
+    from tfmot_zip.io import versions
     from tfmot_zip.io import atomic_write_json, check_writable_dir
 
     out_dir = check_writable_dir(args.out)
     steps = 100 if args.quick else 300
-    results = {"versions": demo._versions(), "lr": 5e-4}
+    results = {"versions": versions(), "lr": 5e-4}
     pair = ("classes_0_4", "classes_5_9")
     if args.only_resnet:
         results["resnet20_pair"] = pair_figures("resnet20", pair, (0.5, 1.0), ("mtz", "euclidean"), 1_000, steps // 2, 5e-4, print)

@@ -207,11 +207,11 @@ def main() -> None:
     if not args.learning_rate > 0:
         parser.error(f"--learning-rate must be positive; received {args.learning_rate}")
 
-    from tfmot_zip.apps import demo
+    from tfmot_zip.io import versions
     from tfmot_zip.io import atomic_write_json, check_writable_dir
 
     out = check_writable_dir(args.out)
-    results = {"versions": demo._versions(), "runs": []}
+    results = {"versions": versions(), "runs": []}
     for arch in archs:
         started = time.perf_counter()
         results["runs"].append(run(arch, budgets, variants=variants, conv_hessian=args.conv_hessian,

@@ -32,11 +32,11 @@ _EXPORTS = {
     "OneShotSchedule": "tfmot_zip.zipping.schedules",
     "extract_task_models": "tfmot_zip.model.builder",
     "quantize_zipped": "tfmot_zip.export.tfmot",
-    "export_tflite": "tfmot_zip.export.tflite",
-    "verify_tflite": "tfmot_zip.export.tflite",
+    "export_tflite": "tfmot_zip.export.convert",
+    "verify_tflite": "tfmot_zip.export.verify",
     "write_zip_report": "tfmot_zip.report.zip_report",
     "UnsupportedModelError": "tfmot_zip.model.graph",
-    "TFLiteVerificationError": "tfmot_zip.export.tflite",
+    "TFLiteVerificationError": "tfmot_zip.export.verify",
 }
 
 _SUBPACKAGES = {

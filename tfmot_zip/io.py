@@ -108,8 +108,10 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
+    import tfmot_zip
+
     return {
-        "tfmot_zip": version("tfmot_zip"),
+        "tfmot_zip": tfmot_zip.__version__,
         "tensorflow": version("tensorflow"),
         "tf_keras": version("tf-keras"),
         "tensorflow_model_optimization": version("tensorflow-model-optimization"),

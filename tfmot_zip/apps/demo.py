@@ -8,13 +8,12 @@ shared retrained model to TFLite, and writes ``report.md``, ``report.json`` and 
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tfmot_zip.io import atomic_write_json, atomic_write_text, check_writable_dir
+from tfmot_zip.io import atomic_write_json, atomic_write_text, check_writable_dir, versions
 
 __all__ = ["DemoConfig", "run_demo", "render_markdown"]
 
@@ -39,22 +38,6 @@ class DemoConfig:
     export_tflite: bool = True
     train_samples: int | None = None  # subsample the source models' training (tests)
     epochs: int | None = None
-
-
-def _versions() -> dict:
-    import numpy
-    import scipy
-
-    from tfmot_zip.compat import keras, tf
-
-    return {
-        "tensorflow": tf.__version__,
-        "tf_keras": keras.__version__,
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
-    }
 
 
 def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> dict:
@@ -87,7 +70,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
     calibration = [task.x_train[: config.calibration_samples] for task in tasks]
     report: dict = {
         "config": dataclasses.asdict(config),
-        "versions": _versions(),
+        "versions": versions(),
         "task_names": names,
         "tasks": list(config.tasks),
         "original_accuracy": originals,

@@ -20,10 +20,8 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -32,6 +30,7 @@ import numpy as np
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.data.tasks import Task, make_task
 from tfmot_zip.data.fashion_mnist import default_cache_dir
+from tfmot_zip.io import atomic_save_model, atomic_write_text, versions
 
 __all__ = [
     "ARCHITECTURES",
@@ -359,49 +358,12 @@ def _task_fingerprint(task: Task) -> str:
     return digest.hexdigest()[:12]
 
 
-def _temporary_sibling(path: Path, suffix: str) -> Path:
-    """A unique hidden path in ``path``'s folder (same filesystem, so ``os.replace`` is atomic).
-
-    Created with ``open``/``model.save`` rather than ``mkstemp`` so the final file gets the usual
-    umask permissions instead of 0600.
-    """
-    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _temporary_sibling(path, path.suffix)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_save_model(model: "keras.Model", path: Path) -> None:
-    # Keras picks the format from the extension, so the temporary file must end in ".keras" too.
-    tmp = _temporary_sibling(path, ".keras")
-    try:
-        model.save(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _compile(model: "keras.Model") -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-
-
-def _versions() -> dict:
-    return {
-        "tensorflow": tf.__version__,
-        "tf_keras": keras.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _subsample(x: np.ndarray, y: np.ndarray, count: Optional[int], seed: int):
@@ -512,7 +474,7 @@ def train_on_task(
     _, test_accuracy = model.evaluate(task.x_test, task.y_test, batch_size=1024, verbose=0)
     train_steps = epochs * math.ceil(len(y_train) / batch_size)
 
-    _atomic_save_model(model, model_path)
+    atomic_save_model(model, model_path)
     info = {
         "arch": arch,
         "task": task.name,
@@ -526,10 +488,10 @@ def train_on_task(
         "train_steps": int(train_steps),
         "train_seconds": round(train_seconds, 3),
         "test_accuracy": float(test_accuracy),
-        "versions": _versions(),
+        "versions": versions(),
     }
     # The sidecar goes last: an entry counts as cached only when both files exist.
-    _atomic_write_text(info_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(info_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return TrainedModel(
         model=model,
         task=task,

@@ -11,8 +11,8 @@ import re
 from typing import Sequence
 
 from tfmot_zip.compat import keras
-from tfmot_zip.model.graph import AlignedNode, ModelGraph
-from tfmot_zip.model.layers import ZipConv2D, ZipDense
+from tfmot_zip.model.graph import AlignedNode, ModelGraph, inbound_tensors
+from tfmot_zip.model.layers import ZipConv2D, ZipDense, call_copy
 from tfmot_zip.model.spaces import Feature, UnitSpace
 
 __all__ = ["build_zipped_model", "task_layer_name", "sanitize_task_names"]
@@ -100,13 +100,8 @@ def build_zipped_model(
             continue
         outs = []
         for t, (task, source_layer) in enumerate(zip(task_names, node.layers)):
-            config = source_layer.get_config()
-            config["name"] = task_layer_name(node.name, task)
-            clone = type(source_layer).from_config(config)
             args = [s[t] for s in sources]
-            out = clone(args if node.kind == "add" else args[0])
-            clone.set_weights(source_layer.get_weights())
-            outs.append(out)
+            outs.append(call_copy(source_layer, task_layer_name(node.name, task), args if node.kind == "add" else args[0]))
         tensors[node.index] = outs
     outputs = [
         keras.layers.Activation("linear", name=task)(tensors[graph.output_nodes[0]][t])
@@ -126,8 +121,6 @@ def extract_task_models(zipped: keras.Model) -> list:
     Example:
         >>> model_a, model_b = extract_task_models(zipped)  # doctest: +SKIP
     """
-    from tfmot_zip.model.layers import ZipConv2D, ZipDense
-    from tfmot_zip.model.strip import _inbound
 
     task_names = list(zipped.output_names)
     config = zipped.get_config()
@@ -140,7 +133,7 @@ def extract_task_models(zipped: keras.Model) -> list:
         for spec in config["layers"]:
             name = spec["name"]
             layer = zipped.get_layer(name)
-            inbound = _inbound(spec)
+            inbound = inbound_tensors(spec)
             if isinstance(layer, keras.layers.InputLayer):
                 if single or name == f"{task}_input":
                     shape = layer.get_config()["batch_input_shape"][1:]
@@ -171,11 +164,6 @@ def extract_task_models(zipped: keras.Model) -> list:
             if not name.endswith(suffix):
                 continue
             args = [tensors[(i[0], i[2])] for i in inbound]
-            layer_config = layer.get_config()
-            layer_config["name"] = name[: -len(suffix)]
-            clone = type(layer).from_config(layer_config)
-            y = clone(args if len(args) > 1 else args[0])
-            clone.set_weights(layer.get_weights())
-            tensors[(name, 0)] = y
+            tensors[(name, 0)] = call_copy(layer, name[: -len(suffix)], args if len(args) > 1 else args[0])
         models.append(keras.Model(model_input, tensors[(task, 0)], name=task))
     return models

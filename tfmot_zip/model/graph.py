@@ -92,6 +92,28 @@ def _describe(model, layer) -> str:
     return f"layer {layer.name!r} ({type(layer).__name__}) of model {model.name!r}"
 
 
+def inbound_tensors(layer_config: dict) -> list[tuple[str, int, int]]:
+    """``(layer name, node index, tensor index)`` of each input of a layer in a functional config.
+
+    Reads both tf_keras serialisations of ``inbound_nodes`` (lists, and the newer dicts).
+
+    Example:
+        >>> inbound_tensors({"inbound_nodes": [[["dense", 0, 0, {}]]]})
+        [('dense', 0, 0)]
+        >>> inbound_tensors({"inbound_nodes": []})
+        []
+    """
+    nodes = layer_config.get("inbound_nodes", [])
+    if not nodes:
+        return []
+    node = nodes[0]
+    if isinstance(node, dict):  # newer serialisation
+        args = node.get("args", [])
+        flat = args[0] if args and isinstance(args[0], list) else args
+        return [tuple(a["config"]["keras_history"]) for a in flat]
+    return [tuple(item[:3]) for item in node]
+
+
 def _graph_of(model) -> tuple[list, list[list[int]], list[int], list[int]]:
     """(layers, inbound indices, input indices, output indices) of one model."""
     if isinstance(model, keras.Sequential):
@@ -127,18 +149,7 @@ def _graph_of(model) -> tuple[list, list[list[int]], list[int], list[int]]:
                 f"{_describe(model, layer)} is a model nested in a model; flatten it into one "
                 "functional model first."
             )
-        sources = []
-        if nodes:
-            node = nodes[0]
-            if isinstance(node, dict):  # newer serialisation
-                args = node.get("args", [])
-                flat = args[0] if args and isinstance(args[0], list) else args
-                items = [a["config"]["keras_history"] for a in flat]
-            else:
-                items = node
-            for item in items:
-                sources.append(position[item[0]])
-        inbound.append(sources)
+        inbound.append([position[name] for name, _, _ in inbound_tensors(spec)])
     inputs = [position[item[0]] for item in config["input_layers"]]
     outputs = [position[item[0]] for item in config["output_layers"]]
     return layers, inbound, inputs, outputs

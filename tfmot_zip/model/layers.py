@@ -523,3 +523,20 @@ def copy_model(model: Any) -> Any:
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def call_copy(layer: Any, name: str, inputs: Any) -> Any:
+    """Calls a renamed copy of ``layer`` (same config and weights) on ``inputs``; returns the output.
+
+    Example:
+        >>> from tfmot_zip.compat import keras
+        >>> dense = keras.layers.Dense(2, name="fc")
+        >>> x = keras.Input((3,))
+        >>> _ = dense(x)
+        >>> call_copy(dense, "fc_copy", x).shape.as_list()
+        [None, 2]
+    """
+    clone = type(layer).from_config({**layer.get_config(), "name": name})
+    out = clone(inputs)
+    clone.set_weights(layer.get_weights())
+    return out

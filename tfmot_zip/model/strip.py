@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.model.graph import inbound_tensors
 from tfmot_zip.model.layers import ZipConv2D, ZipDense, ZipLayerMixin
 
 __all__ = ["strip_zipping", "group_units"]
@@ -52,18 +53,6 @@ def _group_label(key: frozenset, task_names: list[str]) -> str:
     if len(key) == len(task_names):
         return "shared"
     return "_and_".join(task_names[t] for t in sorted(key))
-
-
-def _inbound(config_layer: dict) -> list:
-    nodes = config_layer.get("inbound_nodes", [])
-    if not nodes:
-        return []
-    node = nodes[0]
-    if isinstance(node, dict):
-        args = node.get("args", [])
-        flat = args[0] if args and isinstance(args[0], list) else args
-        return [tuple(a["config"]["keras_history"]) for a in flat]
-    return [tuple(item[:3]) for item in node]
 
 
 class _Stripper:
@@ -230,7 +219,7 @@ class _Stripper:
         for spec in config["layers"]:
             name = spec["name"]
             layer = self.model.get_layer(name)
-            inbound = _inbound(spec)
+            inbound = inbound_tensors(spec)
             if isinstance(layer, L.InputLayer):
                 x = keras.Input(shape=layer.input_shape[0][1:] if isinstance(layer.input_shape, list) else layer.input_shape[1:], dtype=layer.dtype, name=name)
                 new_inputs.append(x)

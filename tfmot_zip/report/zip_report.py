@@ -90,12 +90,6 @@ def _check_sizes(sizes: Mapping[str, float] | None) -> dict[str, int]:
     return out
 
 
-def _zip_layers(model: Any) -> list:
-    from tfmot_zip.model.layers import ZIP_LAYERS
-
-    return [layer for layer in model.layers if isinstance(layer, ZIP_LAYERS)]
-
-
 def zip_report_data(
     zipped: Any,
     *,
@@ -138,15 +132,15 @@ def zip_report_data(
     if overlap:
         raise ValueError(f"accuracy_before and accuracy_after use the same labels {sorted(overlap)}; give each stage its own label.")
     checked_sizes = _check_sizes(sizes)
-    records = getattr(zipped, "_zip_records", None) or {}
-    layers_by_name = {layer.name: layer for layer in _zip_layers(zipped)}
+    from tfmot_zip.model.layers import zip_layers
+
+    layers_by_name = {layer.name: layer for layer in zip_layers(zipped)}
     layers = []
     for entry in summary.layers:
         layer = layers_by_name[entry.name]
         owners = layer.unit_tasks()
         specific = [sum(1 for tasks in owners.values() if tasks == frozenset({t})) for t in range(n_tasks)]
-        record = records.get(entry.name)
-        cost = entry.merge_cost if entry.merge_cost is not None else (None if record is None or entry.is_head else record.merge_cost)
+        cost = entry.merge_cost
         layers.append({
             "name": entry.name,
             "kind": entry.kind,
@@ -159,7 +153,7 @@ def zip_report_data(
             "params_before": int(entry.params_before),
             "params_after": int(entry.params_after),
             "merge_cost": None if cost is None or entry.is_head else float(cost),
-            "seconds": None if record is None else round(float(record.seconds), 4),
+            "seconds": None if entry.seconds is None else round(float(entry.seconds), 4),
         })
     series = {**before, **after}
     drops = {}
