@@ -75,7 +75,7 @@ def test_zip_progress_bar_follows_the_library_callback_to_the_total(files, tmp_p
     dones = [c[0] for c in calls]
     assert dones == list(range(total + 1))  # once per stage as it starts, then once with done == total
     assert {c[1] for c in calls} == {total}
-    assert [c[2] for c in calls[:-1]] == ["fc1", "fc2"] * (models - 1) and calls[-1][2] == ""
+    assert [c[2].split()[0] for c in calls[:-1]] == ["fc1", "fc2"] * (models - 1) and calls[-1][2] == ""  # "fc1 (task 1)"
     assert [c[3] for c in calls] == dones  # the tqdm bar is at `done` after every call, full at the end
 
 
