@@ -9,10 +9,10 @@ Point ``TFMOT_ZIP_FASHION_MNIST_DIR`` (or the ``data_dir`` argument) at another 
 four files to use a copy elsewhere.
 
 Importing this module is cheap: TensorFlow and tensorflow-datasets are imported only by
-:func:`load_tfds` (through :mod:`tfmot_zip.data.tfds_builder`).
+:func:`tfmot_zip.data.tfds_builder.load_tfds`.
 
 Example:
-    >>> from tfmot_zip import datasets
+    >>> from tfmot_zip.data import fashion_mnist as datasets
     >>> x, y = datasets.load_fashion_mnist("test")
     >>> x.shape, x.dtype, y.dtype
     ((10000, 28, 28, 1), dtype('float32'), dtype('int64'))
@@ -42,7 +42,6 @@ __all__ = [
     "fashion_mnist_dir",
     "fashion_mnist_files",
     "load_fashion_mnist",
-    "load_tfds",
     "read_idx",
 ]
 
@@ -265,57 +264,3 @@ def load_fashion_mnist_uint8(
     folder = str(fashion_mnist_dir(data_dir).resolve())
     images, labels = _load_raw(split, folder)
     return images.reshape(images.shape + (1,)), labels
-
-
-def load_tfds(
-    split: str,
-    data_dir: PathLike | None = None,
-    as_supervised: bool = True,
-    *,
-    source_dir: PathLike | None = None,
-    shuffle_files: bool = False,
-) -> "tf.data.Dataset":
-    """Fashion-MNIST as a ``tf.data.Dataset`` through the local tensorflow-datasets builder.
-
-    The first call prepares the dataset (encodes the 70,000 images into TFRecords under ``data_dir``;
-    about half a minute on 2 cores); later calls read the prepared files. Nothing is downloaded.
-
-    Args:
-        split: any tfds split expression over "train" and "test" (e.g. "test", "train[:10%]").
-        data_dir: where tfds keeps the prepared data; defaults to ``<cache>/tensorflow_datasets`` with
-            ``<cache>`` from :func:`default_cache_dir`.
-        as_supervised: yield ``(image, label)`` tuples instead of ``{"image", "label"}`` dicts.
-        source_dir: folder with the idx files (see :func:`fashion_mnist_dir`).
-        shuffle_files: passed to ``builder.as_dataset``.
-
-    Returns:
-        Unbatched dataset of uint8 images (28, 28, 1) and int64 labels.
-
-    Raises:
-        FileNotFoundError: the idx files are missing; the message names the install command.
-
-    Note:
-        The prepared files are keyed by builder version only: after pointing ``source_dir`` at
-        different files, use a fresh ``data_dir``.
-
-    Example:
-        >>> ds = load_tfds("test")  # doctest: +SKIP
-        >>> image, label = next(iter(ds))  # doctest: +SKIP
-        >>> tuple(image.shape)  # doctest: +SKIP
-        (28, 28, 1)
-    """
-    from tfmot_zip.data.tfds_builder import LocalFashionMnist  # lazy: imports tensorflow_datasets
-
-    if data_dir is None:
-        data_dir = default_cache_dir() / "tensorflow_datasets"
-    builder = LocalFashionMnist(data_dir=os.fspath(data_dir), source_dir=source_dir)
-    builder.download_and_prepare()
-    return builder.as_dataset(split=split, as_supervised=as_supervised, shuffle_files=shuffle_files)
-
-
-def __getattr__(name: str):  # PEP 562: ``datasets.LocalFashionMnist`` without an eager tfds import.
-    if name == "LocalFashionMnist":
-        from tfmot_zip.data.tfds_builder import LocalFashionMnist
-
-        return LocalFashionMnist
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from tfmot_zip.model.graph import UnsupportedModelError
 
 from conftest import calib, cnn, mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkStarted(AssertionError):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tfmot_zip.data import fashion_mnist as datasets
+from tfmot_zip.data.tfds_builder import load_tfds
 
 REAL_DIR = Path(datasets.DEFAULT_FASHION_MNIST_DIR)
 pytestmark = pytest.mark.skipif(
@@ -97,7 +98,7 @@ def test_numpy_modules_do_not_import_tensorflow():
     """The data loader and the math import only numpy/scipy (checked on their source)."""
     import ast
 
-    root = Path(__file__).resolve().parents[1] / "tfmot_zip"
+    root = Path(__file__).resolve().parents[2] / "tfmot_zip"
     files = [root / "datasets.py", *sorted((root / "core").glob("*.py"))]
     for path in files:
         tree = ast.parse(path.read_text())
@@ -120,13 +121,13 @@ def test_numpy_modules_do_not_import_tensorflow():
 def tfds_dir(tmp_path_factory):
     """Prepare the local builder once for the module (about 15 s on 2 cores)."""
     data_dir = tmp_path_factory.mktemp("tfds")
-    datasets.load_tfds("test", data_dir=data_dir)
+    load_tfds("test", data_dir=data_dir)
     return data_dir
 
 
 def test_tfds_builder_matches_numpy_loader(tfds_dir):
     images, labels = datasets.load_fashion_mnist_uint8("test")
-    ds = datasets.load_tfds("test", data_dir=tfds_dir, as_supervised=True)
+    ds = load_tfds("test", data_dir=tfds_dir, as_supervised=True)
     batch_images, batch_labels = next(iter(ds.batch(500)))
     np.testing.assert_array_equal(batch_images.numpy(), images[:500])
     np.testing.assert_array_equal(batch_labels.numpy(), labels[:500])
@@ -142,7 +143,7 @@ def test_tfds_builder_info_and_dict_examples(tfds_dir):
     assert builder.info.splits["test"].num_examples == 10000
     assert builder.info.features["label"].names == datasets.CLASS_NAMES
     assert builder.info.features["image"].shape == (28, 28, 1)
-    example = next(iter(datasets.load_tfds("train", data_dir=tfds_dir, as_supervised=False)))
+    example = next(iter(load_tfds("train", data_dir=tfds_dir, as_supervised=False)))
     assert set(example) == {"image", "label"}
     assert int(example["label"]) == 9
 

@@ -172,7 +172,7 @@ MIRRORED = textwrap.dedent('''
 
 def test_mirrored_strategy_two_replicas_match_single_device():
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", MIRRORED], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert "MIRRORED_OK" in out.stdout, out.stderr[-3000:]
 
