@@ -23,6 +23,9 @@ __all__ = [
     "covers",
     "sources_of",
     "runs_for",
+    "subsets_running",
+    "live_units",
+    "task_paths_alive",
     "group_key",
     "group_order",
     "merged_unit_costs",
@@ -196,6 +199,59 @@ def runs_for(group: str, subset: Sequence[str]) -> bool:
         (True, False, True)
     """
     return group == SHARED or bool(group_tasks(group) & set(subset))
+
+
+def subsets_running(group: str, task_names: Sequence[str]) -> int:
+    """How many non-empty subsets of ``task_names`` run ``group``.
+
+    Example:
+        >>> subsets_running(SHARED, ["a", "b", "c"]), subsets_running("a+b", ["a", "b", "c"])
+        (7, 6)
+    """
+    served = len(task_names) if group == SHARED else len(group.split("+"))
+    return 2 ** len(task_names) - 2 ** (len(task_names) - served)
+
+
+def live_units(sizes: Sequence[dict]) -> list[dict]:
+    """``sizes`` (per hidden layer, bottom-up, ``{group: units}``) with dead groups set to 0.
+
+    A group is dead when none of the groups it may read below has a unit (it computes a constant;
+    the first layer reads the input) or when no group above may read it. The head reads every group
+    of the last hidden layer that serves its task, and every group serves one, so the last layer
+    loses groups only to the first rule.
+
+    Example:
+        >>> live_units([{SHARED: 0, "a": 2, "b": 1}, {"a+b": 3, "b": 1}])
+        [{'shared': 0, 'a': 0, 'b': 1}, {'a+b': 0, 'b': 1}]
+    """
+    live = [dict(units) for units in sizes]
+    for below, layer in zip(live, live[1:]):
+        for group in layer:
+            if not any(below[source] > 0 for source in sources_of(group, list(below))):
+                layer[group] = 0
+    for index in range(len(live) - 2, -1, -1):
+        readers = [group for group, n in live[index + 1].items() if n > 0]
+        for group in live[index]:
+            if not any(covers(group, reader) for reader in readers):
+                live[index][group] = 0
+    return live
+
+
+def task_paths_alive(sizes: Sequence[dict], task_names: Sequence[str]) -> bool:
+    """True when, with ``sizes[l][group]`` units left in hidden layer l, every task keeps a live
+    group (:func:`live_units`) serving it in every layer: a path from the input to its head.
+
+    Example:
+        >>> task_paths_alive([{SHARED: 0, "a": 1, "b": 1}, {"a+b": 2, "b": 1}], ["a", "b"])
+        False
+        >>> task_paths_alive([{SHARED: 1, "a": 0}, {"a+b": 1}], ["a", "b"])
+        True
+    """
+    return all(
+        any(n > 0 and runs_for(group, [task]) for group, n in units.items())
+        for units in live_units(sizes)
+        for task in task_names
+    )
 
 
 def group_key(tasks: Sequence[str], task_names: Sequence[str]) -> str:
