@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from tfmot_zip.cli.console import Console
 from tfmot_zip.cli.errors import EXIT_OK
 from tfmot_zip.cli.files import check_output_dir
+
+if TYPE_CHECKING:
+    from tfmot_zip.apps.demo import DemoConfig
 
 __all__ = ["NAME", "HELP", "DESCRIPTION", "EXAMPLE", "add_arguments", "demo_config", "run"]
 
@@ -28,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="one sharing fraction, fewer samples and steps (a minute)")
 
 
-def demo_config(out_dir: str, quick: bool):
+def demo_config(out_dir: str, quick: bool) -> "DemoConfig":
     """The :class:`tfmot_zip.apps.demo.DemoConfig` of ``demo`` (``--quick``: a small one).
 
     Example:
