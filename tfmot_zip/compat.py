@@ -3,7 +3,8 @@
 TensorFlow 2.21 ships Keras 3 as ``keras``; TFMOT 0.8.1 only works with Keras 2 models
 (``tf_keras``). Setting ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported makes
 ``tf.keras`` resolve to ``tf_keras`` too, so models built either way are compatible.
-Every other module of the package imports ``keras`` and ``tf`` from here.
+Every other module of the package imports ``keras`` and ``tf`` from here, and imports the
+optional dependencies (LiteRT, matplotlib) through :func:`require`, which names the extra to install.
 
 Example:
     >>> from tfmot_zip.compat import keras, tf
@@ -11,14 +12,47 @@ Example:
 """
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["keras", "tf", "is_keras3_object", "check_tf_keras_model"]
+__all__ = ["keras", "tf", "is_keras3_object", "check_tf_keras_model", "require"]
+
+
+def require(module: str, extra: str, needed_for: str = "This feature") -> ModuleType:
+    """Imports an optional dependency, or raises an ``ImportError`` naming the extra that installs it.
+
+    Args:
+        module: the module to import, e.g. ``"ai_edge_litert.interpreter"``.
+        extra: the tfmot_zip extra that installs it (``"tflite"``, ``"report"``).
+        needed_for: what needs it, to start the message (e.g. ``"Drawing plots"``).
+
+    Returns:
+        The imported module.
+
+    Raises:
+        ImportError: the module cannot be imported; the message says ``pip install 'tfmot_zip[extra]'``.
+
+    Example:
+        >>> require("json", "report").dumps([1])
+        '[1]'
+        >>> require("no_such_module_xyz", "tflite", "Running a TFLite file")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ImportError: Running a TFLite file needs 'no_such_module_xyz'... pip install 'tfmot_zip[tflite]'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{needed_for} needs {module!r}, which is not installed ({err}). It comes with the "
+            f"optional extra [{extra}]: pip install 'tfmot_zip[{extra}]'"
+        ) from err
 
 
 def is_keras3_object(obj: object) -> bool:
