@@ -28,8 +28,9 @@ def load_interpreter(tflite: TFLiteSource, num_threads: int | None = None) -> An
         >>> list(interpreter.get_signature_list())
         ['task_a']
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from tfmot_zip.compat import require
 
+    Interpreter = require("ai_edge_litert.interpreter", "tflite", "Running a TFLite file").Interpreter
     if isinstance(tflite, Interpreter):
         return tflite
     if isinstance(tflite, (bytes, bytearray)):

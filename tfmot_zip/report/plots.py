@@ -11,8 +11,9 @@ __all__ = ["accuracy_bars", "sharing_bars", "accuracy_vs_sharing"]
 
 
 def _figure():
-    import matplotlib
+    from tfmot_zip.compat import require
 
+    matplotlib = require("matplotlib", "report", "Drawing plots")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
