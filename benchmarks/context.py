@@ -156,7 +156,7 @@ class Context:
         if not any(isinstance(l, keras.layers.BatchNormalization) for l in self.models[0].layers):
             return None
         from tfmot_zip.model.batchnorm import recalibrate_batchnorm
-        from tfmot_zip.model.layers import copy_model
+        from tfmot_zip.model.copying import copy_model
 
         copies = []
         for model, calibration in zip(self.models, self.calibration):

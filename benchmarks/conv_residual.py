@@ -31,7 +31,7 @@ def pair_figures(arch, task_names, sharings, methods, calibration, retrain_steps
     tasks = [data.make_task(n) for n in task_names]
     trained = [zoo.train_on_task(arch, t, seed=0) for t in tasks]
     models = [t.model for t in trained]
-    originals = [round(100 * t.test_accuracy, 2) for t in trained]
+    originals = [round(t.test_accuracy, 2) for t in trained]
     one_network = models[0].count_params()
     out = {"arch": arch, "tasks": task_names, "originals": originals, "one_network_params": one_network,
            "separate_params": sum(m.count_params() for m in models), "calibration_samples": calibration, "rows": []}
@@ -102,7 +102,7 @@ def pair_figures_three(mode, log):
     tasks = [data.make_task(n) for n in names]
     trained = [zoo.train_on_task("lenet5", t, seed=0) for t in tasks]
     models = [t.model for t in trained]
-    originals = [round(100 * t.test_accuracy, 2) for t in trained]
+    originals = [round(t.test_accuracy, 2) for t in trained]
     out = {"tasks": names, "originals": originals, "separate_params": sum(m.count_params() for m in models), "rows": []}
     for fraction in (0.5, 1.0):
         start = time.perf_counter()

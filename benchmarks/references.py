@@ -30,7 +30,7 @@ def separate_models(models: Sequence, names: Sequence[str]):
         ['a_input', 'b_input']
     """
     from tfmot_zip.compat import keras
-    from tfmot_zip.model.layers import copy_model
+    from tfmot_zip.model.copying import copy_model
 
     inputs, outputs = [], []
     for model, name in zip(models, names):

@@ -253,13 +253,13 @@ def render_markdown(results: dict, img_prefix: str = "") -> str:
         f"{'' if results.get('complete') else ' (INCOMPLETE: partial results)'}.",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, load average {machine['load_average_1_5_15']} at the start"
         + (f", {results['machine_at_end']['load_average_1_5_15']} at the end" if results.get("machine_at_end") else "")
-        + f" (shared machine). Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
+        + " (shared machine). Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "",
     ]
     probe = results.get("resnet_probe")
     if probe is not None:
         lines += [
-            f"ResNet-20 probe (zip two tiny untrained ResNet-20): "
+            "ResNet-20 probe (zip two tiny untrained ResNet-20): "
             + ("supported." if probe["supported"] else f"not supported: `{probe['error']}`."),
             "",
         ]

@@ -106,7 +106,7 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
     tasks = [data.make_task("classes_0_4"), data.make_task("classes_5_9")]
     trained = [zoo.train_on_task(arch, t, seed=0) for t in tasks]
     models = [t.model for t in trained]
-    originals = [round(100 * t.test_accuracy, 2) for t in trained]
+    originals = [round(t.test_accuracy, 2) for t in trained]
     steps_original = trained[0].train_steps
     log(f"{arch}: originals {originals}, trained {steps_original} steps each; retraining seed {seed}")
     cal = [t.x_train[:10_000] for t in tasks]

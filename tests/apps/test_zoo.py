@@ -130,11 +130,11 @@ def test_train_on_task_trains_caches_and_reloads_without_training(tmp_path, monk
     assert first.model.name == "lenet_300_100_classes_0_4_s1"
     assert first.model.output_shape == (None, 5)
     assert first.train_steps == 2 * 8  # ceil(1000 / 128) = 8 batches per epoch
-    assert 0.5 < first.test_accuracy <= 1.0  # chance is 0.2
+    assert 50 < first.test_accuracy <= 100  # percent; chance is 20
     assert first.path.is_file() and first.path.parent == tmp_path
     info = json.loads(first.path.with_suffix(".json").read_text())
     assert info["train_steps"] == 16 and info["epochs"] == 2 and info["seed"] == 1
-    assert info["test_accuracy"] == pytest.approx(first.test_accuracy)
+    assert info["test_accuracy_percent"] == pytest.approx(first.test_accuracy)
     assert {"tensorflow", "tf_keras", "numpy"} <= set(info["versions"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.name, first.path.with_suffix(".json").name])
 
@@ -151,7 +151,7 @@ def test_train_on_task_trains_caches_and_reloads_without_training(tmp_path, monk
     x = second.task.x_test[:64]
     np.testing.assert_allclose(second.model.predict(x, verbose=0), first.model.predict(x, verbose=0), atol=1e-6)
     _, accuracy = second.model.evaluate(second.task.x_test, second.task.y_test, verbose=0)
-    assert accuracy == pytest.approx(first.test_accuracy, abs=1e-6)
+    assert 100 * accuracy == pytest.approx(first.test_accuracy, abs=1e-4)
 
     # Another seed is another cache entry, so it must train (and hit the patched fit).
     with pytest.raises(AssertionError, match="trained again"):

@@ -17,7 +17,8 @@ from tfmot_zip.export import tfmot as tfmot_support
 from tfmot_zip.apps import zoo
 from tfmot_zip.compat import keras
 from tfmot_zip.export import TOLERANCES, export_tflite, verify_tflite
-from tfmot_zip.model.layers import ZipConv2D, ZipDense, copy_model
+from tfmot_zip.model.copying import copy_model
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
 
 TASKS = ("classes_0_4", "classes_5_9")
 sparsity_api = tfmot.sparsity.keras

@@ -7,7 +7,7 @@ against TensorFlow's own convolution.
 """
 import numpy as np
 
-from test_core_merge import brute_force_merge
+from brute_force import brute_force_merge
 import pytest
 import scipy.optimize
 from hypothesis import HealthCheck, assume, given, settings, strategies as st

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from tfmot_zip.io import atomic_write_json, atomic_write_text, check_writable_dir, versions
 
@@ -64,7 +63,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
     ]
     models = [t.model for t in trained]
     tests = [task.test for task in tasks]
-    originals = [round(100 * t.test_accuracy, 2) for t in trained]
+    originals = [round(t.test_accuracy, 2) for t in trained]
     names = [m.name for m in models]
     log(f"      original test accuracy: {originals[0]:.2f} / {originals[1]:.2f}; trained {trained[0].train_steps} steps each")
     calibration = [task.x_train[: config.calibration_samples] for task in tasks]
@@ -124,14 +123,11 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
     report["stripped_params"] = int(plain.count_params())
     report["summary_text"] = str(summary)
     if config.export_tflite:
-        try:
-            from tfmot_zip.export import export_tflite
-        except ImportError:  # pragma: no cover - export module optional in minimal installs
-            log("      TFLite export unavailable (install the 'tflite' extra)")
-        else:
-            tflite_bytes = export_tflite(plain, out / "zipped.tflite")
-            report["tflite_bytes"] = len(tflite_bytes)
-            log(f"      wrote {out / 'zipped.tflite'} ({len(tflite_bytes):,} bytes)")
+        from tfmot_zip.export import export_tflite
+
+        tflite_bytes = export_tflite(plain, out / "zipped.tflite")
+        report["tflite_bytes"] = len(tflite_bytes)
+        log(f"      wrote {out / 'zipped.tflite'} ({len(tflite_bytes):,} bytes)")
     log("[5/5] report")
     series = {"original": originals}
     for fraction in config.sharings:

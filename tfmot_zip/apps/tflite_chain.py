@@ -170,7 +170,7 @@ def run(config: ChainConfig = ChainConfig(), log: Callable[[str], None] = print)
     from tfmot_zip.export import export_tflite, tflite_accuracy, verify_tflite
     from tfmot_zip.export.size import format_report, gzip_size, size_latency_report
     from tfmot_zip.export.tfmot import quantize_zipped, shared_layers
-    from tfmot_zip.model.layers import copy_model
+    from tfmot_zip.model.copying import copy_model
     from tfmot_zip.training import compile_multitask, evaluate_tasks, retrain
 
     timings: dict[str, float] = {}
@@ -193,7 +193,7 @@ def run(config: ChainConfig = ChainConfig(), log: Callable[[str], None] = print)
     ]
     model_a, model_b = trained[0].model, trained[1].model
     tests = [task_a.test, task_b.test]
-    original = [round(100.0 * m.test_accuracy, 2) for m in trained]
+    original = [round(m.test_accuracy, 2) for m in trained]
     log(f"      original test accuracy: {original[0]:.2f} / {original[1]:.2f}")
     t = stage("source_models", t)
 
@@ -271,11 +271,11 @@ def run(config: ChainConfig = ChainConfig(), log: Callable[[str], None] = print)
 
     log("[7/8] accuracy of every task through the LiteRT interpreter (full test splits)")
     tflite_acc = [
-        round(100.0 * tflite_accuracy(int8_tflite, task, x, y)[task], 2)
+        round(tflite_accuracy(int8_tflite, task, x, y)[task], 2)
         for task, (x, y) in zip(config.tasks, tests)
     ]
     float_tflite_acc = [
-        round(100.0 * tflite_accuracy(float_tflite, task, x, y)[task], 2)
+        round(tflite_accuracy(float_tflite, task, x, y)[task], 2)
         for task, (x, y) in zip(config.tasks, tests)
     ]
     common = min(len(y) for _, y in tests)  # "all_tasks" runs both tasks on equally many samples
@@ -322,7 +322,7 @@ def run(config: ChainConfig = ChainConfig(), log: Callable[[str], None] = print)
             "after_retrain": after_retrain,
             "after_prune": after_prune,
             "tflite_float": float_tflite_acc,
-            "tflite_int8_all_tasks": [round(100.0 * shared_acc[k], 2) for k in config.tasks],
+            "tflite_int8_all_tasks": [round(shared_acc[k], 2) for k in config.tasks],
             "tflite_int8": tflite_acc,
             "drop_points": drops,
         },

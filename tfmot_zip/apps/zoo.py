@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from tfmot_zip.compat import keras, tf
+from tfmot_zip.compat import keras
 from tfmot_zip.data.tasks import Task, make_task
 from tfmot_zip.data.fashion_mnist import default_cache_dir
 from tfmot_zip.io import atomic_save_model, atomic_write_text, versions
@@ -110,7 +110,7 @@ def lenet5(num_classes: int = 10, input_shape: Shape = (28, 28, 1), name: str = 
 
     Args:
         num_classes: outputs of the softmax head.
-        input_shape: image shape (height, width, channels); at least 8x8.
+        input_shape: image shape (height, width, channels); at least 12x12.
         name: model name.
 
     Returns:
@@ -329,7 +329,7 @@ class TrainedModel:
             accuracy).
         task: the :class:`~tfmot_zip.data.Task` it was trained on.
         train_steps: optimizer steps the training took (epochs x batches per epoch).
-        test_accuracy: accuracy on the task's full test split, in [0, 1].
+        test_accuracy: top-1 accuracy on the task's full test split, in percent.
         path: the cached ``.keras`` file.
     """
 
@@ -371,6 +371,13 @@ def _subsample(x: np.ndarray, y: np.ndarray, count: Optional[int], seed: int):
         return x, y
     order = np.sort(np.random.default_rng(seed).choice(len(y), size=count, replace=False))
     return x[order], y[order]
+
+
+def _percent_from_sidecar(info: dict) -> float:
+    """Test accuracy in percent from a cache sidecar (older sidecars stored a fraction)."""
+    if "test_accuracy_percent" in info:
+        return float(info["test_accuracy_percent"])
+    return 100.0 * float(info["test_accuracy"])
 
 
 def train_on_task(
@@ -458,7 +465,7 @@ def train_on_task(
             model=model,
             task=task,
             train_steps=int(info["train_steps"]),
-            test_accuracy=float(info["test_accuracy"]),
+            test_accuracy=_percent_from_sidecar(info),
             path=model_path,
         )
 
@@ -471,7 +478,8 @@ def train_on_task(
     started = time.perf_counter()
     model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose)
     train_seconds = time.perf_counter() - started
-    _, test_accuracy = model.evaluate(task.x_test, task.y_test, batch_size=1024, verbose=0)
+    _, test_fraction = model.evaluate(task.x_test, task.y_test, batch_size=1024, verbose=0)
+    test_accuracy = 100.0 * float(test_fraction)
     train_steps = epochs * math.ceil(len(y_train) / batch_size)
 
     atomic_save_model(model, model_path)
@@ -487,7 +495,7 @@ def train_on_task(
         "train_examples": int(len(y_train)),
         "train_steps": int(train_steps),
         "train_seconds": round(train_seconds, 3),
-        "test_accuracy": float(test_accuracy),
+        "test_accuracy_percent": float(test_accuracy),
         "versions": versions(),
     }
     # The sidecar goes last: an entry counts as cached only when both files exist.

@@ -101,7 +101,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     report_dir = check_output_dir(args.report, "--report") if args.report else None
 
     console.log(f"loading {path}")
-    from tfmot_zip.model.layers import copy_model, zip_layers
+    from tfmot_zip.model.copying import copy_model
+    from tfmot_zip.model.layers import zip_layers
 
     model = load_model_file(path, "zipped model")
     n_tasks = len(model.outputs)

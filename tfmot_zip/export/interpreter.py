@@ -11,6 +11,8 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
+from tfmot_zip.training import accuracy
+
 __all__ = ["TFLiteSource", "load_interpreter", "tflite_signatures", "tflite_predict", "tflite_accuracy"]
 
 #: TFLite bytes, a file path or a LiteRT ``Interpreter``.
@@ -164,7 +166,7 @@ def tflite_accuracy(
         num_threads: interpreter threads.
 
     Returns:
-        ``{output name: accuracy in [0, 1]}``.
+        ``{output name: top-1 accuracy in percent}`` (the unit of every accuracy in tfmot_zip).
 
     Example:
         >>> import numpy as np
@@ -175,7 +177,7 @@ def tflite_accuracy(
         >>> x = np.random.default_rng(0).random((10, 4)).astype("float32")
         >>> labels = np.argmax(model.predict(x, verbose=0), axis=-1)
         >>> tflite_accuracy(data, "task_a", x, labels)
-        {'task_a': 1.0}
+        {'task_a': 100.0}
     """
     outputs = tflite_predict(tflite, signature, inputs, batch_size=batch_size, num_threads=num_threads)
     names = list(outputs)
@@ -198,7 +200,7 @@ def tflite_accuracy(
         predictions = outputs[name]
         if len(y) != len(predictions):
             raise ValueError(f"labels for {name!r} has {len(y)} entries, but {len(predictions)} samples were run.")
-        result[name] = float(np.mean(np.argmax(predictions, axis=-1) == y))
+        result[name] = accuracy(predictions, y)
     return result
 
 

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import AlignedNode, ModelGraph, inbound_tensors
-from tfmot_zip.model.layers import ZipConv2D, ZipDense, call_copy
+from tfmot_zip.model.copying import call_copy
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.model.spaces import Feature, UnitSpace
 
 __all__ = ["build_zipped_model", "task_layer_name", "sanitize_task_names"]

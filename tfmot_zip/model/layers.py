@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
+from tfmot_zip.model.hessian_tracking import HessianTrackingMixin
 
 __all__ = ["ZipDense", "ZipConv2D", "ZipLayerMixin", "ZIP_LAYERS"]
 
@@ -33,7 +34,7 @@ def _positive_ints(values: Sequence[int], name: str) -> list[int]:
     return out
 
 
-class ZipLayerMixin:
+class ZipLayerMixin(HessianTrackingMixin):
     """Shared bookkeeping of zip-able layers: maps, per-task weight access, physical usage."""
 
     # Set by subclasses.
@@ -117,102 +118,6 @@ class ZipLayerMixin:
             with tf.control_dependencies(hooks):
                 outputs = [tf.identity(o) for o in outputs]
         return outputs
-
-    # --- zipping during training (ZipCallback) -----------------------------------------------
-    def _init_schedule(self, track_hessians: bool, zip_options: Any, max_rows_per_step: int, zip_record: Any) -> None:
-        self.track_hessians = bool(track_hessians)
-        self.zip_options = dict(zip_options) if zip_options else None
-        # What zipping did at this layer (shared units, merge cost, pairs, seconds): part of the
-        # layer config, so it survives cloning, saving and loading (read by zip_summary).
-        self.zip_record = dict(zip_record) if zip_record else None
-        if not isinstance(max_rows_per_step, (int, np.integer)) or max_rows_per_step <= 0:
-            raise ValueError(f"Expected a positive max_rows_per_step. Received: {max_rows_per_step!r}")
-        self.max_rows_per_step = int(max_rows_per_step)
-
-    def _task_input_dim(self, task: int) -> int:
-        return self.task_input_units[task]
-
-    def _build_schedule_state(self) -> None:
-        """Variables of layer-wise zipping: flags, counters and streaming Hessian sums.
-
-        The sums are ``ON_READ``/``SUM`` variables: under ``tf.distribute`` each replica
-        accumulates its own batches and reading them gives the total over replicas.
-        """
-        if not self.track_hessians:
-            return
-        scalar = dict(shape=(), trainable=False)
-        self.zip_pending = self.add_weight(name="zip_pending", dtype="bool", initializer=keras.initializers.Constant(False), **scalar)
-        self.zip_accumulate = self.add_weight(name="zip_accumulate", dtype="bool", initializer=keras.initializers.Constant(False), **scalar)
-        self.zip_step = self.add_weight(name="zip_step", dtype="int64", initializer=keras.initializers.Constant(-1), **scalar)
-        self.zip_done = self.add_weight(name="zip_done", dtype="int64", initializer="zeros", **scalar)
-        self.zip_counter = self.add_weight(name="zip_counter", dtype="int64", initializer="zeros", **scalar)
-        on_read = dict(
-            trainable=False,
-            synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.SUM,
-            initializer="zeros",
-            dtype="float64",
-        )
-        self.hessian_sums = []
-        self.hessian_counts = []
-        for t in range(self.num_tasks):
-            d = self._task_input_dim(t) + 1
-            self.hessian_sums.append(self.add_weight(name=f"hessian_sum_{t}", shape=(d, d), **on_read))
-            self.hessian_counts.append(self.add_weight(name=f"hessian_count_{t}", shape=(), **on_read))
-
-    def _layer_rows(self, x: tf.Tensor) -> tf.Tensor:
-        """``[rows, d]`` layer inputs (patches for convolutions) of one batch."""
-        return tf.reshape(x, (-1, x.shape[-1]))
-
-    def _accumulate(self, task: int, x: tf.Tensor) -> tf.Operation:
-        rows = tf.cast(self._layer_rows(x), tf.float32)
-        n = tf.shape(rows)[0]
-        if self.max_rows_per_step:
-            keep = tf.minimum(n, self.max_rows_per_step)
-            idx = tf.random.shuffle(tf.range(n))[:keep]
-            rows = tf.gather(rows, idx)
-        ones = tf.ones((tf.shape(rows)[0], 1), rows.dtype)
-        rows = tf.concat([rows, ones], axis=1)
-        product = tf.cast(tf.matmul(rows, rows, transpose_a=True), tf.float64)
-        return tf.group(
-            self.hessian_sums[task].assign_add(product),
-            self.hessian_counts[task].assign_add(tf.cast(tf.shape(rows)[0], tf.float64)),
-        )
-
-    def _schedule_hook(self, inputs: list, training: Any) -> list:
-        """Checks that ``ZipCallback`` drives a pending layer and accumulates Hessians."""
-        if not self.track_hessians or not training:
-            return []
-        check = tf.debugging.Assert(
-            tf.logical_or(tf.logical_not(self.zip_pending), self.zip_step >= 0),
-            [
-                f"Layer {self.name!r} still has units to zip, but no tfmot_zip.ZipCallback is "
-                "driving the training. Add callbacks=[tfmot_zip.ZipCallback()] to model.fit."
-            ],
-        )
-        ops = [check]
-        for t, x in enumerate(inputs):
-            ops.append(tf.cond(self.zip_accumulate, lambda t=t, x=x: self._accumulate(t, x), tf.no_op))
-        return ops
-
-    def hessian(self, task: int) -> np.ndarray:
-        """The accumulated ``E[x~ x~^T]`` of ``task`` (summed over replicas)."""
-        count = float(self.hessian_counts[task].numpy())
-        if count <= 0:
-            raise ValueError(f"Layer {self.name!r} has not accumulated any input for task {task}.")
-        return self.hessian_sums[task].numpy() / count
-
-    def reset_hessians(self) -> None:
-        for var in self.hessian_sums + self.hessian_counts:
-            var.assign(tf.zeros(var.shape, var.dtype))
-
-    def _schedule_config(self) -> dict:
-        return {
-            "track_hessians": self.track_hessians,
-            "zip_options": self.zip_options,
-            "max_rows_per_step": self.max_rows_per_step,
-            "zip_record": self.zip_record,
-        }
 
     def _check_inputs(self, inputs: Any) -> list:
         if not isinstance(inputs, (list, tuple)) or len(inputs) != self.num_tasks:
@@ -509,34 +414,3 @@ def zip_layers(model: Any) -> list:
         []
     """
     return [layer for layer in model.layers if isinstance(layer, ZIP_LAYERS)]
-
-
-def copy_model(model: Any) -> Any:
-    """A new model of the same structure with copies of the weights (no optimizer state).
-
-    Example:
-        >>> from tfmot_zip.compat import keras
-        >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
-        >>> copy_model(m) is not m
-        True
-    """
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def call_copy(layer: Any, name: str, inputs: Any) -> Any:
-    """Calls a renamed copy of ``layer`` (same config and weights) on ``inputs``; returns the output.
-
-    Example:
-        >>> from tfmot_zip.compat import keras
-        >>> dense = keras.layers.Dense(2, name="fc")
-        >>> x = keras.Input((3,))
-        >>> _ = dense(x)
-        >>> call_copy(dense, "fc_copy", x).shape.as_list()
-        [None, 2]
-    """
-    clone = type(layer).from_config({**layer.get_config(), "name": name})
-    out = clone(inputs)
-    clone.set_weights(layer.get_weights())
-    return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfmot_zip.model.graph import AlignedNode, ModelGraph, UnsupportedModelError
+from tfmot_zip.model.graph import ModelGraph, UnsupportedModelError
 
 __all__ = ["UnitSpace", "Feature", "trace_spaces"]
 

@@ -10,7 +10,7 @@ block whose inputs are all shared is computed once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 from tfmot_zip.io import atomic_write_bytes
 
-__all__ = ["accuracy_bars", "sharing_bars", "accuracy_vs_sharing"]
+__all__ = ["accuracy_bars", "sharing_bars"]
 
 
 def _figure():
@@ -67,23 +67,6 @@ def sharing_bars(path: str | os.PathLike, layers: Sequence[Mapping], title: str 
         if cost:
             ax.annotate(f"cost {cost:.3g}", (i, shared[i] + specific[i]), ha="center", va="bottom", fontsize=7)
     ax.set_ylabel("physical units")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    _save(fig, path)
-    plt.close(fig)
-
-
-def accuracy_vs_sharing(path: str | os.PathLike, curves: Mapping[str, Mapping[float, float]], reference: float | None = None, title: str = "") -> None:
-    """Lines of (average) accuracy against the sharing fraction, one per strategy."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in curves.items():
-        xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=label)
-    if reference is not None:
-        ax.axhline(reference, color="gray", linestyle="--", label="originals")
-    ax.set_xlabel("sharing fraction")
-    ax.set_ylabel("average test accuracy (%)")
     ax.legend(fontsize=8)
     ax.set_title(title)
     _save(fig, path)

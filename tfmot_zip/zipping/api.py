@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -311,12 +310,11 @@ def zip_scope() -> Iterator[None]:
         >>> with zip_scope():
         ...     model = keras.models.load_model("zipped.keras")  # doctest: +SKIP
     """
-    objects = {"ZipDense": ZipDense, "ZipConv2D": ZipConv2D}
-    try:  # quantize configs of zip layers, for QAT models saved with TFMOT
-        from tfmot_zip.export.tfmot import ZipConv2DQuantizeConfig, ZipDenseQuantizeConfig
+    from tfmot_zip.export.tfmot import ZipConv2DQuantizeConfig, ZipDenseQuantizeConfig  # QAT models saved with TFMOT
 
-        objects.update(ZipDenseQuantizeConfig=ZipDenseQuantizeConfig, ZipConv2DQuantizeConfig=ZipConv2DQuantizeConfig)
-    except ImportError:  # pragma: no cover - TFMOT is a dependency, but keep the scope usable
-        pass
+    objects = {
+        "ZipDense": ZipDense, "ZipConv2D": ZipConv2D,
+        "ZipDenseQuantizeConfig": ZipDenseQuantizeConfig, "ZipConv2DQuantizeConfig": ZipConv2DQuantizeConfig,
+    }
     with keras.utils.custom_object_scope(objects):
         yield

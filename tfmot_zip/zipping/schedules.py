@@ -13,7 +13,7 @@ __all__ = ["ZipSchedule", "LayerwiseSchedule", "OneShotSchedule"]
 
 
 class ZipSchedule:
-    """Base class: ``calibration_steps`` and ``retrain_steps(stage)`` define the schedule."""
+    """Base class: ``calibration_steps`` and ``retrain_steps_for(stage)`` define the schedule."""
 
     calibration_steps: int = 0
 

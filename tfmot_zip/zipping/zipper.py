@@ -21,19 +21,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tfmot_zip.compat import keras, tf
-from tfmot_zip.core import (
-    BlockHessianAccumulator,
-    HessianAccumulator,
-    MergeSide,
-    extract_patches,
-    invert_hessian,
-    select_pairs,
-)
+from tfmot_zip.compat import keras
+from tfmot_zip.core import MergeSide, invert_hessian, select_pairs
 from tfmot_zip.model.graph import AlignedNode, ModelGraph
 from tfmot_zip.model.spaces import Feature, UnitSpace
 from tfmot_zip.core.strategies import Strategy, get_strategy
 from tfmot_zip.zipping.options import ZipOptions
+from tfmot_zip.zipping.statistics import LayerStatisticsMixin
 
 __all__ = ["LayerRecord", "Zipper", "zipper_options"]
 
@@ -71,7 +65,7 @@ class _Group:
 
 
 @dataclass
-class Zipper:
+class Zipper(LayerStatisticsMixin):
     """Holds the logical per-task weights and applies the zipping layer by layer."""
 
     model: keras.Model
@@ -131,121 +125,6 @@ class Zipper:
         for t in reversed(range(self.n_tasks)):
             kernel, bias = self.weights[node.index][t]
             layer.set_task_weights(t, kernel, bias)
-
-    # --- Hessians -------------------------------------------------------------------------
-    def _batch_size_for(self, node: AlignedNode) -> int:
-        """Smaller batches for convolutions so that one batch's patch matrix stays ~64 MB."""
-        if node.kind != "conv":
-            return self.batch_size
-        layer = self.layer(node)
-        shape = layer.output[0].shape
-        floats = int(shape[1]) * int(shape[2]) * layer.kernel_size[0] * layer.kernel_size[1] * max(layer.task_input_units)
-        return int(max(8, min(self.batch_size, 16_000_000 // max(1, floats))))
-
-    def _layer_input_batches(self, node: AlignedNode, tasks: Sequence[int]):
-        """Yields ``(task, batch)`` of layer inputs, every task on its own calibration data.
-
-        One forward pass serves all tasks: each input gets its task's batch (a task whose data
-        ran out gets zeros, and its outputs are dropped).
-        """
-        layer = self.layer(node)
-        model = keras.Model(self.model.inputs, list(layer.input))
-        extractor = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        single = len(self.model.inputs) == 1
-        longest = max(len(self.calibration[t]) for t in tasks)
-        batch_size = self._batch_size_for(node)
-        for start in range(0, longest, batch_size):
-            if single:
-                for t in tasks:
-                    data = self.calibration[t]
-                    if start < len(data):
-                        outs = extractor(data[start : start + batch_size])
-                        yield t, np.asarray(outs[t])
-                continue
-            size = min(batch_size, longest - start)
-            feeds = []
-            for data in self.calibration:
-                chunk = data[start : start + size]
-                if len(chunk) < size:
-                    pad = np.zeros((size - len(chunk),) + data.shape[1:], data.dtype)
-                    chunk = np.concatenate([chunk, pad]) if len(chunk) else pad
-                feeds.append(chunk)
-            outs = extractor(feeds)
-            for t in tasks:
-                valid = max(0, min(size, len(self.calibration[t]) - start))
-                if valid:
-                    yield t, np.asarray(outs[t])[:valid]
-
-    def hessians(self, node: AlignedNode) -> list[np.ndarray]:
-        """Damped layer Hessian of every task up to the current one (bias last when used)."""
-        if node.index in self._hessian_cache:
-            return self._hessian_cache[node.index]
-        layer = self.layer(node)
-        tasks = list(range(self.task + 1))
-        if self.hessian_provider is not None:
-            hessians = []
-            for t in tasks:
-                h = self.hessian_provider(layer, t)
-                hessians.append(h if layer.use_bias else h[:-1, :-1])
-            self._hessian_cache[node.index] = hessians
-            return hessians
-        accumulators: dict[int, HessianAccumulator] = {}
-        for t, batch in self._layer_input_batches(node, tasks):
-            if node.kind == "conv":
-                rows = extract_patches(batch, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
-                n_batches = -(-len(self.calibration[t]) // self._batch_size_for(node))
-                cap = max(1, self.max_conv_rows // n_batches)
-                if rows.shape[0] > cap:  # evenly subsample positions to bound the cost
-                    rows = rows[self.rng.choice(rows.shape[0], size=cap, replace=False)]
-                dtype = np.float32
-            else:
-                rows = batch.reshape(batch.shape[0], -1)
-                dtype = np.float64
-            if t not in accumulators:
-                if node.kind == "conv" and self.uses_block_hessian(node):
-                    positions = layer.kernel_size[0] * layer.kernel_size[1]
-                    accumulators[t] = BlockHessianAccumulator(positions, rows.shape[1] // positions)
-                else:
-                    accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
-            accumulators[t].update(rows)
-        hessians = []
-        for t in tasks:
-            h = accumulators[t].hessian()
-            if not layer.use_bias:
-                h = h[:-1, :-1]
-            hessians.append(h)
-        self._hessian_cache[node.index] = hessians
-        return hessians
-
-    def uses_block_hessian(self, node: AlignedNode) -> bool:
-        """Whether this conv layer's Hessian uses the per-kernel-position block approximation."""
-        if node.kind != "conv" or self.conv_hessian == "exact":
-            return False
-        if self.conv_hessian == "block":
-            return True
-        layer = self.layer(node)
-        widest = max(layer.task_input_units) * layer.kernel_size[0] * layer.kernel_size[1] + 1
-        return widest > self.block_threshold
-
-    def statistics(self, node: AlignedNode) -> dict:
-        """Extra inputs of a strategy: output features on common inputs when needed."""
-        if not self.strategy.needs_activations:
-            return {}
-        if node.index in self._stats_cache:
-            return self._stats_cache[node.index]
-        per_task = max(1, self.activation_samples // (self.task + 1))
-        common = np.concatenate([self.calibration[t][:per_task] for t in range(self.task + 1)])
-        extractor = keras.Model(self.model.inputs, list(self.layer(node).output))
-        feats: list[list[np.ndarray]] = [[] for _ in range(self.n_tasks)]
-        for start in range(0, len(common), self.batch_size):
-            chunk = common[start : start + self.batch_size]
-            outs = extractor(chunk if len(self.model.inputs) == 1 else [chunk] * self.n_tasks, training=False)
-            for t in range(self.task + 1):
-                out = np.asarray(outs[t])
-                feats[t].append(out.reshape(-1, out.shape[-1]))
-        stats = {"features": [np.concatenate(f) if f else None for f in feats]}
-        self._stats_cache[node.index] = stats
-        return stats
 
     # --- coordinates and sides -------------------------------------------------------------------
     def coordinate_ids(self, node: AlignedNode, task: int) -> np.ndarray:
@@ -381,7 +260,6 @@ class Zipper:
         if len(units):
             sides = sides if sides is not None else self.group_sides(node, space)
             costs = self._group_costs(node, sides)
-            offset = 0
             all_units = np.concatenate([g.units for g, _, _ in sides])
             row_of = {int(u): r for r, u in enumerate(all_units)}
             record.merge_cost += float(sum(costs[row_of[int(u)], j] for u, j in zip(units, cols)))
