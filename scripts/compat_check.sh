@@ -69,4 +69,4 @@ cp -r "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/run/"
 cd "$WORK/run"
 "$VPY" -c "import tfmot_zip, sys; assert 'site-packages' in tfmot_zip.__file__, tfmot_zip.__file__; print('   tfmot_zip', tfmot_zip.__version__, 'from', tfmot_zip.__file__)"
 # shellcheck disable=SC2086
-"$VPY" -m pytest -p no:cacheprovider -q -ra $TESTS
+"$VPY" -m pytest -p no:cacheprovider $TESTS
