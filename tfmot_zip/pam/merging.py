@@ -165,16 +165,7 @@ def merge_pruned_networks(
     if unknown_tasks:
         raise ValueError(f"keep_separate names unknown tasks {unknown_tasks}; the networks' tasks are {names}.")
     task_layers = [n.layers() for n in nets]
-    hidden = [op.name for op in task_layers[0] if not op.head]
-    if isinstance(max_relative_error, dict):
-        unknown = sorted(set(max_relative_error) - set(hidden))
-        if unknown:
-            raise ValueError(f"max_relative_error names unknown layers {unknown}; hidden layers: {hidden}.")
-        thresholds = {name: float(max_relative_error.get(name, 0.0)) for name in hidden}
-    else:
-        thresholds = {name: float(max_relative_error) for name in hidden}
-    if any(not v >= 0.0 for v in thresholds.values()):
-        raise ValueError(f"Expected max_relative_error >= 0. Received: {max_relative_error!r}")
+    thresholds = _layer_thresholds(max_relative_error, [op.name for op in task_layers[0] if not op.head])
     if len({len(t) for t in task_layers}) != 1:
         raise ValueError("The networks have different numbers of Dense/Conv2D layers; merge networks of one architecture.")
     xs = [np.asarray(x)[:samples] for x in calibration_x]
@@ -199,24 +190,14 @@ def merge_pruned_networks(
                                              max_rows, seed, frozenset(keep_separate))
         new_groups = group_order(list(clusters_by_group), names)
         new_units = {g: len(clusters_by_group[g]) for g in new_groups}
+        input_kernel_shape = task_layers[0][0].blocks[names[0]][INPUT].shape
         for g in new_groups:
             weights = np.stack([w for _, w in clusters_by_group[g]], axis=1)  # [d, n]
             op.biases[g] = weights[-1].astype(np.float32)
-            body = weights[:-1]
-            op.blocks[g] = {}
             if first:
-                op.blocks[g][INPUT] = body.reshape(nets[0].layers()[0].blocks[names[0]][INPUT].shape[:-1] + (-1,)).astype(np.float32)
-                continue
-            offsets = _layout(groups, units)
-            positions = int(np.prod(op.config["kernel_size"])) if op.kind == "conv" else op.in_positions
-            per = body.reshape(positions, total, -1)
-            for src in sources_of(g, groups):
-                block = per[:, offsets[src] : offsets[src] + units[src], :]
-                if op.kind == "conv":
-                    block = block.reshape(tuple(op.config["kernel_size"]) + (units[src], -1))
-                else:
-                    block = block.reshape(positions * units[src], -1)
-                op.blocks[g][src] = block.astype(np.float32)
+                op.blocks[g] = {INPUT: weights[:-1].reshape(input_kernel_shape[:-1] + (-1,)).astype(np.float32)}
+            else:
+                op.blocks[g] = _source_blocks(op, g, weights[:-1], groups, units)
         offsets = _layout(new_groups, new_units)
         index_of = [np.zeros(vectors[t].shape[1], np.int64) for t in range(len(names))]
         for g in new_groups:
@@ -225,6 +206,37 @@ def merge_pruned_networks(
                     index_of[names.index(name)][u] = offsets[g] + i
         groups, units = new_groups, new_units
     return net.drop_dead_groups()  # e.g. a task's units whose every reader above was merged away
+
+
+def _layer_thresholds(max_relative_error: float | dict, hidden: list) -> dict:
+    """``{hidden layer name: merge threshold}``, checked."""
+    if isinstance(max_relative_error, dict):
+        unknown = sorted(set(max_relative_error) - set(hidden))
+        if unknown:
+            raise ValueError(f"max_relative_error names unknown layers {unknown}; hidden layers: {hidden}.")
+        thresholds = {name: float(max_relative_error.get(name, 0.0)) for name in hidden}
+    else:
+        thresholds = {name: float(max_relative_error) for name in hidden}
+    if any(not v >= 0.0 for v in thresholds.values()):
+        raise ValueError(f"Expected max_relative_error >= 0. Received: {max_relative_error!r}")
+    return thresholds
+
+
+def _source_blocks(op: GroupLayer, group: str, body: np.ndarray, groups: list, units: dict) -> dict:
+    """Group ``group``'s weight rows ``body`` (``[d - 1, n]``, merged coordinates) cut into one kernel
+    block per source group it may read."""
+    offsets = _layout(groups, units)
+    positions = int(np.prod(op.config["kernel_size"])) if op.kind == "conv" else op.in_positions
+    per = body.reshape(positions, sum(units.values()), -1)
+    blocks = {}
+    for src in sources_of(group, groups):
+        block = per[:, offsets[src] : offsets[src] + units[src], :]
+        if op.kind == "conv":
+            block = block.reshape(tuple(op.config["kernel_size"]) + (units[src], -1))
+        else:
+            block = block.reshape(positions * units[src], -1)
+        blocks[src] = block.astype(np.float32)
+    return blocks
 
 
 def _merge_layer(net, li, op, names, xs, vectors, groups, units, max_relative_error, damping, max_rows, seed, alone) -> dict:
