@@ -42,10 +42,9 @@ class DemoConfig:
 def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> dict:
     """Runs the demo end to end and returns the report dict (also written to ``out_dir``).
 
-    Example:
-        >>> report = run_demo(DemoConfig(out_dir="out/demo"))  # doctest: +SKIP
-        >>> report["retrained"]["1.0"]["accuracy"]  # doctest: +SKIP
-        [90.0, 96.7]
+    It trains two LeNet-300-100 (cached after the first run), so it takes minutes: it is what
+    ``bash scripts/demo.sh`` runs. ``run_demo(DemoConfig(out_dir="out/demo"))["retrained"]["1.0"]["accuracy"]``
+    is the per-task accuracy (percent) after joint retraining at sharing 1.0, e.g. ``[90.36, 97.04]``.
     """
     import tfmot_zip
     from tfmot_zip import data, training

@@ -6,12 +6,12 @@ disk (``$TFMOT_ZIP_CACHE`` or ``~/.cache/tfmot_zip``), so examples, benchmarks a
 once.
 
 Example:
-    >>> from tfmot_zip import zoo
+    >>> from tfmot_zip.apps import zoo
     >>> zoo.lenet_300_100().count_params()
     266610
-    >>> trained = zoo.train_on_task("lenet_300_100", "classes_0_4", seed=0)  # doctest: +SKIP
-    >>> trained.test_accuracy  # doctest: +SKIP
-    0.90...
+
+    ``zoo.train_on_task("lenet_300_100", "classes_0_4", seed=0)`` trains (or loads) one on
+    Fashion-MNIST; its ``test_accuracy`` is about 90.7 (percent).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from tfmot_zip.data.fashion_mnist import default_cache_dir
 from tfmot_zip.io import atomic_save_model, atomic_write_text, versions
 
 __all__ = [
+    "example_pair",
     "ARCHITECTURES",
     "DEFAULT_EPOCHS",
     "TrainedModel",
@@ -70,6 +71,33 @@ def _check_image_shape(input_shape: Shape, arch: str, min_side: int = 1) -> tupl
             "Resize or pad the images."
         )
     return tuple(int(d) for d in shape)  # type: ignore[return-value]
+
+
+def example_pair(samples: int = 64, seed: int = 0) -> tuple["keras.Model", "keras.Model", tuple[np.ndarray, np.ndarray]]:
+    """Two tiny MLPs of one architecture (random weights) and calibration inputs: for examples.
+
+    Each model is ``Flatten`` -> Dense 16 relu ``fc1`` -> Dense 8 relu ``fc2`` -> softmax ``head``
+    (3 classes) on 6x6x1 inputs, named ``task_a`` and ``task_b``; the inputs are uniform noise.
+    They zip in well under a second, which is what docstring examples need; use the other
+    builders and :func:`train_on_task` for real models.
+
+    Example:
+        >>> model_a, model_b, (x_a, x_b) = example_pair(samples=10)
+        >>> model_a.name, model_b.name, x_a.shape
+        ('task_a', 'task_b', (10, 6, 6, 1))
+    """
+    models = []
+    for offset, name in enumerate(("task_a", "task_b")):
+        keras.utils.set_random_seed(seed + offset)
+        models.append(keras.Sequential([
+            keras.layers.Flatten(input_shape=(6, 6, 1), name="flat"),
+            keras.layers.Dense(16, activation="relu", name="fc1"),
+            keras.layers.Dense(8, activation="relu", name="fc2"),
+            keras.layers.Dense(3, activation="softmax", name="head"),
+        ], name=name))
+    rng = np.random.default_rng(seed)
+    x_a, x_b = (rng.random((samples, 6, 6, 1)).astype("float32") for _ in range(2))
+    return models[0], models[1], (x_a, x_b)
 
 
 def lenet_300_100(
@@ -421,9 +449,10 @@ def train_on_task(
             ``max_train_samples``.
 
     Example:
+        >>> import tempfile
         >>> trained = train_on_task("lenet_300_100", "classes_0_4", epochs=1,
-        ...                         max_train_samples=2000, cache_dir="/tmp/zoo")  # doctest: +SKIP
-        >>> trained.train_steps  # doctest: +SKIP
+        ...                         max_train_samples=2000, cache_dir=tempfile.mkdtemp())
+        >>> trained.train_steps
         16
     """
     _check_arch(arch)

@@ -95,8 +95,8 @@ def merge_cost_matrix(side_a: MergeSide, side_b: MergeSide) -> np.ndarray:
     Example:
         >>> s = MergeSide.from_hessian_inverse(np.eye(2), np.eye(2), [0, 1])
         >>> merge_cost_matrix(s, s)
-        array([[0.  , 0.5 ],
-               [0.5 , 0.  ]])
+        array([[0. , 0.5],
+               [0.5, 0. ]])
     """
     _check_pair(side_a, side_b)
     metric = merge_metric(side_a.g, side_b.g)

@@ -32,8 +32,12 @@ def recalibrate_batchnorm(
         The number of BatchNorm layers updated (0 when the model has none).
 
     Example:
-        >>> recalibrate_batchnorm(zipped, [x_a[:2000], x_b[:2000]])  # doctest: +SKIP
-        38
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.5)
+        >>> recalibrate_batchnorm(zipped, [x_a, x_b])  # these models have no BatchNorm
+        0
     """
     layers = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     if not layers:

@@ -120,7 +120,13 @@ def extract_task_models(zipped: keras.Model) -> list:
     ship a single task.
 
     Example:
-        >>> model_a, model_b = extract_task_models(zipped)  # doctest: +SKIP
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.5)
+        >>> task_a, task_b = extract_task_models(zipped)
+        >>> task_a.count_params() == model_a.count_params()
+        True
     """
 
     task_names = list(zipped.output_names)

@@ -213,7 +213,7 @@ def align_models(models: Sequence) -> ModelGraph:
     """Reads and aligns ``models``; raises ``UnsupportedModelError`` naming the first problem.
 
     Example:
-        >>> from tfmot_zip import zoo
+        >>> from tfmot_zip.apps import zoo
         >>> g = align_models([zoo.lenet_300_100(), zoo.lenet_300_100()])
         >>> [n.name for n in g.hidden_zip_nodes()]
         ['fc1', 'fc2']

@@ -81,7 +81,7 @@ def trace_spaces(graph: ModelGraph) -> tuple[dict[int, Feature], dict[int, UnitS
     """Features of every node's output and the unit spaces (streams) of the zip-able layers.
 
     Example:
-        >>> from tfmot_zip import zoo
+        >>> from tfmot_zip.apps import zoo
         >>> from tfmot_zip.model.graph import align_models
         >>> g = align_models([zoo.lenet_300_100(), zoo.lenet_300_100()])
         >>> features, spaces = trace_spaces(g)

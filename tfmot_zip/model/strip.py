@@ -265,8 +265,12 @@ def strip_zipping(model: keras.Model) -> keras.Model:
     equal the zipped model's within float tolerance. The zipped model is not modified.
 
     Example:
-        >>> plain = strip_zipping(zipped)  # doctest: +SKIP
-        >>> plain.output_names == zipped.output_names  # doctest: +SKIP
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.5)
+        >>> plain = strip_zipping(zipped)
+        >>> plain.output_names == zipped.output_names
         True
     """
     check_tf_keras_model(model)

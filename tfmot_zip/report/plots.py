@@ -30,7 +30,11 @@ def accuracy_bars(path: str | os.PathLike, task_names: Sequence[str], series: Ma
     """Grouped bars: one group per task, one bar per series (e.g. original, zipped, retrained).
 
     Example:
-        >>> accuracy_bars("acc.png", ["a", "b"], {"original": [90, 97], "zipped": [88, 95]})  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "acc.png")
+        >>> accuracy_bars(path, ["a", "b"], {"original": [90, 97], "zipped": [88, 95]})
+        >>> os.path.getsize(path) > 0
+        True
     """
     plt = _figure()
     fig, ax = plt.subplots(figsize=(min(10, max(6, 0.9 * len(series) * len(task_names))), 4))

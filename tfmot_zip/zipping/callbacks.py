@@ -29,7 +29,12 @@ def pending_layers(model: keras.Model) -> list[str]:
     """Names of layers that still have units to zip (schedule not finished).
 
     Example:
-        >>> pending_layers(zipped)  # doctest: +SKIP
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, _ = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=None,
+        ...                               schedule=tfmot_zip.LayerwiseSchedule(2, 2))
+        >>> pending_layers(zipped)
         ['fc1', 'fc2']
     """
     return [l.name for l in zip_layers(model) if l.track_hessians and bool(l.zip_pending.numpy())]
@@ -49,10 +54,20 @@ class ZipCallback(keras.callbacks.Callback):
         log: one dict per zipped stage (step, layer, pass, shared units, merge cost).
 
     Example:
-        >>> zipped = tfmot_zip.zip_models(a, b, calibration_data=None, sharing=1.0,
-        ...                               schedule=tfmot_zip.LayerwiseSchedule(20, 100))  # doctest: +SKIP
-        >>> tfmot_zip.training.compile_multitask(zipped)  # doctest: +SKIP
-        >>> zipped.fit(ds, steps_per_epoch=500, callbacks=[tfmot_zip.ZipCallback()])  # doctest: +SKIP
+        >>> import numpy as np
+        >>> import tfmot_zip
+        >>> from tfmot_zip import data, training
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=None, sharing=1.0,
+        ...                               schedule=tfmot_zip.LayerwiseSchedule(calibration_steps=2, retrain_steps=2))
+        >>> _ = training.compile_multitask(zipped, 1e-3)
+        >>> labels = np.zeros(len(x_a), int)
+        >>> ds = data.multitask((x_a, labels), (x_b, labels), batch_size=16)
+        >>> callback = tfmot_zip.ZipCallback()
+        >>> _ = zipped.fit(ds, steps_per_epoch=10, verbose=0, callbacks=[callback])
+        >>> [(entry["layer"], entry["shared_units"]) for entry in callback.log]
+        [('fc1', 16), ('fc2', 8)]
     """
 
     def __init__(self, calibration_data: Sequence[Any] | None = None, calibration_samples: int = 10_000, verbose: int = 0):
