@@ -95,26 +95,26 @@ def test_read_idx_rejects_truncated_and_non_idx_files(tmp_path):
 
 
 def test_numpy_modules_do_not_import_tensorflow():
-    """The data loader and the math import only numpy/scipy (checked on their source)."""
+    """The data loaders, data specs and the math import only numpy/scipy (checked on their source:
+    no module-level import of TensorFlow, tf_keras, Keras 3, tensorflow_datasets or of a package
+    module that imports them)."""
     import ast
 
     root = Path(__file__).resolve().parents[2] / "tfmot_zip"
-    files = [root / "datasets.py", *sorted((root / "core").glob("*.py"))]
+    files = [root / "data" / "fashion_mnist.py", root / "data" / "specs.py", root / "data" / "__init__.py",
+             *sorted((root / "core").glob("*.py"))]
+    light = {"tfmot_zip.core", "tfmot_zip.data", "tfmot_zip.data.fashion_mnist", "tfmot_zip.io"}
     for path in files:
         tree = ast.parse(path.read_text())
-        imported = set()
-        for node in ast.walk(tree):
+        top = set()
+        for node in tree.body:  # module level only: imports inside functions are lazy by design
             if isinstance(node, ast.Import):
-                imported |= {a.name.split(".")[0] for a in node.names}
+                top |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                imported.add(node.module.split(".")[0])
-        heavy = imported & {"tensorflow", "tf_keras", "keras", "tensorflow_datasets"}
-        if path.name != "datasets.py":  # datasets imports tfds lazily inside functions only
-            assert not heavy, f"{path.name} imports {heavy}"
-        else:
-            top = {n.names[0].name.split(".")[0] for n in tree.body if isinstance(n, ast.Import)}
-            top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
-            assert not (top & {"tensorflow", "tf_keras", "keras", "tensorflow_datasets"}), top
+                top.add(node.module)
+        heavy = {m for m in top if m.split(".")[0] in {"tensorflow", "tf_keras", "keras", "tensorflow_datasets"}}
+        own = {m for m in top if m.startswith("tfmot_zip") and not any(m == l or m.startswith(l + ".") for l in light)}
+        assert not heavy and not own, f"{path.name} imports {heavy | own} at module level"
 
 
 @pytest.fixture(scope="module")
