@@ -1,7 +1,7 @@
 """Joint (multi-task) retraining and evaluation helpers for zipped models.
 
 Each step feeds one batch of every task and sums the per-task losses, so shared weights get
-the gradients of all tasks (DESIGN.md section 2, light retraining).
+the gradients of all tasks (docs/METHOD.md, light retraining).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MTZ merge costs and the constrained weight update (DESIGN.md section 2).
+"""MTZ merge costs and the constrained weight update (docs/METHOD.md).
 
 Two *sides* are merged neuron by neuron. A side holds the incoming weight vectors of its
 neurons as rows (bias as the last coordinate), the indices ``shared_index`` of the coordinates

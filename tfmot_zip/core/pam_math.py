@@ -3,7 +3,7 @@
 A PAM layer splits its units into a shared group ``"shared"``, optional groups for partial subsets of
 tasks (``"a+b"``) and one group per task. A group may read only groups serving a superset of its
 tasks: ``shared <- shared``, ``a+b <- shared, a+b``, ``a <- shared, a+b, a``
-(DESIGN.md section 2, PAM). Everything here is plain numpy and knows nothing about Keras.
+(docs/METHOD.md, PAM). Everything here is plain numpy and knows nothing about Keras.
 """
 from __future__ import annotations
 

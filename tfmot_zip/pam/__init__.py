@@ -1,7 +1,7 @@
 """Pruning-Aware Merging (PAM): merge so that pruning lowers the cost of every subset of tasks.
 
 Each hidden Dense/Conv2D layer of the merged network holds groups of units serving task subsets:
-``shared`` (every task), partial subsets ``"a+b"`` and single tasks (DESIGN.md section 2, PAM); a
+``shared`` (every task), partial subsets ``"a+b"`` and single tasks (docs/METHOD.md, PAM); a
 subset of tasks runs only the groups serving one of its tasks. Flow (docs/PAM.md)::
 
     result = merge_and_prune(models, train_sets, val_sets, targets)  # prune, Hessian-merge, prune

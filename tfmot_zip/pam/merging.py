@@ -1,7 +1,7 @@
 """Hessian merge of one-task (e.g. separately pruned) networks into subset groups.
 
 Layer by layer, bottom-up, each task's units are merged into the units built from the tasks before
-it (MTZ's passes, DESIGN.md section 2): a merged unit serves the union of its members' tasks, is one
+it (MTZ's passes, docs/METHOD.md): a merged unit serves the union of its members' tasks, is one
 computation (one weight vector) and reads only inputs computed for all of those tasks. No task's
 path gains a unit, so no subset of tasks costs more than the separate networks.
 """

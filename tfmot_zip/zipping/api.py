@@ -117,7 +117,7 @@ def zip_models(
         damping: relative damping of the layer Hessians.
         merged_hessian: with three or more models, how the side that already serves several
             tasks weighs a change: "sum_of_inverses" (the sum of its tasks' inverse Hessians,
-            as in DESIGN.md) or "exact" (the inverse of their summed Hessians).
+            as in docs/METHOD.md) or "exact" (the inverse of their summed Hessians).
         conv_hessian: "exact" ((kh*kw*C_in+1)^2 Hessian of a Conv2D layer), "block" (the
             per-kernel-position block approximation: kh*kw blocks of C_in x C_in, much cheaper)
             or "auto" (block only where the exact matrix would exceed 1200 x 1200).

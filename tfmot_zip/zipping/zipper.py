@@ -1,4 +1,4 @@
-"""The bottom-up zipping procedure (DESIGN.md section 2), driving the numpy core.
+"""The bottom-up zipping procedure (docs/METHOD.md), driving the numpy core.
 
 Models are merged one at a time: pass ``n`` merges task ``n`` into the network already serving
 tasks ``0..n-1``. In each pass, for every hidden Dense/Conv2D position in topological order:
@@ -7,7 +7,7 @@ zipped lower layers, score every (merged unit, neuron of task ``n``) pair, selec
 apply the merge update, and re-index the layers that read the zipped units.
 
 A merged unit may serve several tasks ``Q``; its side of the merge uses an inverse Hessian
-built from those tasks' (DESIGN.md: the sum of their inverse Hessians, ``merged_hessian=
+built from those tasks' (docs/METHOD.md: the sum of their inverse Hessians, ``merged_hessian=
 "sum_of_inverses"``; or the inverse of the summed Hessians, ``"exact"``, the curvature of the
 summed layer-wise errors). A residual stream (several layers writing into one ``Add``) is
 paired once per pass, from the summed costs of the writers whose inputs are already zipped
