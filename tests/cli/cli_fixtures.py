@@ -4,7 +4,7 @@ installed script.
 
 Test modules import the fixtures they use (``from cli_fixtures import files``); this is not a
 ``conftest.py`` because a second ``conftest`` module would shadow ``tests/conftest.py`` for the
-``from conftest import mlp`` imports of the other test modules.
+``from builders import mlp`` imports of the other test modules.
 """
 import hashlib
 import os
@@ -17,7 +17,7 @@ import pytest
 
 from tfmot_zip.cli.parser import EXIT_OK, main
 
-from conftest import calib, mlp
+from builders import calib, mlp
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).with_name("tfmot-zip")

@@ -16,7 +16,7 @@ from tfmot_zip.cli.parser import main
 from tfmot_zip.compat import keras
 
 from cli_fixtures import files, run, sha256  # noqa: F401  (files is a fixture)
-from conftest import calib, mlp
+from builders import calib, mlp
 
 
 def bad_cases(files, tmp_path):

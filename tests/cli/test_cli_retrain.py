@@ -7,7 +7,7 @@ from tfmot_zip.cli.parser import EXIT_OK, EXIT_USAGE
 from tfmot_zip.compat import keras
 
 from cli_fixtures import files, run, sha256, zipped_file  # noqa: F401  (fixtures)
-from conftest import calib
+from builders import calib
 
 
 def test_retrain_trains_shared_weights_and_keeps_the_input(files, zipped_file, tmp_path, capsys):

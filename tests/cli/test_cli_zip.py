@@ -13,7 +13,7 @@ from tfmot_zip.cli.parser import EXIT_FAILURE, EXIT_OK, main
 from tfmot_zip.compat import keras
 
 from cli_fixtures import files, run, sha256  # noqa: F401  (files is a fixture)
-from conftest import mlp
+from builders import mlp
 
 
 def test_zip_writes_the_model_the_api_would_build_and_leaves_inputs_untouched(files, tmp_path, capsys):

@@ -14,7 +14,7 @@ import tfmot_zip
 from tfmot_zip.compat import keras
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
 
-from conftest import calib, cnn, mlp
+from builders import calib, cnn, mlp
 
 FORMATS = ["keras", "savedmodel", "h5"]
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")

@@ -1,8 +1,12 @@
-"""Helpers of the PAM tests (imported by conftest.py and the test modules: ``from pam_fixtures import NAMES``)."""
+"""Helpers and fixtures of the PAM tests (``from pam_fixtures import NAMES, models``...).
+
+Test modules import the fixtures they use by name."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from tfmot_zip import pam
 from tfmot_zip.compat import keras
 
 NAMES = ["a", "b", "c"]
@@ -37,3 +41,19 @@ def own_or_shared_groups(seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     owner = np.repeat(np.arange(3), 5)
     return [np.full(9, 3), np.where(rng.random(owner.size) < 0.5, 3, owner)]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return [tiny(s, name=n) for s, n in zip((1, 2, 3), NAMES)]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return [(rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 2, 64)) for _ in NAMES]
+
+
+@pytest.fixture(scope="module")
+def separate_nets(models):
+    return [pam.separate_network(m, n) for m, n in zip(models, NAMES)]

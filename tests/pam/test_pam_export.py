@@ -6,6 +6,7 @@ import numpy as np
 from pam_fixtures import NAMES, own_or_shared_groups
 from tfmot_zip import pam
 from tfmot_zip.core.pam_math import SHARED
+from pam_fixtures import models, data  # noqa: F401  (pytest fixtures)
 
 
 def test_export_signature_per_subset(models, data, tmp_path):

@@ -8,6 +8,7 @@ from tfmot_zip import pam
 from tfmot_zip.compat import keras
 from tfmot_zip.core import pam_math
 from tfmot_zip.core.pam_math import SHARED
+from pam_fixtures import models, data  # noqa: F401  (pytest fixtures)
 
 
 def test_connectivity_never_reads_from_narrower_groups(models, data):

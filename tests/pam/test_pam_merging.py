@@ -8,6 +8,7 @@ from pam_fixtures import NAMES
 from tfmot_zip import pam
 from tfmot_zip.core import pam_math
 from tfmot_zip.core.pam_math import SHARED
+from pam_fixtures import models, data, separate_nets  # noqa: F401  (pytest fixtures)
 
 
 def test_merge_pruned_without_merging_reproduces_every_network(models, data, separate_nets):

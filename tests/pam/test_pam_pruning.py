@@ -8,6 +8,7 @@ from pam_fixtures import NAMES, own_or_shared_groups
 from tfmot_zip import pam
 from tfmot_zip.core import pam_math
 from tfmot_zip.core.pam_math import SHARED
+from pam_fixtures import models, data, separate_nets  # noqa: F401  (pytest fixtures)
 
 
 def test_prune_step_removes_units_and_keeps_paths(models, data):

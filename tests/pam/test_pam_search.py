@@ -6,6 +6,7 @@ import pytest
 
 from pam_fixtures import NAMES
 from tfmot_zip import pam
+from pam_fixtures import models, data, separate_nets  # noqa: F401  (pytest fixtures)
 
 
 def test_merge_and_prune_never_grows_a_task_path(models, data):

@@ -6,7 +6,7 @@ import tfmot_zip
 from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import UnsupportedModelError
 
-from conftest import calib, cnn, mlp
+from builders import calib, cnn, mlp
 
 
 @pytest.fixture

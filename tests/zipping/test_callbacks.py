@@ -14,7 +14,7 @@ from tfmot_zip import data, training
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.core.hessian import HessianAccumulator, extract_patches
 
-from conftest import calib, cnn, mlp
+from builders import calib, cnn, mlp
 
 
 def labelled(rng, n, shape, classes=3):
@@ -141,7 +141,7 @@ MIRRORED = textwrap.dedent('''
     import tfmot_zip
     from tfmot_zip import data
     from tfmot_zip.compat import keras
-    from conftest import mlp
+    from builders import mlp
 
     rng = np.random.default_rng(0)
     sets = [(rng.random((512, 6, 6, 1)).astype("float32"), rng.integers(0, 3, 512)) for _ in range(2)]

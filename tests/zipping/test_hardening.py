@@ -23,7 +23,7 @@ from tfmot_zip.compat import keras, tf
 from tfmot_zip.core import SingularHessianError
 from tfmot_zip.model.graph import UnsupportedModelError
 
-from conftest import calib, cnn, mlp
+from builders import calib, cnn, mlp
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ import pytest
 
 import tfmot_zip
 
-from conftest import calib, tiny_resnet
+from builders import calib, tiny_resnet
 
 
 def outputs(model, xs):

@@ -9,7 +9,7 @@ from tfmot_zip.compat import keras, tf
 from tfmot_zip.core import MergeSide, apply_merge, invert_hessian, merge_cost_matrix, select_pairs
 from tfmot_zip.core.hessian import HessianAccumulator
 
-from conftest import calib, cnn, mlp
+from builders import calib, cnn, mlp
 
 
 def weights_of(model):

@@ -1,0 +1,69 @@
+"""Small tf_keras models (random weights) and synthetic calibration data shared by the tests.
+
+A plain module (``from builders import mlp``), not ``conftest.py``: test folders may have conftests
+of their own, and every conftest module is called ``conftest``."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from tfmot_zip.compat import keras
+
+
+def mlp(seed, widths=(16, 8), classes=3, name=None, input_shape=(6, 6, 1)):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.layers.Flatten(input_shape=input_shape, name="flat")]
+    for i, w in enumerate(widths):
+        layers.append(keras.layers.Dense(w, activation="relu", name=f"fc{i + 1}"))
+    layers.append(keras.layers.Dense(classes, activation="softmax", name="head"))
+    return keras.Sequential(layers, name=name or f"mlp{seed}")
+
+
+def cnn(seed, filters=(4, 6), dense=10, classes=3, name=None, bn=False):
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input((10, 10, 1), name="image")
+    x = keras.layers.Conv2D(filters[0], 3, padding="same", name="conv1")(x)
+    if bn:
+        x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(filters[1], 3, activation="relu", name="conv2")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dense(dense, activation="relu", name="fc1")(x)
+    out = keras.layers.Dense(classes, activation="softmax", name="head")(x)
+    model = keras.Model(inp, out, name=name or f"cnn{seed}")
+    if bn:  # non-trivial BatchNorm statistics
+        rng = np.random.default_rng(seed)
+        layer = model.get_layer("bn1")
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape) * 0.1,
+                           rng.normal(size=mean.shape) * 0.1, rng.uniform(0.5, 2.0, var.shape)])
+    return model
+
+
+def calib(rng, n, shape):
+    return rng.random((n,) + tuple(shape)).astype("float32")
+
+
+def tiny_resnet(seed, classes=3, name=None):
+    """Stem + one identity block + one projection block (stride 2) + GAP head, with BatchNorm."""
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="b1_conv1")(x)
+    y = keras.layers.ReLU(name="b1_relu")(y)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="b1_conv2")(y)
+    x = keras.layers.Add(name="b1_add")([x, y])
+    x = keras.layers.ReLU(name="b1_out")(x)
+    y = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="b2_conv1")(x)
+    y = keras.layers.ReLU(name="b2_relu")(y)
+    y = keras.layers.Conv2D(6, 3, padding="same", name="b2_conv2")(y)
+    shortcut = keras.layers.Conv2D(6, 1, strides=2, name="b2_proj")(x)
+    x = keras.layers.Add(name="b2_add")([shortcut, y])
+    x = keras.layers.ReLU(name="b2_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(classes, activation="softmax", name="head")(x)
+    return keras.Model(inp, out, name=name or f"res{seed}")
