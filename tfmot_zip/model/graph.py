@@ -13,7 +13,7 @@ from typing import Sequence
 
 from tfmot_zip.compat import check_tf_keras_model, keras
 
-__all__ = ["AlignedNode", "ModelGraph", "UnsupportedModelError", "align_models", "SUPPORTED_LAYERS"]
+__all__ = ["AlignedNode", "ModelGraph", "UnsupportedModelError", "align_models", "config_difference", "SUPPORTED_LAYERS"]
 
 
 class UnsupportedModelError(ValueError):
@@ -204,9 +204,54 @@ def _activation_name(activation) -> str:
 
 
 GEOMETRY = {
-    "conv": ("kernel_size", "strides", "padding", "dilation_rate", "data_format"),
-    "channelwise": ("pool_size", "strides", "padding", "padding_config", "axis", "rate"),
+    "channelwise": ("pool_size", "strides", "padding", "padding_config", "axis", "data_format"),
+    "flatten": ("data_format",),
+    "global_pool": ("data_format", "keepdims"),
 }
+# Config keys a zip layer (Dense/Conv2D) may differ in: the widths it merges, and what only
+# sets or constrains the weights. Everything else (activation, use_bias, kernel_size, strides,
+# padding, dilation_rate, data_format, groups, ...) must agree, because one zip layer computes
+# one version of it for every task.
+ZIP_FREE_KEYS = frozenset({"name", "units", "filters", "trainable", "dtype", "batch_input_shape", "input_shape"})
+
+
+def _free_key(key: str) -> bool:
+    return key in ZIP_FREE_KEYS or key.endswith(("_initializer", "_regularizer", "_constraint"))
+
+
+def config_difference(ref_config: dict, config: dict, kind: str) -> str | None:
+    """The first config key in which two layers at one position disagree where they must not.
+
+    Zip layers (``kind`` "dense"/"conv") must agree on every key but names, widths,
+    initializers, regularizers and constraints. Every other layer is copied per task in the
+    zipped model, so it keeps its own element-wise settings (an activation, BatchNorm
+    ``epsilon``/``momentum``/``center``/``scale``, a Dropout ``rate``: each task computes its own);
+    those layers must only agree on what fixes the shapes and the channel axis (pool sizes,
+    strides, padding, axis, data_format), since the zip layers after them read one layout.
+
+    Example:
+        >>> config_difference({"units": 4, "activation": "relu"}, {"units": 8, "activation": "relu"}, "dense")
+        >>> config_difference({"activation": "relu"}, {"activation": "tanh"}, "dense")
+        'activation'
+        >>> config_difference({"rate": 0.1}, {"rate": 0.5}, "channelwise")
+    """
+    if kind in ("dense", "conv"):
+        keys = [k for k in {**ref_config, **config} if not _free_key(k)]
+    else:
+        keys = list(GEOMETRY.get(kind, ()))
+    for key in keys:
+        if _normalised(ref_config.get(key)) != _normalised(config.get(key)):
+            return key
+    return None
+
+
+def _normalised(value):
+    """Tuples and lists compare equal (configs of loaded models hold lists)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalised(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items() if k != "registered_name"}
+    return value
 
 
 def align_models(models: Sequence) -> ModelGraph:
@@ -260,17 +305,26 @@ def align_models(models: Sequence) -> ModelGraph:
                     f"{_describe(models[0], per_model[0])}; the models need the same layer types in the same order."
                 )
         kind = kinds[0]
-        geometry = GEOMETRY.get(kind, ())
+        if len(set(kinds)) > 1:
+            m = next(i for i, k in enumerate(kinds) if k != kind)
+            raise UnsupportedModelError(
+                f"{_describe(models[m], per_model[m])} is not element-wise while "
+                f"{_describe(models[0], per_model[0])} is (or the reverse); the layers at one position "
+                "must be of the same kind. Use an element-wise activation below the head in both models."
+            )
         ref_config = per_model[0].get_config()
         for m, layer in enumerate(per_model[1:], start=1):
-            config = layer.get_config()
-            for key in geometry:
-                if ref_config.get(key) != config.get(key):
-                    raise UnsupportedModelError(
-                        f"{_describe(models[m], layer)} has {key}={config.get(key)!r} but "
-                        f"{_describe(models[0], per_model[0])} has {key}={ref_config.get(key)!r}; "
-                        "matching layers must have the same geometry."
-                    )
+            key = config_difference(ref_config, layer.get_config(), kind)
+            if key is not None:
+                ref_value, value = ref_config.get(key), layer.get_config().get(key)
+                raise UnsupportedModelError(
+                    f"{_describe(models[m], layer)} has {key}={value!r} but "
+                    f"{_describe(models[0], per_model[0])} has {key}={ref_value!r}; the layers at one "
+                    "position must compute the same thing (only weights and widths may differ), because "
+                    "the zipped layer computes one version for every task. Rebuild one model with "
+                    f"{key}={ref_value!r} (or {key}={value!r} in both) and retrain it, or zip models of "
+                    "the same architecture."
+                )
         nodes.append(AlignedNode(k, per_model, list(ref_inbound[k]), kind))
     for node in nodes:
         for src in node.inbound:
