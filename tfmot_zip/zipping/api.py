@@ -8,8 +8,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from tfmot_zip.model.builder import build_zipped_model, sanitize_task_names
-from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import ModelGraph, align_models
+from tfmot_zip.model.keras3 import as_tf_keras_model
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.model.spaces import trace_spaces
 from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
@@ -17,6 +18,7 @@ from tfmot_zip.model.strip import strip_zipping
 from tfmot_zip.zipping.schedules import ZipSchedule
 from tfmot_zip.zipping.report import LayerSummary, ZipReport
 from tfmot_zip.zipping.options import ZipOptions
+from tfmot_zip.zipping.refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
@@ -96,6 +98,7 @@ def zip_models(
     seed: int = 0,
     schedule: "ZipSchedule | None" = None,
     recalibrate_batchnorm: bool = True,
+    refit_heads: bool = False,
     verbose: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> keras.Model:
@@ -134,6 +137,9 @@ def zip_models(
         recalibrate_batchnorm: after zipping (when anything was shared), re-estimate every
             per-task BatchNorm's moving statistics on the calibration data (zipping changes the
             layers that feed them).
+        refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
+            the zipped network's features to the original model's pre-activations on the
+            calibration data (beyond the paper; costs no parameters; one-shot zipping only).
         verbose: print one line per layer.
         progress: called as ``progress(done, total, layer)`` when a zipping stage starts
             (``done`` stages finished of ``total``; ``layer`` names the stage) and once more with
@@ -154,7 +160,7 @@ def zip_models(
         8
     """
     start = time.perf_counter()
-    models = [check_tf_keras_model(m, f"models[{i}]") for i, m in enumerate(models)]
+    models = [as_tf_keras_model(m, f"models[{i}]") for i, m in enumerate(models)]
     if len(models) < 2:
         raise ValueError(f"zip_models needs at least two models; received {len(models)}.")
     if schedule is not None and not isinstance(schedule, ZipSchedule):
@@ -165,13 +171,18 @@ def zip_models(
     options = ZipOptions(
         method=method, selection=selection, damping=damping, merged_hessian=merged_hessian,
         conv_hessian=conv_hessian, calibration_samples=calibration_samples, seed=seed,
-        recalibrate_batchnorm=recalibrate_batchnorm, schedule=None if schedule is None else schedule.get_config(),
+        recalibrate_batchnorm=recalibrate_batchnorm, refit_heads=refit_heads, schedule=None if schedule is None else schedule.get_config(),
     )
     deferred = schedule is not None
     if deferred and calibration_data is not None and any(d is not None for d in _entries(calibration_data)):
         raise ValueError(
             "With a schedule, zip_models takes calibration_data=None: the Hessians come from the training "
             "batches, or from ZipCallback(calibration_data=(x_a, x_b, ...)) when given there."
+        )
+    if deferred and refit_heads:
+        raise ValueError(
+            "refit_heads=True works in one-shot zipping (schedule=None); with a schedule, the heads are "
+            "retrained by fit itself."
         )
     if calibration_data is None and deferred:
         calibration_data = [None] * len(models)
@@ -231,6 +242,8 @@ def zip_models(
     changed = any(r.shared > 0 for r in records.values())
     if options.recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
         _recalibrate(zipped, calibration)
+    if options.refit_heads and changed:
+        refit_heads_(zipped, graph, calibration)
     seconds = time.perf_counter() - start
     for node in graph.zip_nodes():
         zipped.get_layer(node.name).zip_record = records[node.index].as_config(
@@ -283,7 +296,7 @@ def zip_summary(model: keras.Model) -> ZipReport:
         head          3/3 (head)           0             54            54
         total parameters: 1,510 in the separate models -> 1,178 zipped (78.0%)
     """
-    check_tf_keras_model(model)
+    model = as_tf_keras_model(model)
     zip_layers = [l for l in model.layers if isinstance(l, (ZipDense, ZipConv2D))]
     if not zip_layers:
         raise ValueError(f"Model {model.name!r} has no zip layers; pass a model returned by zip_models.")

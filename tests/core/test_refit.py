@@ -1,0 +1,52 @@
+"""The damped least-squares refit against a brute-force solve of the stacked system."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from tfmot_zip.core.refit import LinearRefit
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(5, 60), d=st.integers(1, 6), k=st.integers(1, 4), damping=st.sampled_from([0.0, 1e-3, 0.5]),
+       batches=st.integers(1, 4), bias=st.booleans(), seed=st.integers(0, 10_000))
+def test_refit_equals_the_stacked_least_squares(n, d, k, damping, batches, bias, seed):
+    rng = np.random.default_rng(seed)
+    features, targets = rng.normal(size=(n, d)), rng.normal(size=(n, k))
+    kernel, b = rng.normal(size=(d, k)), rng.normal(size=k)
+    refit = LinearRefit(d, k)
+    for part in np.array_split(np.arange(n), batches):
+        refit.update(features[part], targets[part])
+    got_kernel, got_bias = refit.solve(kernel, b if bias else None, damping=damping)
+    # Brute force: min ||X w - L||^2 + lam ||w - w0||^2 as one least-squares problem on stacked rows.
+    x = np.hstack([features, np.ones((n, 1))]) if bias else features
+    w0 = np.vstack([kernel, b[None, :]]) if bias else kernel
+    lam = damping * np.mean(np.diag(x.T @ x))
+    stacked_x = np.vstack([x, np.sqrt(lam) * np.eye(x.shape[1])])
+    stacked_y = np.vstack([targets, np.sqrt(lam) * w0])
+    expected = np.linalg.lstsq(stacked_x, stacked_y, rcond=None)[0]
+    got = np.vstack([got_kernel, got_bias[None, :]]) if bias else got_kernel
+    if damping == 0.0 and np.linalg.matrix_rank(x) < x.shape[1]:
+        # Rank-deficient and undamped: any minimiser; compare the fitted values instead.
+        np.testing.assert_allclose(x @ got, x @ expected, atol=1e-8)
+    else:
+        np.testing.assert_allclose(got, expected, atol=1e-8, rtol=1e-6)
+    assert got_bias is None if not bias else got_bias.shape == (k,)
+
+
+def test_large_damping_keeps_the_prior():
+    rng = np.random.default_rng(1)
+    refit = LinearRefit(3, 2)
+    refit.update(rng.normal(size=(50, 3)), rng.normal(size=(50, 2)))
+    kernel, bias = rng.normal(size=(3, 2)), rng.normal(size=2)
+    got_kernel, got_bias = refit.solve(kernel, bias, damping=1e9)
+    np.testing.assert_allclose(got_kernel, kernel, atol=1e-6)
+    np.testing.assert_allclose(got_bias, bias, atol=1e-6)
+
+
+def test_mismatched_shapes_are_refused():
+    refit = LinearRefit(3, 2)
+    try:
+        refit.update(np.zeros((4, 5)), np.zeros((4, 2)))
+    except ValueError as err:
+        assert "3 columns" in str(err) and "received 5" in str(err)
+    else:
+        raise AssertionError("expected a ValueError")

@@ -1,0 +1,69 @@
+"""Damped least-squares refits of a linear layer (numpy only).
+
+After the hidden layers are merged, a task's head still maps the *merged* features with the weights
+it learnt on its *own* features. Heads stay per task, so each can be re-solved from the merged
+features ``F`` to the original model's pre-activations ``L`` on the same inputs, at no cost in
+parameters:
+
+    min_w ||[F 1] w - L||^2 + lam ||w - w_old||^2,   lam = damping * mean(diag([F 1]^T [F 1]))
+
+whose normal equations are ``([F 1]^T [F 1] + lam I) w = [F 1]^T L + lam w_old``. The prior
+``w_old`` keeps the solution where the data says little (dead features, few samples).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LinearRefit"]
+
+
+class LinearRefit:
+    """Streams ``[F 1]^T [F 1]`` and ``[F 1]^T L`` batch by batch (float64), then solves the refit.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> features = rng.normal(size=(200, 3))
+        >>> true = rng.normal(size=(4, 2))                       # 3 weights + a bias per output
+        >>> targets = np.hstack([features, np.ones((200, 1))]) @ true
+        >>> refit = LinearRefit(3, 2)
+        >>> refit.update(features[:100], targets[:100]); refit.update(features[100:], targets[100:])
+        >>> kernel, bias = refit.solve(np.zeros((3, 2)), np.zeros(2), damping=0.0)
+        >>> bool(np.allclose(kernel, true[:3]) and np.allclose(bias, true[3]))
+        True
+    """
+
+    def __init__(self, n_features: int, n_outputs: int):
+        self.gram = np.zeros((n_features + 1, n_features + 1))
+        self.cross = np.zeros((n_features + 1, n_outputs))
+        self.count = 0
+
+    def update(self, features: np.ndarray, targets: np.ndarray) -> None:
+        """Adds a batch: ``features [n, d]`` (the merged layer inputs), ``targets [n, k]``."""
+        features = np.asarray(features, np.float64).reshape(len(features), -1)
+        targets = np.asarray(targets, np.float64).reshape(len(targets), -1)
+        if features.shape[1] + 1 != self.gram.shape[0] or targets.shape[1] != self.cross.shape[1]:
+            raise ValueError(
+                f"Expected features with {self.gram.shape[0] - 1} columns and targets with {self.cross.shape[1]}; "
+                f"received {features.shape[1]} and {targets.shape[1]}."
+            )
+        rows = np.hstack([features, np.ones((len(features), 1))])
+        self.gram += rows.T @ rows
+        self.cross += rows.T @ targets
+        self.count += len(rows)
+
+    def solve(self, kernel: np.ndarray, bias: np.ndarray | None, damping: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+        """The refit ``(kernel [d, k], bias [k])``, pulled towards ``(kernel, bias)`` by ``damping``.
+
+        ``bias=None`` (a layer without bias) is treated as a zero bias kept at zero.
+        """
+        if self.count == 0:
+            raise ValueError("LinearRefit.solve needs at least one batch; call update first.")
+        prior = np.vstack([np.asarray(kernel, np.float64), np.zeros((1, kernel.shape[1])) if bias is None else np.asarray(bias, np.float64)[None, :]])
+        gram, cross = self.gram.copy(), self.cross.copy()
+        if bias is None:  # no bias: drop the constant column from the problem
+            gram, cross, prior = gram[:-1, :-1], cross[:-1], prior[:-1]
+        lam = float(damping) * float(np.mean(np.diag(gram))) if damping > 0 else 0.0
+        solution = np.linalg.solve(gram + lam * np.eye(len(gram)), cross + lam * prior) if lam > 0 else np.linalg.lstsq(gram, cross, rcond=None)[0]
+        if bias is None:
+            return solution, None
+        return solution[:-1], solution[-1]
