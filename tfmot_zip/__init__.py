@@ -37,6 +37,7 @@ _EXPORTS = {
     "write_zip_report": "tfmot_zip.report.zip_report",
     "UnsupportedModelError": "tfmot_zip.model.graph",
     "TFLiteVerificationError": "tfmot_zip.export.verify",
+    "from_keras3": "tfmot_zip.model.keras3",
 }
 
 _SUBPACKAGES = {

@@ -72,6 +72,10 @@ def is_keras3_object(obj: object) -> bool:
 def check_tf_keras_model(model: object, argument: str = "model") -> "keras.Model":
     """Return ``model`` if it is a tf_keras model, else raise a ``TypeError`` that says how to fix it.
 
+    This is the strict check of internal functions. The public entry points call
+    :func:`tfmot_zip.model.keras3.as_tf_keras_model` instead, which converts a Keras 3 model first
+    (the converter needs tf_keras from this module, so this module cannot call it without an import cycle).
+
     Example:
         >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
         >>> check_tf_keras_model(m) is m
@@ -80,10 +84,9 @@ def check_tf_keras_model(model: object, argument: str = "model") -> "keras.Model
     if is_keras3_object(model):
         raise TypeError(
             f"{argument} is a Keras 3 object ({type(model).__module__}.{type(model).__name__}); "
-            "tfmot_zip and TFMOT work only with Keras 2 (tf_keras) models. Rebuild it with "
-            "`import tf_keras as keras` (or `from tfmot_zip.compat import keras`), or load it with "
-            "`tf_keras.models.load_model(path)`, or set TF_USE_LEGACY_KERAS=1 before importing "
-            "TensorFlow so that tf.keras is tf_keras."
+            "this function works only with Keras 2 (tf_keras) models. Convert it with "
+            "`tfmot_zip.from_keras3(model)` (the public entry points such as zip_models do this for you), "
+            "or build it with `import tf_keras as keras` (or `from tfmot_zip.compat import keras`)."
         )
     if not isinstance(model, keras.Model):
         raise TypeError(

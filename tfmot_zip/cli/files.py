@@ -5,11 +5,9 @@ Every problem raises :class:`~tfmot_zip.cli.errors.UsageError` naming the flag a
 """
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from tfmot_zip.cli.errors import UsageError
 
@@ -17,7 +15,7 @@ if TYPE_CHECKING:  # tfmot_zip.data imports TensorFlow, which main() silences fi
     from tfmot_zip.data.specs import DataSpec
 
 __all__ = [
-    "MODEL_SUFFIXES", "check_model_path", "keras3_version", "load_model_file", "check_output_file", "check_output_dir",
+    "MODEL_SUFFIXES", "check_model_path", "load_model_file", "check_output_file", "check_output_dir",
     "file_size", "npz_files",
 ]
 
@@ -50,31 +48,15 @@ def check_model_path(text: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def keras3_version(path: Path) -> str | None:
-    """The Keras version a ``.keras`` archive was saved with, when it is Keras 3 (else None).
-
-    Example:
-        >>> keras3_version(Path("missing.keras")) is None
-        True
-    """
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return None
-    try:
-        with zipfile.ZipFile(path) as archive:
-            meta = json.loads(archive.read("metadata.json"))
-    except (KeyError, ValueError, OSError):
-        return None
-    version = str(meta.get("keras_version", ""))
-    return version if version.startswith("3.") else None
-
-
-def load_model_file(path: str | os.PathLike, what: str = "model") -> Any:
+def load_model_file(path: str | os.PathLike, what: str = "model", log: Callable[[str], None] | None = None) -> Any:
     """Loads a tf_keras model (``.keras``, ``.h5`` or SavedModel folder) without compiling it.
 
-    Zip layers are registered, so zipped models load too. The file is only read.
+    Zip layers are registered, so zipped models load too. A ``.keras`` file saved by Keras 3 is
+    converted to tf_keras (:func:`tfmot_zip.model.keras3.from_keras3`), and ``log`` (e.g.
+    ``console.log``) is told so. The file is only read.
 
     Raises:
-        UsageError: a missing or unreadable file, or a Keras 3 file (with how to convert it).
+        UsageError: a missing or unreadable file, or a Keras 3 file that cannot be converted (with why).
         TypeError: the file holds something that is not a tf_keras model.
 
     Example:
@@ -89,13 +71,18 @@ def load_model_file(path: str | os.PathLike, what: str = "model") -> Any:
     from tfmot_zip.compat import check_tf_keras_model, keras
     from tfmot_zip.model import layers  # noqa: F401  (registers ZipDense/ZipConv2D for loading)
 
-    keras3 = keras3_version(path)
+    from tfmot_zip.model.keras3 import from_keras3, keras3_file_version
+
+    keras3 = keras3_file_version(path)
     if keras3 is not None:
-        raise UsageError(
-            f"{what} {str(path)!r} was saved by Keras {keras3} (Keras 3); tfmot_zip and TFMOT need tf_keras "
-            "(Keras 2) models. Rebuild the model with `import tf_keras as keras` (or set TF_USE_LEGACY_KERAS=1 "
-            "before importing TensorFlow), load its weights, and save it again."
-        )
+        try:
+            model = from_keras3(path)
+        except (ValueError, OSError, KeyError) as err:  # UnsupportedModelError is a ValueError
+            raise UsageError(f"{what} {str(path)!r} was saved by Keras {keras3} (Keras 3) and cannot be converted to "
+                             f"tf_keras: {err}") from None
+        if log is not None:
+            log(f"converted Keras 3 model {model.name!r} ({what} {str(path)!r}) to tf_keras")
+        return model
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:

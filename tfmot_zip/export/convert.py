@@ -24,7 +24,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from tfmot_zip.compat import check_tf_keras_model, keras, tf
+from tfmot_zip.compat import keras, tf
 from tfmot_zip.export.inputs import per_input_arrays
 from tfmot_zip.export.signatures import (
     ALL_TASKS,
@@ -36,6 +36,7 @@ from tfmot_zip.export.signatures import (
     unwrap_layer,
 )
 from tfmot_zip.io import atomic_write_bytes
+from tfmot_zip.model.keras3 import as_tf_keras_model
 
 __all__ = ["QUANTIZE_MODES", "export_tflite"]
 
@@ -229,7 +230,7 @@ def export_tflite(
         >>> sorted(tflite_signatures(data))
         ['all_tasks', 'all_tasks_shared_input', 'task_a', 'task_b']
     """
-    check_tf_keras_model(model)
+    model = as_tf_keras_model(model)
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
             f"Unknown quantize={quantize!r}; expected one of {list(QUANTIZE_MODES)} (None is float32)."

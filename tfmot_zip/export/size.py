@@ -27,10 +27,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.compat import keras
 from tfmot_zip.export.convert import QUANTIZE_MODES, export_tflite
 from tfmot_zip.export.inputs import per_input_arrays
 from tfmot_zip.export.interpreter import load_interpreter
+from tfmot_zip.model.keras3 import as_tf_keras_model
 from tfmot_zip.export.signatures import (
     ALL_TASKS,
     ALL_TASKS_SHARED_INPUT,
@@ -186,15 +187,13 @@ def size_latency_report(
         >>> report["ratios"]["tflite_bytes"], sorted(report["zipped"]["signatures"])
         (1.0, ['task_a'])
     """
-    check_tf_keras_model(zipped_stripped, "zipped_stripped")
+    zipped_stripped = as_tf_keras_model(zipped_stripped, "zipped_stripped")
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"Unknown quantize={quantize!r}; expected one of {list(QUANTIZE_MODES)}.")
     for argument, value, minimum in (("runs", runs, 1), ("warmup", warmup, 0), ("num_threads", num_threads, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise ValueError(f"Expected an integer >= {minimum}. Received: {argument}={value!r}")
-    separate_models = list(separate_models)
-    for i, m in enumerate(separate_models):
-        check_tf_keras_model(m, f"separate_models[{i}]")
+    separate_models = [as_tf_keras_model(m, f"separate_models[{i}]") for i, m in enumerate(separate_models)]
     names = task_names(zipped_stripped)
     if len(separate_models) != len(names):
         raise ValueError(

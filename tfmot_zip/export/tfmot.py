@@ -217,9 +217,9 @@ def zip_quantize_scope() -> Iterator[None]:
 
 
 def _check_model(model: Any, function: str) -> keras.Model:
-    from tfmot_zip.compat import check_tf_keras_model
+    from tfmot_zip.model.keras3 import as_tf_keras_model
 
-    check_tf_keras_model(model)
+    model = as_tf_keras_model(model)
     if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
         raise ValueError(
             f"{function} needs a Sequential or functional tf_keras model; received the subclassed "
@@ -259,7 +259,7 @@ def quantize_annotate_zipped(model: keras.Model) -> keras.Model:
         >>> [type(layer).__name__ for layer in annotated.layers]
         ['InputLayer', 'InputLayer', 'QuantizeAnnotate']
     """
-    _check_model(model, "quantize_annotate_zipped")
+    model = _check_model(model, "quantize_annotate_zipped")
     register_with_tfmot()
     # TFMOT's public API has no name for the annotation wrapper class.
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (
@@ -310,7 +310,7 @@ def quantize_zipped(model: keras.Model, *, preserve_sparsity: bool = False) -> k
         ...     print(str(err).split(",")[0])
         quantize_zipped: layer 'inner' of model 'outer' is a nested model
     """
-    _check_model(model, "quantize_zipped")
+    model = _check_model(model, "quantize_zipped")
     if has_pruning_wrappers(model):
         raise ValueError(
             f"Model {model.name!r} still has PruneLowMagnitude wrappers; call "

@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.compat import keras
 from tfmot_zip.export.convert import QUANTIZE_MODES
 from tfmot_zip.export.inputs import per_input_arrays
 from tfmot_zip.export.interpreter import TFLiteSource, load_interpreter, tflite_predict
 from tfmot_zip.export.signatures import SHARED_INPUT_NAME, plan_signatures, task_names
+from tfmot_zip.model.keras3 import as_tf_keras_model
 
 __all__ = ["Tolerance", "TOLERANCES", "TFLiteVerificationError", "verify_tflite"]
 
@@ -132,7 +133,7 @@ def verify_tflite(
         >>> report["all_tasks"]["max_abs_error"] < 1e-5
         True
     """
-    check_tf_keras_model(keras_model, "keras_model")
+    keras_model = as_tf_keras_model(keras_model, "keras_model")
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"Unknown quantize={quantize!r}; expected one of {list(QUANTIZE_MODES)}.")
     bound = tolerance or TOLERANCES[quantize]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.compat import keras
+from tfmot_zip.model.keras3 import as_tf_keras_model
 
 __all__ = ["fold_batchnorm"]
 
@@ -38,14 +39,14 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
 
     Raises:
         ValueError: a BatchNormalization that does not follow a linear Conv2D/Dense (or normalises
-            another axis than the last); a Keras 3 model.
+            another axis than the last). A Keras 3 model is converted first.
 
     Example:
         >>> from tfmot_zip.apps.zoo import small_vgg
         >>> [l.name for l in fold_batchnorm(small_vgg(3)).layers][:3]
         ['conv1_1', 'conv1_2', 'pool1']
     """
-    check_tf_keras_model(model, "model")
+    model = as_tf_keras_model(model, "model")
     layers = [l for l in model.layers if not isinstance(l, L.InputLayer)]
     plan: list = []  # [config-making layer, kernel, bias, activation]
     for layer in layers:

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import inbound_tensors
+from tfmot_zip.model.keras3 import as_tf_keras_model
 from tfmot_zip.model.layers import ZipConv2D, ZipDense, ZipLayerMixin
 
 __all__ = ["strip_zipping", "group_units"]
@@ -273,7 +274,7 @@ def strip_zipping(model: keras.Model) -> keras.Model:
         >>> plain.output_names == zipped.output_names
         True
     """
-    check_tf_keras_model(model)
+    model = as_tf_keras_model(model)
     if not any(isinstance(l, (ZipDense, ZipConv2D)) for l in model.layers):
         raise ValueError(
             f"Model {model.name!r} has no zip layers; strip_zipping expects a model returned by "
