@@ -50,3 +50,43 @@ def test_mismatched_shapes_are_refused():
         assert "3 columns" in str(err) and "received 5" in str(err)
     else:
         raise AssertionError("expected a ValueError")
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), damping=st.sampled_from([1e-4, 1e-2, 1.0]), n=st.integers(8, 40))
+def test_shared_columns_equal_a_per_column_stacked_least_squares(seed, damping, n):
+    from tfmot_zip.core.refit import refit_shared_columns
+
+    rng = np.random.default_rng(seed)
+    physical_rows, columns = 7, 5
+    # Task 0 reads physical rows 0..3, task 1 rows 2..6 (rows 2, 3 shared); column 4 is unused.
+    in_maps = [np.array([0, 1, 2, 3]), np.array([2, 3, 4, 5, 6])]
+    column_tasks = [frozenset({0, 1}), frozenset({0}), frozenset({1}), frozenset({0, 1}), frozenset()]
+    designs, targets = [], []
+    grams, crosses = [], []
+    for t, in_map in enumerate(in_maps):
+        x = rng.normal(size=(n, len(in_map)))
+        scattered = np.zeros((n, physical_rows + 1))
+        scattered[:, in_map] = x
+        scattered[:, -1] = 1.0
+        y = rng.normal(size=(n, columns))
+        designs.append(scattered)
+        targets.append(y)
+        grams.append(scattered.T @ scattered)
+        crosses.append(scattered.T @ y)
+    prior = rng.normal(size=(physical_rows + 1, columns))
+    got = refit_shared_columns(grams, crosses, column_tasks, prior, damping)
+    for c, tasks in enumerate(column_tasks):
+        if not tasks:
+            np.testing.assert_array_equal(got[:, c], prior[:, c])
+            continue
+        rows = np.flatnonzero(sum(np.abs(designs[t]).sum(0) for t in tasks) > 0)
+        x = np.vstack([designs[t][:, rows] for t in sorted(tasks)])
+        y = np.concatenate([targets[t][:, c] for t in sorted(tasks)])
+        lam = damping * np.mean(np.diag(x.T @ x))
+        stacked_x = np.vstack([x, np.sqrt(lam) * np.eye(len(rows))])
+        stacked_y = np.concatenate([y, np.sqrt(lam) * prior[rows, c]])
+        expected = np.linalg.lstsq(stacked_x, stacked_y, rcond=None)[0]
+        np.testing.assert_allclose(got[rows, c], expected, atol=1e-8, rtol=1e-6)
+        untouched = np.setdiff1d(np.arange(physical_rows + 1), rows)
+        np.testing.assert_array_equal(got[untouched, c], prior[untouched, c])

@@ -41,7 +41,7 @@ def test_refit_heads_fits_the_original_preactivations_better_on_the_calibration_
 
 def test_refit_heads_is_an_option_of_one_shot_zipping_only(rng):
     a, b = mlp(33), mlp(34)
-    with pytest.raises(ValueError, match="refit_heads=True works in one-shot zipping"):
+    with pytest.raises(ValueError, match="refit_heads=True and refit_layers=True work in one-shot zipping"):
         tfmot_zip.zip_models(a, b, calibration_data=None, refit_heads=True, schedule=tfmot_zip.OneShotSchedule())
     with pytest.raises(ValueError, match="refit_heads='yes'"):
         tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 8, (6, 6, 1)),) * 2, refit_heads="yes")

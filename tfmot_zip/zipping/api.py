@@ -19,6 +19,7 @@ from tfmot_zip.zipping.schedules import ZipSchedule
 from tfmot_zip.zipping.report import LayerSummary, ZipReport
 from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.refit import refit_heads as refit_heads_
+from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
@@ -98,6 +99,7 @@ def zip_models(
     seed: int = 0,
     schedule: "ZipSchedule | None" = None,
     recalibrate_batchnorm: bool = True,
+    refit_layers: bool = False,
     refit_heads: bool = False,
     verbose: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
@@ -137,6 +139,9 @@ def zip_models(
         recalibrate_batchnorm: after zipping (when anything was shared), re-estimate every
             per-task BatchNorm's moving statistics on the calibration data (zipping changes the
             layers that feed them).
+        refit_layers: after zipping, re-solve every merged hidden layer bottom-up by damped least
+            squares from the inputs the zipped network gives it to each task's original
+            pre-activations, jointly over the tasks sharing a unit (beyond the paper; one-shot only).
         refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
             the zipped network's features to the original model's pre-activations on the
             calibration data (beyond the paper; costs no parameters; one-shot zipping only).
@@ -171,7 +176,7 @@ def zip_models(
     options = ZipOptions(
         method=method, selection=selection, damping=damping, merged_hessian=merged_hessian,
         conv_hessian=conv_hessian, calibration_samples=calibration_samples, seed=seed,
-        recalibrate_batchnorm=recalibrate_batchnorm, refit_heads=refit_heads, schedule=None if schedule is None else schedule.get_config(),
+        recalibrate_batchnorm=recalibrate_batchnorm, refit_layers=refit_layers, refit_heads=refit_heads, schedule=None if schedule is None else schedule.get_config(),
     )
     deferred = schedule is not None
     if deferred and calibration_data is not None and any(d is not None for d in _entries(calibration_data)):
@@ -179,9 +184,9 @@ def zip_models(
             "With a schedule, zip_models takes calibration_data=None: the Hessians come from the training "
             "batches, or from ZipCallback(calibration_data=(x_a, x_b, ...)) when given there."
         )
-    if deferred and refit_heads:
+    if deferred and (refit_heads or refit_layers):
         raise ValueError(
-            "refit_heads=True works in one-shot zipping (schedule=None); with a schedule, the heads are "
+            "refit_heads=True and refit_layers=True work in one-shot zipping (schedule=None); with a schedule, the heads are "
             "retrained by fit itself."
         )
     if calibration_data is None and deferred:
@@ -240,6 +245,8 @@ def zip_models(
     if progress is not None:
         progress(total_stages, total_stages, "")
     changed = any(r.shared > 0 for r in records.values())
+    if options.refit_layers and changed:
+        refit_layers_(zipped, graph, calibration)
     if options.recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
         _recalibrate(zipped, calibration)
     if options.refit_heads and changed:

@@ -39,6 +39,8 @@ class ZipOptions:
         calibration_samples: at most this many calibration samples per task (None: all).
         seed: seeds the random choices.
         recalibrate_batchnorm: re-estimate per-task BatchNorm statistics after zipping.
+        refit_layers: after zipping, re-solve every merged hidden layer, bottom-up, by damped least
+            squares from its zipped inputs to each task's original pre-activations.
         refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
             the zipped features to the original model's pre-activations (no parameters added).
         sharing: fraction of units shared per space, keyed by the name of the space's first writer.
@@ -62,6 +64,7 @@ class ZipOptions:
     calibration_samples: int | None = 10_000
     seed: int = 0
     recalibrate_batchnorm: bool = True
+    refit_layers: bool = False
     refit_heads: bool = False
     sharing: dict = field(default_factory=dict)
     schedule: dict | None = None
@@ -93,8 +96,9 @@ class ZipOptions:
             raise ValueError(
                 f"Expected True or False. Received: recalibrate_batchnorm={self.recalibrate_batchnorm!r}"
             )
-        if not isinstance(self.refit_heads, (bool, np.bool_)):
-            raise ValueError(f"Expected True or False. Received: refit_heads={self.refit_heads!r}")
+        for name in ("refit_layers", "refit_heads"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"Expected True or False. Received: {name}={getattr(self, name)!r}")
         object.__setattr__(self, "sharing", {str(k): float(v) for k, v in dict(self.sharing).items()})
 
     def replace(self, **changes: Any) -> "ZipOptions":

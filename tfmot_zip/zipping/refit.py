@@ -1,8 +1,12 @@
-"""Per-task head refit after zipping: each task's head re-solved by damped least squares from the
-zipped network's last hidden features to the original model's pre-activations (docs/METHOD.md).
+"""Data-driven refits after zipping (beyond the paper; docs/METHOD.md).
 
-Heads stay per task, so this costs no parameters; it repairs what the merged hidden layers changed
-in the features each head reads. The mathematics is :class:`tfmot_zip.core.refit.LinearRefit`.
+- :func:`refit_layers`: bottom-up, each merged hidden layer's weights re-solved by damped least
+  squares from the inputs the zipped network really gives it (the layers below are merged, so
+  the inputs have moved) to each task's original pre-activations, jointly over the tasks that
+  share a unit (:func:`tfmot_zip.core.refit.refit_shared_columns`). MTZ's own update is the
+  second-order approximation of this around the original inputs.
+- :func:`refit_heads`: each task's head re-solved from the zipped network's last hidden features
+  to the original model's pre-activations. Heads stay per task, so this costs no parameters.
 """
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from typing import Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.core.refit import LinearRefit
+from tfmot_zip.core.hessian import extract_patches
+from tfmot_zip.core.refit import LinearRefit, refit_shared_columns
 from tfmot_zip.model.graph import ModelGraph
 
-__all__ = ["refit_heads"]
+__all__ = ["refit_heads", "refit_layers"]
 
 
 def _task_feeds(zipped: keras.Model, task: int, batch: np.ndarray) -> list | np.ndarray:
@@ -74,3 +79,83 @@ def refit_heads(
             layer.set_task_weights(task, new_kernel.astype(kernel.dtype), None if new_bias is None else new_bias.astype(bias.dtype))
         refit_names.append(node.name)
     return refit_names
+
+
+def _linear_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A copy of a Dense/Conv2D layer without its activation (its pre-activation)."""
+    copy = type(layer).from_config({**layer.get_config(), "activation": "linear", "name": f"{layer.name}_linear"})
+    copy.build(layer.input_shape)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+def refit_layers(
+    zipped: keras.Model,
+    graph: ModelGraph,
+    calibration: Sequence[np.ndarray],
+    damping: float = 1e-3,
+    batch_size: int = 500,
+) -> list[str]:
+    """Re-solves the weights of every hidden zip layer of ``zipped`` in place, bottom-up.
+
+    Args:
+        zipped: the zipped model (its zip layers are updated).
+        graph: the aligned original models it was zipped from.
+        calibration: one array of inputs per task.
+        damping: relative pull towards the current (MTZ) weights.
+        batch_size: samples per forward pass.
+
+    Returns:
+        The names of the layers refit.
+
+    Example:
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> from tfmot_zip.model.graph import align_models
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=1.0)
+        >>> refit_layers(zipped, align_models([model_a, model_b]), [x_a, x_b])
+        ['fc1', 'fc2']
+    """
+    names = []
+    for node in graph.hidden_zip_nodes():
+        layer = zipped.get_layer(node.name)
+        is_conv = node.kind == "conv"
+        positions = int(np.prod(layer.kernel_size)) if is_conv else 1
+        rows = positions * layer.input_capacity
+        grams = [np.zeros((rows + 1, rows + 1)) for _ in node.layers]
+        crosses = [np.zeros((rows + 1, layer.capacity)) for _ in node.layers]
+        merged_inputs = keras.Model(zipped.inputs, list(layer.input))
+        for task, original_layer in enumerate(node.layers):
+            in_map, out_map = layer.get_maps(task)
+            ids = (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
+            ids = np.append(ids, rows)  # the bias coordinate
+            original_model = graph.models[task]
+            original_inputs = keras.Model(original_model.inputs, original_layer.input)
+            preactivation = _linear_copy(original_layer)
+            data = calibration[task]
+            for start in range(0, len(data), batch_size):
+                batch = data[start : start + batch_size]
+                x = np.asarray(merged_inputs(_task_feeds(zipped, task, batch), training=False)[task], np.float64)
+                y = np.asarray(preactivation(original_inputs(batch, training=False)), np.float64)
+                if is_conv:
+                    x = extract_patches(x, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
+                y = y.reshape(-1, y.shape[-1])
+                x = np.hstack([x.reshape(len(x), -1), np.ones((len(x), 1))])
+                grams[task][np.ix_(ids, ids)] += x.T @ x
+                crosses[task][np.ix_(ids, out_map)] += x.T @ y
+        owners = layer.unit_tasks()
+        column_tasks = [frozenset(owners.get(c, ())) for c in range(layer.capacity)]
+        kernel = layer.kernel.numpy()
+        bias = layer.bias.numpy() if layer.use_bias else np.zeros(layer.capacity, kernel.dtype)
+        prior = np.vstack([kernel.reshape(rows, layer.capacity), bias[None, :]])
+        if not layer.use_bias:
+            grams = [g[:-1, :-1] for g in grams]
+            crosses = [c[:-1] for c in crosses]
+            prior = prior[:-1]
+        solved = refit_shared_columns(grams, crosses, column_tasks, prior, damping)
+        layer.kernel.assign(solved[:rows].reshape(kernel.shape).astype(kernel.dtype))
+        if layer.use_bias:
+            layer.bias.assign(solved[rows].astype(bias.dtype))
+        names.append(node.name)
+    return names
