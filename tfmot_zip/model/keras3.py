@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -76,9 +77,19 @@ def as_tf_keras_model(model: object, argument: str = "model") -> Any:
     """
     if is_keras3_object(model):
         converted = from_keras3(model)
-        warnings.warn(f"converted Keras 3 model {converted.name!r} ({argument}) to tf_keras", UserWarning, stacklevel=3)
+        warnings.warn(f"converted Keras 3 model {converted.name!r} ({argument}) to tf_keras", UserWarning,
+                      stacklevel=_caller_stacklevel())
         return converted
     return check_tf_keras_model(model, argument)
+
+
+def _caller_stacklevel() -> int:
+    """The ``warnings`` stack level of the first frame outside tfmot_zip (the user's call)."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def from_keras3(model_or_path: Any) -> Any:
