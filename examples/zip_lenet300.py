@@ -27,7 +27,7 @@ def main() -> None:
     if args.quick:
         config.train_samples, config.epochs, config.retrain_steps, config.eval_every = 6000, 3, 100, 50
         config.calibration_samples = 3000
-    report = run_demo(config)
+    run_demo(config)
     print()
     print(open(os.path.join(args.out, "report.md")).read().split("## Sharing per layer")[0])
 
