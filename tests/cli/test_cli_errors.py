@@ -168,19 +168,6 @@ def test_errors_found_after_loading_also_exit_2(files, tmp_path, capsys):
     assert not (tmp_path / "z.keras").exists()
 
 
-def test_keras3_file_gets_a_conversion_hint(files, tmp_path, capsys):
-    keras3 = pytest.importorskip("keras")
-    if not keras3.__version__.startswith("3."):
-        pytest.skip("keras is not Keras 3 here")
-    path = tmp_path / "k3.keras"
-    keras3.Sequential([keras3.Input((6, 6, 1)), keras3.layers.Flatten(), keras3.layers.Dense(3)]).save(path)
-    before = sha256(path)
-    code, captured = run(["zip", files["model0"], path, "--calibration", files["data0"], "--out", tmp_path / "z.keras", "-q"], capsys)
-    assert code == EXIT_USAGE
-    assert "saved by Keras 3" in captured.err and "tf_keras" in captured.err
-    assert sha256(path) == before
-
-
 def test_corrupt_model_file_exit_2(files, tmp_path, capsys):
     path = tmp_path / "broken.keras"
     path.write_bytes(b"not a zip archive")

@@ -143,12 +143,13 @@ def test_subclassed_model(data):
         zip_(a, b, data)
 
 
-def test_keras3_model_rejected(data):
+def test_keras3_model_with_an_unconvertible_layer_is_refused_naming_it(data):
     keras3 = pytest.importorskip("keras")
     if keras3.__version__.startswith("2."):
         pytest.skip("keras resolves to Keras 2 here")
-    model = keras3.Sequential([keras3.Input((6, 6, 1)), keras3.layers.Flatten(), keras3.layers.Dense(3)])
-    with pytest.raises(TypeError, match="Keras 3.*tf_keras"):
+    model = keras3.Sequential([keras3.Input((6, 6, 1)), keras3.layers.Reshape((36, 1)),
+                               keras3.layers.Conv1D(2, 3, name="temporal"), keras3.layers.Flatten(), keras3.layers.Dense(3)])
+    with pytest.raises(UnsupportedModelError, match=r"'temporal' \(Conv1D\)"):
         zip_(model, mlp(2), data)
 
 

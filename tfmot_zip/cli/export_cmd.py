@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     with console.bar(total=3, desc="export", unit="step") as bar:
         bar.set_postfix_str("loading")
-        model = load_model_file(path, "model")
+        model = load_model_file(path, "model", log=console.log)
         bar.update(1)
         representative = None
         if rep_specs and quantize == "int8":

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from tfmot_zip.model.copying import copy_model
     from tfmot_zip.model.layers import zip_layers
 
-    model = load_model_file(path, "zipped model")
+    model = load_model_file(path, "zipped model", log=console.log)
     n_tasks = len(model.outputs)
     train_specs = per_model_specs(args.data, n_tasks, "--data", "tasks")
     eval_specs = per_model_specs(args.eval, n_tasks, "--eval", "tasks") if args.eval else None

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     report_dir = check_output_dir(args.report, "--report") if args.report else None
 
     console.log(f"loading {len(paths)} models")
-    models = [load_model_file(path, f"model {i}") for i, path in enumerate(console.bar(iterable=paths, desc="loading models", unit="model"))]
+    models = [load_model_file(path, f"model {i}", log=console.log) for i, path in enumerate(console.bar(iterable=paths, desc="loading models", unit="model"))]
     console.log("reading calibration data")
     calibration = load_specs(calibration_specs, args, need_labels=False, console=console)
     tests = load_specs(eval_specs, args, need_labels=True, console=console) if eval_specs else None
