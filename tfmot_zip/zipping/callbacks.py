@@ -117,6 +117,8 @@ class ZipCallback(keras.callbacks.Callback):
         self.shares = self.options.sharing
         self.stages = self._zipper.stages()
         self._pass = None
+        for node in self._zipper.graph.zip_nodes():  # a resumed run: the current task's own values
+            self._zipper.restore_held(node, (self._layer(node).zip_record or {}).get("held"))
 
     def _layer(self, node):
         return self.model.get_layer(node.name)
@@ -201,6 +203,12 @@ class ZipCallback(keras.callbacks.Callback):
             layer.reset_hessians()
         for other in merged + [node]:
             self._layer(other).zip_record = self._zipper.records[other.index].as_config(options=self.options.get_config())
+        for other in self._zipper.graph.zip_nodes():  # kept in the config, so a saved run resumes
+            record = dict(self._layer(other).zip_record or {})
+            held = self._zipper.held_cells(other)
+            if held is not None or "held" in record:
+                record.pop("held", None)
+                self._layer(other).zip_record = {**record, **({"held": held} if held else {})} or None
         for other in merged:
             if other.index != node.index:
                 self._layer(other).zip_counter.assign(1 << 40)  # merged as a stream writer: no own retraining

@@ -27,6 +27,7 @@ from tfmot_zip.model.graph import AlignedNode, ModelGraph
 from tfmot_zip.model.spaces import Feature, UnitSpace
 from tfmot_zip.core.strategies import Strategy, get_strategy
 from tfmot_zip.zipping.options import ZipOptions
+from tfmot_zip.zipping.stagewise import StagewiseMixin
 from tfmot_zip.zipping.statistics import LayerStatisticsMixin
 
 __all__ = ["LayerRecord", "Zipper", "zipper_options"]
@@ -65,7 +66,7 @@ class _Group:
 
 
 @dataclass
-class Zipper(LayerStatisticsMixin):
+class Zipper(LayerStatisticsMixin, StagewiseMixin):
     """Holds the logical per-task weights and applies the zipping layer by layer."""
 
     model: keras.Model
@@ -318,54 +319,6 @@ class Zipper(LayerStatisticsMixin):
             layer.set_maps(self.task, in_map=self.input_feature(consumer).in_map(self.spaces, self.task))
         for node_index in set(space.writers) | {c.index for c in self.consumers(space)}:
             self._write(self.graph.nodes[node_index])
-
-    # --- stage-wise driving (ZipCallback) ------------------------------------------------------
-    @classmethod
-    def from_model(cls, zipped: keras.Model, **kwargs) -> "Zipper":
-        """A zipper for an existing zipped model (e.g. loaded from a file), state restored.
-
-        The plan is rebuilt from the per-task models the zipped model computes; unit maps
-        come from the zip layers.
-        """
-        from tfmot_zip.model.builder import extract_task_models
-        from tfmot_zip.model.graph import align_models
-        from tfmot_zip.model.spaces import trace_spaces
-
-        task_models = extract_task_models(zipped)
-        graph = align_models(task_models)
-        features, spaces = trace_spaces(graph)
-        for space in spaces.values():
-            first = zipped.get_layer(graph.nodes[space.writers[0]].name)
-            space.maps = [first.get_maps(t)[1] for t in range(len(task_models))]
-        return cls(zipped, graph, features, spaces, **kwargs)
-
-    def stages(self) -> list[tuple[int, AlignedNode]]:
-        """Every (pass, hidden layer) in zipping order."""
-        return [(n, node) for n in range(1, self.n_tasks) for node in self.graph.hidden_zip_nodes()]
-
-    def refresh_weights(self) -> None:
-        """Re-reads every task's weights from the layers (training changed them)."""
-        for node in self.graph.zip_nodes():
-            layer = self.layer(node)
-            self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
-
-    def begin_pass(self, n: int, done: Callable[[AlignedNode], int] | None = None) -> None:
-        """Starts (or resumes) pass ``n``; ``done(node)`` tells how many passes a layer finished."""
-        self.task = n
-        self.merged.clear()
-        self.decided.clear()
-        if done is not None:
-            for node in self.graph.hidden_zip_nodes():
-                if done(node) >= n:
-                    self.merged.add(node.index)
-                    self.decided.add(self.features[node.index].space)
-
-    def nodes_to_measure(self, node: AlignedNode) -> list[AlignedNode]:
-        """Layers whose Hessians the next stage needs (a stream's ready writers, or the layer)."""
-        space = self.spaces[self.features[node.index].space]
-        if space.id in self.decided:
-            return [node]
-        return [self.graph.nodes[w] for w in space.writers if self.input_ready(self.graph.nodes[w])]
 
     def zip_stage(self, node: AlignedNode, shares: dict[str, float], selection: str | None = None) -> list[AlignedNode]:
         """Zips one layer of the current pass; returns the layers it merged."""
