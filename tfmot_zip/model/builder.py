@@ -7,6 +7,7 @@ statistics stay per task). Source models are only read, never modified.
 """
 from __future__ import annotations
 
+import keyword
 import re
 from typing import Sequence
 
@@ -19,12 +20,39 @@ from tfmot_zip.model.spaces import Feature, UnitSpace
 __all__ = ["build_zipped_model", "task_layer_name", "sanitize_task_names"]
 
 
-def sanitize_task_names(names: Sequence[str]) -> list[str]:
-    """Valid, unique layer-name-safe task names (``a``, ``a`` -> ``a``, ``a_2``)."""
+def sanitize_task_names(names: Sequence[str], strict: bool = False) -> list[str]:
+    """Task names that every later stage accepts: Python identifiers (they become TF name
+    scopes, SavedModel/TFLite signature names and ``<name>_input`` function arguments).
+
+    Characters other than letters, digits and ``_`` become ``_``; a name starting with a digit
+    (or a Python keyword) gets a ``t_`` prefix. Names that end up equal are refused when
+    ``strict`` (names the user chose), otherwise numbered (``a``, ``a`` -> ``a``, ``a_2``).
+
+    Raises:
+        ValueError: ``strict`` and two names become the same name.
+
+    Example:
+        >>> sanitize_task_names(["shirts & shoes", "2nd", "a"])
+        ['shirts___shoes', 't_2nd', 'a']
+        >>> sanitize_task_names(["a", "a"])
+        ['a', 'a_2']
+        >>> sanitize_task_names(["a-b", "a b"], strict=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: task_names 'a-b' and 'a b' both become 'a_b' (names are made valid Python identifiers: letters, digits and '_'); choose names that differ in letters or digits.
+    """
     out: list[str] = []
-    for name in names:
-        base = re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name)) or "task"
+    for i, name in enumerate(names):
+        base = re.sub(r"\W", "_", str(name), flags=re.ASCII) or "task"
+        if base[0].isdigit() or keyword.iskeyword(base):
+            base = f"t_{base}"
         candidate, k = base, 2
+        if strict and candidate in out:
+            first = list(names)[out.index(candidate)]
+            raise ValueError(
+                f"task_names {first!r} and {name!r} both become {candidate!r} (names are made valid Python "
+                "identifiers: letters, digits and '_'); choose names that differ in letters or digits."
+            )
         while candidate in out:
             candidate, k = f"{base}_{k}", k + 1
         out.append(candidate)

@@ -198,6 +198,18 @@ def zip_models(
             " Pass a tuple like (x_a, x_b)."
         )
     graph = align_models(models)
+    if task_names is not None and (isinstance(task_names, str) or len(task_names) != len(models)):
+        raise ValueError(f"task_names needs {len(models)} names; received {task_names!r}.")
+    names = sanitize_task_names(task_names if task_names is not None else [m.name for m in models],
+                                strict=task_names is not None)
+    layer_names = {n.name for n in graph.nodes}
+    clashes = [n for n in names if n in layer_names or n.endswith("_input") and n[:-6] in names
+               or any(f"{node}__{n}" in layer_names for node in layer_names)]
+    if clashes:
+        raise ValueError(
+            f"task_names {clashes} collide with layer names of the models; task names name the outputs "
+            f"of the zipped model, so choose names that are not layer names (e.g. 'task_a')."
+        )
     for i, m in enumerate(models):
         for w in m.weights:
             if not np.all(np.isfinite(w.numpy())):
@@ -210,16 +222,6 @@ def zip_models(
         calibration = [
             _as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples) for i, d in enumerate(calibration_data)
         ]
-    names = sanitize_task_names(task_names if task_names is not None else [m.name for m in models])
-    if len(names) != len(models):
-        raise ValueError(f"task_names needs {len(models)} names; received {list(task_names or [])}.")
-    layer_names = {n.name for n in graph.nodes}
-    clashes = [n for n in names if n in layer_names or n.endswith("_input") and n[:-6] in names]
-    if clashes:
-        raise ValueError(
-            f"task_names {clashes} collide with layer names of the models; task names name the outputs "
-            f"of the zipped model, so choose names that are not layer names (e.g. 'task_a')."
-        )
     layer_options = None
     if deferred:
         layer_options = {
