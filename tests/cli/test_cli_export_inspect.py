@@ -11,7 +11,6 @@ from cli_fixtures import files, run, sha256, zipped_file  # noqa: F401  (fixture
 
 
 def test_export_then_inspect_tflite(files, zipped_file, tmp_path, capsys):
-    pytest.importorskip("tfmot_zip.export")
     pytest.importorskip("ai_edge_litert")
     before = sha256(zipped_file)
     out = tmp_path / "model.tflite"
@@ -32,7 +31,6 @@ def test_export_then_inspect_tflite(files, zipped_file, tmp_path, capsys):
 
 
 def test_export_int8_with_representative_data(files, zipped_file, tmp_path, capsys):
-    pytest.importorskip("tfmot_zip.export")
     out = tmp_path / "int8.tflite"
     code, captured = run(["export", zipped_file, "--out", out, "--quantize", "int8", "--representative", files["data0"],
                           "--representative-samples", "8", "-q"], capsys)
