@@ -15,10 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.data.tasks import as_inputs
 from tfmot_zip.model.batchnorm import recalibrate_batchnorm
-from tfmot_zip.model.layers import zip_layers
+from tfmot_zip.model.layers import ZIP_LAYERS, zip_layers
 from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.schedules import ZipSchedule
 
@@ -47,7 +46,8 @@ class ZipCallback(keras.callbacks.Callback):
         calibration_data: optional, one entry per task (arrays or datasets of inputs): when
             given, each layer's Hessians come from these samples run through the current
             model (as in one-shot zipping) instead of from training batches.
-        calibration_samples: at most this many samples per task from ``calibration_data``.
+        calibration_samples: at most this many samples per task from ``calibration_data``
+            (default: the zip's own ``calibration_samples`` option).
         verbose: 1 prints a line per zipped layer.
 
     Attributes:
@@ -70,7 +70,7 @@ class ZipCallback(keras.callbacks.Callback):
         [('fc1', 16), ('fc2', 8)]
     """
 
-    def __init__(self, calibration_data: Sequence[Any] | None = None, calibration_samples: int = 10_000, verbose: int = 0):
+    def __init__(self, calibration_data: Sequence[Any] | None = None, calibration_samples: int | None = None, verbose: int = 0):
         super().__init__()
         self.calibration_data = calibration_data
         self.calibration_samples = calibration_samples
@@ -84,7 +84,7 @@ class ZipCallback(keras.callbacks.Callback):
 
         wrapped = [
             l.name for l in self.model.layers
-            if isinstance(l, keras.layers.Wrapper) and isinstance(getattr(l, "layer", None), (ZipDense, ZipConv2D))
+            if isinstance(l, keras.layers.Wrapper) and isinstance(getattr(l, "layer", None), ZIP_LAYERS)
         ]
         if wrapped:
             raise ValueError(
@@ -106,7 +106,8 @@ class ZipCallback(keras.callbacks.Callback):
                     f"calibration_data needs one entry per task ({len(self.model.outputs)}); received "
                     f"{len(self.calibration_data)}."
                 )
-            calibration = [np.asarray(as_inputs(d, count=self.calibration_samples), np.float32) for d in self.calibration_data]
+            count = self.calibration_samples if self.calibration_samples is not None else self.options.calibration_samples
+            calibration = [np.asarray(as_inputs(d, count=count), np.float32) for d in self.calibration_data]
         else:
             provider = lambda layer, t: layer.hessian(t)  # noqa: E731
             calibration = [np.zeros((1,) + tuple(self.model.inputs[0].shape[1:]), np.float32)] * len(self.model.outputs)
@@ -202,7 +203,7 @@ class ZipCallback(keras.callbacks.Callback):
             layer.zip_accumulate.assign(False)
             layer.reset_hessians()
         for other in merged + [node]:
-            self._layer(other).zip_record = self._zipper.records[other.index].as_config(options=self.options.get_config())
+            self._layer(other).zip_record = self._zipper.records[other.index].as_config()
         for other in self._zipper.graph.zip_nodes():  # kept in the config, so a saved run resumes
             record = dict(self._layer(other).zip_record or {})
             held = self._zipper.held_cells(other)
