@@ -2,24 +2,77 @@
 
 Zipping changes the weights of the layers in front of each (per-task) BatchNorm, so the moving
 mean and variance it learnt no longer describe its inputs. Running every task's calibration
-data through the zipped model once in training mode, with the BatchNorm momentum set so that
-the moving statistics become the running average of the batch statistics, restores them (the
-"BN recalibration" used by model-merging methods). Only statistics change; no weight trains.
+data through the zipped model in training mode, with the BatchNorm momentum set so that the
+moving statistics become the running average of the batch statistics, restores them (the
+"BN recalibration" used by model-merging methods). Only statistics change; no weight trains,
+and Dropout is switched off while the statistics are gathered.
+
+Safeguards (a wrong statistic silently breaks every later prediction):
+
+- at least :data:`MIN_SAMPLES` calibration samples per task are needed; with fewer, the trained
+  statistics stay and the returned :class:`BatchNormUpdate` says so;
+- a channel whose re-estimated variance is zero, not finite, or below ``1e-6`` times its trained
+  variance (constant or all-zero data) keeps its trained mean and variance; the update counts
+  those channels.
 """
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from tfmot_zip.compat import keras
 
-__all__ = ["recalibrate_batchnorm"]
+__all__ = ["BatchNormUpdate", "MIN_SAMPLES", "recalibrate_batchnorm"]
+
+#: Fewest calibration samples per task from which BatchNorm statistics are re-estimated.
+MIN_SAMPLES = 32
+#: A re-estimated variance below this fraction of the trained one is treated as degenerate.
+RELATIVE_VARIANCE_FLOOR = 1e-6
+
+
+@dataclass
+class BatchNormUpdate:
+    """What :func:`recalibrate_batchnorm` did.
+
+    Attributes:
+        updated: names of the BatchNorm layers whose statistics were re-estimated.
+        samples: calibration samples per task used (0 when nothing was re-estimated).
+        kept_trained: why the trained statistics were kept everywhere (``None`` when they were not).
+        restored_channels: per layer, how many channels kept their trained statistics because the
+            re-estimated variance was degenerate.
+    """
+
+    updated: list[str] = field(default_factory=list)
+    samples: int = 0
+    kept_trained: str | None = None
+    restored_channels: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """A JSON-serialisable dict."""
+        return {
+            "updated": list(self.updated),
+            "samples": int(self.samples),
+            "kept_trained": self.kept_trained,
+            "restored_channels": {k: int(v) for k, v in self.restored_channels.items()},
+        }
+
+
+def _degenerate(new_var: np.ndarray, old_var: np.ndarray) -> np.ndarray:
+    """Channels whose re-estimated variance cannot be used."""
+    floor = RELATIVE_VARIANCE_FLOOR * np.maximum(old_var, 0.0)
+    return ~np.isfinite(new_var) | (new_var <= 0.0) | (new_var < floor)
 
 
 def recalibrate_batchnorm(
-    model: keras.Model, calibration: Sequence[np.ndarray], batch_size: int = 250, max_samples: int = 2000
-) -> int:
+    model: keras.Model,
+    calibration: Sequence[np.ndarray],
+    batch_size: int = 250,
+    max_samples: int = 2000,
+    min_samples: int = MIN_SAMPLES,
+) -> BatchNormUpdate:
     """Re-estimates the moving statistics of every BatchNorm layer of a multi-task model.
 
     Args:
@@ -27,38 +80,72 @@ def recalibrate_batchnorm(
         calibration: one array of inputs per task.
         batch_size: samples per task per forward pass.
         max_samples: at most this many samples per task.
+        min_samples: fewest samples per task to re-estimate from; with fewer the trained
+            statistics stay (with a warning).
 
     Returns:
-        The number of BatchNorm layers updated (0 when the model has none).
+        A :class:`BatchNormUpdate` (no layers updated when the model has no BatchNorm).
 
     Example:
-        >>> import tfmot_zip
-        >>> from tfmot_zip.apps.zoo import example_pair
-        >>> model_a, model_b, (x_a, x_b) = example_pair()
-        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.5)
-        >>> recalibrate_batchnorm(zipped, [x_a, x_b])  # these models have no BatchNorm
-        0
+        >>> import numpy as np
+        >>> from tfmot_zip.compat import keras
+        >>> inp = keras.Input((4,))
+        >>> model = keras.Model(inp, keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(3)(inp)))
+        >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+        >>> recalibrate_batchnorm(model, [x]).updated
+        ['bn']
+        >>> update = recalibrate_batchnorm(model, [x[:3]])  # too few samples: trained statistics stay
+        >>> update.updated, update.kept_trained
+        ([], 'only 3 calibration samples per task; at least 32 are needed')
     """
     layers = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     if not layers:
-        return 0
+        return BatchNormUpdate()
     if len(calibration) != len(model.outputs):
         raise ValueError(f"Expected one calibration array per task ({len(model.outputs)}); received {len(calibration)}.")
     count = min(min(len(c) for c in calibration), max_samples)
-    if count == 0:
-        raise ValueError("recalibrate_batchnorm needs at least one calibration sample per task.")
-    saved = [l.momentum for l in layers]
+    if count < min_samples:
+        reason = f"only {count} calibration samples per task; at least {min_samples} are needed"
+        warnings.warn(
+            f"BatchNorm statistics not re-estimated: {reason}. The trained statistics stay; pass more "
+            "calibration data (or recalibrate_batchnorm=False to silence this).",
+            UserWarning,
+            stacklevel=2,
+        )
+        return BatchNormUpdate(kept_trained=reason)
+    trained = {l.name: (l.moving_mean.numpy(), l.moving_variance.numpy()) for l in layers}
+    dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    saved_momentum = [l.momentum for l in layers]
+    saved_rates = [l.rate for l in dropouts]
     single = len(model.inputs) == 1
     try:
+        for layer in dropouts:
+            layer.rate = 0.0
         for k, start in enumerate(range(0, count, batch_size)):
             for layer in layers:
                 layer.momentum = k / (k + 1.0)  # moving = running average of the batch statistics
             chunks = [np.asarray(c[start : min(start + batch_size, count)]) for c in calibration]
-            if single:
-                model(np.concatenate(chunks), training=True)
-            else:
-                model(chunks, training=True)
+            model(np.concatenate(chunks) if single else chunks, training=True)
     finally:
-        for layer, momentum in zip(layers, saved):
+        for layer, momentum in zip(layers, saved_momentum):
             layer.momentum = momentum
-    return len(layers)
+        for layer, rate in zip(dropouts, saved_rates):
+            layer.rate = rate
+    update = BatchNormUpdate(updated=[l.name for l in layers], samples=count)
+    for layer in layers:
+        old_mean, old_var = trained[layer.name]
+        new_mean, new_var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+        bad = _degenerate(new_var, old_var) | ~np.isfinite(new_mean)
+        if bad.any():
+            layer.moving_mean.assign(np.where(bad, old_mean, new_mean))
+            layer.moving_variance.assign(np.where(bad, old_var, new_var))
+            update.restored_channels[layer.name] = int(bad.sum())
+    if update.restored_channels:
+        warnings.warn(
+            "BatchNorm re-estimation found degenerate (zero or near-zero) variance in "
+            f"{sum(update.restored_channels.values())} channels of {sorted(update.restored_channels)}; those "
+            "channels keep their trained statistics. Constant or all-zero calibration data causes this.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return update

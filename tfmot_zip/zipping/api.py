@@ -247,16 +247,18 @@ def zip_models(
     if progress is not None:
         progress(total_stages, total_stages, "")
     changed = any(r.shared > 0 for r in records.values())
+    batchnorm = None
     if options.refit_layers and changed:
         refit_layers_(zipped, graph, calibration)
     if options.recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
-        _recalibrate(zipped, calibration)
+        batchnorm = _recalibrate(zipped, calibration).as_dict()
     if options.refit_heads and changed:
         refit_heads_(zipped, graph, calibration)
     seconds = time.perf_counter() - start
     for node in graph.zip_nodes():
         zipped.get_layer(node.name).zip_record = records[node.index].as_config(
-            is_head=node.is_head, zip_seconds=seconds, options=options.get_config()
+            is_head=node.is_head, zip_seconds=seconds, options=options.get_config(),
+            **({"batchnorm": batchnorm} if batchnorm is not None else {}),
         )
     return zipped
 
@@ -334,6 +336,7 @@ def zip_summary(model: keras.Model) -> ZipReport:
         params_zipped=after_total + other,
         zip_seconds=next((l.zip_record.get("zip_seconds") for l in zip_layers if l.zip_record), None),
         options=next(((l.zip_record or {}).get("options") or l.zip_options for l in zip_layers if l.zip_record or l.zip_options), None),
+        extra={"batchnorm": bn} if (bn := next((l.zip_record.get("batchnorm") for l in zip_layers if l.zip_record), None)) else {},
     )
 
 

@@ -1,0 +1,94 @@
+"""BatchNorm re-estimation: enough samples, never a zero variance, Dropout off, reported."""
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import tfmot_zip
+from builders import calib, tiny_resnet
+from tfmot_zip.compat import keras
+from tfmot_zip.model.batchnorm import MIN_SAMPLES, recalibrate_batchnorm
+
+
+def _bn_model(seed: int, dropout: float = 0.0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6,))
+    x = keras.layers.Dense(5, name="fc")(inp)
+    x = keras.layers.Dropout(dropout, name="drop")(x)
+    out = keras.layers.BatchNormalization(name="bn")(x)
+    model = keras.Model(inp, out)
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.full(5, 0.3, np.float32))
+    bn.moving_variance.assign(np.full(5, 2.0, np.float32))
+    return model
+
+
+@settings(max_examples=8, deadline=None)
+@given(count=st.integers(1, MIN_SAMPLES - 1))
+def test_too_few_samples_keep_the_trained_statistics(count):
+    model = _bn_model(0)
+    x = np.random.default_rng(count).normal(size=(count, 6)).astype(np.float32)
+    with pytest.warns(UserWarning, match=f"at least {MIN_SAMPLES}"):
+        update = recalibrate_batchnorm(model, [x])
+    bn = model.get_layer("bn")
+    assert update.updated == [] and str(count) in update.kept_trained
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.float32(0.3))
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), 2.0)
+
+
+def test_all_zero_data_never_sets_a_zero_variance():
+    model = _bn_model(1)
+    keras_bias = model.get_layer("fc")
+    keras_bias.set_weights([keras_bias.get_weights()[0], np.zeros(5, np.float32)])
+    x = np.zeros((64, 6), np.float32)
+    with pytest.warns(UserWarning, match="degenerate"):
+        update = recalibrate_batchnorm(model, [x])
+    bn = model.get_layer("bn")
+    assert update.restored_channels == {"bn": 5}
+    assert np.all(bn.moving_variance.numpy() > 0)
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), 2.0)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.float32(0.3))
+
+
+def test_constant_channels_only_are_restored():
+    model = _bn_model(2)
+    fc = model.get_layer("fc")
+    kernel, bias = fc.get_weights()
+    kernel[:, 0] = 0.0  # channel 0 is constant (its bias) whatever the input
+    fc.set_weights([kernel, bias])
+    x = np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32)
+    with pytest.warns(UserWarning, match="1 channels"):
+        update = recalibrate_batchnorm(model, [x], batch_size=32)
+    var = model.get_layer("bn").moving_variance.numpy()
+    assert update.restored_channels == {"bn": 1} and var[0] == 2.0
+    np.testing.assert_allclose(var[1:], (x @ kernel[:, 1:]).var(0), rtol=0.15)
+
+
+def test_dropout_is_off_while_statistics_are_gathered():
+    model = _bn_model(3, dropout=0.5)
+    x = np.random.default_rng(1).normal(size=(500, 6)).astype(np.float32) + 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recalibrate_batchnorm(model, [x], batch_size=500)
+    fc = model.get_layer("fc")
+    inputs = fc(x).numpy()  # Dropout is the identity at inference
+    bn = model.get_layer("bn")
+    # with dropout active, the variance of the scaled-by-2 survivors would be far larger
+    np.testing.assert_allclose(bn.moving_mean.numpy(), inputs.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), inputs.var(0), rtol=1e-2)
+    assert model.get_layer("drop").rate == 0.5
+
+
+def test_zip_report_says_when_the_trained_statistics_stayed(rng):
+    a, b = tiny_resnet(7), tiny_resnet(8)
+    data = [calib(rng, 4, (8, 8, 1)), calib(rng, 4, (8, 8, 1))]
+    with pytest.warns(UserWarning, match="not re-estimated"):
+        zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0)
+    report = tfmot_zip.zip_summary(zipped).as_dict()
+    assert report["batchnorm"]["updated"] == []
+    assert "only 4 calibration samples" in report["batchnorm"]["kept_trained"]
+    for t, task in enumerate(zipped.output_names):  # trained statistics kept, per task
+        original = (a, b)[t].get_layer("stem_bn")
+        np.testing.assert_array_equal(zipped.get_layer(f"stem_bn__{task}").moving_variance.numpy(),
+                                      original.moving_variance.numpy())
