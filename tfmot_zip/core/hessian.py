@@ -13,6 +13,7 @@ import numpy as np
 import scipy.linalg
 
 __all__ = [
+    "center_hessian",
     "HessianAccumulator",
     "BlockHessianAccumulator",
     "SingularHessianError",
@@ -146,6 +147,33 @@ class BlockHessianAccumulator:
             h[sl, sl] = self._blocks[p] / self.count
         h[self.dim, self.dim] = 1.0
         return h
+
+
+def center_hessian(hessian: np.ndarray) -> np.ndarray:
+    """The layer Hessian as if every task could shift each unit's output freely.
+
+    ``E[x~ x~^T]`` (bias coordinate last, as :meth:`HessianAccumulator.hessian` returns it)
+    becomes ``[[Cov(x), 0], [0, 1]]``: the error a merge makes along the inputs' mean moves each
+    unit's output by a constant per task, which a per-task shift (statistics repair, or a per-task
+    BatchNorm re-estimated after zipping) removes, so only the covariance should weigh the pair
+    costs. A matrix without mean terms (the block approximation) is returned unchanged.
+
+    Example:
+        >>> x = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
+        >>> acc = HessianAccumulator(2); acc.update(x)
+        >>> center_hessian(acc.hessian())
+        array([[2.66666667, 0.        , 0.        ],
+               [0.        , 0.        , 0.        ],
+               [0.        , 0.        , 1.        ]])
+    """
+    h = np.array(hessian, dtype=np.float64)
+    mean = h[-1, :-1].copy()
+    if not np.any(mean):
+        return h
+    h[:-1, :-1] -= np.outer(mean, mean)
+    h[:-1, -1] = 0.0
+    h[-1, :-1] = 0.0
+    return h
 
 
 def damped(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Merge strategies: how pair costs are scored and how a chosen pair's weights are merged.
 
 ``mtz`` is the method of the MTZ paper (Hessian-weighted costs, constrained update that
-compensates the task-specific coordinates). The baselines share the same machinery:
+compensates the task-specific coordinates). ``mtz-centered`` is MTZ with every layer Hessian
+replaced by the inputs' covariance (:func:`tfmot_zip.core.hessian.center_hessian`): it ignores the
+error a per-task shift removes afterwards (statistics repair, per-task BatchNorm re-estimation). The baselines share the same machinery:
 ``euclidean`` (nearest shared weights, averaged), ``random`` (random pairs, averaged) and
 ``activation`` (ZipIt!-style: pairs of most correlated output features of the two models on
 the same inputs, averaged).
@@ -27,6 +29,7 @@ class Strategy:
     costs: Callable[[MergeSide, MergeSide, np.random.Generator, dict], np.ndarray]
     merge: Callable[[MergeSide, MergeSide, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
     needs_activations: bool = False
+    centered: bool = False
 
 
 def _average_merge(a: MergeSide, b: MergeSide, rows: np.ndarray, cols: np.ndarray):
@@ -77,6 +80,9 @@ def _activation_costs(a: MergeSide, b: MergeSide, rng: np.random.Generator, stat
 
 STRATEGIES: dict[str, Strategy] = {
     "mtz": Strategy("mtz", True, lambda a, b, rng, stats: merge_cost_matrix(a, b), apply_merge),
+    "mtz-centered": Strategy(
+        "mtz-centered", True, lambda a, b, rng, stats: merge_cost_matrix(a, b), apply_merge, centered=True
+    ),
     "activation": Strategy("activation", False, _activation_costs, _average_merge, needs_activations=True),
     "euclidean": Strategy("euclidean", False, _euclidean_costs, _average_merge),
     "random": Strategy("random", False, _random_costs, _average_merge),

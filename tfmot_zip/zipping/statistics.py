@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, extract_patches
+from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
 from tfmot_zip.model.graph import AlignedNode
 
 __all__ = ["LayerStatisticsMixin"]
@@ -72,7 +72,7 @@ class LayerStatisticsMixin:
         if self.hessian_provider is not None:
             hessians = []
             for t in tasks:
-                h = self.hessian_provider(layer, t)
+                h = self._centered(self.hessian_provider(layer, t))
                 hessians.append(h if layer.use_bias else h[:-1, :-1])
             self._hessian_cache[node.index] = hessians
             return hessians
@@ -97,12 +97,16 @@ class LayerStatisticsMixin:
             accumulators[t].update(rows)
         hessians = []
         for t in tasks:
-            h = accumulators[t].hessian()
+            h = self._centered(accumulators[t].hessian())
             if not layer.use_bias:
                 h = h[:-1, :-1]
             hessians.append(h)
         self._hessian_cache[node.index] = hessians
         return hessians
+
+    def _centered(self, hessian: np.ndarray) -> np.ndarray:
+        """The Hessian the strategy scores with (the covariance form for ``mtz-centered``)."""
+        return center_hessian(hessian) if self.strategy.centered else hessian
 
     def uses_block_hessian(self, node: AlignedNode) -> bool:
         """Whether this conv layer's Hessian uses the per-kernel-position block approximation."""
