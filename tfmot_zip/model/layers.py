@@ -10,7 +10,8 @@ which both tasks read — and train — the same weights for every input unit bo
 physical columns are dropped by :func:`tfmot_zip.strip_zipping`.
 
 The maps are non-trainable weights, so checkpoints and ``.keras`` files carry the zipping
-state.
+state. With ``repair=True`` each task's pre-activation also passes through a per-task affine
+before the activation (:mod:`tfmot_zip.model.repair_weights`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.hessian_tracking import HessianTrackingMixin
+from tfmot_zip.model.repair_weights import RepairMixin
 
 __all__ = ["ZipDense", "ZipConv2D", "ZipLayerMixin", "ZIP_LAYERS"]
 
@@ -34,7 +36,7 @@ def _positive_ints(values: Sequence[int], name: str) -> list[int]:
     return out
 
 
-class ZipLayerMixin(HessianTrackingMixin):
+class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
     """Shared bookkeeping of zip-able layers: maps, per-task weight access, physical usage."""
 
     # Set by subclasses.
@@ -105,6 +107,7 @@ class ZipLayerMixin(HessianTrackingMixin):
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "repair": self.repair,
             **self._schedule_config(),
         }
 
@@ -161,6 +164,20 @@ class ZipLayerMixin(HessianTrackingMixin):
                 owners.setdefault(int(unit), set()).add(t)
         return {u: frozenset(s) for u, s in sorted(owners.items())}
 
+    def unit_groups(self) -> dict:
+        """``{frozenset(tasks): sorted physical units}`` of the used output units (widest groups first)."""
+        groups: dict = {}
+        for unit, tasks in self.unit_tasks().items():
+            groups.setdefault(tasks, []).append(unit)
+        ordered = sorted(groups.items(), key=lambda kv: (-len(kv[0]), sorted(kv[0])))
+        return {k: np.asarray(v, dtype=np.int64) for k, v in ordered}
+
+    def call(self, inputs: Any, training: Any = None) -> list:
+        inputs = self._check_inputs(inputs)
+        hooks = self._schedule_hook(inputs, training)
+        outputs = [self.activation(self._apply_repair(self.preactivation(x, t), t)) for t, x in enumerate(inputs)]
+        return self._finish_outputs(outputs, hooks)
+
 
 @keras.utils.register_keras_serializable(package="tfmot_zip")
 class ZipDense(ZipLayerMixin, keras.layers.Layer):
@@ -173,6 +190,8 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         activation: activation applied to every task's output.
         use_bias: whether the layer has a bias (one physical bias per physical unit).
         kernel_initializer, bias_initializer: initialisers of the physical weights.
+        repair: hold a per-task affine on the pre-activation (statistics repair; see
+            :mod:`tfmot_zip.model.repair_weights`).
 
     Example:
         >>> layer = ZipDense(task_units=[3, 2], task_input_units=[4, 4], input_capacity=4)
@@ -194,12 +213,14 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         zip_options: Any = None,
         max_rows_per_step: int = 16384,
         zip_record: Any = None,
+        repair: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._init_shapes(task_units, task_input_units, input_capacity)
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
+        self._init_repair(repair)
 
     def build(self, input_shape: Any) -> None:
         self.kernel = self.add_weight(
@@ -215,20 +236,16 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         )
         self._build_maps()
         self._build_schedule_state()
+        self._build_repair()
         super().build(input_shape)
 
     def task_kernel(self, task: int) -> tf.Tensor:
         """The kernel task ``task`` computes with: ``kernel[in_map][:, out_map]``."""
         return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=0), self.out_maps[task], axis=1)
 
-    def call(self, inputs: Any, training: Any = None) -> list:
-        inputs = self._check_inputs(inputs)
-        hooks = self._schedule_hook(inputs, training)
-        outputs = []
-        for t, x in enumerate(inputs):
-            y = tf.matmul(x, tf.cast(self.task_kernel(t), x.dtype))
-            outputs.append(self.activation(self._add_bias(y, t)))
-        return self._finish_outputs(outputs, hooks)
+    def preactivation(self, x: tf.Tensor, task: int) -> tf.Tensor:
+        """``x W + b`` of ``task`` (before the repair affine and the activation)."""
+        return self._add_bias(tf.matmul(x, tf.cast(self.task_kernel(task), x.dtype)), task)
 
     def compute_output_shape(self, input_shape: Any) -> list:
         return [tf.TensorShape(s).as_list()[:-1] + [n] for s, n in zip(input_shape, self.task_units)]
@@ -300,6 +317,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         zip_options: Any = None,
         max_rows_per_step: int = 16384,
         zip_record: Any = None,
+        repair: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -313,6 +331,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         self.padding = padding
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
+        self._init_repair(repair)
 
     def build(self, input_shape: Any) -> None:
         self.kernel = self.add_weight(
@@ -328,6 +347,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         )
         self._build_maps()
         self._build_schedule_state()
+        self._build_repair()
         super().build(input_shape)
 
     def _task_input_dim(self, task: int) -> int:
@@ -347,20 +367,16 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         """The kernel task ``task`` computes with."""
         return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=2), self.out_maps[task], axis=3)
 
-    def call(self, inputs: Any, training: Any = None) -> list:
-        inputs = self._check_inputs(inputs)
-        hooks = self._schedule_hook(inputs, training)
-        outputs = []
-        for t, x in enumerate(inputs):
-            y = tf.nn.conv2d(
-                x,
-                tf.cast(self.task_kernel(t), x.dtype),
-                strides=(1, *self.strides, 1),
-                padding=self.padding.upper(),
-                dilations=(1, *self.dilation_rate, 1),
-            )
-            outputs.append(self.activation(self._add_bias(y, t)))
-        return self._finish_outputs(outputs, hooks)
+    def preactivation(self, x: tf.Tensor, task: int) -> tf.Tensor:
+        """The convolution of ``task`` plus its bias (before the repair affine and the activation)."""
+        y = tf.nn.conv2d(
+            x,
+            tf.cast(self.task_kernel(task), x.dtype),
+            strides=(1, *self.strides, 1),
+            padding=self.padding.upper(),
+            dilations=(1, *self.dilation_rate, 1),
+        )
+        return self._add_bias(y, task)
 
     def compute_output_shape(self, input_shape: Any) -> list:
         from tfmot_zip.core.hessian import conv_output_size

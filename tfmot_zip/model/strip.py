@@ -44,10 +44,7 @@ class Raw:
 
 def group_units(layer: ZipLayerMixin) -> dict:
     """``{frozenset(tasks): sorted physical units}`` of a zip layer's used output units."""
-    groups: dict = {}
-    for unit, tasks in layer.unit_tasks().items():
-        groups.setdefault(tasks, []).append(unit)
-    return {k: np.asarray(v, dtype=np.int64) for k, v in sorted(groups.items(), key=lambda kv: (-len(kv[0]), sorted(kv[0])))}
+    return layer.unit_groups()
 
 
 def _group_label(key: frozenset, task_names: list[str]) -> str:
@@ -83,6 +80,7 @@ class _Stripper:
     # --- zip layers ---------------------------------------------------------------------------
     def zip_layer(self, layer, inputs: list) -> list:
         groups = group_units(layer)
+        repaired = {(tasks, t): neurons for tasks, t, _, neurons in layer.repaired_groups()}
         kernel = layer.kernel.numpy()
         bias = layer.bias.numpy() if layer.use_bias else None
         outputs = []
@@ -104,6 +102,8 @@ class _Stripper:
                         label += f"_{self.task_names[t]}"
                     terms.append(self.call(block_key, lambda: self._block(layer, kernel, bias, rows, units, with_bias, label), tensor))
                 z = self._sum(layer, gkey, t, terms)
+                if (gkey, t) in repaired:
+                    z = self._repair(layer, gkey, t, repaired[(gkey, t)], z)
                 act = keras.activations.serialize(layer.activation)
                 if act not in ("linear", None):
                     z = self.call(("act", layer.name, gkey, id(z)), lambda: L.Activation(layer.activation, name=f"{layer.name}_{_group_label(gkey, self.task_names)}_{keras.activations.serialize(layer.activation)}_{len(self.blocks)}"), z)
@@ -116,6 +116,22 @@ class _Stripper:
             return terms[0]
         ids = tuple(id(x) for x in terms)
         return self.call(("sum", layer.name, gkey, ids), lambda: L.Add(name=f"{layer.name}_{_group_label(gkey, self.task_names)}_add_{len(self.blocks)}"), terms)
+
+    def _repair(self, layer, gkey, t, neurons, z):
+        """Task ``t``'s repair affine of one unit group: a frozen BatchNormalization in inference form."""
+        scale, shift = (w[neurons] for w in layer.get_repair(t))
+        epsilon = 1e-6
+        name = f"{layer.name}_{_group_label(gkey, self.task_names)}_repair_{self.task_names[t]}"
+        bn = L.BatchNormalization(epsilon=epsilon, name=name)
+        bn.build(z.shape)
+        # (z - 0) / sqrt(1 + eps) * gamma + beta == s * z + c; trainable=False keeps it in inference
+        # mode during fit (a training-mode BatchNorm would normalise by the batch statistics).
+        gamma = scale.astype(np.float64) * np.sqrt(np.float32(1.0) + np.float32(epsilon), dtype=np.float64)
+        ones, zeros = np.ones(len(neurons), np.float32), np.zeros(len(neurons), np.float32)
+        bn.set_weights([gamma.astype(np.float32), shift.astype(np.float32), zeros, ones])
+        bn.trainable = False
+        self.blocks[("repair", layer.name, gkey, t)] = bn
+        return bn(z)
 
     def _label(self, hkey) -> str:
         return "input" if hkey == "input" else _group_label(hkey, self.task_names)

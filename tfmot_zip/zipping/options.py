@@ -38,11 +38,17 @@ class ZipOptions:
         conv_hessian: ``"exact"``, ``"block"`` or ``"auto"`` Hessians of Conv2D layers.
         calibration_samples: at most this many calibration samples per task (None: all).
         seed: seeds the random choices.
-        recalibrate_batchnorm: re-estimate per-task BatchNorm statistics after zipping.
+        recalibrate_batchnorm: re-estimate per-task BatchNorm statistics: ``True`` (or
+            ``"layerwise"``) after every zipped layer, so that the next layer's Hessian sees the
+            statistics it will run with, and once more at the end; ``"end"`` only once after
+            zipping; ``False`` never.
         refit_layers: after zipping, re-solve every merged hidden layer, bottom-up, by damped least
             squares from its zipped inputs to each task's original pre-activations.
         refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
             the zipped features to the original model's pre-activations (no parameters added).
+        repair: after zipping (and the layer refit), give every merged unit, per task, the mean and
+            standard deviation its original unit had on the calibration data (a per-task affine on
+            the pre-activation, bottom-up; docs/REFIT.md).
         sharing: fraction of units shared per space, keyed by the name of the space's first writer.
         schedule: ``ZipSchedule.get_config()`` of a deferred zip, or None for one shot.
 
@@ -63,9 +69,10 @@ class ZipOptions:
     conv_hessian: str = "auto"
     calibration_samples: int | None = 10_000
     seed: int = 0
-    recalibrate_batchnorm: bool = True
+    recalibrate_batchnorm: bool | str = True
     refit_layers: bool = False
     refit_heads: bool = False
+    repair: bool = False
     sharing: dict = field(default_factory=dict)
     schedule: dict | None = None
 
@@ -92,11 +99,14 @@ class ZipOptions:
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"Expected a non-negative integer seed. Received: seed={self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
-        if not isinstance(self.recalibrate_batchnorm, (bool, np.bool_)):
+        if not isinstance(self.recalibrate_batchnorm, (bool, np.bool_)) and self.recalibrate_batchnorm not in BATCHNORM_MODES:
             raise ValueError(
-                f"Expected True or False. Received: recalibrate_batchnorm={self.recalibrate_batchnorm!r}"
+                f"Expected True, False or one of {list(BATCHNORM_MODES)}. "
+                f"Received: recalibrate_batchnorm={self.recalibrate_batchnorm!r}"
             )
-        for name in ("refit_layers", "refit_heads"):
+        if isinstance(self.recalibrate_batchnorm, np.bool_):
+            object.__setattr__(self, "recalibrate_batchnorm", bool(self.recalibrate_batchnorm))
+        for name in ("refit_layers", "refit_heads", "repair"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"Expected True or False. Received: {name}={getattr(self, name)!r}")
         object.__setattr__(self, "sharing", {str(k): float(v) for k, v in dict(self.sharing).items()})

@@ -1,0 +1,131 @@
+"""Per-task statistics repair after zipping (REPAIR, Jordan et al. ICLR 2023, without BatchNorm).
+
+Bottom-up over the hidden zip layers: for each task, the pre-activation of every unit (``x W + b``,
+before the activation; per channel over samples and positions for a convolution) is measured on
+the task's calibration data twice: in the original model, and in the zipped model with the layers
+below already repaired. Each unit then gets the affine ``s * z + c`` that gives it the original
+mean and standard deviation (:func:`tfmot_zip.core.repair.fit_affine`).
+
+A unit read by several tasks keeps one affine per task in the zip layer
+(:mod:`tfmot_zip.model.repair_weights`). A unit that only one task reads is repaired too (MTZ's
+update compensates its weights and its inputs have moved, so its statistics drift as well), but its
+affine is folded into its own weight column and bias, exactly and at no cost in parameters (a layer
+without bias keeps it in the affine instead).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from tfmot_zip.compat import keras, tf
+from tfmot_zip.core.repair import MomentAccumulator, fit_affine
+from tfmot_zip.model.graph import ModelGraph
+
+__all__ = ["repair_statistics", "original_preactivation"]
+
+
+def original_preactivation(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
+    """``x W + b`` of a standard Dense or Conv2D layer (its output before the activation).
+
+    Example:
+        >>> from tfmot_zip.compat import keras
+        >>> dense = keras.layers.Dense(2, activation="relu", kernel_initializer="ones", bias_initializer="ones")
+        >>> dense.build((None, 3))
+        >>> original_preactivation(dense, -np.ones((1, 3), np.float32)).numpy().tolist()
+        [[-2.0, -2.0]]
+    """
+    if isinstance(layer, keras.layers.Conv2D):
+        y = layer.convolution_op(x, layer.kernel)
+    else:
+        y = tf.tensordot(x, layer.kernel, axes=1)
+    return tf.nn.bias_add(y, layer.bias) if layer.use_bias else y
+
+
+def _feeds(zipped: keras.Model, task: int, batch: np.ndarray) -> list | np.ndarray:
+    """Inputs of the zipped model that run ``batch`` through ``task`` (other task inputs zero)."""
+    if len(zipped.inputs) == 1:
+        return batch
+    return [batch if i == task else np.zeros_like(batch) for i in range(len(zipped.inputs))]
+
+
+def _moments(zipped, layer, task, original_layer, original_model, data, batch_size):
+    """(original, merged) per-unit moments of ``task``'s pre-activations at ``layer``."""
+    merged_inputs = keras.Model(zipped.inputs, list(layer.input))
+    original_inputs = keras.Model(original_model.inputs, original_layer.input)
+    units = layer.task_units[task]
+    original, merged = MomentAccumulator(units), MomentAccumulator(units)
+    for start in range(0, len(data), batch_size):
+        batch = data[start : start + batch_size]
+        x = merged_inputs(_feeds(zipped, task, batch), training=False)[task]
+        merged.update(layer.preactivation(x, task).numpy())
+        original.update(original_preactivation(original_layer, original_inputs(batch, training=False)).numpy())
+    return original, merged
+
+
+def _fold_private(layer, task: int, scale: np.ndarray, shift: np.ndarray, private: np.ndarray) -> None:
+    """Folds the affine of ``task``'s private neurons into their own columns; leaves them identity."""
+    columns = layer.get_maps(task)[1][private]
+    kernel = layer.kernel.numpy()
+    kernel[..., columns] *= scale[private].astype(kernel.dtype)
+    layer.kernel.assign(kernel)
+    bias = layer.bias.numpy()
+    bias[columns] = scale[private] * bias[columns] + shift[private]
+    layer.bias.assign(bias)
+    scale[private], shift[private] = 1.0, 0.0
+
+
+def repair_statistics(
+    zipped: keras.Model,
+    graph: ModelGraph,
+    calibration: Sequence[np.ndarray],
+    batch_size: int = 500,
+    min_std: float = 1e-6,
+    private_units: bool = True,
+) -> dict[str, dict]:
+    """Repairs every hidden zip layer of ``zipped`` in place, bottom-up; returns what it did per layer.
+
+    Args:
+        zipped: the zipped model (its hidden zip layers get ``repair=True`` and fitted affines).
+        graph: the aligned original models it was zipped from.
+        calibration: one array of inputs per task (the calibration data of the zip).
+        batch_size: samples per forward pass.
+        min_std: a merged unit whose pre-activation std is at most this keeps scale 1 (guarded).
+        private_units: also repair units that only one task reads (folded into their weights).
+
+    Returns:
+        ``{layer name: {"repaired": [units per task], "guarded": [...], "folded": [...]}}``.
+
+    Example:
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> from tfmot_zip.model.graph import align_models
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=1.0)
+        >>> sorted(repair_statistics(zipped, align_models([model_a, model_b]), [x_a, x_b]))
+        ['fc1', 'fc2']
+        >>> zipped.get_layer("fc1").repair
+        True
+    """
+    report = {}
+    for node in graph.hidden_zip_nodes():
+        layer = zipped.get_layer(node.name)
+        layer.enable_repair()
+        owners = layer.unit_tasks()
+        info = {"repaired": [], "guarded": [], "folded": []}
+        for task, original_layer in enumerate(node.layers):
+            original, merged = _moments(zipped, layer, task, original_layer, graph.models[task], calibration[task], batch_size)
+            fit = fit_affine(original.mean, original.std, merged.mean, merged.std, min_std=min_std)
+            scale, shift = fit.scale, fit.shift
+            private = np.asarray([len(owners[int(u)]) == 1 for u in layer.get_maps(task)[1]])
+            if not private_units:
+                scale[private], shift[private] = 1.0, 0.0
+            elif layer.use_bias and private.any():
+                _fold_private(layer, task, scale, shift, private)
+            layer.set_repair(task, scale, shift)
+            info["repaired"].append(int(np.sum(~private)) + (int(np.sum(private)) if private_units else 0))
+            info["guarded"].append(int(np.sum(fit.guarded)))
+            info["folded"].append(int(np.sum(private)) if private_units and layer.use_bias else 0)
+        report[node.name] = info
+    zipped.make_predict_function(force=True)  # a predict function traced before repair would skip it
+    return report
