@@ -1,7 +1,10 @@
 """Atomic file writes (a temporary file in the target folder, then ``os.replace``), atomic
-model saves, and the versions of the stack that produced a result.
+model saves, temporary folders that never outlive their work, and the versions of the stack
+that produced a result.
 
-A failure leaves the previous file (or nothing) in place, never a partial file.
+A failure leaves the previous file (or nothing) in place, never a partial file. Temporary files
+and folders are removed on success, on error and when the process is stopped by SIGTERM or
+SIGINT (Ctrl-C): see :func:`removed_on_signal`.
 """
 from __future__ import annotations
 
@@ -9,13 +12,107 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = [
-    "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_model", "check_writable_dir", "versions",
+    "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_model", "check_writable_dir",
+    "removed_on_signal", "temporary_directory", "versions",
 ]
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_pending: dict[str, bool] = {}  # path -> is a folder; removed if a signal stops the process
+_previous_handlers: dict[int, Any] = {}
+_lock = threading.RLock()
+
+
+def _remove(path: str, is_dir: bool) -> None:
+    if is_dir:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _restore_handlers() -> None:
+    for signum, previous in _previous_handlers.items():
+        if signal.getsignal(signum) is _on_signal:  # not replaced by someone else meanwhile
+            signal.signal(signum, previous)
+    _previous_handlers.clear()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """Removes the pending temporary paths, then does what the previous handler would have done."""
+    with _lock:
+        for path, is_dir in list(_pending.items()):
+            _remove(path, is_dir)
+        _pending.clear()
+        previous = _previous_handlers.get(signum, signal.SIG_DFL)
+        _restore_handlers()
+    if callable(previous):
+        previous(signum, frame)  # e.g. SIGINT's default: raise KeyboardInterrupt
+    elif previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)  # the default action again (terminate), now that the handler is restored
+
+
+@contextlib.contextmanager
+def removed_on_signal(path: str | os.PathLike, is_dir: bool = False) -> Iterator[None]:
+    """Removes ``path`` if SIGTERM or SIGINT arrives inside the block, then lets the signal act.
+
+    Installs a handler (from the main thread only; Python runs handlers there) for the time any
+    path is pending: it removes every pending path, restores the previous handlers and calls the
+    previous handler (SIGINT: ``KeyboardInterrupt``) or re-sends the signal for its default action
+    (SIGTERM: the process ends as it would have). Ignored signals stay ignored. The block itself
+    removes nothing: pair it with the removal on success and error, as :func:`temporary_directory` does.
+
+    Example:
+        >>> folder = tempfile.mkdtemp()
+        >>> with removed_on_signal(folder, is_dir=True):
+        ...     signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # our handler, while pending
+        True
+        >>> signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+        True
+    """
+    key = str(path)
+    with _lock:
+        _pending[key] = is_dir
+        if not _previous_handlers and threading.current_thread() is threading.main_thread():
+            for signum in _SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous is None or previous == signal.SIG_IGN:
+                    continue  # ignored (or set outside Python): nothing to clean up for
+                _previous_handlers[signum] = previous
+                signal.signal(signum, _on_signal)
+    try:
+        yield
+    finally:
+        with _lock:
+            _pending.pop(key, None)
+            if not _pending and threading.current_thread() is threading.main_thread():
+                _restore_handlers()
+
+
+@contextlib.contextmanager
+def temporary_directory(prefix: str) -> Iterator[str]:
+    """A new temporary folder, removed on success, on error and on SIGTERM/SIGINT.
+
+    Example:
+        >>> with temporary_directory("tfmot_zip_doc_") as folder:
+        ...     os.path.isdir(folder)
+        True
+        >>> os.path.exists(folder)
+        False
+    """
+    folder = tempfile.mkdtemp(prefix=prefix)
+    try:
+        with removed_on_signal(folder, is_dir=True):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
@@ -64,11 +161,12 @@ def _atomic(path: str | os.PathLike, write: Any, suffix: str) -> Path:
         raise PermissionError(f"Cannot write {str(target)!r}: {err.strerror}. Choose a writable path.") from None
     os.close(fd)
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, target)
+        with removed_on_signal(tmp):
+            write(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

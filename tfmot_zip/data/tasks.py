@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from tfmot_zip.compat import tf
+from tfmot_zip.data.checks import require_real_numbers, to_array
 from tfmot_zip.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 __all__ = [
@@ -405,7 +406,9 @@ def as_inputs(
         An array whose first axis indexes examples.
 
     Raises:
-        ValueError: the data is empty, ``count`` is not a positive int, or elements are dicts.
+        ValueError: the data is empty, ``count`` is not a positive int, elements are dicts, the data
+            is a generator or another one-pass iterator (not a ``tf.data`` dataset), or its values
+            are not real numbers (object, complex, text dtypes).
 
     Example:
         >>> x = as_inputs(make_task("all").train, count=100)
@@ -423,7 +426,7 @@ def as_inputs(
             raise ValueError(
                 "as_inputs received a dict; pass the input array itself (e.g. data['image'])."
             )
-        array = np.asarray(data)
+        array = to_array(data, "as_inputs")
         if array.ndim == 0:
             raise ValueError(
                 f"as_inputs expects examples along the first axis; received a scalar {array!r}."
@@ -434,7 +437,7 @@ def as_inputs(
         raise ValueError(
             "as_inputs found no examples in the data (0 inputs). Pass a non-empty array or dataset."
         )
-    return array
+    return require_real_numbers(array, "the data")
 
 
 def _dataset_inputs(dataset: "tf.data.Dataset", count: Optional[int], batched: Optional[bool]) -> np.ndarray:

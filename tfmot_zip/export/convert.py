@@ -10,14 +10,16 @@ so the converter writes two int8 copies; post-training int8 keeps one. Identical
 the same tensor are merged by the converter, so in ``"all_tasks_shared_input"`` a block shared
 by the tasks runs once.
 
-The model is saved as a temporary SavedModel with these signatures and converted with
-``tf.lite.TFLiteConverter.from_saved_model``.
+The model is saved as a temporary SavedModel with these signatures (a ``tfmot_zip_export_*``
+folder, removed on success, error, SIGTERM and SIGINT) and converted with
+``tf.lite.TFLiteConverter.from_saved_model``. Representative data is checked before any work
+(real numbers, no NaN or inf, not constant), and the converted file's tensor types are checked
+against the mode asked for before it is written: "int8" gives int8 or an error.
 """
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -25,6 +27,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
+from tfmot_zip.export.flatbuffer import EXPECTED_TYPES, tensor_type_problems
 from tfmot_zip.export.inputs import per_input_arrays
 from tfmot_zip.export.signatures import (
     ALL_TASKS,
@@ -35,10 +38,10 @@ from tfmot_zip.export.signatures import (
     task_names,
     unwrap_layer,
 )
-from tfmot_zip.io import atomic_write_bytes
+from tfmot_zip.io import atomic_write_bytes, temporary_directory
 from tfmot_zip.model.keras3 import as_tf_keras_model
 
-__all__ = ["QUANTIZE_MODES", "export_tflite"]
+__all__ = ["QUANTIZE_MODES", "export_tflite", "is_quantization_aware_model"]
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
@@ -75,11 +78,16 @@ def _layer_problems(model: keras.Model) -> None:
 
 
 
-def _is_quantization_aware(model: keras.Model) -> bool:
+def is_quantization_aware_model(model: keras.Model) -> bool:
     """:func:`tfmot_zip.export.tfmot.is_quantization_aware`, without importing TFMOT for nothing.
 
     A model can only hold TFMOT's QAT layers once TFMOT is imported; float exports do not pay
     for its import.
+
+    Example:
+        >>> from tfmot_zip.compat import keras
+        >>> is_quantization_aware_model(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
+        False
     """
     if "tensorflow_model_optimization" not in sys.modules:
         return False
@@ -90,6 +98,12 @@ def _is_quantization_aware(model: keras.Model) -> bool:
 
 def _check_destination(path: PathLike) -> Path:
     path = Path(path).expanduser()
+    if path.suffix.lower() != ".tflite" and not path.is_dir():
+        raise ValueError(
+            f"Cannot write a TFLite file to {str(path)!r}: the path must end in .tflite (export_tflite "
+            f"writes TFLite bytes, never a {path.suffix or 'suffix-less'} file). Pass {str(path.with_suffix('.tflite'))!r}; "
+            "save Keras models with model.save(...) instead."
+        )
     if path.is_dir():
         raise ValueError(f"Cannot write the TFLite file to {str(path)!r}: it is a directory. Pass a file path like {str(path / 'model.tflite')!r}.")
     parent = path.parent if str(path.parent) else Path(".")
@@ -109,6 +123,30 @@ def _check_destination(path: PathLike) -> Path:
             "Pass a path in a writable folder."
         )
     return path
+
+
+def _check_types(data: bytes, quantize: str | None, qat: bool) -> None:
+    """A ValueError if the converter did not give the tensor types ``quantize`` asks for.
+
+    A quantization-aware model converts with float32 parts where its QAT layers left an
+    operation unannotated (e.g. one input fed to two differently quantized tasks): a warning.
+    """
+    problems = tensor_type_problems(data, quantize, integer_only=not qat)
+    islands = tensor_type_problems(data, quantize) if qat and not problems else []
+    if islands:
+        warnings.warn(
+            "The quantization-aware model converted to int8 with float32 parts: " + "; ".join(islands)
+            + ". TFLite runs those operations in float32; verify_tflite checks the outputs.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if problems:
+        raise ValueError(
+            f"export_tflite(quantize={quantize!r}) did not give the tensor types asked for ({EXPECTED_TYPES[quantize]}): "
+            + "; ".join(problems) + ". Nothing was written. For int8, check that every task's "
+            "representative data is typical input (it sets each activation's range), or use "
+            "quantize='dynamic' (int8 weights, float activations)."
+        )
 
 
 def _concrete_functions(model: keras.Model, plans: Sequence[SignaturePlan]) -> dict:
@@ -190,8 +228,9 @@ def export_tflite(
         model: a tf_keras model of standard layers: ``tfmot_zip.strip_zipping(zipped)``,
             possibly pruned (after ``tfmot.sparsity.keras.strip_pruning``) or quantization-aware
             (``tfmot.quantization.keras.quantize_model``); any single-task model works too.
-        path: where to write the file (atomically: a temporary file in the same folder, then a
-            rename; nothing is left behind on failure), or None to only return the bytes.
+        path: where to write the file, ending in ``.tflite`` (atomically: a temporary file in
+            the same folder, then a rename; nothing is left behind on failure), or None to only
+            return the bytes.
         quantize: None (float32), "dynamic" (int8 weights, float activations), "float16"
             (float16 weights) or "int8" (full integer: weights and activations; needs
             ``representative_data`` unless the model is quantization-aware).
@@ -199,7 +238,10 @@ def export_tflite(
             sequence with one array (or ``tf.data`` dataset) per model input, or a dict keyed by
             input or task name. Every signature is calibrated on its inputs' data; the
             shared-input signature on every task's data. Not used for a quantization-aware
-            model (its ranges were learnt during QAT).
+            model (its ranges were learnt during QAT). Refused (before any work) if a task's
+            data holds NaN or inf values, is constant, or is not real numbers; integer images
+            above 1 (uint8 0..255) are used as given, with a warning
+            (:func:`tfmot_zip.data.checks.warn_if_unscaled`).
         representative_samples: calibration samples per input (the first ones).
         sparsity: also apply ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``, which stores pruned
             weights in a sparse format (smaller raw files for float weights that are mostly
@@ -211,11 +253,14 @@ def export_tflite(
         The TFLite flatbuffer bytes.
 
     Raises:
-        ValueError: unknown ``quantize``; "int8" without ``representative_data`` for a model
-            that is not quantization-aware; a quantization-aware model with another mode; a
-            model with zip layers (call ``tfmot_zip.strip_zipping`` first) or with pruning
-            wrappers (call ``tfmot.sparsity.keras.strip_pruning`` first); a task named like a
-            reserved signature.
+        ValueError: unknown ``quantize``; a ``path`` not ending in ``.tflite``; "int8" without
+            ``representative_data`` for a model that is not quantization-aware, or with
+            representative data that holds NaN or inf values (counted, per task) or is
+            constant; a quantization-aware model with another mode; a model with zip layers
+            (call ``tfmot_zip.strip_zipping`` first) or with pruning wrappers (call
+            ``tfmot.sparsity.keras.strip_pruning`` first); a task named like a reserved
+            signature; a converted file without the tensor types of ``quantize`` (nothing is
+            written).
         FileNotFoundError, NotADirectoryError, PermissionError: ``path`` cannot be written
             (checked before converting).
 
@@ -230,15 +275,16 @@ def export_tflite(
         >>> sorted(tflite_signatures(data))
         ['all_tasks', 'all_tasks_shared_input', 'task_a', 'task_b']
     """
-    model = as_tf_keras_model(model)
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
             f"Unknown quantize={quantize!r}; expected one of {list(QUANTIZE_MODES)} (None is float32)."
         )
+    destination = _check_destination(path) if path is not None else None
+    model = as_tf_keras_model(model)
     if not isinstance(representative_samples, (int, np.integer)) or isinstance(representative_samples, bool) or representative_samples <= 0:
         raise ValueError(f"Expected a positive integer. Received: representative_samples={representative_samples!r}")
     _layer_problems(model)
-    qat = _is_quantization_aware(model)
+    qat = is_quantization_aware_model(model)
     if qat and quantize != "int8":
         raise ValueError(
             f"Model {model.name!r} is quantization-aware (TFMOT QAT), which converts to full integer "
@@ -251,7 +297,6 @@ def export_tflite(
             "hundred typical inputs per task, e.g. representative_data=(x_a[:200], x_b[:200]) "
             "(one array per model input), or use quantize='dynamic', which needs none."
         )
-    destination = _check_destination(path) if path is not None else None
     plans = plan_signatures(model)
     keys = [p.key for p in plans]
     if len(set(keys)) != len(keys):
@@ -261,12 +306,12 @@ def export_tflite(
         )
     arrays = None
     if quantize == "int8" and representative_data is not None:
-        arrays = per_input_arrays(model, representative_data, "representative_data", representative_samples)
+        arrays = per_input_arrays(model, representative_data, "representative_data", representative_samples, refuse_constant=True)
 
     functions = _concrete_functions(model, plans)
     root = tf.Module()
     root.model_variables = list(model.variables)
-    with tempfile.TemporaryDirectory(prefix="tfmot_zip_export_") as folder:
+    with temporary_directory("tfmot_zip_export_") as folder:
         tf.saved_model.save(root, folder, signatures=functions)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=keys)
         optimizations = []
@@ -285,6 +330,7 @@ def export_tflite(
             # warning is TensorFlow's, not the user's.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
             data = bytes(converter.convert())
+    _check_types(data, quantize, qat)
     if destination is not None:
         atomic_write_bytes(destination, data)
     return data

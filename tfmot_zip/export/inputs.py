@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tfmot_zip.compat import keras
+from tfmot_zip.data.checks import check_inputs, require_varied
 from tfmot_zip.export.signatures import input_dependencies, task_names
 
 __all__ = ["per_input_arrays"]
@@ -35,8 +36,36 @@ def _as_array(data: Any, argument: str, count: int | None = None) -> np.ndarray:
         raise ValueError(f"{argument}: {err}") from None
 
 
-def per_input_arrays(model: keras.Model, data: Any, argument: str, count: int | None = None) -> list[np.ndarray]:
+def data_labels(model: keras.Model, argument: str) -> list[str]:
+    """How messages name the data of each model input: by the task(s) that read it.
+
+    Example:
+        >>> from tfmot_zip.compat import keras
+        >>> a, b = keras.Input((3,), name="a_in"), keras.Input((3,), name="b_in")
+        >>> model = keras.Model([a, b], [keras.layers.Dense(2, name="task_a")(a),
+        ...                              keras.layers.Dense(2, name="task_b")(b)])
+        >>> data_labels(model, "representative_data")
+        ["representative_data for task 'task_a'", "representative_data for task 'task_b'"]
+    """
+    names = task_names(model)
+    deps = input_dependencies(model)
+    labels = []
+    for i, input_name in enumerate(model.input_names):
+        readers = [names[t] for t, inputs in enumerate(deps) if i in inputs]
+        if len(readers) == 1:
+            labels.append(f"{argument} for task {readers[0]!r}")
+        else:
+            labels.append(f"{argument} for input {input_name!r} (tasks {readers})")
+    return labels
+
+
+def per_input_arrays(
+    model: keras.Model, data: Any, argument: str, count: int | None = None, *, refuse_constant: bool = False
+) -> list[np.ndarray]:
     """One array per model input from an array, a sequence (one per input) or a dict.
+
+    Every array is checked (:func:`tfmot_zip.data.checks.check_inputs`): real numbers, no NaN or
+    inf, and a warning for unscaled integer images.
 
     Args:
         model: the tf_keras model the data is for.
@@ -45,13 +74,17 @@ def per_input_arrays(model: keras.Model, data: Any, argument: str, count: int | 
             stands for the input(s) that task reads).
         argument: the argument's name, quoted in error messages.
         count: keep the first ``count`` samples of each array (None: all).
+        refuse_constant: also refuse an array whose values are all the same (int8 calibration
+            data, which must show the activations' range).
 
     Returns:
         One array per model input, in the input's dtype.
 
     Raises:
-        ValueError: an unknown key, a missing input, a wrong number of arrays, or samples of
-            another shape than the input's; the message names the input and the shapes.
+        ValueError: an unknown key, a missing input, a wrong number of arrays, samples of
+            another shape than the input's (the message names the input and the shapes), values
+            that are not real numbers, NaN or inf values (the message names the task and counts
+            them), or constant data with ``refuse_constant``.
 
     Example:
         >>> import numpy as np
@@ -100,4 +133,14 @@ def per_input_arrays(model: keras.Model, data: Any, argument: str, count: int | 
                 f"{argument} for input {names[i]!r} has samples of shape {tuple(array.shape[1:])}, but "
                 f"the input expects {expected}. Pass arrays of shape (N, {', '.join(map(str, expected))})."
             )
+    labels = data_labels(model, argument)
+    if len({id(a) for a in out}) == 1 and n_in > 1:
+        labels = [f"{argument} (for every input)"] * n_in
+    checked: set[int] = set()
+    for array, label in zip(out, labels):
+        if id(array) not in checked:  # one array given for several inputs: checked (and warned) once
+            checked.add(id(array))
+            check_inputs(array, label)
+            if refuse_constant:
+                require_varied(array, label)
     return [np.asarray(a, dtype=tensor.dtype.as_numpy_dtype) for a, tensor in zip(out, model.inputs)]

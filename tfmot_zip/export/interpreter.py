@@ -11,6 +11,8 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
+from tfmot_zip.data.checks import check_inputs, require_finite, require_real_numbers
+from tfmot_zip.export.flatbuffer import tflite_bytes
 from tfmot_zip.training import accuracy
 
 __all__ = ["TFLiteSource", "load_interpreter", "tflite_signatures", "tflite_predict", "tflite_accuracy"]
@@ -35,16 +37,19 @@ def load_interpreter(tflite: TFLiteSource, num_threads: int | None = None) -> An
     Interpreter = require("ai_edge_litert.interpreter", "tflite", "Running a TFLite file").Interpreter
     if isinstance(tflite, Interpreter):
         return tflite
-    if isinstance(tflite, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(tflite), num_threads=num_threads)
-    if isinstance(tflite, (str, os.PathLike)):
-        path = Path(tflite).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"TFLite file {str(path)!r} does not exist; pass the path export_tflite wrote.")
-        return Interpreter(model_path=str(path), num_threads=num_threads)
-    raise TypeError(
-        f"Expected TFLite bytes, a file path or a LiteRT Interpreter; received {type(tflite).__name__}."
-    )
+    if not isinstance(tflite, (bytes, bytearray, str, os.PathLike)):
+        raise TypeError(
+            f"Expected TFLite bytes, a file path or a LiteRT Interpreter; received {type(tflite).__name__}."
+        )
+    data = tflite_bytes(tflite)  # a clear error for a file that is not TFLite
+    where = "the TFLite bytes" if isinstance(tflite, (bytes, bytearray)) else f"TFLite file {str(Path(tflite).expanduser())!r}"
+    try:
+        return Interpreter(model_content=data, num_threads=num_threads)
+    except ValueError as err:
+        raise ValueError(
+            f"LiteRT cannot read {where} ({err}); the file is damaged or was not written by a TFLite "
+            "converter. Export it again with export_tflite."
+        ) from None
 
 
 def tflite_signatures(tflite: TFLiteSource) -> dict[str, dict[str, list[str]]]:
@@ -132,6 +137,7 @@ def tflite_predict(
     details = runner.get_input_details()
     feeds = _signature_feeds(signature, list(spec["inputs"]), inputs)
     for name, array in feeds.items():
+        check_inputs(array, f"inputs of signature {signature!r} ({name!r})")
         dtype = details[name]["dtype"]
         feeds[name] = array.astype(dtype, copy=False)
     total = len(next(iter(feeds.values())))
@@ -196,7 +202,8 @@ def tflite_accuracy(
         per_output = {names[0]: labels}
     result = {}
     for name, y in per_output.items():
-        y = np.asarray(y).reshape(-1)
+        y = require_real_numbers(y, f"labels for {name!r}").reshape(-1)
+        require_finite(y, f"labels for {name!r}")
         predictions = outputs[name]
         if len(y) != len(predictions):
             raise ValueError(f"labels for {name!r} has {len(y)} entries, but {len(predictions)} samples were run.")

@@ -6,13 +6,15 @@ Keras model under the tolerances of :data:`TOLERANCES` (one per quantization mod
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.export.convert import QUANTIZE_MODES
+from tfmot_zip.export.convert import QUANTIZE_MODES, is_quantization_aware_model
+from tfmot_zip.export.flatbuffer import check_tensor_types
 from tfmot_zip.export.inputs import per_input_arrays
 from tfmot_zip.export.interpreter import TFLiteSource, load_interpreter, tflite_predict
 from tfmot_zip.export.signatures import SHARED_INPUT_NAME, plan_signatures, task_names
@@ -105,7 +107,11 @@ def verify_tflite(
         keras_model: the model that was exported (for a QAT export: the QAT model).
         inputs: test inputs: one array for every input, a sequence with one array per model
             input, or a dict keyed by input or task name.
-        quantize: the mode the file was exported with; selects :data:`TOLERANCES` [quantize].
+        quantize: the mode the file was exported with; selects :data:`TOLERANCES` [quantize]
+            and the tensor types the file must have (``"int8"``: int8 tensors in every signature,
+            and float32 only at its inputs and outputs unless ``keras_model`` is
+            quantization-aware; None: no quantized tensor). The types are read from bytes or a
+            file; an ``Interpreter`` is compared by its outputs only.
         tolerance: overrides the default tolerance.
         batch_size: samples per interpreter invocation.
 
@@ -115,8 +121,11 @@ def verify_tflite(
         ``"mean_abs_error"`` (worst output) and ``"argmax_agreement"`` (lowest).
 
     Raises:
-        TFLiteVerificationError: a signature is missing or is beyond the tolerance; the message
-            names the signature, output, the measured value and the bound.
+        TFLiteVerificationError: a signature is missing, has other tensor types than ``quantize``
+            asks for, or is beyond the tolerance; the message names the signature, output, the
+            measured value and the bound.
+        ValueError: ``tflite`` is not a TFLite model; ``inputs`` are not real numbers, hold NaN
+            or inf values (counted, per task) or do not fit the model.
 
     Example:
         >>> import numpy as np
@@ -140,6 +149,11 @@ def verify_tflite(
     arrays = per_input_arrays(keras_model, inputs, "inputs")
     plans = plan_signatures(keras_model)
     interpreter = load_interpreter(tflite)
+    if isinstance(tflite, (bytes, bytearray, str, os.PathLike)):
+        try:
+            check_tensor_types(tflite, quantize, integer_only=not is_quantization_aware_model(keras_model))
+        except ValueError as err:
+            raise TFLiteVerificationError(f"{err} (verify_tflite was asked for quantize={quantize!r})") from None
     available = interpreter.get_signature_list()
     missing = [p.key for p in plans if p.key not in available]
     if missing:

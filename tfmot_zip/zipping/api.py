@@ -26,6 +26,7 @@ __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport
 
 
 def _as_calibration(data: Any, argument: str, shape: tuple, limit: int | None) -> np.ndarray:
+    from tfmot_zip.data.checks import check_inputs
     from tfmot_zip.data.tasks import as_inputs
 
     try:
@@ -40,8 +41,7 @@ def _as_calibration(data: Any, argument: str, shape: tuple, limit: int | None) -
         )
     if x.shape[0] == 0:
         raise ValueError(f"{argument} is empty; pass at least one calibration sample per model.")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{argument} contains NaN or inf values; clean the calibration data.")
+    check_inputs(x, argument)  # NaN/inf counted and refused; unscaled integers warned (data.checks)
     return x.astype(np.float32, copy=False)
 
 
