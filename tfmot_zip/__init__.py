@@ -9,7 +9,7 @@ strip (:func:`strip_zipping`), quantize (:func:`quantize_zipped`) and export
 Example:
     >>> import tfmot_zip
     >>> sorted(tfmot_zip.__all__)[:3]
-    ['LayerwiseSchedule', 'OneShotSchedule', 'TFLiteVerificationError']
+    ['Budget', 'LayerwiseSchedule', 'OneShotSchedule']
 
 Public names resolve lazily; importing the package registers the zip layers with tf_keras (so
 TensorFlow is imported). ``tfmot_zip.core`` itself depends only on numpy and scipy.
@@ -27,6 +27,7 @@ _EXPORTS = {
     "zip_summary": "tfmot_zip.zipping.api",
     "zip_scope": "tfmot_zip.zipping.api",
     "ZipReport": "tfmot_zip.zipping.report",
+    "Budget": "tfmot_zip.zipping.budget",
     "ZipCallback": "tfmot_zip.zipping.callbacks",
     "LayerwiseSchedule": "tfmot_zip.zipping.schedules",
     "OneShotSchedule": "tfmot_zip.zipping.schedules",

@@ -16,6 +16,7 @@ from tfmot_zip.model.spaces import trace_spaces
 from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
 from tfmot_zip.model.strip import strip_zipping
 from tfmot_zip.zipping.schedules import ZipSchedule
+from tfmot_zip.zipping.budget import Budget, allocate_budget
 from tfmot_zip.zipping.report import LayerSummary, ZipReport
 from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.refit import refit_heads as refit_heads_
@@ -52,18 +53,33 @@ def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[
     heads = [n.name for n in graph.zip_nodes() if n.is_head]
 
     def check_fraction(value: Any, where: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not (0.0 <= float(value) <= 1.0):
+        if isinstance(value, np.ndarray):
+            if value.ndim:
+                raise ValueError(
+                    f"Expected one number between 0 and 1 for {where}, or {{layer_name: fraction}} for one per layer; "
+                    f"received an array of shape {value.shape}."
+                )
+            value = value.item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
             raise ValueError(
-                f"Expected sharing between 0 and 1 (1.0 shares every unit of a layer). Received: {where}={value!r}"
+                f"Expected sharing to be a number between 0 and 1 (1.0 shares every unit of a layer), "
+                f"{{layer_name: fraction}} or tfmot_zip.Budget(...). Received: {where}={value!r} of type {type(value).__name__}"
+            )
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(
+                f"Expected sharing between 0 and 1 (1.0 shares every unit of a layer). Received: {where}={float(value)!r}"
             )
         return float(value)
 
+    if isinstance(sharing, Budget):
+        return {}  # allocated once the calibration data is read (allocate_budget)
     if isinstance(sharing, Mapping):
         unknown = [k for k in sharing if k not in names]
         if unknown:
             extra = f" ({', '.join(repr(h) for h in heads)} are heads, which stay task-specific)" if any(k in heads for k in unknown) else ""
+            shown = repr(unknown) if len(unknown) <= 10 else f"{unknown[:10]!r} and {len(unknown) - 10:,} more ({len(unknown):,} in all)"
             raise ValueError(
-                f"sharing names unknown layers {unknown}{extra}; zip-able hidden layers are {names}."
+                f"sharing names unknown layers {shown}{extra}; zip-able hidden layers are {names}."
             )
         fractions = {k: check_fraction(v, f"sharing[{k!r}]") for k, v in sharing.items()}
     else:
@@ -87,7 +103,7 @@ def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[
 def zip_models(
     *models: keras.Model,
     calibration_data: Sequence[Any],
-    sharing: float | Mapping[str, float] = 1.0,
+    sharing: "float | Mapping[str, float] | Budget" = 1.0,
     method: str = "mtz",
     selection: str = "hungarian",
     damping: float = 1e-4,
@@ -114,7 +130,12 @@ def zip_models(
             dataset of inputs or of ``(inputs, labels)`` (labels are ignored).
         sharing: fraction (0..1) of each hidden layer's units to share (of the narrower
             model), or ``{layer_name: fraction}``; 1.0 fully merges every hidden layer. Heads
-            (the last Dense/Conv2D of each task) stay task-specific.
+            (the last Dense/Conv2D of each task) stay task-specific. Or a parameter budget,
+            ``tfmot_zip.Budget(params=...)`` or ``Budget(fraction=0.6)`` of the separate models'
+            parameters (two models, one-shot): each hidden layer (a residual stream counts as
+            one) is zipped alone at a few fractions to measure its output drift, and the sharing
+            that meets the budget at the least drift is chosen; ``zip_summary(model).budget``
+            gives the allocation (docs/BUDGET.md).
         method: "mtz" (Hessian-based, the paper's), or the baselines "euclidean", "random"
             and "activation" (ZipIt!-style feature correlation), whose pairs are averaged.
         selection: "hungarian" (exact minimum-total-cost matching; the default, because it
@@ -222,6 +243,12 @@ def zip_models(
         calibration = [
             _as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples) for i, d in enumerate(calibration_data)
         ]
+    allocation = None
+    if isinstance(sharing, Budget):
+        allocation = allocate_budget(sharing, models, calibration, graph, features, spaces, zip_models, dict(
+            {k: v for k, v in options.get_config().items() if k not in ("sharing", "schedule")},
+            task_names=names, calibration_samples=None), log=print if verbose else None)
+        options = options.replace(sharing=allocation.fractions)
     layer_options = None
     if deferred:
         layer_options = {
@@ -259,6 +286,7 @@ def zip_models(
         zipped.get_layer(node.name).zip_record = records[node.index].as_config(
             is_head=node.is_head, zip_seconds=seconds, options=options.get_config(),
             **({"batchnorm": batchnorm} if batchnorm is not None else {}),
+            **({"budget": allocation.as_config()} if allocation else {}),
         )
     return zipped
 
@@ -337,6 +365,7 @@ def zip_summary(model: keras.Model) -> ZipReport:
         zip_seconds=next((l.zip_record.get("zip_seconds") for l in zip_layers if l.zip_record), None),
         options=next(((l.zip_record or {}).get("options") or l.zip_options for l in zip_layers if l.zip_record or l.zip_options), None),
         extra={"batchnorm": bn} if (bn := next((l.zip_record.get("batchnorm") for l in zip_layers if l.zip_record), None)) else {},
+        budget=next((l.zip_record["budget"] for l in zip_layers if (l.zip_record or {}).get("budget")), None),
     )
 
 

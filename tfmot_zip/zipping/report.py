@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 __all__ = ["LayerSummary", "ZipReport"]
 
@@ -27,7 +28,21 @@ class LayerSummary:
 
 @dataclass
 class ZipReport:
-    """Per-layer sharing, parameter counts and timings of a zipped model."""
+    """Per-layer sharing, parameter counts and timings of a zipped model.
+
+    ``budget`` is the allocation of a zip given ``sharing=Budget(...)`` (None otherwise): the
+    budget, the stripped model's ``params``, ``fractions`` and ``units`` per space, and the
+    ``drift`` measured per space (see :class:`tfmot_zip.zipping.budget.BudgetAllocation`).
+
+    Example:
+        >>> report = ZipReport(["a", "b"], [], 100, 60, budget={"budget": 60, "params": 58,
+        ...                    "params_original": 100, "fractions": {"fc1": 0.75}})
+        >>> print(report)  # doctest: +NORMALIZE_WHITESPACE
+        layer         widths          shared  params before  params after  merge cost
+        -----------------------------------------------------------------------------
+        total parameters: 100 in the separate models -> 60 zipped (60.0%)
+        budget: 60 parameters (60.0% of 100) -> 58 after strip_zipping; sharing fc1 0.750
+    """
 
     task_names: list[str]
     layers: list[LayerSummary]
@@ -36,6 +51,11 @@ class ZipReport:
     zip_seconds: float | None = None
     options: dict | None = None
     extra: dict = field(default_factory=dict)
+    budget: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:  # a layer's zip_record comes back wrapped by tf's attribute tracking
+            self.budget = _plain(self.budget)
 
     @property
     def shared_params(self) -> int:
@@ -51,6 +71,7 @@ class ZipReport:
             "shared_params": self.shared_params,
             "zip_seconds": self.zip_seconds,
             "options": self.options,
+            **({"budget": self.budget} if self.budget else {}),
             **self.extra,
         }
 
@@ -65,4 +86,20 @@ class ZipReport:
             f"total parameters: {self.params_original:,} in the separate models -> {self.params_zipped:,} "
             f"zipped ({self.params_zipped / self.params_original:.1%})"
         )
+        if self.budget:
+            b = self.budget
+            shares = ", ".join(f"{name} {f:.3f}" for name, f in b.get("fractions", {}).items())
+            lines.append(
+                f"budget: {b['budget']:,} parameters ({b['budget'] / b['params_original']:.1%} of "
+                f"{b['params_original']:,}) -> {b['params']:,} after strip_zipping; sharing {shares}"
+            )
         return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (JSON-serialisable) from tracked mappings and sequences."""
+    if isinstance(value, (dict, Mapping)):  # tf's _DictWrapper passes as dict, not always as Mapping
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
