@@ -1,10 +1,11 @@
 """Generated architectures (hypothesis): random small Dense/Conv2D models with BatchNorm,
 residual adds, pooling and activations, 2-3 models of differing widths. For each: sharing 0
 reproduces the originals, ``strip_zipping`` matches the zipped model, save/load is bit-exact and
-the input models are left unmodified.
+the input models are left unmodified; for a fifth of the examples (``TFMOT_ZIP_FUZZ_TFLITE_EXAMPLES``),
+every TFLite signature of the float export of the stripped model matches Keras.
 
-CI runs ``TFMOT_ZIP_FUZZ_EXAMPLES`` examples (15 by default); ``benchmarks/fuzz.py --examples 200``
-runs more.
+CI runs ``TFMOT_ZIP_FUZZ_EXAMPLES`` examples (15 by default, 3 of them exported to TFLite);
+``benchmarks/fuzz.py --examples 200`` runs more.
 """
 import os
 
@@ -13,8 +14,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tfmot_zip
 from tfmot_zip.compat import keras
+from tfmot_zip.export import ALL_TASKS, ALL_TASKS_SHARED_INPUT, TOLERANCES, export_tflite, tflite_predict, verify_tflite
 
 EXAMPLES = int(os.environ.get("TFMOT_ZIP_FUZZ_EXAMPLES", "15"))
+TFLITE_EXAMPLES = int(os.environ.get("TFMOT_ZIP_FUZZ_TFLITE_EXAMPLES", str(max(1, EXAMPLES // 5))))
 ACTIVATIONS = ["relu", "tanh", "elu", "linear", "sigmoid"]
 
 
@@ -115,3 +118,28 @@ def check(spec, tmp_dir):
 def test_generated_architectures(spec, tmp_path):
     keras.backend.clear_session()
     check(spec, str(tmp_path))
+
+
+def check_tflite(spec):
+    """The float TFLite export of the stripped model: every signature agrees with Keras."""
+    models = [build(spec, m, seed=20 + m) for m in range(len(spec["offsets"]))]
+    rng = np.random.default_rng(1)
+    shape = models[0].input_shape[1:]
+    calibration = tuple(rng.random((24,) + shape).astype("float32") for _ in models)
+    xs = [rng.random((6,) + shape).astype("float32") for _ in models]
+    plain = tfmot_zip.strip_zipping(tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=spec["sharing"]))
+    data = export_tflite(plain)
+    report = verify_tflite(data, plain, xs)  # raises beyond TOLERANCES[None] (1e-5 x output scale)
+    tasks = [m.name for m in models]
+    assert sorted(report) == sorted(tasks + [ALL_TASKS, ALL_TASKS_SHARED_INPUT])
+    for t, (name, x) in enumerate(zip(tasks, xs)):  # and directly, one task's signature against Keras
+        np.testing.assert_allclose(tflite_predict(data, name, x)[name], plain(xs)[t].numpy(),
+                                   atol=TOLERANCES[None].max_abs, err_msg=f"signature {name!r}")
+
+
+@settings(max_examples=TFLITE_EXAMPLES, deadline=None, derandomize=not os.environ.get("TFMOT_ZIP_FUZZ_RANDOM"),
+          suppress_health_check=[HealthCheck.too_slow])
+@given(spec=architectures())
+def test_generated_architectures_tflite_signatures_match_keras(spec):
+    keras.backend.clear_session()
+    check_tflite(spec)
