@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -114,7 +116,7 @@ def zip_models(
     single_input: bool = False,
     seed: int = 0,
     schedule: "ZipSchedule | None" = None,
-    recalibrate_batchnorm: bool = True,
+    recalibrate_batchnorm: bool | str = True,
     refit_layers: bool = False,
     refit_heads: bool = False,
     verbose: bool = False,
@@ -157,9 +159,11 @@ def zip_models(
             defers the zipping to ``model.fit`` with ``tfmot_zip.ZipCallback``, which zips one
             layer at a time and retrains in between (the paper's procedure). Then
             ``calibration_data`` may be None (Hessians come from the training batches).
-        recalibrate_batchnorm: after zipping (when anything was shared), re-estimate every
-            per-task BatchNorm's moving statistics on the calibration data (zipping changes the
-            layers that feed them).
+        recalibrate_batchnorm: re-estimate every per-task BatchNorm's moving statistics on the
+            calibration data (zipping changes the layers that feed them): ``True`` (or
+            ``"layerwise"``) after every zipped layer, so that the next layer's Hessian sees the
+            statistics it will run with, and at the end; ``"end"`` only at the end; ``False`` never.
+            Needs at least 32 calibration samples per task (else the trained statistics stay).
         refit_layers: after zipping, re-solve every merged hidden layer bottom-up by damped least
             squares from the inputs the zipped network gives it to each task's original
             pre-activations, jointly over the tasks sharing a unit (beyond the paper; one-shot only).
@@ -269,7 +273,12 @@ def zip_models(
             progress(started[0], total_stages, name)
         started[0] += 1
 
-    zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, **zipper_options(options))
+    after_stage = None
+    has_batchnorm = any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers)
+    if options.recalibrate_batchnorm in (True, "layerwise") and has_batchnorm:
+        after_stage = functools.partial(_recalibrate_quietly, zipped, calibration)
+    zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, after_stage=after_stage,
+                    **zipper_options(options))
     records = zipper.run(options.sharing)
     if progress is not None:
         progress(total_stages, total_stages, "")
@@ -277,7 +286,7 @@ def zip_models(
     batchnorm = None
     if options.refit_layers and changed:
         refit_layers_(zipped, graph, calibration)
-    if options.recalibrate_batchnorm and changed and any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers):
+    if options.recalibrate_batchnorm and changed and has_batchnorm:
         batchnorm = _recalibrate(zipped, calibration).as_dict()
     if options.refit_heads and changed:
         refit_heads_(zipped, graph, calibration)
@@ -289,6 +298,13 @@ def zip_models(
             **({"budget": allocation.as_config()} if allocation else {}),
         )
     return zipped
+
+
+def _recalibrate_quietly(model: keras.Model, calibration: Sequence[np.ndarray]) -> None:
+    """BatchNorm re-estimation between zipped layers; the final one warns and reports."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _recalibrate(model, calibration)
 
 
 def _entries(calibration_data: Any) -> list:

@@ -20,6 +20,7 @@ __all__ = ["ZipOptions", "MERGED_HESSIANS", "CONV_HESSIANS"]
 
 MERGED_HESSIANS = ("sum_of_inverses", "exact")
 CONV_HESSIANS = ("auto", "exact", "block")
+BATCHNORM_MODES = ("layerwise", "end")
 
 
 def _is_int(value: Any) -> bool:

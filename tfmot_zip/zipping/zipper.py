@@ -87,6 +87,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin):
     progress: Callable[[str], None] | None = None
     records: dict[int, LayerRecord] = field(default_factory=dict)
     hessian_provider: Callable[[object, int], np.ndarray] | None = None
+    after_stage: Callable[[], None] | None = None  # e.g. BatchNorm re-estimation after each zipped layer
 
     def __post_init__(self) -> None:
         self.n_tasks = len(self.graph.models)
@@ -348,7 +349,9 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin):
         for n in range(1, self.n_tasks):
             self.begin_pass(n)
             for node in self.graph.hidden_zip_nodes():
-                self.zip_stage(node, shares, selection)
+                merged = self.zip_stage(node, shares, selection)
+                if self.after_stage is not None and any(self.records[m.index].shared for m in merged):
+                    self.after_stage()
         return self.records
 
 
