@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from tfmot_zip.compat import check_tf_keras_model, keras
+from tfmot_zip.model.flatten import UnsupportedModelError, flatten_model
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
 
 __all__ = ["AlignedNode", "ModelGraph", "UnsupportedModelError", "align_models", "config_difference", "SUPPORTED_LAYERS"]
-
-
-class UnsupportedModelError(ValueError):
-    """A model (or a layer of it) cannot be zipped; the message says which and why."""
-
 
 L = keras.layers
 
@@ -34,11 +33,16 @@ CHANNELWISE = (
     L.ZeroPadding2D,
     L.BatchNormalization,
 )
+#: Per-channel input preprocessing: supported on a task's input, before its first Dense/Conv2D.
+INPUT_ONLY = (L.Normalization, L.Rescaling)
 SUPPORTED_LAYERS = (
     "InputLayer, Dense, Conv2D (groups=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
     "(elementwise), Dropout, MaxPooling2D, AveragePooling2D, ZeroPadding2D, Flatten, "
-    "GlobalAveragePooling2D, GlobalMaxPooling2D, Add; any single-input layer after the last "
-    "Dense/Conv2D of a task (e.g. Softmax)"
+    "GlobalAveragePooling2D, GlobalMaxPooling2D, Add, Rescaling (scalar), Reshape adding or removing "
+    "size-1 axes before the channels, elementwise TF-op layers with one scalar (x + 3.0, x * c, "
+    "tf.nn.relu6, ...), nested models (flattened); Normalization and per-channel Rescaling on the "
+    "input before the first Dense/Conv2D; any single-input layer after the last Dense/Conv2D of a "
+    "task (e.g. Softmax)"
 )
 NOT_ELEMENTWISE = {"softmax", "log_softmax"}
 
@@ -102,6 +106,8 @@ def inbound_tensors(layer_config: dict) -> list[tuple[str, int, int]]:
         [('dense', 0, 0)]
         >>> inbound_tensors({"inbound_nodes": []})
         []
+        >>> inbound_tensors({"inbound_nodes": [["conv", 0, 0, {"y": 3.0}]]})  # a TF-op layer's call
+        [('conv', 0, 0)]
     """
     nodes = layer_config.get("inbound_nodes", [])
     if not nodes:
@@ -111,7 +117,9 @@ def inbound_tensors(layer_config: dict) -> list[tuple[str, int, int]]:
         args = node.get("args", [])
         flat = args[0] if args and isinstance(args[0], list) else args
         return [tuple(a["config"]["keras_history"]) for a in flat]
-    return [tuple(item[:3]) for item in node]
+    if node and isinstance(node[0], str):  # TF-op layers keep their first argument's structure
+        node = [node]
+    return [tuple(item[:3]) for item in node if item[0] != "_CONSTANT_VALUE"]
 
 
 def _graph_of(model) -> tuple[list, list[list[int]], list[int], list[int]]:
@@ -192,11 +200,28 @@ def _kind(layer, model) -> str:
                 f"{_describe(model, layer)} normalises axis {layer.axis}; only the last (channel) axis is supported."
             )
         return "channelwise"
+    if isinstance(layer, INPUT_ONLY):
+        return "channelwise" if _scalar_rescaling(layer) else "input_only"
+    if isinstance(layer, L.Reshape) and _regroups_unit_axes(layer):
+        return "channelwise"
     if isinstance(layer, CHANNELWISE):
         if isinstance(layer, L.Activation) and _activation_name(layer.activation) in NOT_ELEMENTWISE:
             return "tail_only"
         return "channelwise"
     return "other"
+
+
+def _scalar_rescaling(layer) -> bool:
+    """A Rescaling by one scale and one offset (the same for every channel)."""
+    return isinstance(layer, L.Rescaling) and all(
+        np.size(getattr(layer, key)) == 1 for key in ("scale", "offset")
+    )
+
+
+def _regroups_unit_axes(layer) -> bool:
+    """A Reshape that keeps the channel axis last and only adds or removes axes of size 1."""
+    before, after = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
+    return before[-1:] == after[-1:] and all(d == 1 for d in before[:-1] + after[:-1])
 
 
 def _activation_name(activation) -> str:
@@ -263,9 +288,18 @@ def align_models(models: Sequence) -> ModelGraph:
         >>> [n.name for n in g.hidden_zip_nodes()]
         ['fc1', 'fc2']
     """
-    models = [check_tf_keras_model(m, f"models[{i}]") for i, m in enumerate(models)]
+    models = [flatten_model(check_tf_keras_model(m, f"models[{i}]")) for i, m in enumerate(models)]
     if len(models) < 2:
         raise ValueError(f"zip needs at least two models. Received {len(models)}.")
+    for i, model in enumerate(models):
+        zip_layers = [l.name for l in model.layers if isinstance(l, (ZipDense, ZipConv2D))]
+        if zip_layers:
+            raise UnsupportedModelError(
+                f"models[{i}] ({model.name!r}) is already zipped (zip layers {zip_layers[:3]}); zip_models "
+                "takes the original single-task models. Zip the originals together with the new model "
+                "(all of them in one call), or pass tfmot_zip.model.builder.extract_task_models(zipped) "
+                "(one plain model per task, with the zipped weights) to zip them again."
+            )
     graphs = []
     for model in models:
         graphs.append(_graph_of(model))
@@ -358,7 +392,16 @@ def _mark_heads_and_tails(nodes: list[AlignedNode], output: int, models) -> None
                 "tensors; after the last Dense/Conv2D only single-input layers are supported."
             )
         node.kind = "tail"
+    _check_input_only(nodes, models)
     for node in nodes:
+        if node.kind == "other" and type(node.layers[0]).__name__ == "TFOpLambda":
+            layer = node.layers[0]
+            raise UnsupportedModelError(
+                f"{_describe(models[0], layer)} is a TensorFlow op ({layer.get_config().get('function')}) "
+                "between zip-able layers; tfmot_zip turns elementwise TF ops of one tensor and at most one "
+                "Python scalar (x + 3.0, x * c, tf.nn.relu6(x), ...) into Keras layers, not this one. "
+                "Replace it by a Keras layer (Activation, ReLU, Rescaling, ...) and copy the weights over."
+            )
         if node.kind == "other" or node.kind == "tail_only":
             layer = node.layers[0]
             raise UnsupportedModelError(
@@ -372,3 +415,20 @@ def _mark_heads_and_tails(nodes: list[AlignedNode], output: int, models) -> None
                         f"{_describe(model, layer)} is a hidden layer with a softmax activation, which "
                         "mixes units; only elementwise activations are supported below the head."
                     )
+
+
+def _check_input_only(nodes: list[AlignedNode], models) -> None:
+    """Per-channel preprocessing must read a task's input, not the output of a zip-able layer."""
+    after_zip: set[int] = set()
+    for node in nodes:
+        if node.is_zip or any(i in after_zip for i in node.inbound):
+            after_zip.add(node.index)
+        if node.kind == "input_only":
+            if node.index in after_zip:
+                raise UnsupportedModelError(
+                    f"{_describe(models[0], node.layers[0])} normalises channels after a Dense/Conv2D layer; "
+                    "per-channel Normalization/Rescaling is supported only as input preprocessing, before "
+                    "the first Dense/Conv2D (each task keeps its own). Fold it into the next layer's "
+                    "weights, or use a BatchNormalization."
+                )
+            node.kind = "channelwise"
