@@ -77,6 +77,9 @@ def test_budget_zip_meets_budget_and_records_allocation(pair, tmp_path):
     assert set(report.budget["fractions"]) == {"fc1", "fc2"}
     assert [f for f, _ in report.budget["drift"]["fc1"]] == [0.5, 1.0]
     assert report.options["sharing"] == report.budget["fractions"]  # the zip used the allocation
+    assert report.budget["chosen"] in ("probes", "uniform")
+    if report.budget["checked"]:  # the candidate kept is the one with the least drift
+        assert report.budget["checked"][report.budget["chosen"]] == min(report.budget["checked"].values())
     assert "budget:" in str(report) and json.dumps(report.budget) and report.as_dict()["budget"] == report.budget
     # survives save/load; the other records keep their keys
     path = str(tmp_path / "z.keras")
@@ -106,7 +109,7 @@ def test_allocation_prefers_the_layer_whose_drift_is_smaller(pair, monkeypatch):
 
     monkeypatch.setattr(budget_module, "output_drift", fake_drift)
     zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=data,
-                                  sharing=Budget(params=1300, probe_fractions=(0.5, 1.0), holdout=10))
+                                  sharing=Budget(params=1300, probe_fractions=(0.5, 1.0), holdout=10, verify=False))
     fractions = tfmot_zip.zip_summary(zipped).budget["fractions"]
     assert fractions["fc2"] == 0.0 and fractions["fc1"] > 0.0
     assert tfmot_zip.strip_zipping(zipped).count_params() <= 1300
@@ -126,7 +129,7 @@ def test_unreachable_budgets_give_the_range(pair, budget, match):
 @pytest.mark.parametrize("kwargs, match", [
     ({}, "exactly one"), ({"params": 5, "fraction": 0.5}, "exactly one"), ({"params": 0}, "positive integer"),
     ({"params": 1.5}, "positive integer"), ({"fraction": 1.5}, r"\(0, 1\]"), ({"fraction": 0.0}, r"\(0, 1\]"),
-    ({"fraction": 0.5, "probe_fractions": ()}, "probe_fractions"), ({"fraction": 0.5, "holdout": 0}, "holdout"),
+    ({"fraction": 0.5, "probe_fractions": ()}, "probe_fractions"), ({"fraction": 0.5, "holdout": 0}, "holdout"), ({"fraction": 0.5, "probe_samples": 0}, "probe_samples"),
 ])
 def test_budget_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -142,6 +145,22 @@ def test_budget_refused_with_a_schedule_and_with_three_models(pair):
     model_c._name = "task_c"
     with pytest.raises(ValueError, match="two models"):
         tfmot_zip.zip_models(model_a, model_b, model_c, calibration_data=data + (data[0],), sharing=Budget(fraction=0.9))
+
+
+def test_verification_keeps_the_uniform_allocation_when_it_drifts_less(pair, monkeypatch):
+    """Probes that call fc1 free and fc2 dear pick fc1 only; if the whole-model check finds the
+    uniform allocation drifts less, the uniform one is kept, and the record says so."""
+    from tfmot_zip.zipping import budget as budget_module
+
+    model_a, model_b, data = pair
+    values = iter([0.0, 0.0, 5.0, 9.0, 1.0, 0.5])  # fc1's probes, fc2's, the probes' candidate, uniform
+    monkeypatch.setattr(budget_module, "output_drift", lambda original, outputs: next(values))
+    zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=data,
+                                  sharing=Budget(params=1300, probe_fractions=(0.5, 1.0), holdout=10))
+    record = tfmot_zip.zip_summary(zipped).budget
+    assert record["checked"] == {"probes": 1.0, "uniform": 0.5} and record["chosen"] == "uniform"
+    assert tfmot_zip.strip_zipping(zipped).count_params() == record["params"] <= 1300
+    assert record["params"] == uniform_for_budget([model_a, model_b], 1300)[1]
 
 
 def test_uniform_for_budget_is_the_smallest_fraction_that_fits():

@@ -44,6 +44,11 @@ class Budget:
         fraction: most parameters as a fraction (0..1] of the separate models' total.
         probe_fractions: fractions at which each space is zipped alone to measure its drift.
         holdout: calibration samples per task held out of the probes to measure the drift on.
+        probe_samples: at most this many of the other calibration samples per task zip the probes
+            (None: all); fewer make the probes faster and their drift noisier.
+        verify: zip the allocation the probes suggest and the uniform fraction that fits the
+            budget, every layer at once, and keep the one whose drift is smaller (the probes
+            measure each layer alone; this sees how they add up).
 
     Example:
         >>> Budget(fraction=0.6).target(533_220)
@@ -60,6 +65,8 @@ class Budget:
     fraction: float | None = None
     probe_fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0)
     holdout: int = 1000
+    probe_samples: int | None = 4000
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if (self.params is None) == (self.fraction is None):
@@ -78,6 +85,10 @@ class Budget:
             raise ValueError(f"Expected probe_fractions in (0, 1], e.g. (0.5, 1.0). Received: {self.probe_fractions!r}")
         if not _is_int(self.holdout) or self.holdout < 1:
             raise ValueError(f"Expected a positive integer holdout. Received: holdout={self.holdout!r}")
+        if self.probe_samples is not None and (not _is_int(self.probe_samples) or self.probe_samples < 1):
+            raise ValueError(
+                f"Expected a positive integer probe_samples or None. Received: probe_samples={self.probe_samples!r}"
+            )
         object.__setattr__(self, "probe_fractions", tuple(sorted(float(f) for f in probes)))
         object.__setattr__(self, "params", None if self.params is None else int(self.params))
         object.__setattr__(self, "fraction", None if self.fraction is None else float(self.fraction))
@@ -98,6 +109,8 @@ class BudgetAllocation:
         fractions: sharing fraction per space (keyed by the space's first writer, as ``sharing``).
         units: shared units per space.
         drift: per space, ``[fraction, drift]`` measured by zipping that space alone.
+        checked: drift of each candidate zipped whole (``"probes"``, ``"uniform"``) when verified.
+        chosen: the candidate kept (``"probes"`` or ``"uniform"``).
         seconds: time spent measuring and allocating.
     """
 
@@ -108,6 +121,8 @@ class BudgetAllocation:
     units: dict[str, int]
     drift: dict[str, list] = field(default_factory=dict)
     seconds: float = 0.0
+    checked: dict[str, float] = field(default_factory=dict)
+    chosen: str = "probes"
 
     def as_config(self) -> dict:
         """A JSON-serialisable dict."""
@@ -117,6 +132,8 @@ class BudgetAllocation:
             "units": {k: int(v) for k, v in self.units.items()},
             "drift": {k: [[float(f), float(d)] for f, d in v] for k, v in self.drift.items()},
             "seconds": round(float(self.seconds), 3),
+            "checked": {k: float(v) for k, v in self.checked.items()},
+            "chosen": self.chosen,
         }
 
 
@@ -262,15 +279,18 @@ def allocate_budget(
     if target < total:
         n = min(len(c) for c in calibration)
         held = min(budget.holdout, n // 5) or n
-        fit = [c[: len(c) - held] if held < n else c for c in calibration]
+        fit = [(c[: len(c) - held] if held < n else c)[: budget.probe_samples] for c in calibration]
         evaluate = [c[len(c) - held:] for c in calibration]
         original = [m.predict(x, batch_size=1000, verbose=0) for m, x in zip(models, evaluate)]
+
+        def measured(sharing: dict) -> float:
+            zipped = zip_fn(*models, calibration_data=fit, sharing=sharing, **zip_options)
+            return output_drift(original, zipped.predict(list(evaluate), batch_size=1000, verbose=0))
+
         for space in hidden:
             drift[space] = []
             for fraction in budget.probe_fractions:
-                zipped = zip_fn(*models, calibration_data=fit, sharing={space: fraction}, **zip_options)
-                outputs = zipped.predict(list(evaluate), batch_size=1000, verbose=0)
-                drift[space].append((fraction, output_drift(original, outputs)))
+                drift[space].append((fraction, measured({space: fraction})))
                 if log:
                     log(f"budget: {space} shared {fraction:.2f} alone -> drift {drift[space][-1][1]:.4g}")
     cost = {}
@@ -281,8 +301,18 @@ def allocate_budget(
         cost[space] = lambda f, xs=xs, ys=ys: float(np.interp(f, xs, ys))
     units = allocate(shapes, target, cost, other)
     sizes = {s.space: min(s.widths) for s in shapes if not s.is_head}
+    checked, chosen = {}, "probes"
+    if budget.verify and drift:
+        candidates = {"probes": units, "uniform": uniform_fraction(shapes, target, other)[1]}
+        if candidates["uniform"] != units:
+            for name, candidate in candidates.items():
+                checked[name] = measured({s: k / sizes[s] for s, k in candidate.items() if sizes[s]})
+                if log:
+                    log(f"budget: {name} allocation {candidate} zipped whole -> drift {checked[name]:.4g}")
+            chosen = min(candidates, key=lambda name: (checked[name], name != "probes"))
+            units = candidates[chosen]
     fractions = {s: (k / sizes[s] if sizes[s] else 0.0) for s, k in units.items()}
     return BudgetAllocation(
         target, zipped_params(shapes, units, other), total, fractions, units,
-        {k: [list(p) for p in v] for k, v in drift.items()}, time.perf_counter() - start,
+        {k: [list(p) for p in v] for k, v in drift.items()}, time.perf_counter() - start, checked, chosen,
     )
