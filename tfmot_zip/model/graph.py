@@ -297,7 +297,7 @@ def align_models(models: Sequence) -> ModelGraph:
             raise UnsupportedModelError(
                 f"models[{i}] ({model.name!r}) is already zipped (zip layers {zip_layers[:3]}); zip_models "
                 "takes the original single-task models. Zip the originals together with the new model "
-                "(all of them in one call), or pass tfmot_zip.model.builder.extract_task_models(zipped) "
+                "(all of them in one call), or pass tfmot_zip.extract_task_models(zipped) "
                 "(one plain model per task, with the zipped weights) to zip them again."
             )
     graphs = []
