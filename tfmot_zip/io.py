@@ -66,7 +66,8 @@ def removed_on_signal(path: str | os.PathLike, is_dir: bool = False) -> Iterator
     Installs a handler (from the main thread only; Python runs handlers there) for the time any
     path is pending: it removes every pending path, restores the previous handlers and calls the
     previous handler (SIGINT: ``KeyboardInterrupt``) or re-sends the signal for its default action
-    (SIGTERM: the process ends as it would have). Ignored signals stay ignored. The block itself
+    (SIGTERM: the process ends as it would have); if a previous handler returns, the work goes on
+    without its temporary paths and fails. Ignored signals stay ignored. The block itself
     removes nothing: pair it with the removal on success and error, as :func:`temporary_directory` does.
 
     Example:

@@ -125,7 +125,7 @@ def check_tflite(spec):
     models = [build(spec, m, seed=20 + m) for m in range(len(spec["offsets"]))]
     rng = np.random.default_rng(1)
     shape = models[0].input_shape[1:]
-    calibration = tuple(rng.random((24,) + shape).astype("float32") for _ in models)
+    calibration = tuple(rng.random((32,) + shape).astype("float32") for _ in models)  # enough for BatchNorm
     xs = [rng.random((6,) + shape).astype("float32") for _ in models]
     plain = tfmot_zip.strip_zipping(tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=spec["sharing"]))
     data = export_tflite(plain)

@@ -2,7 +2,8 @@
 
 One concern per module: :mod:`~tfmot_zip.export.signatures` (task names, the signatures a model
 gets), :mod:`~tfmot_zip.export.inputs` (one array per model input), :mod:`~tfmot_zip.export.convert`
-(:func:`export_tflite`), :mod:`~tfmot_zip.export.interpreter` (running a file in LiteRT),
+(:func:`export_tflite`), :mod:`~tfmot_zip.export.flatbuffer` (is it TFLite; the tensor types of
+each signature), :mod:`~tfmot_zip.export.interpreter` (running a file in LiteRT),
 :mod:`~tfmot_zip.export.verify` (:func:`verify_tflite`), :mod:`~tfmot_zip.export.size` (size and
 latency against the separate models) and :mod:`~tfmot_zip.export.tfmot` (TFMOT pruning and QAT
 of zip layers; imported on its own, as it imports TFMOT). The names below are re-exported.
