@@ -1,12 +1,13 @@
-"""Data-driven refits after a one-shot zip, side by side with the paper's MTZ (issue: beyond the paper).
+"""Data-driven refits and statistics repair after a one-shot zip, side by side with the paper's MTZ.
 
 Zips two cached zoo models (Fashion-MNIST, 10,000 calibration images per task) at sharing 0.5 and
-1.0 with ``method`` x {no refit, head refit, layer refit, both} and prints each task's test
-accuracy right after zipping (no retraining), the mean drop against the originals and the zip
-time (measured in the same run, so the ratios are comparable).
+1.0 with ``method`` x {no refit, head refit, layer refit, both} x {no repair, repair} and prints
+each task's test accuracy right after zipping (no retraining), the mean drop against the originals
+and the zip time (measured in the same run, so the ratios are comparable).
 
 Usage:
-    .venv/bin/python benchmarks/refit.py [--arch lenet_300_100] [--pair split|same]
+    .venv/bin/python benchmarks/refit.py [--arch lenet_300_100|lenet5] [--pair split|same]
+        [--sharing 0.5 1.0] [--methods mtz euclidean] [--refits none heads layers both]
 """
 from __future__ import annotations
 
@@ -17,14 +18,22 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-VARIANTS = (
-    ("mtz", False, False), ("mtz", False, True), ("mtz", True, False), ("mtz", True, True),
-    ("euclidean", False, False), ("euclidean", True, True),
+# (method, refit_layers, refit_heads, repair)
+VARIANTS = tuple(
+    (method, layers, heads, repair)
+    for method in ("mtz", "euclidean")
+    for layers, heads in ((False, False), (False, True), (True, False), (True, True))
+    for repair in (False, True)
+    if method == "mtz" or layers == heads
 )
 
 
-def run(arch: str, pair: str, samples: int = 10_000, log=print) -> list[dict]:
-    """Every variant at sharing 0.5 and 1.0; returns one dict per row."""
+REFITS = {"none": (False, False), "heads": (False, True), "layers": (True, False), "both": (True, True)}
+
+
+def run(arch: str, pair: str, samples: int = 10_000, log=print, sharings=(0.5, 1.0), methods=("mtz", "euclidean"),
+        refits=tuple(REFITS)) -> list[dict]:
+    """Every variant of ``methods`` and ``refits`` at each sharing of ``sharings``; returns one dict per row."""
     import numpy as np
 
     import tfmot_zip
@@ -41,18 +50,21 @@ def run(arch: str, pair: str, samples: int = 10_000, log=print) -> list[dict]:
     log(f"{arch} {pair}: originals {originals[0]:.2f} / {originals[1]:.2f}")
     calibration = [t.x_train[:samples] for t in tasks]
     rows = []
-    for sharing in (0.5, 1.0):
-        for method, refit_layers, refit_heads in VARIANTS:
+    for sharing in sharings:
+        for method, refit_layers, refit_heads, repair in VARIANTS:
+            if method not in methods or (refit_layers, refit_heads) not in {REFITS[r] for r in refits}:
+                continue
             start = time.perf_counter()
             zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=sharing, method=method,
-                                          refit_layers=refit_layers, refit_heads=refit_heads)
+                                          refit_layers=refit_layers, refit_heads=refit_heads, repair=repair)
             seconds = time.perf_counter() - start
             accuracy = training.evaluate_tasks(zipped, [t.test for t in tasks])
             drop = float(np.mean([o - a for o, a in zip(originals, accuracy)]))
             row = {"sharing": sharing, "method": method, "refit_layers": refit_layers, "refit_heads": refit_heads,
-                   "accuracy": [round(a, 2) for a in accuracy], "mean_drop": round(drop, 2), "zip_seconds": round(seconds, 1)}
+                   "repair": repair, "accuracy": [round(a, 2) for a in accuracy], "mean_drop": round(drop, 2), "zip_seconds": round(seconds, 1)}
             rows.append(row)
-            log(f"| {sharing:.1f} | {method} | {'yes' if refit_layers else 'no'} | {'yes' if refit_heads else 'no'} | "
+            flags = " | ".join("yes" if flag else "no" for flag in (refit_layers, refit_heads, repair))
+            log(f"| {sharing:.1f} | {method} | {flags} | "
                 f"{accuracy[0]:.2f} / {accuracy[1]:.2f} | {drop:.2f} | {seconds:.1f} |")
     return rows
 
@@ -61,11 +73,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="lenet_300_100")
     parser.add_argument("--pair", choices=("split", "same"), default="split")
+    parser.add_argument("--sharing", type=float, nargs="+", default=[0.5, 1.0])
+    parser.add_argument("--methods", nargs="+", default=["mtz", "euclidean"])
+    parser.add_argument("--refits", nargs="+", choices=tuple(REFITS), default=list(REFITS))
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
-    print("| sharing | method | layer refit | head refit | accuracy A / B | mean drop | zip s |")
-    print("|---|---|---|---|---|---|---|")
-    rows = run(args.arch, args.pair)
+    print("| sharing | method | layer refit | head refit | repair | accuracy A / B | mean drop | zip s |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = run(args.arch, args.pair, sharings=tuple(args.sharing), methods=tuple(args.methods), refits=tuple(args.refits))
     if args.json:
         from tfmot_zip.io import atomic_write_json, versions
 

@@ -42,25 +42,42 @@ def original_preactivation(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor
     return tf.nn.bias_add(y, layer.bias) if layer.use_bias else y
 
 
-def _feeds(zipped: keras.Model, task: int, batch: np.ndarray) -> list | np.ndarray:
-    """Inputs of the zipped model that run ``batch`` through ``task`` (other task inputs zero)."""
-    if len(zipped.inputs) == 1:
-        return batch
-    return [batch if i == task else np.zeros_like(batch) for i in range(len(zipped.inputs))]
+def _original_moments(graph: ModelGraph, calibration: Sequence[np.ndarray], batch_size: int) -> dict[str, list]:
+    """``{layer name: [moments per task]}`` of the original pre-activations, one pass per task."""
+    nodes = graph.hidden_zip_nodes()
+    moments = {node.name: [] for node in nodes}
+    for task, model in enumerate(graph.models):
+        layers = [node.layers[task] for node in nodes]
+        inputs = keras.Model(model.inputs, [layer.input for layer in layers])
+        accumulators = [MomentAccumulator(int(layer.kernel.shape[-1])) for layer in layers]
+        data = calibration[task]
+        for start in range(0, len(data), batch_size):
+            xs = inputs(data[start : start + batch_size], training=False)
+            for layer, x, accumulator in zip(layers, xs if len(layers) > 1 else [xs], accumulators):
+                accumulator.update(original_preactivation(layer, x).numpy())
+        for node, accumulator in zip(nodes, accumulators):
+            moments[node.name].append(accumulator)
+    return moments
 
 
-def _moments(zipped, layer, task, original_layer, original_model, data, batch_size):
-    """(original, merged) per-unit moments of ``task``'s pre-activations at ``layer``."""
+def _merged_moments(zipped: keras.Model, layer, calibration: Sequence[np.ndarray], batch_size: int) -> list:
+    """Moments of every task's pre-activations at ``layer`` of the zipped model (all tasks in one
+    pass when every task has its own input)."""
     merged_inputs = keras.Model(zipped.inputs, list(layer.input))
-    original_inputs = keras.Model(original_model.inputs, original_layer.input)
-    units = layer.task_units[task]
-    original, merged = MomentAccumulator(units), MomentAccumulator(units)
-    for start in range(0, len(data), batch_size):
-        batch = data[start : start + batch_size]
-        x = merged_inputs(_feeds(zipped, task, batch), training=False)[task]
-        merged.update(layer.preactivation(x, task).numpy())
-        original.update(original_preactivation(original_layer, original_inputs(batch, training=False)).numpy())
-    return original, merged
+    moments = [MomentAccumulator(units) for units in layer.task_units]
+    if len(zipped.inputs) == 1:  # one input for every task: each task's data in its own pass
+        for task, data in enumerate(calibration):
+            for start in range(0, len(data), batch_size):
+                x = merged_inputs(data[start : start + batch_size], training=False)[task]
+                moments[task].update(layer.preactivation(x, task).numpy())
+        return moments
+    for start in range(0, max(len(d) for d in calibration), batch_size):
+        batches = [d[start : start + batch_size] for d in calibration]
+        xs = merged_inputs([b if len(b) else d[:1] for b, d in zip(batches, calibration)], training=False)
+        for task, batch in enumerate(batches):
+            if len(batch):  # a task whose data ran out was fed a placeholder row
+                moments[task].update(layer.preactivation(xs[task], task).numpy())
+    return moments
 
 
 def _fold_private(layer, task: int, scale: np.ndarray, shift: np.ndarray, private: np.ndarray) -> None:
@@ -108,13 +125,14 @@ def repair_statistics(
         True
     """
     report = {}
+    originals = _original_moments(graph, calibration, batch_size)
     for node in graph.hidden_zip_nodes():
         layer = zipped.get_layer(node.name)
         layer.enable_repair()
         owners = layer.unit_tasks()
         info = {"repaired": [], "guarded": [], "folded": []}
-        for task, original_layer in enumerate(node.layers):
-            original, merged = _moments(zipped, layer, task, original_layer, graph.models[task], calibration[task], batch_size)
+        merged_moments = _merged_moments(zipped, layer, calibration, batch_size)
+        for task, (original, merged) in enumerate(zip(originals[node.name], merged_moments)):
             fit = fit_affine(original.mean, original.std, merged.mean, merged.std, min_std=min_std)
             scale, shift = fit.scale, fit.shift
             private = np.asarray([len(owners[int(u)]) == 1 for u in layer.get_maps(task)[1]])
