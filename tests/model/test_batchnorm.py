@@ -92,3 +92,13 @@ def test_zip_report_says_when_the_trained_statistics_stayed(rng):
         original = (a, b)[t].get_layer("stem_bn")
         np.testing.assert_array_equal(zipped.get_layer(f"stem_bn__{task}").moving_variance.numpy(),
                                       original.moving_variance.numpy())
+
+
+def test_frozen_batchnorm_is_re_estimated_and_stays_frozen():
+    model = _bn_model(4)
+    model.get_layer("bn").trainable = False  # e.g. a transfer-learning base called with training=False
+    x = np.random.default_rng(2).normal(size=(200, 6)).astype(np.float32) + 1.0
+    update = recalibrate_batchnorm(model, [x], batch_size=200)
+    bn = model.get_layer("bn")
+    assert update.updated == ["bn"] and bn.trainable is False
+    np.testing.assert_allclose(bn.moving_mean.numpy(), model.get_layer("fc")(x).numpy().mean(0), rtol=1e-4, atol=1e-5)

@@ -122,12 +122,6 @@ def shared_layer(seed):
     return functional(body, f"t{seed}")
 
 
-def nested(seed):
-    keras.utils.set_random_seed(seed)
-    inner = mlp(seed, name=f"inner{seed}")
-    return functional(lambda x: inner(x), f"n{seed}")
-
-
 def two_outputs(seed):
     keras.utils.set_random_seed(seed)
     inp = keras.Input((6, 6, 1))
@@ -175,7 +169,6 @@ ZIP_CASES = [
     ("grouped convolution", lambda: (grouped_conv(1), grouped_conv(2)), {}, UnsupportedModelError, "'conv'.*grouped"),
     ("hidden softmax", lambda: (hidden_softmax(1), hidden_softmax(2)), {}, UnsupportedModelError, "'fc1'.*softmax"),
     ("layer called twice", lambda: (shared_layer(1), shared_layer(2)), {}, UnsupportedModelError, "'twice'.*called 2 times"),
-    ("nested model", lambda: (nested(1), nested(2)), {}, UnsupportedModelError, "nested"),
     ("NaN bias", lambda: (mlp(1), with_bad_weight(mlp(2), "fc2", 1, np.nan)), {}, ValueError, "'mlp2' has NaN or inf.*fc2/bias"),
     ("inf BatchNorm variance", lambda: (cnn(1, bn=True), with_bad_weight(cnn(2, bn=True), "bn1", 3, np.inf)),
      {"calibration_data": (calib(np.random.default_rng(1), 4, (10, 10, 1)),) * 2}, ValueError, "NaN or inf.*moving_variance"),

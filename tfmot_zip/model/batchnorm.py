@@ -117,10 +117,13 @@ def recalibrate_batchnorm(
     dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
     saved_momentum = [l.momentum for l in layers]
     saved_rates = [l.rate for l in dropouts]
+    saved_trainable = [l.trainable for l in layers]  # a frozen layer would run in inference mode
     single = len(model.inputs) == 1
     try:
         for layer in dropouts:
             layer.rate = 0.0
+        for layer in layers:
+            layer.trainable = True
         for k, start in enumerate(range(0, count, batch_size)):
             for layer in layers:
                 layer.momentum = k / (k + 1.0)  # moving = running average of the batch statistics
@@ -131,6 +134,8 @@ def recalibrate_batchnorm(
             layer.momentum = momentum
         for layer, rate in zip(dropouts, saved_rates):
             layer.rate = rate
+        for layer, trainable in zip(layers, saved_trainable):
+            layer.trainable = trainable
     update = BatchNormUpdate(updated=[l.name for l in layers], samples=count)
     for layer in layers:
         old_mean, old_var = trained[layer.name]
