@@ -194,3 +194,17 @@ def test_cosine_decay_and_soft_targets(rng):
     assert [step for step, _ in history] == [2, 4]
     with pytest.raises(ValueError, match="soft targets have 4"):
         training.retrain(zipped, [(sets[0][0], np.zeros((256, 4))), soft[1]], steps=1)
+
+
+def test_callback_calibration_with_nan_is_refused_before_any_zipping(rng):
+    a, b = mlp(3), mlp(4)
+    bad = calib(rng, 50, (6, 6, 1))
+    bad[3, 0, 0, 0] = np.nan
+    bad[7, 1, 1, 0] = np.inf
+    later = tfmot_zip.zip_models(a, b, calibration_data=None, sharing=0.5, schedule=tfmot_zip.OneShotSchedule())
+    frozen_compile(later)
+    sets = [labelled(rng, 64, (6, 6, 1)), labelled(rng, 64, (6, 6, 1))]
+    with pytest.raises(ValueError, match=r"calibration_data\[1\].*1 NaN and 1 inf"):
+        later.fit(data.multitask(*sets, batch_size=32), steps_per_epoch=1, verbose=0,
+                  callbacks=[tfmot_zip.ZipCallback(calibration_data=(calib(rng, 50, (6, 6, 1)), bad))])
+    assert tfmot_zip.zipping.callbacks.pending_layers(later)  # nothing was zipped

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
+from tfmot_zip.data.checks import check_inputs
 from tfmot_zip.data.tasks import as_inputs
 from tfmot_zip.model.batchnorm import recalibrate_batchnorm
 from tfmot_zip.model.layers import ZIP_LAYERS, zip_layers
@@ -107,7 +108,10 @@ class ZipCallback(keras.callbacks.Callback):
                     f"{len(self.calibration_data)}."
                 )
             count = self.calibration_samples if self.calibration_samples is not None else self.options.calibration_samples
-            calibration = [np.asarray(as_inputs(d, count=count), np.float32) for d in self.calibration_data]
+            calibration = [
+                np.asarray(check_inputs(as_inputs(d, count=count), f"calibration_data[{i}]"), np.float32)
+                for i, d in enumerate(self.calibration_data)
+            ]
         else:
             provider = lambda layer, t: layer.hessian(t)  # noqa: E731
             calibration = [np.zeros((1,) + tuple(self.model.inputs[0].shape[1:]), np.float32)] * len(self.model.outputs)
