@@ -42,6 +42,7 @@ __all__ = [
     "zipped_params",
     "space_sizes",
     "params_range",
+    "check_budget",
     "uniform_units",
     "uniform_fraction",
     "allocate",
