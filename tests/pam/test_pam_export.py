@@ -1,10 +1,16 @@
 """Tests of tfmot_zip.pam.export: one TFLite signature per task subset."""
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from pam_fixtures import NAMES, own_or_shared_groups
 from tfmot_zip import pam
+from tfmot_zip.compat import tf
 from tfmot_zip.core.pam_math import SHARED
 from pam_fixtures import models, data  # noqa: F401  (pytest fixtures)
 
@@ -42,3 +48,29 @@ def test_export_runs_subset_groups_of_a_hessian_merged_network(models, data, tmp
         expected = expected if isinstance(expected, list) else [expected]
         for t, e in zip(subset, expected):
             np.testing.assert_allclose(out[t], e, atol=1e-5)
+
+
+def test_export_folder_is_removed_on_sigterm_and_the_previous_handler_runs(models, tmp_path, monkeypatch):
+    """The SavedModel folder goes when SIGTERM arrives mid-export (issue 16), not only on success or error."""
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))  # instead of ending pytest
+    folders = []
+
+    def save_then_signal(module, folder, signatures=None):
+        Path(folder, "saved_model.pb").write_bytes(b"partial")
+        folders.append((folder, signal.getsignal(signal.SIGTERM)))
+        os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next line
+        folders.append(Path(folder).exists())
+        raise RuntimeError("stopped by SIGTERM (simulated)")
+
+    monkeypatch.setattr(tf.saved_model, "save", save_then_signal)
+    try:
+        with pytest.raises(RuntimeError, match="stopped by SIGTERM"):
+            pam.export_subsets_tflite(pam.separate_network(models[0], "a"), tmp_path / "pam.tflite")
+        mine = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (folder, handler), exists_after_signal = folders
+    assert "tfmot_zip_pam_export_" in folder and handler is not mine  # the cleanup handler was installed
+    assert exists_after_signal is False and not Path(folder).exists()
+    assert calls == [signal.SIGTERM] and list(tmp_path.iterdir()) == []

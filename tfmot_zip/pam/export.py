@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Sequence
 
 from tfmot_zip.compat import tf
 from tfmot_zip.core.pam_math import all_subsets
-from tfmot_zip.io import atomic_write_bytes
+from tfmot_zip.io import atomic_write_bytes, temporary_directory
 from tfmot_zip.pam.network import GroupedNetwork
 
 __all__ = ["signature_key", "export_subsets_tflite"]
@@ -59,7 +58,7 @@ def export_subsets_tflite(net: GroupedNetwork, path: str | os.PathLike, subsets:
         key = signature_key(subset)
         signatures[key] = tf.function(run, input_signature=[spec], autograph=False).get_concrete_function()
         keys[subset] = key
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_directory("tfmot_zip_pam_export_") as tmp:  # removed on SIGTERM/SIGINT too
         tf.saved_model.save(module, tmp, signatures=signatures)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures))
         flat = converter.convert()
