@@ -7,9 +7,13 @@ Runs ``tests/zipping/test_generated_models.py`` (a hypothesis strategy of random
 Dense/Conv2D models with BatchNorm, residual adds, pooling, activations, 2-3 models of
 differing widths) with ``--examples`` examples instead of CI's 15. Each example checks that
 sharing 0 reproduces the originals, ``strip_zipping`` matches the zipped model, save/load is
-bit-exact and the inputs stay unmodified. CI draws the same examples every run
-(``derandomize``); ``--seed-free`` lets hypothesis draw new ones (and shrink a failure to a
-minimal spec, printed as "Falsifying example"). About 4 s per example on one core.
+bit-exact and the inputs stay unmodified. A fifth of the examples (CI: 3; set
+``TFMOT_ZIP_FUZZ_TFLITE_EXAMPLES`` to change it) also go through the TFLite signature check: the
+stripped model is exported as float TFLite and every signature (one per task, ``all_tasks`` and
+``all_tasks_shared_input``) must match Keras within ``TOLERANCES[None]``, each task's signature
+also compared directly. CI draws the same examples every run (``derandomize``); ``--seed-free``
+lets hypothesis draw new ones (and shrink a failure to a minimal spec, printed as "Falsifying
+example"). About 4 s per example on one core, more for those exported to TFLite.
 """
 from __future__ import annotations
 
