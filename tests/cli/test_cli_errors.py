@@ -168,6 +168,25 @@ def test_errors_found_after_loading_also_exit_2(files, tmp_path, capsys):
     assert not (tmp_path / "z.keras").exists()
 
 
+def test_nan_in_retrain_eval_or_representative_data_is_counted_exit_2(files, tmp_path, capsys):
+    """The CLI's own data check gives the library's message (counts of NaN and inf), exit 2."""
+    x = calib(np.random.default_rng(4), 32, (6, 6, 1))
+    x[0, 0, 0, 0], x[1, 0, 0, 0], x[2, 1, 1, 0] = np.nan, np.nan, -np.inf
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=x, y=np.arange(32) % 3)
+    expected = f"'{bad}' contains NaN or inf values: 2 NaN and 1 inf out of {x.size} values"
+    out = tmp_path / "r.keras"
+    code, captured = run(["retrain", files["model0"], "--data", bad, "--steps", "1", "--out", out, "-q"], capsys)
+    assert code == EXIT_USAGE and f"--data {expected}" in captured.err and "Traceback" not in captured.err
+    code, captured = run(["zip", files["model0"], files["model1"], "--calibration", files["data0"], "--eval", bad,
+                          "--out", tmp_path / "z.keras", "-q"], capsys)
+    assert code == EXIT_USAGE and f"--eval {expected}" in captured.err
+    code, captured = run(["export", files["model0"], "--out", tmp_path / "m.tflite", "--quantize", "int8",
+                          "--representative", bad, "-q"], capsys)
+    assert code == EXIT_USAGE and f"--representative {expected}" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz"]
+
+
 def test_corrupt_model_file_exit_2(files, tmp_path, capsys):
     path = tmp_path / "broken.keras"
     path.write_bytes(b"not a zip archive")

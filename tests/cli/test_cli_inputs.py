@@ -1,9 +1,10 @@
 """Command-line inputs checked before any work: ``--sharing`` syntax, specs per model, output paths."""
+import numpy as np
 import pytest
 
 from tfmot_zip.cli.errors import UsageError
 from tfmot_zip.cli.files import check_output_file, npz_files
-from tfmot_zip.cli.inputs import parse_sharing, per_model_specs
+from tfmot_zip.cli.inputs import check_inputs_fit, parse_sharing, per_model_specs
 from tfmot_zip.data.specs import parse_data_spec
 
 
@@ -40,3 +41,19 @@ def test_help_texts_name_the_local_fashion_mnist_spec():
     from tfmot_zip.data.specs import LOCAL_FASHION_MNIST
 
     assert FASHION_MNIST == LOCAL_FASHION_MNIST
+
+
+def test_check_inputs_fit_counts_nan_and_inf_as_the_library_does():
+    from tfmot_zip.compat import keras
+    from tfmot_zip.data.checks import require_finite
+    from tfmot_zip.data.specs import LoadedData
+
+    model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+    x = np.zeros((4, 3), np.float32)
+    x[0, 0], x[1, 2] = np.nan, np.inf
+    with pytest.raises(ValueError) as library:
+        require_finite(x, "--data 'd.npz'")
+    with pytest.raises(UsageError, match=r"^--data 'd\.npz' contains NaN or inf values: 1 NaN and 1 inf out of 12 values") as cli:
+        check_inputs_fit(model, [LoadedData(parse_data_spec("d.npz"), x)], "--data")
+    assert str(cli.value) == str(library.value)
+    check_inputs_fit(model, [LoadedData(parse_data_spec("d.npz"), np.nan_to_num(x))], "--data")  # clean: accepted

@@ -16,6 +16,7 @@ import numpy as np
 
 from tfmot_zip.cli.console import Console
 from tfmot_zip.cli.errors import UsageError
+from tfmot_zip.data.checks import require_finite
 
 if TYPE_CHECKING:
     from tfmot_zip.data.specs import DataSpec, LoadedData
@@ -120,7 +121,9 @@ def _as_list(value: Any) -> list:
 def check_inputs_fit(model: Any, data: Sequence[LoadedData], flag: str, input_index: Sequence[int] | None = None) -> None:
     """Data shapes against the model's inputs, and finite values (before any work).
 
-    ``data[i]`` feeds input ``input_index[i]`` (default: input ``i``, or the last one).
+    ``data[i]`` feeds input ``input_index[i]`` (default: input ``i``, or the last one). NaN and inf
+    values are refused as the library refuses them (:func:`tfmot_zip.data.checks.require_finite`:
+    with their counts), as a :class:`UsageError`.
 
     Example:
         >>> from tfmot_zip.compat import keras
@@ -140,8 +143,10 @@ def check_inputs_fit(model: Any, data: Sequence[LoadedData], flag: str, input_in
                 f"{flag} {d.spec.text!r} has samples of shape {tuple(d.x.shape[1:])}, but the model input is {shape}. "
                 "Pass data of the model's input shape (use ?transform=... or another dataset)."
             )
-        if not np.all(np.isfinite(d.x)):
-            raise UsageError(f"{flag} {d.spec.text!r} contains NaN or inf values; clean the data first.")
+        try:
+            require_finite(d.x, f"{flag} {d.spec.text!r}")  # the library's message, with the counts
+        except ValueError as err:
+            raise UsageError(str(err)) from None
 
 
 def check_labels_fit(model: Any, data: Sequence[LoadedData], flag: str) -> None:
