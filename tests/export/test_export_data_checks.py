@@ -6,7 +6,9 @@ A tiny two-task model (one shared Dense layer); every case runs in about a secon
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +39,26 @@ def two_tasks() -> keras.Model:
     return keras.Model([a, b], [keras.layers.Dense(3, name="task_a")(shared(a)), keras.layers.Dense(3, name="task_b")(shared(b))])
 
 
+def inputs() -> np.ndarray:
+    return np.random.default_rng(0).random((N, 4)).astype("float32")
+
+
+@dataclasses.dataclass
+class Setup:
+    """What the case lists below run on: the fixtures' values, or :func:`make_setup`'s (the docs script)."""
+
+    model: keras.Model
+    x: np.ndarray
+    float_bytes: bytes
+    int8_bytes: bytes
+    folder: Path
+
+
+def make_setup(folder: Path) -> Setup:
+    model, x = two_tasks(), inputs()
+    return Setup(model, x, export_tflite(model), export_tflite(model, quantize="int8", representative_data=(x, x)), Path(folder))
+
+
 @pytest.fixture(scope="module")
 def model():
     return two_tasks()
@@ -44,7 +66,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def x():
-    return np.random.default_rng(0).random((N, 4)).astype("float32")
+    return inputs()
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +77,11 @@ def float_bytes(model):
 @pytest.fixture(scope="module")
 def int8_bytes(model, x):
     return export_tflite(model, quantize="int8", representative_data=(x, x))
+
+
+@pytest.fixture
+def setup(model, x, float_bytes, int8_bytes, tmp_path):
+    return Setup(model, x, float_bytes, int8_bytes, tmp_path)
 
 
 @pytest.fixture
@@ -108,20 +135,30 @@ def test_representative_data_is_checked_on_the_samples_used_and_dict_keys_name_t
         export_tflite(model, quantize="int8", representative_data={"task_a": x, "task_b": bad})
 
 
-def test_verification_and_evaluation_data_with_nan_or_inf_is_refused(model, x, float_bytes):
-    bad = nan_and_inf(x, 2, 1)
-    with pytest.raises(ValueError, match="inputs for task 'task_a' contains NaN or inf values: 2 NaN and 1 inf out of 160"):
-        verify_tflite(float_bytes, model, (bad, x))
-    with pytest.raises(ValueError, match=r"inputs of signature 'task_b' \('b_in'\) contains NaN or inf values: 2 NaN and 1 inf"):
-        tflite_predict(float_bytes, "task_b", bad)
-    with pytest.raises(ValueError, match="inputs of signature 'task_a'.*2 NaN and 1 inf"):
-        tflite_accuracy(float_bytes, "task_a", bad, np.zeros(N, int))
+def nan_labels():
     labels = np.zeros(N)
     labels[0] = np.nan
-    with pytest.raises(ValueError, match=r"labels for 'task_a' contains NaN or inf values: 1 NaN"):
-        tflite_accuracy(float_bytes, "task_a", x, labels)
-    with pytest.raises(ValueError, match="dtype complex128"):
-        tflite_predict(float_bytes, "task_a", x.astype(complex))
+    return labels
+
+
+# (entry point, case, call on a Setup, pattern of the ValueError). Registry for docs/BAD_INPUTS.md.
+EVALUATION_CASES = [
+    ("verify_tflite", "NaN and inf in verification inputs", lambda s: verify_tflite(s.float_bytes, s.model, (nan_and_inf(s.x, 2, 1), s.x)),
+     "inputs for task 'task_a' contains NaN or inf values: 2 NaN and 1 inf out of 160"),
+    ("tflite_predict", "NaN and inf in the inputs", lambda s: tflite_predict(s.float_bytes, "task_b", nan_and_inf(s.x, 2, 1)),
+     r"inputs of signature 'task_b' \('b_in'\) contains NaN or inf values: 2 NaN and 1 inf"),
+    ("tflite_accuracy", "NaN and inf in the inputs",
+     lambda s: tflite_accuracy(s.float_bytes, "task_a", nan_and_inf(s.x, 2, 1), np.zeros(N, int)), "inputs of signature 'task_a'.*2 NaN and 1 inf"),
+    ("tflite_accuracy", "NaN in the labels", lambda s: tflite_accuracy(s.float_bytes, "task_a", s.x, nan_labels()),
+     r"labels for 'task_a' contains NaN or inf values: 1 NaN"),
+    ("tflite_predict", "complex inputs", lambda s: tflite_predict(s.float_bytes, "task_a", s.x.astype(complex)), "dtype complex128"),
+]
+
+
+@pytest.mark.parametrize("entry, case, call, pattern", EVALUATION_CASES, ids=[f"{c[0]}: {c[1]}" for c in EVALUATION_CASES])
+def test_verification_and_evaluation_data_with_nan_or_inf_is_refused(setup, entry, case, call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call(setup)
 
 
 # ------------------------------------------------------------------ item 2: int8 yields int8 or an error
@@ -144,12 +181,20 @@ def test_int8_conversion_that_leaves_float_signatures_is_an_error(model, x, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_verify_checks_the_tensor_types_it_was_asked_for(model, x, float_bytes, int8_bytes):
-    with pytest.raises(TFLiteVerificationError, match="quantize='int8'.*signature 'task_a' has no int8 tensors"):
-        verify_tflite(float_bytes, model, (x, x), quantize="int8")  # within the int8 tolerance, but float
-    with pytest.raises(TFLiteVerificationError, match="quantize=None.*signature 'task_a' has quantized tensors"):
-        verify_tflite(int8_bytes, model, (x, x))
-    assert verify_tflite(int8_bytes, model, (x, x), quantize="int8")["all_tasks"]["max_abs_error"] < 0.25
+# (case, call on a Setup, pattern of the TFLiteVerificationError). Registry for docs/BAD_INPUTS.md.
+TENSOR_TYPE_CASES = [
+    ("a float file verified with quantize='int8'",  # within the int8 tolerance, but float
+     lambda s: verify_tflite(s.float_bytes, s.model, (s.x, s.x), quantize="int8"), "quantize='int8'.*signature 'task_a' has no int8 tensors"),
+    ("an int8 file verified as float", lambda s: verify_tflite(s.int8_bytes, s.model, (s.x, s.x)),
+     "quantize=None.*signature 'task_a' has quantized tensors"),
+]
+
+
+@pytest.mark.parametrize("case, call, pattern", TENSOR_TYPE_CASES, ids=[c[0] for c in TENSOR_TYPE_CASES])
+def test_verify_checks_the_tensor_types_it_was_asked_for(setup, case, call, pattern):
+    with pytest.raises(TFLiteVerificationError, match=pattern):
+        call(setup)
+    assert verify_tflite(setup.int8_bytes, setup.model, (setup.x, setup.x), quantize="int8")["all_tasks"]["max_abs_error"] < 0.25
 
 
 def test_verify_of_a_file_checks_its_types_too(model, x, float_bytes, tmp_path):
@@ -162,26 +207,41 @@ def test_verify_of_a_file_checks_its_types_too(model, x, float_bytes, tmp_path):
 # ------------------------------------------------------------------ item 3: clear errors
 
 
-def test_garbage_bytes_and_other_files_are_not_tflite(model, x, float_bytes, tmp_path):
-    with pytest.raises(ValueError, match=r"the TFLite model is not a TFLite file: its bytes 4-8 are b'age'.*export_tflite"):
-        verify_tflite(b"garbage", model, (x, x))
-    keras_file = tmp_path / "m.keras"
-    mlp(1).save(keras_file)
-    with pytest.raises(ValueError, match=r"file '.*m\.keras' is not a TFLite file.*a zip archive, such as a \.keras model"):
-        verify_tflite(keras_file, model, (x, x))
-    with pytest.raises(ValueError, match="not a TFLite file"):
-        load_interpreter(bytes(64))
-    with pytest.raises(ValueError, match="LiteRT cannot read the TFLite bytes .*damaged"):
-        load_interpreter(float_bytes[: len(float_bytes) // 2])  # the right identifier, a broken body
+def keras_file(folder: Path) -> Path:
+    path = Path(folder) / "m.keras"
+    mlp(1).save(path)
+    return path
 
 
-@pytest.mark.parametrize("name", ["m.keras", "m.h5", "model", "m.tflite.tmp"])
+# (entry point, case, call on a Setup, pattern of the ValueError). Registry for docs/BAD_INPUTS.md.
+NOT_TFLITE_CASES = [
+    ("verify_tflite", "b'garbage' as the TFLite model", lambda s: verify_tflite(b"garbage", s.model, (s.x, s.x)),
+     r"the TFLite model is not a TFLite file: its bytes 4-8 are b'age'.*export_tflite"),
+    ("verify_tflite", "a .keras file as the TFLite model", lambda s: verify_tflite(keras_file(s.folder), s.model, (s.x, s.x)),
+     r"file '.*m\.keras' is not a TFLite file.*a zip archive, such as a \.keras model"),
+    ("load_interpreter", "64 zero bytes", lambda s: load_interpreter(bytes(64)), "not a TFLite file"),
+    ("load_interpreter", "a truncated TFLite file (right identifier, broken body)",
+     lambda s: load_interpreter(s.float_bytes[: len(s.float_bytes) // 2]), "LiteRT cannot read the TFLite bytes .*damaged"),
+]
+
+
+@pytest.mark.parametrize("entry, case, call, pattern", NOT_TFLITE_CASES, ids=[f"{c[0]}: {c[1]}" for c in NOT_TFLITE_CASES])
+def test_garbage_bytes_and_other_files_are_not_tflite(setup, entry, case, call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call(setup)
+
+
+NOT_TFLITE_PATHS = ["m.keras", "m.h5", "model", "m.tflite.tmp"]  # registry for docs/BAD_INPUTS.md
+NOT_TFLITE_PATH_PATTERN = r"must end in \.tflite.*Pass '.*\.tflite'"
+
+
+@pytest.mark.parametrize("name", NOT_TFLITE_PATHS)
 def test_export_refuses_a_path_that_is_not_tflite_before_any_work(model, tmp_path, monkeypatch, name):
     def work(*args, **kwargs):
         raise AssertionError("work started")
 
     monkeypatch.setattr(convert_module, "as_tf_keras_model", work)
-    with pytest.raises(ValueError, match=r"must end in \.tflite.*Pass '.*\.tflite'"):
+    with pytest.raises(ValueError, match=NOT_TFLITE_PATH_PATTERN):
         export_tflite(model, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
@@ -195,25 +255,42 @@ def test_export_accepts_any_case_of_tflite(model, tmp_path):
 # ------------------------------------------------------------------ item 4: the uint8 policy
 
 
-def test_unscaled_uint8_images_warn_naming_the_task_dtype_and_range(model, x, float_bytes):
+def unscaled(x):
     images = (x * 255).astype(np.uint8)
-    images[0, 0] = 255
-    with pytest.warns(UnscaledInputWarning, match=r"inputs for task 'task_b' is uint8 with values in \[\d+, 255\].*divides uint8 images by 255.*x / 255"):
-        verify_tflite(float_bytes, model, (x, images))
-    with pytest.warns(UnscaledInputWarning, match=r"representative_data for task 'task_a' is uint8"):
-        export_tflite(model, quantize="int8", representative_data=(images, x))
+    images.reshape(len(x), -1)[0, 0] = 255
+    return images
+
+
+def unscaled_calibration():
+    scaled = calib(np.random.default_rng(0), 16, (6, 6, 1))
+    return scaled, unscaled(scaled)
+
+
+# (entry point, case, call on a Setup, pattern of the UnscaledInputWarning). Registry for docs/BAD_INPUTS.md.
+UNSCALED_CASES = [
+    ("verify_tflite", "uint8 images 0..255", lambda s: verify_tflite(s.float_bytes, s.model, (s.x, unscaled(s.x))),
+     r"inputs for task 'task_b' is uint8 with values in \[\d+, 255\].*divides uint8 images by 255.*x / 255"),
+    ("export_tflite", "uint8 images 0..255 as representative data",
+     lambda s: export_tflite(s.model, quantize="int8", representative_data=(unscaled(s.x), s.x)), r"representative_data for task 'task_a' is uint8"),
+    ("zip_models", "uint8 images 0..255 as calibration data",
+     lambda s: tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=unscaled_calibration(), sharing=0.5),
+     r"calibration_data\[1\] is uint8 with values in \[\d+, 255\]"),
+]
+
+
+def test_unscaled_uint8_images_warn_naming_the_task_dtype_and_range(setup):
+    for _, _, call, pattern in UNSCALED_CASES[:2]:
+        with pytest.warns(UnscaledInputWarning, match=pattern):
+            call(setup)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scaled (float) data: silent
-        verify_tflite(float_bytes, model, (x, images.astype(np.float32) / 255))
+        verify_tflite(setup.float_bytes, setup.model, (setup.x, unscaled(setup.x).astype(np.float32) / 255))
 
 
 def test_zip_models_warns_for_unscaled_uint8_calibration():
-    rng = np.random.default_rng(0)
-    scaled = calib(rng, 16, (6, 6, 1))
-    raw = (scaled * 255).astype(np.uint8)
-    raw[0, 0, 0, 0] = 255
-    with pytest.warns(UnscaledInputWarning, match=r"calibration_data\[1\] is uint8 with values in \[\d+, 255\]"):
-        tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(scaled, raw), sharing=0.5)
+    _, _, call, pattern = UNSCALED_CASES[2]
+    with pytest.warns(UnscaledInputWarning, match=pattern):
+        call(None)  # needs no Setup
 
 
 def test_zip_models_counts_nan_and_inf_in_calibration_and_refuses_generators():
