@@ -24,13 +24,35 @@ def _bn_model(seed: int, dropout: float = 0.0) -> keras.Model:
     return model
 
 
+def few_samples(count: int) -> np.ndarray:
+    return np.random.default_rng(count).normal(size=(count, 6)).astype(np.float32)
+
+
+def zero_bias_bn_model(seed: int) -> keras.Model:
+    model = _bn_model(seed)
+    keras_bias = model.get_layer("fc")
+    keras_bias.set_weights([keras_bias.get_weights()[0], np.zeros(5, np.float32)])
+    return model
+
+
+# (case, model, calibration data, pattern of the UserWarning): the trained statistics (mean 0.3,
+# variance 2.0) must stay. Registry for docs/BAD_INPUTS.md; the tests below check what happened.
+BATCHNORM_CASES = [
+    (f"1 calibration sample (fewer than MIN_SAMPLES={MIN_SAMPLES})", lambda: _bn_model(0), lambda: few_samples(1), f"at least {MIN_SAMPLES}"),
+    ("all-zero calibration data (zero variance)", lambda: zero_bias_bn_model(1), lambda: np.zeros((64, 6), np.float32), "degenerate"),
+]
+# (case, the two models, calibration samples per task, pattern of the UserWarning) for zip_models.
+ZIP_TOO_FEW_SAMPLES = ("4 calibration samples per task of two models with BatchNorm", lambda: (tiny_resnet(7), tiny_resnet(8)), 4,
+                       "not re-estimated")
+
+
 @settings(max_examples=8, deadline=None)
 @given(count=st.integers(1, MIN_SAMPLES - 1))
 def test_too_few_samples_keep_the_trained_statistics(count):
-    model = _bn_model(0)
-    x = np.random.default_rng(count).normal(size=(count, 6)).astype(np.float32)
-    with pytest.warns(UserWarning, match=f"at least {MIN_SAMPLES}"):
-        update = recalibrate_batchnorm(model, [x])
+    _, make_model, _, pattern = BATCHNORM_CASES[0]
+    model = make_model()
+    with pytest.warns(UserWarning, match=pattern):
+        update = recalibrate_batchnorm(model, [few_samples(count)])
     bn = model.get_layer("bn")
     assert update.updated == [] and str(count) in update.kept_trained
     np.testing.assert_array_equal(bn.moving_mean.numpy(), np.float32(0.3))
@@ -38,12 +60,10 @@ def test_too_few_samples_keep_the_trained_statistics(count):
 
 
 def test_all_zero_data_never_sets_a_zero_variance():
-    model = _bn_model(1)
-    keras_bias = model.get_layer("fc")
-    keras_bias.set_weights([keras_bias.get_weights()[0], np.zeros(5, np.float32)])
-    x = np.zeros((64, 6), np.float32)
-    with pytest.warns(UserWarning, match="degenerate"):
-        update = recalibrate_batchnorm(model, [x])
+    _, make_model, data, pattern = BATCHNORM_CASES[1]
+    model = make_model()
+    with pytest.warns(UserWarning, match=pattern):
+        update = recalibrate_batchnorm(model, [data()])
     bn = model.get_layer("bn")
     assert update.restored_channels == {"bn": 5}
     assert np.all(bn.moving_variance.numpy() > 0)
@@ -81,9 +101,10 @@ def test_dropout_is_off_while_statistics_are_gathered():
 
 
 def test_zip_report_says_when_the_trained_statistics_stayed(rng):
-    a, b = tiny_resnet(7), tiny_resnet(8)
-    data = [calib(rng, 4, (8, 8, 1)), calib(rng, 4, (8, 8, 1))]
-    with pytest.warns(UserWarning, match="not re-estimated"):
+    _, make_models, samples, pattern = ZIP_TOO_FEW_SAMPLES
+    a, b = make_models()
+    data = [calib(rng, samples, (8, 8, 1)), calib(rng, samples, (8, 8, 1))]
+    with pytest.warns(UserWarning, match=pattern):
         zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0)
     report = tfmot_zip.zip_summary(zipped).as_dict()
     assert report["batchnorm"]["updated"] == []
