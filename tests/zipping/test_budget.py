@@ -115,36 +115,51 @@ def test_allocation_prefers_the_layer_whose_drift_is_smaller(pair, monkeypatch):
     assert tfmot_zip.strip_zipping(zipped).count_params() <= 1300
 
 
-@pytest.mark.parametrize("budget, match", [
+# Registries for docs/BAD_INPUTS.md: (budget, pattern of the BudgetError) on the example pair,
+UNREACHABLE_BUDGETS = [
     (Budget(params=10), r"cannot be met.*leaves 782.*between 782 and 1,510"),
     (Budget(params=10_000), r"cannot be met.*1,510"),
     (Budget(fraction=0.3), r"cannot be met"),
-])
+]
+# (Budget keyword arguments, pattern of the ValueError),
+BUDGET_ARGUMENT_CASES = [
+    ({}, "exactly one"), ({"params": 5, "fraction": 0.5}, "exactly one"), ({"params": 0}, "positive integer"),
+    ({"params": 1.5}, "positive integer"), ({"fraction": 1.5}, r"\(0, 1\]"), ({"fraction": 0.0}, r"\(0, 1\]"),
+    ({"fraction": 0.5, "probe_fractions": ()}, "probe_fractions"), ({"fraction": 0.5, "holdout": 0}, "holdout"), ({"fraction": 0.5, "probe_samples": 0}, "probe_samples"),
+]
+
+
+def three_models_with_a_budget(model_a, model_b, data):
+    model_c = tfmot_zip.compat.keras.models.clone_model(model_a)
+    model_c._name = "task_c"
+    return tfmot_zip.zip_models(model_a, model_b, model_c, calibration_data=data + (data[0],), sharing=Budget(fraction=0.9))
+
+
+# (case, call on the example pair, pattern of the ValueError).
+BUDGET_REFUSED_CASES = [
+    ("a Budget with a schedule", lambda a, b, data: tfmot_zip.zip_models(a, b, calibration_data=None, sharing=Budget(fraction=0.9),
+                                                                         schedule=tfmot_zip.LayerwiseSchedule()), "one-shot zipping"),
+    ("a Budget for three models", three_models_with_a_budget, "two models"),
+]
+
+
+@pytest.mark.parametrize("budget, match", UNREACHABLE_BUDGETS)
 def test_unreachable_budgets_give_the_range(pair, budget, match):
     model_a, model_b, data = pair
     with pytest.raises(BudgetError, match=match):
         tfmot_zip.zip_models(model_a, model_b, calibration_data=data, sharing=budget)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({}, "exactly one"), ({"params": 5, "fraction": 0.5}, "exactly one"), ({"params": 0}, "positive integer"),
-    ({"params": 1.5}, "positive integer"), ({"fraction": 1.5}, r"\(0, 1\]"), ({"fraction": 0.0}, r"\(0, 1\]"),
-    ({"fraction": 0.5, "probe_fractions": ()}, "probe_fractions"), ({"fraction": 0.5, "holdout": 0}, "holdout"), ({"fraction": 0.5, "probe_samples": 0}, "probe_samples"),
-])
+@pytest.mark.parametrize("kwargs, match", BUDGET_ARGUMENT_CASES)
 def test_budget_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Budget(**kwargs)
 
 
-def test_budget_refused_with_a_schedule_and_with_three_models(pair):
-    model_a, model_b, data = pair
-    with pytest.raises(ValueError, match="one-shot zipping"):
-        tfmot_zip.zip_models(model_a, model_b, calibration_data=None, sharing=Budget(fraction=0.9),
-                             schedule=tfmot_zip.LayerwiseSchedule())
-    model_c = tfmot_zip.compat.keras.models.clone_model(model_a)
-    model_c._name = "task_c"
-    with pytest.raises(ValueError, match="two models"):
-        tfmot_zip.zip_models(model_a, model_b, model_c, calibration_data=data + (data[0],), sharing=Budget(fraction=0.9))
+@pytest.mark.parametrize("case, call, match", BUDGET_REFUSED_CASES, ids=[c[0] for c in BUDGET_REFUSED_CASES])
+def test_budget_refused_with_a_schedule_and_with_three_models(pair, case, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(*pair)
 
 
 def test_verification_keeps_the_uniform_allocation_when_it_drifts_less(pair, monkeypatch):
@@ -177,8 +192,22 @@ def test_uniform_for_budget_is_the_smallest_fraction_that_fits():
 
 # --- issue 16: the sharing argument ------------------------------------------------------------
 
+# Registries for docs/BAD_INPUTS.md: numpy scalars and 0-d arrays accepted as numbers,
+NUMPY_SHARING_VALUES = [np.float64(0.5), np.float32(0.5), np.array(0.5), np.array(1, dtype=np.int64)]
+# (case, sharing, pattern of the ValueError),
+SHARING_VALUE_CASES = [
+    ("an array of fractions", np.array([0.5, 0.5]), r"one number between 0 and 1.*shape \(2,\)"),
+    ("np.float64(1.5)", np.float64(1.5), r"Received: sharing=1.5$"),
+    ("a string", "half", r"Received: sharing='half' of type str"),
+]
 
-@pytest.mark.parametrize("value", [np.float64(0.5), np.float32(0.5), np.array(0.5), np.array(1, dtype=np.int64)])
+
+def many_unknown_keys(count: int = 100_000) -> dict:
+    """A sharing dict naming ``count`` layers that do not exist (the error lists at most 10)."""
+    return {f"layer_{i}": 0.5 for i in range(count)}
+
+
+@pytest.mark.parametrize("value", NUMPY_SHARING_VALUES)
 def test_numpy_scalar_sharing_is_a_number(pair, value):
     model_a, model_b, data = pair
     zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=data, sharing=value)
@@ -188,19 +217,16 @@ def test_numpy_scalar_sharing_is_a_number(pair, value):
     assert tfmot_zip.zip_summary(per_layer).layers[0].shared_units == expected
 
 
-def test_array_sharing_is_refused_clearly(pair):
+@pytest.mark.parametrize("case, sharing, match", SHARING_VALUE_CASES, ids=[c[0] for c in SHARING_VALUE_CASES])
+def test_array_sharing_is_refused_clearly(pair, case, sharing, match):
     model_a, model_b, data = pair
-    with pytest.raises(ValueError, match=r"one number between 0 and 1.*shape \(2,\)"):
-        tfmot_zip.zip_models(model_a, model_b, calibration_data=data, sharing=np.array([0.5, 0.5]))
-    with pytest.raises(ValueError, match=r"Received: sharing=1.5$"):
-        tfmot_zip.zip_models(model_a, model_b, calibration_data=data, sharing=np.float64(1.5))
-    with pytest.raises(ValueError, match=r"Received: sharing='half' of type str"):
-        tfmot_zip.zip_models(model_a, model_b, calibration_data=data, sharing="half")
+    with pytest.raises(ValueError, match=match):
+        tfmot_zip.zip_models(model_a, model_b, calibration_data=data, sharing=sharing)
 
 
 def test_many_unknown_sharing_keys_give_a_short_error(pair):
     model_a, model_b, data = pair
-    sharing = {f"layer_{i}": 0.5 for i in range(100_000)}
+    sharing = many_unknown_keys()
     with pytest.raises(ValueError) as err:
         tfmot_zip.zip_models(model_a, model_b, calibration_data=data, sharing=sharing)
     message = str(err.value)
