@@ -108,26 +108,47 @@ def test_flat_models_are_returned_unchanged():
     assert not needs_flattening(model) and flatten_model(model) is model
 
 
-def test_nested_model_called_twice_is_refused():
+def nested_called_twice():
     base = keras.Sequential([L.Dense(3, input_shape=(4,), name="fc")], name="shared_base")
     inputs = keras.Input((4,))
-    model = keras.Model(inputs, L.Add()([base(inputs), base(inputs)]))
-    with pytest.raises(UnsupportedModelError, match="'shared_base'.*called 2 times .shared weights.*clone_model"):
-        flatten_model(model)
+    return keras.Model(inputs, L.Add()([base(inputs), base(inputs)]))
+
+
+def nested_called_with_training_true():
+    base = keras.Sequential([L.Dense(3, input_shape=(4,), name="fc")], name="base")
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, base(inputs, training=True))
+
+
+def nested_with_a_colliding_name():
+    base = keras.Sequential([L.Dense(3, input_shape=(4,), name="fc")], name="base")
+    return keras.Sequential([base, L.Dense(2, name="fc")], name="outer")
+
+
+# case: (model factory, pattern of the UnsupportedModelError). Registry for docs/BAD_INPUTS.md.
+REFUSED_NESTINGS = {
+    "nested model called twice (shared weights)": (nested_called_twice, "'shared_base'.*called 2 times .shared weights.*clone_model"),
+    "nested model called with training=True": (nested_called_with_training_true, "'base'.*training=False only"),
+    "layer names colliding once nested models are inlined": (nested_with_a_colliding_name, "two layers named 'fc'.*'base'.*'outer'"),
+}
+
+
+def assert_refused(case):
+    factory, pattern = REFUSED_NESTINGS[case]
+    with pytest.raises(UnsupportedModelError, match=pattern):
+        flatten_model(factory())
+
+
+def test_nested_model_called_twice_is_refused():
+    assert_refused("nested model called twice (shared weights)")
 
 
 def test_training_true_on_a_nested_model_is_refused():
-    base = keras.Sequential([L.Dense(3, input_shape=(4,), name="fc")], name="base")
-    inputs = keras.Input((4,))
-    with pytest.raises(UnsupportedModelError, match="'base'.*training=False only"):
-        flatten_model(keras.Model(inputs, base(inputs, training=True)))
+    assert_refused("nested model called with training=True")
 
 
 def test_colliding_names_are_refused():
-    base = keras.Sequential([L.Dense(3, input_shape=(4,), name="fc")], name="base")
-    model = keras.Sequential([base, L.Dense(2, name="fc")], name="outer")
-    with pytest.raises(UnsupportedModelError, match="two layers named 'fc'.*'base'.*'outer'"):
-        flatten_model(model)
+    assert_refused("layer names colliding once nested models are inlined")
 
 
 @pytest.mark.parametrize("op, plain", [
