@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
 from tfmot_zip.cli.console import Console
 from tfmot_zip.cli.errors import UsageError
 from tfmot_zip.data.checks import require_finite
@@ -97,6 +95,7 @@ def load_specs(specs: Sequence[DataSpec], args: argparse.Namespace, need_labels:
 
     Example:
         >>> import argparse, tempfile
+        >>> import numpy as np
         >>> from pathlib import Path
         >>> from tfmot_zip.data.specs import parse_data_spec
         >>> path = Path(tempfile.mkdtemp()) / "d.npz"
@@ -126,6 +125,7 @@ def check_inputs_fit(model: Any, data: Sequence[LoadedData], flag: str, input_in
     with their counts), as a :class:`UsageError`.
 
     Example:
+        >>> import numpy as np
         >>> from tfmot_zip.compat import keras
         >>> from tfmot_zip.data.specs import LoadedData, parse_data_spec
         >>> model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
@@ -153,6 +153,7 @@ def check_labels_fit(model: Any, data: Sequence[LoadedData], flag: str) -> None:
     """Labels of task ``t`` (``data[t]``) within the classes of the model's output ``t``.
 
     Example:
+        >>> import numpy as np
         >>> from tfmot_zip.compat import keras
         >>> from tfmot_zip.data.specs import LoadedData, parse_data_spec
         >>> model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,), name="head")])
@@ -179,6 +180,7 @@ def accuracy_of(model: Any, tests: Sequence[LoadedData], console: Console, desc:
     """Per-task test accuracy (percent, two decimals) of ``model`` on labelled data.
 
     Example:
+        >>> import numpy as np
         >>> from tfmot_zip.compat import keras
         >>> from tfmot_zip.data.specs import LoadedData, parse_data_spec
         >>> model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,), kernel_initializer="zeros")])
