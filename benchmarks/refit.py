@@ -7,7 +7,7 @@ and the zip time (measured in the same run, so the ratios are comparable).
 
 Usage:
     .venv/bin/python benchmarks/refit.py [--arch lenet_300_100|lenet5] [--pair split|same]
-        [--sharing 0.5 1.0] [--methods mtz euclidean] [--refits none heads layers both]
+        [--sharing 0.5 1.0] [--methods mtz euclidean] [--refits none heads layers both] [--repair no yes]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ REFITS = {"none": (False, False), "heads": (False, True), "layers": (True, False
 
 
 def run(arch: str, pair: str, samples: int = 10_000, log=print, sharings=(0.5, 1.0), methods=("mtz", "euclidean"),
-        refits=tuple(REFITS)) -> list[dict]:
+        refits=tuple(REFITS), repairs=(False, True)) -> list[dict]:
     """Every variant of ``methods`` and ``refits`` at each sharing of ``sharings``; returns one dict per row."""
     import numpy as np
 
@@ -52,7 +52,7 @@ def run(arch: str, pair: str, samples: int = 10_000, log=print, sharings=(0.5, 1
     rows = []
     for sharing in sharings:
         for method, refit_layers, refit_heads, repair in VARIANTS:
-            if method not in methods or (refit_layers, refit_heads) not in {REFITS[r] for r in refits}:
+            if method not in methods or (refit_layers, refit_heads) not in {REFITS[r] for r in refits} or repair not in repairs:
                 continue
             start = time.perf_counter()
             zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=sharing, method=method,
@@ -76,11 +76,13 @@ def main() -> None:
     parser.add_argument("--sharing", type=float, nargs="+", default=[0.5, 1.0])
     parser.add_argument("--methods", nargs="+", default=["mtz", "euclidean"])
     parser.add_argument("--refits", nargs="+", choices=tuple(REFITS), default=list(REFITS))
+    parser.add_argument("--repair", nargs="+", choices=("no", "yes"), default=["no", "yes"])
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     print("| sharing | method | layer refit | head refit | repair | accuracy A / B | mean drop | zip s |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = run(args.arch, args.pair, sharings=tuple(args.sharing), methods=tuple(args.methods), refits=tuple(args.refits))
+    rows = run(args.arch, args.pair, sharings=tuple(args.sharing), methods=tuple(args.methods), refits=tuple(args.refits),
+               repairs=tuple(r == "yes" for r in args.repair))
     if args.json:
         from tfmot_zip.io import atomic_write_json, versions
 
