@@ -23,6 +23,7 @@ from tfmot_zip.zipping.report import LayerSummary, ZipReport
 from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.refit import refit_layers as refit_layers_
+from tfmot_zip.zipping.repair import repair_statistics
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
@@ -119,6 +120,7 @@ def zip_models(
     recalibrate_batchnorm: bool | str = True,
     refit_layers: bool = False,
     refit_heads: bool = False,
+    repair: bool = False,
     verbose: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> keras.Model:
@@ -170,6 +172,9 @@ def zip_models(
         refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
             the zipped network's features to the original model's pre-activations on the
             calibration data (beyond the paper; costs no parameters; one-shot zipping only).
+        repair: after zipping (and the layer refit), give every merged unit, per task, the mean and
+            standard deviation of its original unit on the calibration data: a per-task affine on
+            the pre-activation, bottom-up (REPAIR; beyond the paper; one-shot only; docs/REFIT.md).
         verbose: print one line per layer.
         progress: called as ``progress(done, total, layer)`` when a zipping stage starts
             (``done`` stages finished of ``total``; ``layer`` names the stage) and once more with
@@ -201,7 +206,7 @@ def zip_models(
     options = ZipOptions(
         method=method, selection=selection, damping=damping, merged_hessian=merged_hessian,
         conv_hessian=conv_hessian, calibration_samples=calibration_samples, seed=seed,
-        recalibrate_batchnorm=recalibrate_batchnorm, refit_layers=refit_layers, refit_heads=refit_heads, schedule=None if schedule is None else schedule.get_config(),
+        recalibrate_batchnorm=recalibrate_batchnorm, refit_layers=refit_layers, refit_heads=refit_heads, repair=repair, schedule=None if schedule is None else schedule.get_config(),
     )
     deferred = schedule is not None
     if deferred and calibration_data is not None and any(d is not None for d in _entries(calibration_data)):
@@ -214,6 +219,8 @@ def zip_models(
             "refit_heads=True and refit_layers=True work in one-shot zipping (schedule=None); with a schedule, the heads are "
             "retrained by fit itself."
         )
+    if deferred and repair:
+        raise ValueError("repair=True works in one-shot zipping (schedule=None); with a schedule, fit retrains the statistics.")
     if calibration_data is None and deferred:
         calibration_data = [None] * len(models)
     if not isinstance(calibration_data, (list, tuple)) or len(calibration_data) != len(models):
@@ -286,6 +293,7 @@ def zip_models(
     batchnorm = None
     if options.refit_layers and changed:
         refit_layers_(zipped, graph, calibration)
+    repaired = repair_statistics(zipped, graph, calibration) if options.repair and changed else {}
     if options.recalibrate_batchnorm and changed and has_batchnorm:
         batchnorm = _recalibrate(zipped, calibration).as_dict()
     if options.refit_heads and changed:
@@ -295,6 +303,7 @@ def zip_models(
         zipped.get_layer(node.name).zip_record = records[node.index].as_config(
             is_head=node.is_head, zip_seconds=seconds, options=options.get_config(),
             **({"batchnorm": batchnorm} if batchnorm is not None else {}),
+            **({"repair": repaired[node.name]} if node.name in repaired else {}),
             **({"budget": allocation.as_config()} if allocation else {}),
         )
     return zipped
@@ -330,7 +339,7 @@ def physical_params(layer) -> int:
         cells.append((in_map[:, None] * layer.capacity + out_map[None, :]).reshape(-1))
     kernel_cells = np.unique(np.concatenate(cells)).size * positions
     bias_cells = layer.used_units().size if layer.use_bias else 0
-    return int(kernel_cells + bias_cells)
+    return int(kernel_cells + bias_cells + layer.repair_params())
 
 
 def zip_summary(model: keras.Model) -> ZipReport:
