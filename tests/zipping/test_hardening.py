@@ -215,24 +215,44 @@ def test_zip_models_rejects_bad_input_before_any_work(no_work, case):
 
 # --- bugs found by these tests (now fixed in the library) ----------------------------------------
 
+# (id, zip_models keyword arguments for mlp(1) and mlp(2), exception types, message pattern).
+# Registry for docs/BAD_INPUTS.md (rows marked fixed).
+FIXED_ZIP_CASES = [
+    ("seed='abc'", dict(seed="abc"), (ValueError, TypeError), "seed"),
+    ("seed=-1", dict(seed=-1), (ValueError, TypeError), "seed"),
+    ("seed=1.5", dict(seed=1.5), (ValueError, TypeError), "seed"),
+    ("damping=True", dict(damping=True), ValueError, "damping=True"),
+    ("calibration_samples=True", dict(calibration_samples=True), ValueError, "calibration_samples=True"),
+    ("task_names=['head', 'b'] (collides with a layer)", dict(task_names=["head", "b"]), ValueError, "task_names"),
+]
+FIXED = {case[0]: case for case in FIXED_ZIP_CASES}
 
 
-@pytest.mark.parametrize("seed", ["abc", -1, 1.5])
-def test_zip_models_validates_seed_before_work(no_work, seed):
-    with pytest.raises((ValueError, TypeError), match="seed"):
-        tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), seed=seed)
+def assert_refused_before_work(case):
+    _, kwargs, error, pattern = case
+    with pytest.raises(error, match=pattern):
+        tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), **kwargs)
 
+
+@pytest.mark.parametrize("case", [c for c in FIXED_ZIP_CASES if "seed" in c[1]], ids=lambda c: c[0])
+def test_zip_models_validates_seed_before_work(no_work, case):
+    assert_refused_before_work(case)
 
 
 def test_zip_models_rejects_boolean_damping(no_work):
-    with pytest.raises(ValueError, match="damping=True"):
-        tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), damping=True)
+    assert_refused_before_work(FIXED["damping=True"])
+
+
 def test_zip_models_rejects_boolean_calibration_samples(no_work):
-    with pytest.raises(ValueError, match="calibration_samples=True"):
-        tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), calibration_samples=True)
+    assert_refused_before_work(FIXED["calibration_samples=True"])
+
+
 def test_zip_models_rejects_task_names_that_collide_with_layer_names(no_work):
-    with pytest.raises(ValueError, match="task_names"):
-        tfmot_zip.zip_models(mlp(1), mlp(2), calibration_data=(X, X), task_names=["head", "b"])
+    assert_refused_before_work(FIXED["task_names=['head', 'b'] (collides with a layer)"])
+
+
+
+
 def test_unbuilt_sequential_gets_the_build_it_first_error(no_work):
     with pytest.raises(UnsupportedModelError, match="build it first"):
         tfmot_zip.zip_models(unbuilt(1), unbuilt(2), calibration_data=(X, X))
@@ -276,19 +296,19 @@ def zipped_pair():
     return tfmot_zip.zip_models(mlp(21), mlp(22), calibration_data=(calib(rng, 40, (6, 6, 1)),) * 2, sharing=0.5)
 
 
-def _trainset(rng, n=32, classes=3):
+def trainset(rng, n=32, classes=3):
     return calib(rng, n, (6, 6, 1)), rng.integers(0, classes, n)
 def test_retrain_checks_one_train_set_per_task(zipped_pair, monkeypatch):
     rng = np.random.default_rng(4)
     monkeypatch.setattr(type(zipped_pair), "fit", _boom)
     with pytest.raises(ValueError, match="one .* per task"):
-        training.retrain(zipped_pair, [_trainset(rng)], steps=1, batch_size=8)
+        training.retrain(zipped_pair, [trainset(rng)], steps=1, batch_size=8)
 def test_retrain_checks_label_range_before_training(zipped_pair, monkeypatch):
     rng = np.random.default_rng(5)
     monkeypatch.setattr(type(zipped_pair), "fit", _boom)
-    x, _ = _trainset(rng)
+    x, _ = trainset(rng)
     with pytest.raises(ValueError, match="label"):
-        training.retrain(zipped_pair, [(x, np.full(32, 7)), _trainset(rng)], steps=1, batch_size=8)
+        training.retrain(zipped_pair, [(x, np.full(32, 7)), trainset(rng)], steps=1, batch_size=8)
 def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
     from tfmot_zip.io import atomic_write_bytes
 
@@ -395,9 +415,9 @@ def test_training_helpers_validate_arguments(zipped_pair, monkeypatch):
             training.compile_multitask(zipped_pair, lr)
     for steps in (-1, 2.5, "10"):
         with pytest.raises(ValueError, match="steps"):
-            training.retrain(zipped_pair, [_trainset(rng), _trainset(rng)], steps=steps)
+            training.retrain(zipped_pair, [trainset(rng), trainset(rng)], steps=steps)
     with pytest.raises(ValueError, match="fewer than batch_size=128"):
-        training.retrain(zipped_pair, [_trainset(rng), _trainset(rng)], steps=1, batch_size=128)
+        training.retrain(zipped_pair, [trainset(rng), trainset(rng)], steps=1, batch_size=128)
 
 
 @pytest.fixture
