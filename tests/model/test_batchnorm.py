@@ -1,4 +1,5 @@
 """BatchNorm re-estimation: enough samples, never a zero variance, Dropout off, reported."""
+import json
 import warnings
 
 import numpy as np
@@ -107,6 +108,7 @@ def test_zip_report_says_when_the_trained_statistics_stayed(rng):
     with pytest.warns(UserWarning, match=pattern):
         zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0)
     report = tfmot_zip.zip_summary(zipped).as_dict()
+    assert json.loads(json.dumps(report))["batchnorm"] == report["batchnorm"]  # plain, JSON-serialisable
     assert report["batchnorm"]["updated"] == []
     assert "only 4 calibration samples" in report["batchnorm"]["kept_trained"]
     for t, task in enumerate(zipped.output_names):  # trained statistics kept, per task

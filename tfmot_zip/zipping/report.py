@@ -54,8 +54,12 @@ class ZipReport:
     budget: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.budget is not None:  # a layer's zip_record comes back wrapped by tf's attribute tracking
-            self.budget = _plain(self.budget)
+        # a layer's zip_record comes back wrapped by tf's attribute tracking: plain dicts and lists
+        # so that as_dict() is JSON-serialisable
+        self.budget = None if self.budget is None else _plain(self.budget)
+        self.options = None if self.options is None else _plain(self.options)
+        self.extra = _plain(self.extra)
+        self.layers = [LayerSummary(**_plain(l.as_dict())) for l in self.layers]
 
     @property
     def shared_params(self) -> int:
