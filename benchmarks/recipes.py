@@ -1,0 +1,39 @@
+"""Any recipe of zip_models options on a zoo pair, one JSON line per (sharing, recipe): mean drop
+right after zipping (no retraining), 10,000 calibration images per task, full test splits.
+
+Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPAIR[,...] SHARING[,...]
+  e.g. benchmarks/recipes.py lenet_300_100 same euclidean:1:1,mtz:1:0 0.5,1.0
+  (REFITS 1: refit_layers and refit_heads; REPAIR 1: repair=True)
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import tfmot_zip
+from tfmot_zip import data, training
+from tfmot_zip.apps import zoo
+arch, pair = sys.argv[1], sys.argv[2]
+variants = [tuple((v + ":0:0").split(":")[:3]) for v in sys.argv[3].split(",")]  # method:refits:repair
+sharings = [float(s) for s in sys.argv[4].split(",")]
+if pair == "split":
+    tasks, seeds = [data.make_task("classes_0_4"), data.make_task("classes_5_9")], (0, 0)
+else:
+    tasks, seeds = [data.make_task("all", seed=0), data.make_task("all", seed=1)], (0, 1)
+trained = [zoo.train_on_task(arch, t, seed=s) for t, s in zip(tasks, seeds)]
+models = [t.model for t in trained]
+orig = [t.test_accuracy for t in trained]
+calib = [t.x_train[:10000] for t in tasks]
+tests = [(t.x_test, t.y_test) for t in tasks]
+print("originals", orig, flush=True)
+for sharing in sharings:
+    for method, refit, rep in variants:
+        r = refit == "1"
+        t0 = time.time()
+        z = tfmot_zip.zip_models(*models, calibration_data=calib, sharing=sharing, method=method, refit_layers=r, refit_heads=r, repair=rep == "1")
+        sec = time.time() - t0
+        acc = training.evaluate_tasks(z, tests)
+        print(json.dumps(dict(arch=arch, pair=pair, sharing=sharing, method=method, refit=r, repair=rep, acc=[round(a, 2) for a in acc],
+                              drop=round(float(np.mean(np.array(orig) - np.array(acc))), 3), sec=round(sec, 1))), flush=True)
