@@ -188,3 +188,44 @@ def test_stripped_repair_exports_to_tflite_and_prunes(mlp_pair):
         for before, after in zip(plain.get_layer(name).get_weights(), stripped.get_layer(name).get_weights()):
             np.testing.assert_array_equal(before, after)
     assert np.mean(stripped.get_layer("fc1_input_to_shared").kernel.numpy() == 0) == pytest.approx(0.5, abs=0.01)
+
+
+def test_refit_and_repair_run_layer_by_layer_when_both_are_on(mlp_pair):
+    """zip_models(refit_layers=True, repair=True) equals refit fc1, repair fc1, refit fc2, repair fc2."""
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping.refit import refit_layers
+    from tfmot_zip.zipping.repair import repair_statistics
+
+    models, data, _ = mlp_pair
+    both = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, refit_layers=True, repair=True)
+    by_hand = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0)
+    graph = align_models(models)
+    for name in ("fc1", "fc2"):
+        assert refit_layers(by_hand, graph, list(data), layers=[name]) == [name]
+        assert list(repair_statistics(by_hand, graph, list(data), layers=[name])) == [name]
+    for name in ("fc1", "fc2"):
+        for task in range(2):
+            np.testing.assert_allclose(both.get_layer(name).get_task_weights(task)[0],
+                                       by_hand.get_layer(name).get_task_weights(task)[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(both.get_layer(name).get_repair(task), by_hand.get_layer(name).get_repair(task),
+                                       rtol=1e-5, atol=1e-6)
+    # all refits first, then all repairs, is a different model: the order matters
+    batch = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0)
+    refit_layers(batch, graph, list(data))
+    repair_statistics(batch, graph, list(data))
+    assert not np.allclose(batch.get_layer("fc2").get_task_weights(0)[0], both.get_layer("fc2").get_task_weights(0)[0])
+
+
+def test_layers_argument_limits_refit_and_repair(mlp_pair):
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping.refit import refit_layers
+    from tfmot_zip.zipping.repair import repair_statistics
+
+    models, data, _ = mlp_pair
+    zipped = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0)
+    before = zipped.get_layer("fc1").get_task_weights(0)[0].copy()
+    graph = align_models(models)
+    assert refit_layers(zipped, graph, list(data), layers=["fc2"]) == ["fc2"]
+    assert list(repair_statistics(zipped, graph, list(data), layers=["fc2"])) == ["fc2"]
+    np.testing.assert_array_equal(zipped.get_layer("fc1").get_task_weights(0)[0], before)
+    assert not zipped.get_layer("fc1").repair and zipped.get_layer("fc2").repair

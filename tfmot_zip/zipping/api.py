@@ -172,9 +172,10 @@ def zip_models(
         refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
             the zipped network's features to the original model's pre-activations on the
             calibration data (beyond the paper; costs no parameters; one-shot zipping only).
-        repair: after zipping (and the layer refit), give every merged unit, per task, the mean and
-            standard deviation of its original unit on the calibration data: a per-task affine on
-            the pre-activation, bottom-up (REPAIR; beyond the paper; one-shot only; docs/REFIT.md).
+        repair: after zipping, give every merged unit, per task, the mean and standard deviation
+            of its original unit on the calibration data: a per-task affine on the pre-activation,
+            bottom-up (REPAIR; beyond the paper; one-shot only; docs/REFIT.md). With
+            ``refit_layers=True`` the two run layer by layer: refit a layer, repair it, then the next.
         verbose: print one line per layer.
         progress: called as ``progress(done, total, layer)`` when a zipping stage starts
             (``done`` stages finished of ``total``; ``layer`` names the stage) and once more with
@@ -291,9 +292,15 @@ def zip_models(
         progress(total_stages, total_stages, "")
     changed = any(r.shared > 0 for r in records.values())
     batchnorm = None
-    if options.refit_layers and changed:
+    repaired: dict = {}
+    if options.refit_layers and options.repair and changed:
+        for node in graph.hidden_zip_nodes():  # interleaved: each refit sees the repaired layers below
+            refit_layers_(zipped, graph, calibration, layers=[node.name])
+            repaired.update(repair_statistics(zipped, graph, calibration, layers=[node.name]))
+    elif options.refit_layers and changed:
         refit_layers_(zipped, graph, calibration)
-    repaired = repair_statistics(zipped, graph, calibration) if options.repair and changed else {}
+    elif options.repair and changed:
+        repaired = repair_statistics(zipped, graph, calibration)
     if options.recalibrate_batchnorm and changed and has_batchnorm:
         batchnorm = _recalibrate(zipped, calibration).as_dict()
     if options.refit_heads and changed:

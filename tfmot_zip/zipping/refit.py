@@ -95,6 +95,7 @@ def refit_layers(
     calibration: Sequence[np.ndarray],
     damping: float = 1e-3,
     batch_size: int = 500,
+    layers: Sequence[str] | None = None,
 ) -> list[str]:
     """Re-solves the weights of every hidden zip layer of ``zipped`` in place, bottom-up.
 
@@ -104,6 +105,7 @@ def refit_layers(
         calibration: one array of inputs per task.
         damping: relative pull towards the current (MTZ) weights.
         batch_size: samples per forward pass.
+        layers: refit only these hidden layers (names), still bottom-up; None: all.
 
     Returns:
         The names of the layers refit.
@@ -119,6 +121,8 @@ def refit_layers(
     """
     names = []
     for node in graph.hidden_zip_nodes():
+        if layers is not None and node.name not in layers:
+            continue
         layer = zipped.get_layer(node.name)
         is_conv = node.kind == "conv"
         positions = int(np.prod(layer.kernel_size)) if is_conv else 1

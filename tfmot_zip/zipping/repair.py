@@ -99,6 +99,7 @@ def repair_statistics(
     batch_size: int = 500,
     min_std: float = 1e-6,
     private_units: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Repairs every hidden zip layer of ``zipped`` in place, bottom-up; returns what it did per layer.
 
@@ -109,6 +110,7 @@ def repair_statistics(
         batch_size: samples per forward pass.
         min_std: a merged unit whose pre-activation std is at most this keeps scale 1 (guarded).
         private_units: also repair units that only one task reads (folded into their weights).
+        layers: repair only these hidden layers (names), still bottom-up; None: all.
 
     Returns:
         ``{layer name: {"repaired": [units per task], "guarded": [...], "folded": [...]}}``.
@@ -127,6 +129,8 @@ def repair_statistics(
     report = {}
     originals = _original_moments(graph, calibration, batch_size)
     for node in graph.hidden_zip_nodes():
+        if layers is not None and node.name not in layers:
+            continue
         layer = zipped.get_layer(node.name)
         layer.enable_repair()
         owners = layer.unit_tasks()
