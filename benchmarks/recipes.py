@@ -14,15 +14,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import tfmot_zip
 from tfmot_zip import data, training
-from tfmot_zip.apps import zoo
+from benchmarks.refit import load_pair  # noqa: E402
 arch, pair = sys.argv[1], sys.argv[2]
 variants = [tuple((v + ":0:0").split(":")[:3]) for v in sys.argv[3].split(",")]  # method:refits:repair
 sharings = [float(s) for s in sys.argv[4].split(",")]
-if pair == "split":
-    tasks, seeds = [data.make_task("classes_0_4"), data.make_task("classes_5_9")], (0, 0)
-else:
-    tasks, seeds = [data.make_task("all", seed=0), data.make_task("all", seed=1)], (0, 1)
-trained = [zoo.train_on_task(arch, t, seed=s) for t, s in zip(tasks, seeds)]
+tasks, trained = load_pair(arch, pair)
 models = [t.model for t in trained]
 orig = [t.test_accuracy for t in trained]
 calib = [t.x_train[:10000] for t in tasks]

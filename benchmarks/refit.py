@@ -31,20 +31,28 @@ VARIANTS = tuple(
 REFITS = {"none": (False, False), "heads": (False, True), "layers": (True, False), "both": (True, True)}
 
 
-def run(arch: str, pair: str, samples: int = 10_000, log=print, sharings=(0.5, 1.0), methods=("mtz", "euclidean"),
-        refits=tuple(REFITS), repairs=(False, True)) -> list[dict]:
-    """Every variant of ``methods`` and ``refits`` at each sharing of ``sharings``; returns one dict per row."""
-    import numpy as np
-
-    import tfmot_zip
-    from tfmot_zip import data, training
+def load_pair(arch: str, pair: str) -> tuple[list, list]:
+    """``(tasks, trained zoo models)`` of a pair: "split" (classes 0-4 / 5-9, seed 0 both) or "same"
+    (all ten classes, seeds 0 and 1); the models come from the zoo cache when trained before."""
+    from tfmot_zip import data
     from tfmot_zip.apps import zoo
 
     if pair == "split":
         tasks, seeds = [data.make_task("classes_0_4"), data.make_task("classes_5_9")], (0, 0)
     else:
         tasks, seeds = [data.make_task("all", seed=0), data.make_task("all", seed=1)], (0, 1)
-    trained = [zoo.train_on_task(arch, t, seed=s) for t, s in zip(tasks, seeds)]
+    return tasks, [zoo.train_on_task(arch, t, seed=s) for t, s in zip(tasks, seeds)]
+
+
+def run(arch: str, pair: str, samples: int = 10_000, log=print, sharings=(0.5, 1.0), methods=("mtz", "euclidean"),
+        refits=tuple(REFITS), repairs=(False, True)) -> list[dict]:
+    """Every variant of ``methods`` and ``refits`` at each sharing of ``sharings``; returns one dict per row."""
+    import numpy as np
+
+    import tfmot_zip
+    from tfmot_zip import training
+
+    tasks, trained = load_pair(arch, pair)
     models = [t.model for t in trained]
     originals = [round(t.test_accuracy, 2) for t in trained]
     log(f"{arch} {pair}: originals {originals[0]:.2f} / {originals[1]:.2f}")
