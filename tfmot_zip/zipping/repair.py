@@ -42,9 +42,12 @@ def original_preactivation(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor
     return tf.nn.bias_add(y, layer.bias) if layer.use_bias else y
 
 
-def _original_moments(graph: ModelGraph, calibration: Sequence[np.ndarray], batch_size: int) -> dict[str, list]:
-    """``{layer name: [moments per task]}`` of the original pre-activations, one pass per task."""
-    nodes = graph.hidden_zip_nodes()
+def _original_moments(
+    graph: ModelGraph, calibration: Sequence[np.ndarray], batch_size: int, names: Sequence[str] | None = None
+) -> dict[str, list]:
+    """``{layer name: [moments per task]}`` of the original pre-activations (of ``names``, or of every
+    hidden layer), one pass per task."""
+    nodes = [n for n in graph.hidden_zip_nodes() if names is None or n.name in names]
     moments = {node.name: [] for node in nodes}
     for task, model in enumerate(graph.models):
         layers = [node.layers[task] for node in nodes]
@@ -127,7 +130,7 @@ def repair_statistics(
         True
     """
     report = {}
-    originals = _original_moments(graph, calibration, batch_size)
+    originals = _original_moments(graph, calibration, batch_size, layers)
     for node in graph.hidden_zip_nodes():
         if layers is not None and node.name not in layers:
             continue
