@@ -1,5 +1,5 @@
 """Generated architectures (hypothesis): random small Dense/Conv2D models with BatchNorm,
-residual adds, pooling and activations, 2-3 models of differing widths. For each: sharing 0
+residual adds, pooling, depthwise convolutions and activations, 2-3 models of differing widths. For each: sharing 0
 reproduces the originals, ``strip_zipping`` matches the zipped model, save/load is bit-exact and
 the input models are left unmodified; for a fifth of the examples (``TFMOT_ZIP_FUZZ_TFLITE_EXAMPLES``),
 every TFLite signature of the float export of the stripped model matches Keras.
@@ -34,6 +34,8 @@ def architectures(draw):
             "bn": draw(st.booleans()),
             "residual": draw(st.booleans()),
             "pool": conv and draw(st.booleans()),
+            "depthwise": conv and draw(st.booleans()),
+            "depthwise_bias": draw(st.booleans()),
         })
     n_models = draw(st.integers(2, 3))
     offsets = [[draw(st.integers(0, 2)) for _ in blocks] for _ in range(n_models)]
@@ -65,6 +67,8 @@ def build(spec, m, seed):
         if block["bn"]:
             y = L.BatchNormalization(name=f"bn{k}")(y)
         y = L.Activation(block["activation"], name=f"act{k}")(y)
+        if block.get("depthwise"):  # follows the pairing of the space it reads
+            y = L.DepthwiseConv2D(3, padding="same", use_bias=block["depthwise_bias"], name=f"dw{k}")(y)
         x = L.Add(name=f"add{k}")([x, y]) if residual else y
         if block["pool"]:
             x = L.MaxPooling2D(2, name=f"pool{k}")(x)

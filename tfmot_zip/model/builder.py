@@ -2,7 +2,8 @@
 
 The new model replays the common layer graph once per task: every Dense/Conv2D position
 becomes one :class:`~tfmot_zip.model.layers.ZipDense`/:class:`~tfmot_zip.model.layers.ZipConv2D` that
-serves all tasks; every other layer is cloned per task with that task's weights (BatchNorm
+serves all tasks, every DepthwiseConv2D reading a zip layer's units one
+:class:`~tfmot_zip.model.depthwise.ZipDepthwiseConv2D`; every other layer is cloned per task with that task's weights (BatchNorm
 statistics stay per task). Source models are only read, never modified.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Sequence
 from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import AlignedNode, ModelGraph, inbound_tensors
 from tfmot_zip.model.copying import call_copy
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.model.spaces import Feature, UnitSpace
 
@@ -89,6 +91,22 @@ def _zip_layer(node: AlignedNode, feature: Feature, spaces: dict[int, UnitSpace]
     )
 
 
+def _zip_depthwise(node: AlignedNode, space: UnitSpace) -> ZipDepthwiseConv2D:
+    layer = node.layers[0]
+    return ZipDepthwiseConv2D(
+        task_units=list(space.widths),
+        capacity=space.capacity,
+        kernel_size=layer.kernel_size,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        activation=keras.activations.serialize(layer.activation),
+        use_bias=layer.use_bias,
+        kernel_initializer="zeros",
+        name=node.name,
+    )
+
+
 def build_zipped_model(
     graph: ModelGraph,
     features: dict[int, Feature],
@@ -127,6 +145,15 @@ def build_zipped_model(
                 layer.set_maps(t, in_map=features[node.inbound[0]].in_map(spaces, t), out_map=spaces[features[node.index].space].maps[t])
                 layer.set_task_weights(t, weights[0], weights[1] if layer.use_bias else None)
             continue
+        if node.kind == "depthwise" and features[node.inbound[0]].kind == "units":
+            space = spaces[features[node.inbound[0]].space]
+            layer = _zip_depthwise(node, space)
+            tensors[node.index] = layer(sources[0])
+            for t, source_layer in enumerate(node.layers):
+                weights = source_layer.get_weights()
+                layer.set_maps(t, in_map=space.maps[t])
+                layer.set_task_weights(t, weights[0], weights[1] if layer.use_bias else None)
+            continue
         outs = []
         for t, (task, source_layer) in enumerate(zip(task_names, node.layers)):
             args = [s[t] for s in sources]
@@ -142,7 +169,7 @@ def build_zipped_model(
 def extract_task_models(zipped: keras.Model) -> list:
     """One standard tf_keras model per task, computing exactly what that task computes.
 
-    Zip layers become ordinary ``Dense``/``Conv2D`` layers (named like the zip layer) holding
+    Zip layers become ordinary ``Dense``/``Conv2D``/``DepthwiseConv2D`` layers (named like the zip layer) holding
     the task's current kernel; per-task copies of other layers get their original names back.
     Used to rebuild the zipping plan of a saved or checkpointed zipped model, and handy to
     ship a single task.
@@ -175,7 +202,7 @@ def extract_task_models(zipped: keras.Model) -> list:
                     model_input = keras.Input(shape=shape, dtype=layer.dtype, name=f"{task}_input")
                     tensors[(name, 0)] = model_input
                 continue
-            if isinstance(layer, (ZipDense, ZipConv2D)):
+            if isinstance(layer, (ZipDense, ZipConv2D, ZipDepthwiseConv2D)):
                 source = inbound[t]
                 if (source[0], source[2]) not in tensors:
                     continue
@@ -184,6 +211,11 @@ def extract_task_models(zipped: keras.Model) -> list:
                 common = dict(activation=layer.activation, use_bias=layer.use_bias, name=layer.name)
                 if isinstance(layer, ZipDense):
                     clone = keras.layers.Dense(layer.task_units[t], **common)
+                elif isinstance(layer, ZipDepthwiseConv2D):
+                    clone = keras.layers.DepthwiseConv2D(
+                        layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                        dilation_rate=layer.dilation_rate, **common,
+                    )
                 else:
                     clone = keras.layers.Conv2D(
                         layer.task_units[t], layer.kernel_size, strides=layer.strides, padding=layer.padding,

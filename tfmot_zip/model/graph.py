@@ -36,7 +36,7 @@ CHANNELWISE = (
 #: Per-channel input preprocessing: supported on a task's input, before its first Dense/Conv2D.
 INPUT_ONLY = (L.Normalization, L.Rescaling)
 SUPPORTED_LAYERS = (
-    "InputLayer, Dense, Conv2D (groups=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
+    "InputLayer, Dense, Conv2D (groups=1), DepthwiseConv2D (depth_multiplier=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
     "(elementwise), Dropout, MaxPooling2D, AveragePooling2D, ZeroPadding2D, Flatten, "
     "GlobalAveragePooling2D, GlobalMaxPooling2D, Add, Rescaling (scalar), Reshape adding or removing "
     "size-1 axes before the channels, elementwise TF-op layers with one scalar (x + 3.0, x * c, "
@@ -55,7 +55,9 @@ class AlignedNode:
         index: position in topological order.
         layers: the layer of each model at this position.
         inbound: indices of the nodes feeding this one (the same for every model).
-        kind: "input", "dense", "conv", "channelwise", "flatten", "global_pool", "add" or "tail".
+        kind: "input", "dense", "conv", "depthwise", "channelwise", "flatten", "global_pool", "add" or
+            "tail". A depthwise convolution is not a zip node: its channels follow the pairing of
+            the space it reads (``tfmot_zip.model.depthwise``).
         is_head: for a dense/conv node, whether a model output is reached from it without
             passing through another dense/conv layer (heads stay task-specific by default).
     """
@@ -166,7 +168,27 @@ def _graph_of(model) -> tuple[list, list[list[int]], list[int], list[int]]:
 def _kind(layer, model) -> str:
     if isinstance(layer, L.InputLayer):
         return "input"
-    if isinstance(layer, (L.DepthwiseConv2D, L.SeparableConv2D, L.Conv2DTranspose)):
+    if isinstance(layer, L.SeparableConv2D):
+        raise UnsupportedModelError(
+            f"{_describe(model, layer)} is a SeparableConv2D, which tfmot_zip does not zip as one layer. "
+            "It computes a DepthwiseConv2D followed by a 1x1 Conv2D: rebuild the model with those two layers "
+            "(DepthwiseConv2D(kernel_size, strides, padding, depth_multiplier, use_bias=False) then "
+            "Conv2D(filters, 1, activation=..., use_bias=...)) and copy depthwise_kernel, pointwise_kernel and "
+            "bias into them; both are zip-able."
+        )
+    if isinstance(layer, L.DepthwiseConv2D):
+        if int(layer.depth_multiplier) != 1:
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} has depth_multiplier={layer.depth_multiplier}; tfmot_zip zips depthwise "
+                "convolutions with depth_multiplier=1 (one output channel per input channel, as in MobileNets "
+                "and EfficientNets). Use depth_multiplier=1, or a Conv2D with groups=1."
+            )
+        if layer.data_format != "channels_last":
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} uses data_format={layer.data_format!r}; only channels_last is supported."
+            )
+        return "depthwise"
+    if isinstance(layer, L.Conv2DTranspose):
         raise UnsupportedModelError(
             f"{_describe(model, layer)} is not supported ({type(layer).__name__}); "
             f"supported layers: {SUPPORTED_LAYERS}."
@@ -260,7 +282,7 @@ def config_difference(ref_config: dict, config: dict, kind: str) -> str | None:
         'activation'
         >>> config_difference({"rate": 0.1}, {"rate": 0.5}, "channelwise")
     """
-    if kind in ("dense", "conv"):
+    if kind in ("dense", "conv", "depthwise"):
         keys = [k for k in {**ref_config, **config} if not _free_key(k)]
     else:
         keys = list(GEOMETRY.get(kind, ()))

@@ -3,7 +3,7 @@
 Every zipped layer's physical units are grouped by the set of tasks that read them (for two
 tasks: shared, only-A, only-B). Each group becomes its own tensor, and each weight block
 ``input group -> output group`` becomes one standard ``Dense``/``Conv2D`` layer that every task
-reading both groups calls, so shared weights are stored once and stay shared under further
+reading both groups calls (a depthwise layer: one ``DepthwiseConv2D`` per group of the space it reads), so shared weights are stored once and stay shared under further
 training (e.g. TFMOT pruning). Block outputs are summed with ``Add``; BatchNorm stays per task
 (sliced per group), stateless layers are applied per group. With one input for all tasks, a
 block whose inputs are all shared is computed once.
@@ -18,6 +18,7 @@ import numpy as np
 from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import inbound_tensors
 from tfmot_zip.model.keras3 import as_tf_keras_model
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipConv2D, ZipDense, ZipLayerMixin
 
 __all__ = ["strip_zipping", "group_units"]
@@ -110,6 +111,40 @@ class _Stripper:
                 tensors[gkey] = z
             outputs.append(Grouped(layer.capacity, groups, tensors, out_map))
         return outputs
+
+    def depthwise_layer(self, layer: ZipDepthwiseConv2D, views: list) -> list:
+        """A depthwise layer per unit group of the space it reads, shared by the tasks of the group."""
+        kernel = layer.kernel.numpy()
+        bias = layer.bias.numpy() if layer.use_bias else None
+        repaired = {(tasks, t): neurons for tasks, t, _, neurons in layer.repaired_groups()}
+        outputs = []
+        for t, view in enumerate(views):
+            channel_map = layer.get_maps(t)[0]
+            position = {int(u): c for c, u in enumerate(view.task_map)}
+            tensors = {}
+            for gkey, x in view.tensors.items():
+                neurons = np.asarray([position[int(u)] for u in view.groups[gkey]], np.int64)
+                physical = channel_map[neurons]
+                label = f"{layer.name}_{_group_label(gkey, self.task_names)}"
+                key = ("depthwise", layer.name, gkey, tuple(physical.tolist()))
+                z = self.call(key, lambda: self._depthwise_block(layer, kernel, bias, physical, f"{label}_{len(self.blocks)}"), x)
+                if (gkey, t) in repaired:
+                    z = self._repair(layer, gkey, t, repaired[(gkey, t)], z)
+                if keras.activations.serialize(layer.activation) not in ("linear", None):
+                    z = self.call(("act", layer.name, gkey, id(z)), lambda: L.Activation(layer.activation, name=f"{label}_act_{len(self.blocks)}"), z)
+                tensors[gkey] = z
+            outputs.append(Grouped(view.capacity, view.groups, tensors, view.task_map, view.positions, view.flat))
+        return outputs
+
+    @staticmethod
+    def _depthwise_block(layer, kernel, bias, channels, name):
+        block = L.DepthwiseConv2D(
+            layer.kernel_size, strides=layer.strides, padding=layer.padding, dilation_rate=layer.dilation_rate,
+            use_bias=bias is not None, name=name,
+        )
+        block.build((None, None, None, len(channels)))
+        block.set_weights([kernel[:, :, channels]] + ([bias[channels]] if bias is not None else []))
+        return block
 
     def _sum(self, layer, gkey, t, terms):
         if len(terms) == 1:
@@ -242,6 +277,11 @@ class _Stripper:
                 new_inputs.append(x)
                 task = None if single else len(new_inputs) - 1
                 views[(name, 0)] = (task, Raw(x))
+                continue
+            if isinstance(layer, ZipDepthwiseConv2D):
+                views_in = [views[(item[0], item[2])][1] for item in inbound]
+                for t, out in enumerate(self.depthwise_layer(layer, views_in)):
+                    views[(name, t)] = (t, out)
                 continue
             if isinstance(layer, (ZipDense, ZipConv2D)):
                 per_task = []

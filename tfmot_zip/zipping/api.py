@@ -13,6 +13,7 @@ from tfmot_zip.model.builder import build_zipped_model, sanitize_task_names
 from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import ModelGraph, align_models
 from tfmot_zip.model.keras3 import as_tf_keras_model
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.model.spaces import trace_spaces
 from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
@@ -306,7 +307,7 @@ def zip_models(
     if options.refit_heads and changed:
         refit_heads_(zipped, graph, calibration)
     seconds = time.perf_counter() - start
-    for node in graph.zip_nodes():
+    for node in graph.zip_nodes() + zipper.depthwise_nodes:
         zipped.get_layer(node.name).zip_record = records[node.index].as_config(
             is_head=node.is_head, zip_seconds=seconds, options=options.get_config(),
             **({"batchnorm": batchnorm} if batchnorm is not None else {}),
@@ -329,6 +330,9 @@ def _entries(calibration_data: Any) -> list:
 
 def _source_params(layer) -> int:
     """Parameters every task's original layer had (kernel + bias per task)."""
+    if isinstance(layer, ZipDepthwiseConv2D):
+        per_channel = int(np.prod(layer.kernel_size)) + (1 if layer.use_bias else 0)
+        return int(sum(layer.task_units)) * per_channel
     total = 0
     for t in range(layer.num_tasks):
         n_in = layer.task_input_units[t]
@@ -339,6 +343,9 @@ def _source_params(layer) -> int:
 
 def physical_params(layer) -> int:
     """Distinct kernel and bias cells read by at least one task."""
+    if isinstance(layer, ZipDepthwiseConv2D):
+        per_channel = int(np.prod(layer.kernel_size)) + (1 if layer.use_bias else 0)
+        return int(layer.used_units().size * per_channel + layer.repair_params())
     cells = []
     positions = int(np.prod(layer.kernel_size)) if isinstance(layer, ZipConv2D) else 1
     for t in range(layer.num_tasks):
@@ -347,6 +354,12 @@ def physical_params(layer) -> int:
     kernel_cells = np.unique(np.concatenate(cells)).size * positions
     bias_cells = layer.used_units().size if layer.use_bias else 0
     return int(kernel_cells + bias_cells + layer.repair_params())
+
+
+def _kind_of(layer) -> str:
+    if isinstance(layer, ZipDepthwiseConv2D):
+        return "depthwise"
+    return "dense" if isinstance(layer, ZipDense) else "conv"
 
 
 def zip_summary(model: keras.Model) -> ZipReport:
@@ -368,7 +381,7 @@ def zip_summary(model: keras.Model) -> ZipReport:
         total parameters: 1,510 in the separate models -> 1,178 zipped (78.0%)
     """
     model = as_tf_keras_model(model)
-    zip_layers = [l for l in model.layers if isinstance(l, (ZipDense, ZipConv2D))]
+    zip_layers = [l for l in model.layers if isinstance(l, (ZipDense, ZipConv2D, ZipDepthwiseConv2D))]
     if not zip_layers:
         raise ValueError(f"Model {model.name!r} has no zip layers; pass a model returned by zip_models.")
     summaries = []
@@ -383,11 +396,12 @@ def zip_summary(model: keras.Model) -> ZipReport:
         cost = record.get("merge_cost")
         is_head = all(len(t) == 1 for t in owners.values()) and layer is zip_layers[-1]
         summaries.append(LayerSummary(
-            layer.name, "dense" if isinstance(layer, ZipDense) else "conv", list(layer.task_units), shared, before, after,
+            layer.name, _kind_of(layer), list(layer.task_units), shared, before, after,
             cost, is_head, record.get("seconds"), record.get("pairs"),
         ))
     other = sum(
-        int(np.sum([np.prod(w.shape) for w in l.weights])) for l in model.layers if not isinstance(l, (ZipDense, ZipConv2D))
+        int(np.sum([np.prod(w.shape) for w in l.weights])) for l in model.layers
+        if not isinstance(l, (ZipDense, ZipConv2D, ZipDepthwiseConv2D))
     )
     return ZipReport(
         task_names=list(model.output_names),
@@ -424,7 +438,7 @@ def zip_scope() -> Iterator[None]:
     from tfmot_zip.export.tfmot import ZipConv2DQuantizeConfig, ZipDenseQuantizeConfig  # QAT models saved with TFMOT
 
     objects = {
-        "ZipDense": ZipDense, "ZipConv2D": ZipConv2D,
+        "ZipDense": ZipDense, "ZipConv2D": ZipConv2D, "ZipDepthwiseConv2D": ZipDepthwiseConv2D,
         "ZipDenseQuantizeConfig": ZipDenseQuantizeConfig, "ZipConv2DQuantizeConfig": ZipConv2DQuantizeConfig,
     }
     with keras.utils.custom_object_scope(objects):

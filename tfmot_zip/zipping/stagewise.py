@@ -41,7 +41,7 @@ class StagewiseMixin:
             first = zipped.get_layer(graph.nodes[space.writers[0]].name)
             space.maps = [first.get_maps(t)[1] for t in range(len(task_models))]
         zipper = cls(zipped, graph, features, spaces, **kwargs)
-        for node in graph.zip_nodes():
+        for node in graph.zip_nodes() + zipper.depthwise_nodes:
             saved = zipper.layer(node).zip_record or {}
             record = zipper.records[node.index]
             record.shared = int(saved.get("shared", 0))
@@ -73,6 +73,9 @@ class StagewiseMixin:
                 bias = None if bias is None else np.where(bias_mask, old_bias, bias)
                 fresh[self.task] = (kernel, bias)
             self.weights[node.index] = fresh
+        for node in self.depthwise_nodes:  # re-indexed only when merged: no aliased cells
+            layer = self.layer(node)
+            self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
 
     def aliased_cells(self, node: AlignedNode, task: int) -> tuple[np.ndarray, np.ndarray]:
         """Masks (kernel, bias) of ``task``'s weights stored in cells a lower task also uses."""
@@ -121,6 +124,7 @@ class StagewiseMixin:
         self.task = n
         self.merged.clear()
         self.decided.clear()
+        self.merged_depthwise.clear()
         if done is not None:
             for node in self.graph.hidden_zip_nodes():
                 if done(node) >= n:
@@ -131,6 +135,9 @@ class StagewiseMixin:
                     pairs = [(u, c) for p, u, c in self.records[node.index].pairs if p == n]
                     if pairs:
                         space.pairs = pairs[-1]
+            for node in self.depthwise_nodes:  # merged with their space in an earlier session
+                if any(p == n for p, _, _ in self.records[node.index].pairs):
+                    self.merged_depthwise.add(node.index)
 
     def nodes_to_measure(self, node: AlignedNode) -> list[AlignedNode]:
         """Layers whose Hessians the next stage needs (a stream's ready writers, or the layer)."""

@@ -20,7 +20,7 @@ class LayerStatisticsMixin:
 
     def _batch_size_for(self, node: AlignedNode) -> int:
         """Smaller batches for convolutions so that one batch's patch matrix stays ~64 MB."""
-        if node.kind != "conv":
+        if node.kind not in ("conv", "depthwise"):
             return self.batch_size
         layer = self.layer(node)
         shape = layer.output[0].shape

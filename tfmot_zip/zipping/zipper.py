@@ -9,7 +9,8 @@ apply the merge update, and re-index the layers that read the zipped units.
 A merged unit may serve several tasks ``Q``; its side of the merge uses an inverse Hessian
 built from those tasks' (docs/METHOD.md: the sum of their inverse Hessians, ``merged_hessian=
 "sum_of_inverses"``; or the inverse of the summed Hessians, ``"exact"``, the curvature of the
-summed layer-wise errors). A residual stream (several layers writing into one ``Add``) is
+summed layer-wise errors). A depthwise convolution follows the pairing of the space it reads
+(:mod:`tfmot_zip.zipping.depthwise`). A residual stream (several layers writing into one ``Add``) is
 paired once per pass, from the summed costs of the writers whose inputs are already zipped
 when the stream is first reached; its later writers follow that pairing with their own update.
 """
@@ -26,6 +27,7 @@ from tfmot_zip.core import MergeSide, invert_hessian, select_pairs
 from tfmot_zip.model.graph import AlignedNode, ModelGraph
 from tfmot_zip.model.spaces import Feature, UnitSpace
 from tfmot_zip.core.strategies import Strategy, get_strategy
+from tfmot_zip.zipping.depthwise import DepthwiseMixin
 from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.stagewise import StagewiseMixin
 from tfmot_zip.zipping.statistics import LayerStatisticsMixin
@@ -66,7 +68,7 @@ class _Group:
 
 
 @dataclass
-class Zipper(LayerStatisticsMixin, StagewiseMixin):
+class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
     """Holds the logical per-task weights and applies the zipping layer by layer."""
 
     model: keras.Model
@@ -103,6 +105,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin):
             layer = self.layer(node)
             self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
             self.records[node.index] = LayerRecord(node.name, node.kind, list(layer.task_units))
+        self._init_depthwise()
 
     # --- helpers --------------------------------------------------------------------------
     def layer(self, node: AlignedNode):
@@ -336,6 +339,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin):
         if node.index not in self.merged:
             self.merge_node(node, space, *space.pairs)
             self._write(node)
+        self.merge_ready_depthwise()
         self._hessian_cache.clear()
         self._stats_cache.clear()
         return [self.graph.nodes[i] for i in sorted(self.merged - before)]

@@ -1,0 +1,134 @@
+"""Depthwise convolutions in the zipper: merged when the unit space they read is zipped.
+
+A ``ZipDepthwiseConv2D`` has no pairing of its own (channel ``c`` reads only channel ``c``). Once
+every writer of the space it reads is merged in a pass, each pair ``(physical unit u, channel j
+of the task being merged)`` of that space merges the two channels' ``kh x kw`` (+ bias) weights
+with the strategy's rule, every coordinate shared, using each channel's own patch Hessian
+(:mod:`tfmot_zip.core.depthwise`); the merge cost is summed into the layer's record. Mixed into
+:class:`~tfmot_zip.zipping.zipper.Zipper` (uses its fields).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tfmot_zip.core import MergeSide, center_hessian, extract_patches, merge_cost_matrix
+from tfmot_zip.core.depthwise import ChannelHessianAccumulator, channel_patches, invert_channel_hessians
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
+from tfmot_zip.model.graph import AlignedNode
+from tfmot_zip.model.spaces import UnitSpace
+
+__all__ = ["DepthwiseMixin"]
+
+
+class DepthwiseMixin:
+    """Depthwise layers of the zipper: found, measured and merged after their space."""
+
+    def _init_depthwise(self) -> None:
+        from tfmot_zip.zipping.zipper import LayerRecord
+
+        self.depthwise_nodes = [
+            n for n in self.graph.nodes
+            if n.kind == "depthwise" and isinstance(self.model.get_layer(n.name), ZipDepthwiseConv2D)
+        ]
+        self.merged_depthwise: set[int] = set()
+        for node in self.depthwise_nodes:
+            layer = self.model.get_layer(node.name)
+            self._layers[node.index] = layer
+            self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
+            self.records[node.index] = LayerRecord(node.name, "depthwise", list(layer.task_units))
+
+    def depthwise_space(self, node: AlignedNode) -> UnitSpace:
+        return self.spaces[self.features[node.inbound[0]].space]
+
+    def depthwise_hessians(self, node: AlignedNode) -> list[np.ndarray]:
+        """``[channels, d, d]`` per-channel Hessians of every task up to the current one."""
+        if self.hessian_provider is not None:
+            raise ValueError(
+                f"Depthwise layer {node.name!r} needs calibration data to be zipped: its channels' Hessians "
+                "are measured on it. Pass ZipCallback(calibration_data=(x_a, x_b, ...))."
+            )
+        layer = self.layer(node)
+        positions = layer.kernel_size[0] * layer.kernel_size[1]
+        tasks = list(range(self.task + 1))
+        accumulators = {t: ChannelHessianAccumulator(positions, layer.task_units[t]) for t in tasks}
+        for t, batch in self._layer_input_batches(node, tasks):
+            rows = extract_patches(batch, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
+            accumulators[t].update(channel_patches(rows, positions))
+        out = []
+        for t in tasks:
+            h = accumulators[t].hessians()
+            if self.strategy.centered:
+                h = np.stack([center_hessian(block) for block in h])
+            out.append(h if layer.use_bias else h[:, :-1, :-1])
+        return out
+
+    def _channel_rows(self, node: AlignedNode, task: int) -> np.ndarray:
+        """``[channels, d]`` weights of each of ``task``'s channels (bias last)."""
+        kernel, bias = self.weights[node.index][task]
+        rows = kernel[:, :, :, 0].reshape(-1, kernel.shape[2]).T.astype(np.float64)
+        return rows if bias is None else np.hstack([rows, bias.astype(np.float64)[:, None]])
+
+    def _store_channels(self, node: AlignedNode, task: int, channels: np.ndarray, rows: np.ndarray) -> None:
+        kernel, bias = (None if w is None else w.copy() for w in self.weights[node.index][task])
+        kh, kw = kernel.shape[:2]
+        kernel[:, :, channels, 0] = rows[:, : kh * kw].T.reshape(kh, kw, len(channels))
+        if bias is not None:
+            bias[channels] = rows[:, -1]
+        self.weights[node.index][task] = (kernel, bias)
+
+    def merge_depthwise(self, node: AlignedNode) -> None:
+        """Merges the channels the current pass paired in the space this layer reads."""
+        start = time.perf_counter()
+        space = self.depthwise_space(node)
+        units, cols = space.pairs if space.pairs is not None else (np.zeros(0, np.int64),) * 2
+        n, record, layer = self.task, self.records[node.index], self.layer(node)
+        if len(units):
+            inverses = None
+            if self.strategy.needs_hessian:
+                hessians = self.depthwise_hessians(node)
+                if self.merged_hessian == "exact":
+                    inverses = hessians  # inverted per group below, after summing
+                else:
+                    inverses = [invert_channel_hessians(h, self.damping) for h in hessians]
+            d = self._channel_rows(node, n).shape[1]
+            rows_n = self._channel_rows(node, n)
+            for u, j in zip(units, cols):
+                group = {t: int(np.flatnonzero(space.maps[t] == u)[0]) for t in range(n) if np.any(space.maps[t] == u)}
+                first = next(iter(group))
+                w_g = self._channel_rows(node, first)[group[first]]
+                if inverses is None:
+                    inv_g = inv_n = np.eye(d)
+                elif self.merged_hessian == "exact":
+                    inv_g = invert_channel_hessians(sum(inverses[t][c] for t, c in group.items())[None], self.damping)[0]
+                    inv_n = invert_channel_hessians(inverses[n][j][None], self.damping)[0]
+                else:
+                    inv_g = sum(inverses[t][c] for t, c in group.items())
+                    inv_n = inverses[n][j]
+                side_g = MergeSide.from_hessian_inverse(w_g[None], inv_g, np.arange(d))
+                side_n = MergeSide.from_hessian_inverse(rows_n[j][None], inv_n, np.arange(d))
+                if self.strategy.needs_hessian:
+                    record.merge_cost += float(merge_cost_matrix(side_g, side_n)[0, 0])
+                else:
+                    record.merge_cost += float(np.sum((w_g - rows_n[j]) ** 2))
+                g_new, n_new = self.strategy.merge(side_g, side_n, np.zeros(1, np.int64), np.zeros(1, np.int64))
+                for t, c in group.items():
+                    self._store_channels(node, t, np.array([c]), g_new)
+                self._store_channels(node, n, np.array([j]), n_new)
+        layer.set_maps(n, in_map=space.maps[n])
+        self._write(node)
+        record.shared += int(len(units))
+        record.pairs.append((n, units, cols))
+        record.seconds += time.perf_counter() - start
+        layer.zip_record = record.as_config()  # kept with the layer, so a saved ZipCallback run resumes
+        self.merged_depthwise.add(node.index)
+
+    def merge_ready_depthwise(self) -> None:
+        """Merges every depthwise layer whose space is decided and fully merged in this pass."""
+        for node in self.depthwise_nodes:
+            if node.index in self.merged_depthwise:
+                continue
+            space = self.depthwise_space(node)
+            if space.id in self.decided and all(w in self.merged for w in space.writers):
+                self.merge_depthwise(node)
