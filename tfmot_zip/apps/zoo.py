@@ -1,4 +1,4 @@
-"""A small model zoo (LeNet-300-100, two LeNet-5, a small VGG, ResNet-20) and cached training on tasks.
+"""A small model zoo (LeNets, a small VGG, CIFAR ResNets, MobileNetV2) and cached training on tasks.
 
 The builders return plain, uncompiled tf_keras models with readable layer names (``fc1``, ``conv1``,
 ``head``...). :func:`train_on_task` trains one on a :mod:`tfmot_zip.data` task and caches the result on
@@ -33,7 +33,12 @@ from tfmot_zip.apps.architectures import (
     lenet5,
     lenet5_caffe,
     lenet_300_100,
+    mobilenet_v2,
+    resnet,
     resnet20,
+    resnet32,
+    resnet56,
+    resnet110,
     small_vgg,
 )
 from tfmot_zip.compat import keras
@@ -50,7 +55,12 @@ __all__ = [
     "lenet5",
     "lenet5_caffe",
     "lenet_300_100",
+    "mobilenet_v2",
+    "resnet",
     "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet110",
     "small_vgg",
     "train_on_task",
 ]
@@ -66,9 +76,23 @@ ARCHITECTURES: dict[str, Callable[..., "keras.Model"]] = {
     "lenet5_caffe": lenet5_caffe,
     "small_vgg": small_vgg,
     "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "mobilenet_v2": mobilenet_v2,
 }
-#: Default training epochs per architecture.
-DEFAULT_EPOCHS = {"lenet_300_100": 10, "lenet5": 10, "lenet5_caffe": 10, "small_vgg": 8, "resnet20": 8}
+#: Default training epochs per architecture (docs/ZOO.md has the measured times and accuracies).
+DEFAULT_EPOCHS = {
+    "lenet_300_100": 10,
+    "lenet5": 10,
+    "lenet5_caffe": 10,
+    "small_vgg": 8,
+    "resnet20": 8,
+    "resnet32": 8,
+    "resnet56": 8,
+    "resnet110": 8,
+    "mobilenet_v2": 10,
+}
 
 
 def _check_arch(arch: str) -> str:
@@ -183,7 +207,7 @@ def train_on_task(
 
     Args:
         arch: one of :data:`ARCHITECTURES` ("lenet_300_100", "lenet5", "lenet5_caffe", "small_vgg",
-            "resnet20").
+            "resnet20", "resnet32", "resnet56", "resnet110", "mobilenet_v2").
         task: a task name for :func:`tfmot_zip.data.make_task`, or a :class:`~tfmot_zip.data.Task`.
         seed: random seed for initialisation, shuffling and subsampling.
         epochs: passes over the training data; default :data:`DEFAULT_EPOCHS` [arch].
