@@ -157,7 +157,7 @@ def build_zipped_model(
         outs = []
         for t, (task, source_layer) in enumerate(zip(task_names, node.layers)):
             args = [s[t] for s in sources]
-            outs.append(call_copy(source_layer, task_layer_name(node.name, task), args if node.kind == "add" else args[0]))
+            outs.append(call_copy(source_layer, task_layer_name(node.name, task), args if node.kind in ("add", "multiply") else args[0]))
         tensors[node.index] = outs
     outputs = [
         keras.layers.Activation("linear", name=task)(tensors[graph.output_nodes[0]][t])

@@ -38,7 +38,7 @@ INPUT_ONLY = (L.Normalization, L.Rescaling)
 SUPPORTED_LAYERS = (
     "InputLayer, Dense, Conv2D (groups=1), DepthwiseConv2D (depth_multiplier=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
     "(elementwise), Dropout, MaxPooling2D, AveragePooling2D, ZeroPadding2D, Flatten, "
-    "GlobalAveragePooling2D, GlobalMaxPooling2D, Add, Rescaling (scalar), Reshape adding or removing "
+    "GlobalAveragePooling2D, GlobalMaxPooling2D (keepdims or not), Add, Multiply (e.g. squeeze-and-excitation gates), Rescaling (scalar), Reshape adding or removing "
     "size-1 axes before the channels, elementwise TF-op layers with one scalar (x + 3.0, x * c, "
     "tf.nn.relu6, ...), nested models (flattened); Normalization and per-channel Rescaling on the "
     "input before the first Dense/Conv2D; any single-input layer after the last Dense/Conv2D of a "
@@ -55,8 +55,8 @@ class AlignedNode:
         index: position in topological order.
         layers: the layer of each model at this position.
         inbound: indices of the nodes feeding this one (the same for every model).
-        kind: "input", "dense", "conv", "depthwise", "channelwise", "flatten", "global_pool", "add" or
-            "tail". A depthwise convolution is not a zip node: its channels follow the pairing of
+        kind: "input", "dense", "conv", "depthwise", "channelwise", "flatten", "global_pool", "add",
+            "multiply" or "tail". A depthwise convolution is not a zip node: its channels follow the pairing of
             the space it reads (``tfmot_zip.model.depthwise``).
         is_head: for a dense/conv node, whether a model output is reached from it without
             passing through another dense/conv layer (heads stay task-specific by default).
@@ -209,11 +209,11 @@ def _kind(layer, model) -> str:
     if isinstance(layer, L.Flatten):
         return "flatten"
     if isinstance(layer, (L.GlobalAveragePooling2D, L.GlobalMaxPooling2D)):
-        if getattr(layer, "keepdims", False):
-            raise UnsupportedModelError(f"{_describe(model, layer)} with keepdims=True is not supported.")
-        return "global_pool"
+        return "global_pool"  # keepdims=True (MobileNet) keeps the channels last too
     if isinstance(layer, L.Add):
         return "add"
+    if isinstance(layer, L.Multiply):
+        return "multiply"  # e.g. a squeeze-and-excitation gate: its inputs share one unit space
     if isinstance(layer, L.BatchNormalization):
         axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
         rank = len(layer.input_shape)

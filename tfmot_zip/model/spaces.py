@@ -3,9 +3,10 @@
 Every Dense/Conv2D output opens a *unit space* whose physical units are numbered
 ``0..capacity-1`` (``capacity`` = the sum of every task's width); task ``t``'s units map to
 physical units through ``maps[t]``. Layers that keep channels (activations, BatchNorm,
-pooling, padding, dropout) pass the space through; ``Flatten`` keeps it and records the spatial
-positions; ``Add`` joins the spaces of its inputs into one residual stream, whose writers must
-all use one pairing.
+pooling, padding, dropout, depthwise convolutions) pass the space through; ``Flatten`` keeps it and
+records the spatial positions; ``Add`` joins the spaces of its inputs into one residual stream, whose
+writers must all use one pairing; so does ``Multiply`` (a squeeze-and-excitation gate's last layer
+writes into the space of the tensor it gates, so its units follow that pairing).
 """
 from __future__ import annotations
 
@@ -104,12 +105,12 @@ def trace_spaces(graph: ModelGraph) -> tuple[dict[int, Feature], dict[int, UnitS
             source[node.index] = None
         elif node.is_zip:
             source[node.index] = node.index
-        elif node.kind == "add":
+        elif node.kind in ("add", "multiply"):
             roots = [source[i] for i in node.inbound]
             if any(r is None for r in roots):
                 raise UnsupportedModelError(
-                    f"Add layer {node.name!r} adds a raw model input to a layer output; residual "
-                    "streams must start at a Dense/Conv2D layer (a stem)."
+                    f"{type(node.layers[0]).__name__} layer {node.name!r} combines a raw model input with a layer "
+                    "output; residual streams and gated tensors must start at a Dense/Conv2D layer (a stem)."
                 )
             for r in roots[1:]:
                 parent[find(r)] = find(roots[0])
@@ -161,7 +162,7 @@ def trace_spaces(graph: ModelGraph) -> tuple[dict[int, Feature], dict[int, UnitS
                 features[node.index] = Feature("input", input_units=int(layer.input_shape[-1]))
             else:
                 features[node.index] = Feature("units", inp.space)
-        elif node.kind == "add":
+        elif node.kind in ("add", "multiply"):
             features[node.index] = Feature("units", space=find(source[node.index]))
         else:
             inp = features[node.inbound[0]]

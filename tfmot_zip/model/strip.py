@@ -220,14 +220,14 @@ class _Stripper:
     # --- per-task layers ------------------------------------------------------------------------
     def per_task(self, layer, view, t: int, args: list):
         name = layer.name
-        if isinstance(layer, L.Add):
+        if isinstance(layer, (L.Add, L.Multiply)):
             first = args[0]
             if isinstance(first, Raw):
                 return Raw(self.new_layer(layer, name)([a.tensor for a in args]))
             tensors = {}
             for gkey in first.tensors:
                 terms = [a.tensors[gkey] for a in args]
-                tensors[gkey] = self.call(("add", name, gkey, tuple(id(x) for x in terms)), lambda: L.Add(name=f"{name}_{_group_label(gkey, self.task_names)}"), terms)
+                tensors[gkey] = self.call(("add", name, gkey, tuple(id(x) for x in terms)), lambda: type(layer)(name=f"{name}_{_group_label(gkey, self.task_names)}"), terms)
             return Grouped(first.capacity, first.groups, tensors, first.task_map, first.positions, first.flat)
         if isinstance(view, Raw):
             return Raw(self._clone_call(layer, name, view.tensor))

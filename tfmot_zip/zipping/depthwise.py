@@ -1,7 +1,7 @@
 """Depthwise convolutions in the zipper: merged when the unit space they read is zipped.
 
 A ``ZipDepthwiseConv2D`` has no pairing of its own (channel ``c`` reads only channel ``c``). Once
-every writer of the space it reads is merged in a pass, each pair ``(physical unit u, channel j
+the writers of the space it reads that come before it are merged in a pass, each pair ``(physical unit u, channel j
 of the task being merged)`` of that space merges the two channels' ``kh x kw`` (+ bias) weights
 with the strategy's rule, every coordinate shared, using each channel's own patch Hessian
 (:mod:`tfmot_zip.core.depthwise`); the merge cost is summed into the layer's record. Mixed into
@@ -125,10 +125,12 @@ class DepthwiseMixin:
         self.merged_depthwise.add(node.index)
 
     def merge_ready_depthwise(self) -> None:
-        """Merges every depthwise layer whose space is decided and fully merged in this pass."""
+        """Merges every depthwise layer whose space is decided and whose input is merged in this pass."""
         for node in self.depthwise_nodes:
             if node.index in self.merged_depthwise:
                 continue
             space = self.depthwise_space(node)
-            if space.id in self.decided and all(w in self.merged for w in space.writers):
+            # The writers it reads through (those before it); a later writer (a squeeze-and-excitation
+            # gate reading this layer's output) merges after it.
+            if space.id in self.decided and all(w in self.merged for w in space.writers if w < node.index):
                 self.merge_depthwise(node)
