@@ -25,9 +25,8 @@ __all__ = ["DepthwiseMixin"]
 class DepthwiseMixin:
     """Depthwise layers of the zipper: found, measured and merged after their space."""
 
-    def _init_depthwise(self) -> None:
-        from tfmot_zip.zipping.zipper import LayerRecord
-
+    def _init_depthwise(self, record_type: type) -> None:
+        """Finds the zipped model's depthwise layers; ``record_type`` makes their ``LayerRecord``."""
         self.depthwise_nodes = [
             n for n in self.graph.nodes
             if n.kind == "depthwise" and isinstance(self.model.get_layer(n.name), ZipDepthwiseConv2D)
@@ -37,7 +36,7 @@ class DepthwiseMixin:
             layer = self.model.get_layer(node.name)
             self._layers[node.index] = layer
             self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
-            self.records[node.index] = LayerRecord(node.name, "depthwise", list(layer.task_units))
+            self.records[node.index] = record_type(node.name, "depthwise", list(layer.task_units))
 
     def depthwise_space(self, node: AlignedNode) -> UnitSpace:
         return self.spaces[self.features[node.inbound[0]].space]

@@ -105,7 +105,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
             layer = self.layer(node)
             self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
             self.records[node.index] = LayerRecord(node.name, node.kind, list(layer.task_units))
-        self._init_depthwise()
+        self._init_depthwise(LayerRecord)
 
     # --- helpers --------------------------------------------------------------------------
     def layer(self, node: AlignedNode):
