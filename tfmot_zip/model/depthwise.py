@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.model.layers import ZipLayerMixin, _pair
+from tfmot_zip.model.layers import ZipLayerMixin, int_pair
 
 __all__ = ["ZipDepthwiseConv2D"]
 
@@ -59,9 +59,9 @@ class ZipDepthwiseConv2D(ZipLayerMixin, keras.layers.Layer):
                 f"Expected capacity >= the sum of the task widths ({sum(self.task_units)}): before zipping every "
                 f"task owns its channels. Received: capacity={capacity!r}"
             )
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.strides = _pair(strides, "strides")
-        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.strides = int_pair(strides, "strides")
+        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
                 f"Expected strides 1 when dilation_rate > 1 (as DepthwiseConv2D). Received: strides={strides!r}, "

@@ -273,7 +273,13 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         return {**super().get_config(), **self._common_config()}
 
 
-def _pair(value: Any, name: str) -> tuple[int, int]:
+def int_pair(value: Any, name: str) -> tuple[int, int]:
+    """``(a, b)`` from an int or a pair of positive ints (kernel sizes, strides); ``name`` is for the error.
+
+    Example:
+        >>> int_pair(3, "kernel_size")
+        (3, 3)
+    """
     if isinstance(value, (int, np.integer)):
         value = (value, value)
     try:
@@ -322,9 +328,9 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self._init_shapes(task_units, task_input_units, input_capacity)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.strides = _pair(strides, "strides")
-        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.strides = int_pair(strides, "strides")
+        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
         padding = str(padding).lower()
         if padding not in ("valid", "same"):
             raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
