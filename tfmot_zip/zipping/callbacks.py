@@ -17,7 +17,9 @@ import numpy as np
 from tfmot_zip.compat import keras
 from tfmot_zip.data.checks import check_inputs
 from tfmot_zip.data.tasks import as_inputs
+from tfmot_zip.core.strategies import get_strategy
 from tfmot_zip.model.batchnorm import recalibrate_batchnorm
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZIP_LAYERS, zip_layers
 from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.schedules import ZipSchedule
@@ -113,6 +115,13 @@ class ZipCallback(keras.callbacks.Callback):
                 for i, d in enumerate(self.calibration_data)
             ]
         else:
+            depthwise = [l.name for l in self.model.layers if isinstance(l, ZipDepthwiseConv2D)]
+            if depthwise and get_strategy(self.options.method).needs_hessian:
+                raise ValueError(
+                    f"Model {self.model.name!r} has depthwise layers ({depthwise[:3]}), whose channels' Hessians "
+                    "are measured on calibration data, not on training batches. Pass "
+                    "ZipCallback(calibration_data=(x_a, x_b, ...)) with inputs of every task."
+                )
             provider = lambda layer, t: layer.hessian(t)  # noqa: E731
             calibration = [np.zeros((1,) + tuple(self.model.inputs[0].shape[1:]), np.float32)] * len(self.model.outputs)
         self._calibration = calibration if self.calibration_data is not None else None
