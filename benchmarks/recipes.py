@@ -1,9 +1,10 @@
 """Any recipe of zip_models options on a zoo pair, one JSON line per (sharing, recipe): mean drop
 right after zipping (no retraining), 10,000 calibration images per task, full test splits.
 
-Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPAIR[,...] SHARING[,...]
+Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPAIR[,...] SHARING[,...] [IMAGES]
   e.g. benchmarks/recipes.py lenet_300_100 same euclidean:1:1,mtz:1:0 0.5,1.0
-  (REFITS 1: refit_layers and refit_heads; REPAIR 1: repair=True)
+  (REFITS 1: refit_layers and refit_heads; REPAIR 1: repair=True; IMAGES: calibration images per task,
+  default 10,000)
 """
 import json
 import os
@@ -21,7 +22,7 @@ sharings = [float(s) for s in sys.argv[4].split(",")]
 tasks, trained = load_pair(arch, pair)
 models = [t.model for t in trained]
 orig = [t.test_accuracy for t in trained]
-calib = [t.x_train[:10000] for t in tasks]
+calib = [t.x_train[: int(sys.argv[5]) if len(sys.argv) > 5 else 10000] for t in tasks]
 tests = [(t.x_test, t.y_test) for t in tasks]
 print("originals", orig, flush=True)
 for sharing in sharings:
