@@ -4,7 +4,8 @@ The new model replays the common layer graph once per task: every Dense/Conv2D p
 becomes one :class:`~tfmot_zip.model.layers.ZipDense`/:class:`~tfmot_zip.model.layers.ZipConv2D` that
 serves all tasks, every DepthwiseConv2D reading a zip layer's units one
 :class:`~tfmot_zip.model.depthwise.ZipDepthwiseConv2D`; every other layer is cloned per task with that task's weights (BatchNorm
-statistics stay per task). Source models are only read, never modified.
+statistics stay per task; a channel ``Concatenate`` joins each task's parts in that task's own unit order, which
+the next zip layer's ``in_map`` reads through the parts' offsets). Source models are only read, never modified.
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def build_zipped_model(
         outs = []
         for t, (task, source_layer) in enumerate(zip(task_names, node.layers)):
             args = [s[t] for s in sources]
-            outs.append(call_copy(source_layer, task_layer_name(node.name, task), args if node.kind in ("add", "multiply") else args[0]))
+            outs.append(call_copy(source_layer, task_layer_name(node.name, task), args if node.kind in ("add", "multiply", "concat") else args[0]))
         tensors[node.index] = outs
     outputs = [
         keras.layers.Activation("linear", name=task)(tensors[graph.output_nodes[0]][t])

@@ -38,7 +38,8 @@ INPUT_ONLY = (L.Normalization, L.Rescaling)
 SUPPORTED_LAYERS = (
     "InputLayer, Dense, Conv2D (groups=1), DepthwiseConv2D (depth_multiplier=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
     "(elementwise), Dropout, MaxPooling2D, AveragePooling2D, ZeroPadding2D, Flatten, "
-    "GlobalAveragePooling2D, GlobalMaxPooling2D (keepdims or not), Add, Multiply (e.g. squeeze-and-excitation gates), Rescaling (scalar), Reshape adding or removing "
+    "GlobalAveragePooling2D, GlobalMaxPooling2D (keepdims or not), Add, Multiply (e.g. squeeze-and-excitation gates), "
+    "Concatenate on the channel (last) axis of layer outputs (e.g. DenseNet blocks), Rescaling (scalar), Reshape adding or removing "
     "size-1 axes before the channels, elementwise TF-op layers with one scalar (x + 3.0, x * c, "
     "tf.nn.relu6, ...), nested models (flattened); Normalization and per-channel Rescaling on the "
     "input before the first Dense/Conv2D; any single-input layer after the last Dense/Conv2D of a "
@@ -56,7 +57,7 @@ class AlignedNode:
         layers: the layer of each model at this position.
         inbound: indices of the nodes feeding this one (the same for every model).
         kind: "input", "dense", "conv", "depthwise", "channelwise", "flatten", "global_pool", "add",
-            "multiply" or "tail". A depthwise convolution is not a zip node: its channels follow the pairing of
+            "multiply", "concat" (channel axis) or "tail". A depthwise convolution is not a zip node: its channels follow the pairing of
             the space it reads (``tfmot_zip.model.depthwise``).
         is_head: for a dense/conv node, whether a model output is reached from it without
             passing through another dense/conv layer (heads stay task-specific by default).
@@ -214,6 +215,15 @@ def _kind(layer, model) -> str:
         return "add"
     if isinstance(layer, L.Multiply):
         return "multiply"  # e.g. a squeeze-and-excitation gate: its inputs share one unit space
+    if isinstance(layer, L.Concatenate):
+        rank = len(layer.input_shape[0])
+        if layer.axis not in (-1, rank - 1):
+            raise UnsupportedModelError(
+                f"{_describe(model, layer)} concatenates along axis={layer.axis} of rank-{rank} tensors; tfmot_zip "
+                "zips concatenations on the channel (last) axis only, where each part keeps its own units. "
+                "Concatenate along axis=-1 (channels_last), or reshape so that the joined axis is last."
+            )
+        return "concat"  # the parts' unit spaces side by side (tfmot_zip.model.spaces)
     if isinstance(layer, L.BatchNormalization):
         axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
         rank = len(layer.input_shape)
@@ -254,6 +264,7 @@ GEOMETRY = {
     "channelwise": ("pool_size", "strides", "padding", "padding_config", "axis", "data_format"),
     "flatten": ("data_format",),
     "global_pool": ("data_format", "keepdims"),
+    "concat": ("axis",),
 }
 # Config keys a zip layer (Dense/Conv2D) may differ in: the widths it merges, and what only
 # sets or constrains the weights. Everything else (activation, use_bias, kernel_size, strides,

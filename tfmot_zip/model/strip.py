@@ -5,13 +5,15 @@ tasks: shared, only-A, only-B). Each group becomes its own tensor, and each weig
 ``input group -> output group`` becomes one standard ``Dense``/``Conv2D`` layer that every task
 reading both groups calls (a depthwise layer: one ``DepthwiseConv2D`` per group of the space it reads), so shared weights are stored once and stay shared under further
 training (e.g. TFMOT pruning). Block outputs are summed with ``Add``; BatchNorm stays per task
-(sliced per group), stateless layers are applied per group. With one input for all tasks, a
-block whose inputs are all shared is computed once.
+(sliced per group), stateless layers are applied per group. A channel ``Concatenate`` keeps every
+part's groups as separate groups (keys :class:`PartKey`, physical units shifted by the capacities of
+the parts before), so a layer reading it gets one block per part and group. With one input for all
+tasks, a block whose inputs are all shared is computed once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,12 +45,26 @@ class Raw:
     tensor: Any
 
 
+class PartKey(NamedTuple):
+    """Group key of one part of a channel concatenation: the part's index and its tasks."""
+
+    part: int
+    tasks: frozenset
+
+
+def _tasks(key) -> frozenset:
+    """The tasks reading a unit group (``key``: a frozenset of tasks or a :class:`PartKey`)."""
+    return key.tasks if isinstance(key, PartKey) else key
+
+
 def group_units(layer: ZipLayerMixin) -> dict:
     """``{frozenset(tasks): sorted physical units}`` of a zip layer's used output units."""
     return layer.unit_groups()
 
 
-def _group_label(key: frozenset, task_names: list[str]) -> str:
+def _group_label(key, task_names: list[str]) -> str:
+    if isinstance(key, PartKey):
+        return f"p{key.part}_{_group_label(key.tasks, task_names)}"
     if len(key) == len(task_names):
         return "shared"
     return "_and_".join(task_names[t] for t in sorted(key))
@@ -177,7 +193,7 @@ class _Stripper:
         if isinstance(first, Raw):
             return "input"
         for hkey in first.groups:
-            if hkey >= gkey:
+            if _tasks(hkey) >= gkey:
                 return hkey
         return None
 
@@ -187,12 +203,12 @@ class _Stripper:
             return [("input", np.arange(layer.input_capacity), view.tensor, frozenset(range(self.n_tasks)))]
         out = []
         for hkey, units in view.groups.items():
-            if t not in hkey:
+            if t not in _tasks(hkey):
                 continue
             rows = units
             if view.flat:
                 rows = (np.arange(view.positions)[:, None] * view.capacity + units[None, :]).reshape(-1)
-            out.append((hkey, rows, view.tensors[hkey], hkey))
+            out.append((hkey, rows, view.tensors[hkey], _tasks(hkey)))
         return out
 
     def _block(self, layer, kernel, bias, rows, units, with_bias, name):
@@ -229,6 +245,8 @@ class _Stripper:
                 terms = [a.tensors[gkey] for a in args]
                 tensors[gkey] = self.call(("add", name, gkey, tuple(id(x) for x in terms)), lambda: type(layer)(name=f"{name}_{_group_label(gkey, self.task_names)}"), terms)
             return Grouped(first.capacity, first.groups, tensors, first.task_map, first.positions, first.flat)
+        if isinstance(layer, L.Concatenate):
+            return self.concatenate(layer, t, args)
         if isinstance(view, Raw):
             return Raw(self._clone_call(layer, name, view.tensor))
         tensors = {}
@@ -250,6 +268,31 @@ class _Stripper:
                     positions, flat = int(np.prod(x.shape[1:-1])), True
                 tensors[gkey] = self.call(("stateless", name, gkey, id(x)), lambda: self.new_layer(layer, f"{label}_{len(self.blocks)}"), x)
         return Grouped(view.capacity, view.groups, tensors, view.task_map, positions, flat)
+
+    def concatenate(self, layer, t: int, views: list) -> Grouped:
+        """Task ``t``'s view of a channel concatenation: its parts' groups side by side, kept apart.
+
+        Part ``p``'s units are shifted by the capacities of the parts before it; nested
+        concatenations are flattened (part indices run over the innermost parts).
+        """
+        groups, tensors, maps, offset, part = {}, {}, [], 0, 0
+        for view in views:
+            if not isinstance(view, Grouped) or view.flat:
+                raise ValueError(
+                    f"Layer {layer.name!r} concatenates a tensor that is not a zip layer's channels; strip_zipping "
+                    "supports channel concatenations of zip layer outputs only."
+                )
+            parts = sorted({k.part for k in view.groups if isinstance(k, PartKey)})
+            renumber = {p: part + i for i, p in enumerate(parts)}
+            for key, units in view.groups.items():
+                new = PartKey(renumber[key.part], key.tasks) if isinstance(key, PartKey) else PartKey(part, key)
+                groups[new] = units + offset
+                if key in view.tensors:
+                    tensors[new] = view.tensors[key]
+            maps.append(view.task_map + offset)
+            offset += view.capacity
+            part += max(1, len(parts))
+        return Grouped(offset, groups, tensors, np.concatenate(maps))
 
     def _clone_call(self, layer, name, tensor):
         if not layer.weights:  # stateless: tasks feeding the same tensor share one call

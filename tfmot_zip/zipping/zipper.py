@@ -115,14 +115,12 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
         return self.features[node.inbound[0]]
 
     def input_ready(self, node: AlignedNode) -> bool:
-        feature = self.input_feature(node)
-        return feature.kind == "input" or feature.space in self.decided
+        """Whether every space the layer reads (each part of a concatenation) is paired in this pass."""
+        return all(s in self.decided for s in self.input_feature(node).space_ids)
 
     def consumers(self, space: UnitSpace) -> list[AlignedNode]:
-        return [
-            n for n in self.graph.zip_nodes()
-            if self.input_feature(n).kind == "units" and self.input_feature(n).space == space.id
-        ]
+        """Zip layers reading ``space``, directly or as one part of a channel concatenation."""
+        return [n for n in self.graph.zip_nodes() if space.id in self.input_feature(n).space_ids]
 
     def _write(self, node: AlignedNode) -> None:
         """Writes every task's logical weights; lower-numbered tasks win shared cells."""
