@@ -142,10 +142,12 @@ def test_concatenation_map_is_the_parts_side_by_side():
     assert concat.task_width(spaces, 1) == sum(widths[1])
 
 
-def test_identical_models_fully_shared_give_the_originals_back():
+@pytest.mark.parametrize("flatten", [False, True])
+def test_identical_models_fully_shared_give_the_originals_back(flatten):
     """Zipping a model with itself pairs every neuron with its twin at zero cost and changes nothing:
-    a consumer of a concatenation re-indexed with wrong offsets would compute something else."""
-    model = densenet({**BASE, "offsets": [[0] * 6]}, 0, seed=5)
+    a consumer of a concatenation (or of its Flatten) re-indexed with wrong offsets would compute
+    something else."""
+    model = densenet({**BASE, "offsets": [[0] * 6], "flatten": flatten}, 0, seed=5)
     calibration = data(1, 48)[0]
     zipped = tfmot_zip.zip_models(model, model, calibration_data=(calibration, calibration), sharing=1.0,
                                   recalibrate_batchnorm=False)

@@ -13,6 +13,8 @@ summed layer-wise errors). A depthwise convolution follows the pairing of the sp
 (:mod:`tfmot_zip.zipping.depthwise`). A residual stream (several layers writing into one ``Add``) is
 paired once per pass, from the summed costs of the writers whose inputs are already zipped
 when the stream is first reached; its later writers follow that pairing with their own update.
+A layer reading a channel concatenation reads its parts' spaces side by side: it is re-indexed
+whenever one part is paired, and merged once every part is (:meth:`Zipper.input_ready`).
 """
 from __future__ import annotations
 
