@@ -239,7 +239,7 @@ def test_zip_conv_quantize_config_is_per_channel():
     assert restored == config and restored != tfmot_support.ZipDenseQuantizeConfig()
     with pytest.raises(TypeError, match="ZipDenseQuantizeConfig quantizes ZipDense"):
         tfmot_support.ZipDenseQuantizeConfig().get_weights_and_quantizers(layer)
-    with pytest.raises(TypeError, match="ZipDense or ZipConv2D"):
+    with pytest.raises(TypeError, match="ZipDense, ZipConv2D or ZipDepthwiseConv2D"):
         tfmot_support.quantize_config_for(keras.layers.Dense(2))
 
 

@@ -176,3 +176,33 @@ def test_depthwise_kernel_sizes_must_agree():
     with pytest.raises(UnsupportedModelError, match="kernel_size"):
         tfmot_zip.zip_models(_with(lambda: L.DepthwiseConv2D(3, name="dw")), _with(lambda: L.DepthwiseConv2D(1, name="dw")),
                              calibration_data=(x, x))
+
+
+def test_zipped_depthwise_layers_prune_with_tfmot(rng):
+    import tensorflow_model_optimization as tfmot
+
+    from tfmot_zip import training
+    from tfmot_zip.data import tasks as data
+    from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
+
+    a, b = mobile_block(1, se=True), mobile_block(2, se=True)
+    xs = [calib(rng, 64, (8, 8, 2)) for _ in range(2)]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=xs, sharing=1.0)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(
+        zipped, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=1))
+    training.compile_multitask(pruned, 1e-3)
+    sets = [(x, rng.integers(0, 3, 64)) for x in xs]
+    pruned.fit(data.multitask(*sets, batch_size=16), steps_per_epoch=2, verbose=0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    plain = tfmot.sparsity.keras.strip_pruning(pruned)
+    dw = next(l for l in plain.layers if isinstance(l, ZipDepthwiseConv2D))
+    assert any(type(l).__name__ == "PruneLowMagnitude" and isinstance(l.layer, ZipDepthwiseConv2D) for l in pruned.layers)
+    assert float(np.mean(dw.kernel.numpy() == 0.0)) >= 0.5  # the physical kernel reached the target sparsity
+    used = dw.kernel.numpy()[:, :, dw.used_units()]
+    assert float(np.mean(used == 0.0)) > 0.25  # and not only in the unused channels (zero already)
+
+
+def test_budget_sharing_refuses_depthwise_models_with_the_fix(rng):
+    x = calib(rng, 40, (8, 8, 2))
+    with pytest.raises(UnsupportedModelError, match="depthwise.*sharing=0.6"):
+        tfmot_zip.zip_models(mobile_block(1), mobile_block(2), calibration_data=(x, x), sharing=tfmot_zip.Budget(fraction=0.6))

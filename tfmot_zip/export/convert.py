@@ -50,6 +50,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def _layer_problems(model: keras.Model) -> None:
     """Raises a clear error for models that must be transformed before export."""
+    from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
     from tfmot_zip.model.layers import ZIP_LAYERS
 
     def walk(m: keras.Model):
@@ -62,7 +63,7 @@ def _layer_problems(model: keras.Model) -> None:
                 yield from walk(layer)
 
     for layer in walk(model):
-        if isinstance(layer, ZIP_LAYERS):
+        if isinstance(layer, ZIP_LAYERS + (ZipDepthwiseConv2D,)):
             raise ValueError(
                 f"Model {model.name!r} still has zip layers (layer {layer.name!r} is a "
                 f"{type(layer).__name__}). Export the stripped model: "

@@ -30,7 +30,11 @@ from tfmot_zip.compat import keras, tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 from tfmot_zip.export.signatures import unwrap_layer  # noqa: E402
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D  # noqa: E402
 from tfmot_zip.model.layers import ZIP_LAYERS, ZipConv2D, ZipDense  # noqa: E402
+
+#: Every layer class of a zipped model that TFMOT must know: the zip layers and the depthwise layers.
+TFMOT_LAYERS = ZIP_LAYERS + (ZipDepthwiseConv2D,)
 
 __all__ = [
     "register_with_tfmot",
@@ -69,7 +73,7 @@ def register_with_tfmot() -> None:
     global _registered
     if _registered:
         return
-    for cls in ZIP_LAYERS:
+    for cls in TFMOT_LAYERS:
         _PrunableLayer.register(cls)
     _registered = True
 
@@ -167,11 +171,25 @@ class ZipConv2DQuantizeConfig(_ZipQuantizeConfig):
     per_axis_weights = True
 
 
+@keras.utils.register_keras_serializable(package="tfmot_zip")
+class ZipDepthwiseConv2DQuantizeConfig(_ZipQuantizeConfig):
+    """QAT config of :class:`~tfmot_zip.model.depthwise.ZipDepthwiseConv2D`: 8-bit symmetric kernel (one
+    scale per tensor), 8-bit asymmetric moving-average activation range.
+
+    Example:
+        >>> ZipDepthwiseConv2DQuantizeConfig().weight_quantizer.per_axis
+        False
+    """
+
+    layer_class = ZipDepthwiseConv2D
+    per_axis_weights = False
+
+
 def quantize_config_for(layer: Any) -> _ZipQuantizeConfig:
     """The quantize config of a zip layer.
 
     Raises:
-        TypeError: ``layer`` is not a ``ZipDense`` or ``ZipConv2D``.
+        TypeError: ``layer`` is not a ``ZipDense``, ``ZipConv2D`` or ``ZipDepthwiseConv2D``.
 
     Example:
         >>> from tfmot_zip.model.layers import ZipDense
@@ -182,8 +200,10 @@ def quantize_config_for(layer: Any) -> _ZipQuantizeConfig:
         return ZipDenseQuantizeConfig()
     if isinstance(layer, ZipConv2D):
         return ZipConv2DQuantizeConfig()
+    if isinstance(layer, ZipDepthwiseConv2D):
+        return ZipDepthwiseConv2DQuantizeConfig()
     raise TypeError(
-        f"quantize_config_for expects a ZipDense or ZipConv2D layer; received "
+        f"quantize_config_for expects a ZipDense, ZipConv2D or ZipDepthwiseConv2D layer; received "
         f"{getattr(layer, 'name', layer)!r} of type {type(layer).__name__}. Standard layers use "
         "TFMOT's default registry."
     )
@@ -193,8 +213,10 @@ def _custom_objects() -> dict:
     return {
         "ZipDense": ZipDense,
         "ZipConv2D": ZipConv2D,
+        "ZipDepthwiseConv2D": ZipDepthwiseConv2D,
         "ZipDenseQuantizeConfig": ZipDenseQuantizeConfig,
         "ZipConv2DQuantizeConfig": ZipConv2DQuantizeConfig,
+        "ZipDepthwiseConv2DQuantizeConfig": ZipDepthwiseConv2DQuantizeConfig,
     }
 
 
@@ -269,7 +291,7 @@ def quantize_annotate_zipped(model: keras.Model) -> keras.Model:
     def annotate(layer: Any) -> Any:
         if isinstance(layer, annotate_cls):
             return layer
-        if isinstance(layer, ZIP_LAYERS):
+        if isinstance(layer, TFMOT_LAYERS):
             return _qk.quantize_annotate_layer(layer, quantize_config=quantize_config_for(layer))
         return annotate_cls(layer)
 
@@ -317,7 +339,7 @@ def quantize_zipped(model: keras.Model, *, preserve_sparsity: bool = False) -> k
             "tfmot.sparsity.keras.strip_pruning(model) before quantizing it (and pass "
             "preserve_sparsity=True to keep its zeros during QAT)."
         )
-    if preserve_sparsity and any(isinstance(l, ZIP_LAYERS) for l in model.layers):
+    if preserve_sparsity and any(isinstance(l, TFMOT_LAYERS) for l in model.layers):
         raise ValueError(
             f"preserve_sparsity=True keeps zeros of built-in layers only, but model {model.name!r} "
             "has zip layers; call tfmot_zip.strip_zipping(model) first."

@@ -89,9 +89,13 @@ class _Stripper:
             self.memo[memo_key] = layer(inputs)
         return self.memo[memo_key]
 
-    def new_layer(self, source, name: str):
+    def new_layer(self, source, name: str, channels: int | None = None):
+        """A copy of ``source`` named ``name``; a unit-axis ``Reshape`` gets its channel count spelled out
+        (``channels``), as TFLite needs static channels (a zipped model's copies say -1 there)."""
         config = source.get_config()
         config["name"] = name
+        if channels is not None and isinstance(source, L.Reshape) and config["target_shape"][-1] == -1:
+            config["target_shape"] = tuple(config["target_shape"][:-1]) + (int(channels),)
         return type(source).from_config(config)
 
     # --- zip layers ---------------------------------------------------------------------------
@@ -266,7 +270,7 @@ class _Stripper:
             else:
                 if isinstance(layer, L.Flatten):
                     positions, flat = int(np.prod(x.shape[1:-1])), True
-                tensors[gkey] = self.call(("stateless", name, gkey, id(x)), lambda: self.new_layer(layer, f"{label}_{len(self.blocks)}"), x)
+                tensors[gkey] = self.call(("stateless", name, gkey, id(x)), lambda: self.new_layer(layer, f"{label}_{len(self.blocks)}", x.shape[-1]), x)
         return Grouped(view.capacity, view.groups, tensors, view.task_map, positions, flat)
 
     def concatenate(self, layer, t: int, views: list) -> Grouped:
@@ -299,7 +303,7 @@ class _Stripper:
             config = {k: v for k, v in layer.get_config().items() if k != "name"}
             key = ("stateless_raw", type(layer).__name__, repr(sorted(config.items())))
             base = name.split("__")[0]
-            return self.call(key, lambda: self.new_layer(layer, f"{base}_{len(self.blocks)}"), tensor)
+            return self.call(key, lambda: self.new_layer(layer, f"{base}_{len(self.blocks)}", tensor.shape[-1]), tensor)
         clone = self.new_layer(layer, f"{name}_{len(self.blocks)}")
         self.blocks[("clone", name, len(self.blocks))] = clone
         out = clone(tensor)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tfmot_zip.core.budget import LayerShape, allocate, check_budget, original_params, uniform_fraction, zipped_params
-from tfmot_zip.model.graph import ModelGraph
+from tfmot_zip.model.graph import ModelGraph, UnsupportedModelError
 from tfmot_zip.model.spaces import Feature, UnitSpace
 
 __all__ = ["Budget", "BudgetAllocation", "layer_shapes", "output_drift", "allocate_budget", "uniform_for_budget"]
@@ -152,6 +152,13 @@ def layer_shapes(graph: ModelGraph, features: dict[int, Feature], spaces: dict[i
     def space_name(space_id: int) -> str:
         return graph.nodes[spaces[space_id].writers[0]].name
 
+    unmodelled = [n.name for n in graph.nodes if n.kind == "depthwise" or features[n.index].parts]
+    if unmodelled:
+        raise UnsupportedModelError(
+            f"sharing=Budget(...) counts parameters of Dense/Conv2D layers fed by one unit space; layers "
+            f"{unmodelled[:3]} are depthwise convolutions or channel concatenations, which it does not count "
+            "yet. Pass a sharing fraction (e.g. sharing=0.6) or {layer_name: fraction} instead."
+        )
     shapes = []
     for node in graph.zip_nodes():
         layer = node.layers[0]

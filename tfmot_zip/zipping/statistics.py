@@ -33,9 +33,12 @@ class LayerStatisticsMixin:
         One forward pass serves all tasks: each input gets its task's batch (a task whose data
         ran out gets zeros, and its outputs are dropped).
         """
-        layer = self.layer(node)
-        model = keras.Model(self.model.inputs, list(layer.input))
-        extractor = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        first, count = self._input_slots()[node.index]
+        extractor = self._extract_all
+
+        def pick(outs):
+            return outs[first : first + count]
+
         single = len(self.model.inputs) == 1
         longest = max(len(self.calibration[t]) for t in tasks)
         batch_size = self._batch_size_for(node)
@@ -44,7 +47,7 @@ class LayerStatisticsMixin:
                 for t in tasks:
                     data = self.calibration[t]
                     if start < len(data):
-                        outs = extractor(data[start : start + batch_size])
+                        outs = pick(extractor(data[start : start + batch_size]))
                         yield t, np.asarray(outs[t])
                 continue
             size = min(batch_size, longest - start)
@@ -55,11 +58,30 @@ class LayerStatisticsMixin:
                     pad = np.zeros((size - len(chunk),) + data.shape[1:], data.dtype)
                     chunk = np.concatenate([chunk, pad]) if len(chunk) else pad
                 feeds.append(chunk)
-            outs = extractor(feeds)
+            outs = pick(extractor(feeds))
             for t in tasks:
                 valid = max(0, min(size, len(self.calibration[t]) - start))
                 if valid:
                     yield t, np.asarray(outs[t])[:valid]
+
+    def _input_slots(self) -> dict[int, tuple[int, int]]:
+        """Builds, once, one traced function giving the inputs of every zip and depthwise layer.
+
+        Returns ``{node index: (first output, tasks)}``. One function for the whole zip: the layers'
+        weights and maps are variables, so merges change what it computes without tracing it again
+        (a model and a trace per layer used to cost seconds per layer on deep networks).
+        """
+        slots = getattr(self, "_slots", None)
+        if slots is None:
+            outputs, slots = [], {}
+            for index in sorted(self._layers):
+                inputs = list(self._layers[index].input)
+                slots[index] = (len(outputs), len(inputs))
+                outputs.extend(inputs)
+            model = keras.Model(self.model.inputs, outputs)
+            self._extract_all = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            self._slots = slots
+        return slots
 
     def hessians(self, node: AlignedNode) -> list[np.ndarray]:
         """Layer Hessians ``E[x~ x~^T]`` of every task up to the current one (bias last when used).
