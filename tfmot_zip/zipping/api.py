@@ -123,7 +123,7 @@ def zip_models(
     refit_heads: bool = False,
     repair: bool = False,
     verbose: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: "bool | Callable[[int, int, str], None] | None" = None,
 ) -> keras.Model:
     """Zips pre-trained tf_keras models into one multi-task model (MTZ, one shot, bottom-up).
 
@@ -178,9 +178,11 @@ def zip_models(
             bottom-up (REPAIR; beyond the paper; one-shot only; docs/REFIT.md). With
             ``refit_layers=True`` the two run layer by layer: refit a layer, repair it, then the next.
         verbose: print one line per layer.
-        progress: called as ``progress(done, total, layer)`` when a zipping stage starts
-            (``done`` stages finished of ``total``; ``layer`` names the stage) and once more with
-            ``done == total`` at the end: what a progress bar needs.
+        progress: None (default) shows a tqdm progress bar over the zipping stages, with an ETA, on
+            stderr once a zip has lasted 3 seconds (quick zips stay silent); True shows it at once;
+            False is quiet. Or a callable, called as ``progress(done, total, layer)`` when a stage
+            starts (``done`` stages finished of ``total``; ``layer`` names the stage) and once more
+            with ``done == total`` at the end.
 
     Returns:
         A new, uncompiled tf_keras model with one input and one output per task, in the order
@@ -274,6 +276,7 @@ def zip_models(
         return zipped
     total_stages = (len(models) - 1) * len(graph.hidden_zip_nodes())
     started = [0]
+    progress, close_bar = _progress_callback(progress)
 
     def on_stage(name: str) -> None:
         if verbose:
@@ -288,9 +291,12 @@ def zip_models(
         after_stage = functools.partial(_recalibrate_quietly, zipped, calibration)
     zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, after_stage=after_stage,
                     **zipper_options(options))
-    records = zipper.run(options.sharing)
-    if progress is not None:
-        progress(total_stages, total_stages, "")
+    try:
+        records = zipper.run(options.sharing)
+        if progress is not None:
+            progress(total_stages, total_stages, "")
+    finally:
+        close_bar()
     changed = any(r.shared > 0 for r in records.values())
     batchnorm = None
     repaired: dict = {}
@@ -315,6 +321,32 @@ def zip_models(
             **({"budget": allocation.as_config()} if allocation else {}),
         )
     return zipped
+
+
+def _progress_callback(progress: Any) -> tuple[Callable[[int, int, str], None] | None, Callable[[], None]]:
+    """``(callback or None, close)`` for ``zip_models(progress=...)``: a tqdm bar unless False or a callable."""
+    if progress is False:
+        return None, lambda: None
+    if callable(progress) and not isinstance(progress, bool):
+        return progress, lambda: None
+    if progress not in (None, True):
+        raise ValueError(
+            f"progress must be None (a progress bar after 3 s), True, False or a callable "
+            f"progress(done, total, layer); received {progress!r}."
+        )
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def update(done: int, total: int, layer: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="zipping", unit="stage", delay=0 if progress else 3.0, leave=False))
+        bar = bars[0]
+        bar.update(done - bar.n)
+        if layer:
+            bar.set_postfix_str(layer, refresh=False)
+
+    return update, lambda: [bar.close() for bar in bars]
 
 
 def _recalibrate_quietly(model: keras.Model, calibration: Sequence[np.ndarray]) -> None:

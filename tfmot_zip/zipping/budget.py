@@ -291,7 +291,7 @@ def allocate_budget(
         original = [m.predict(x, batch_size=1000, verbose=0) for m, x in zip(models, evaluate)]
 
         def measured(sharing: dict) -> float:
-            zipped = zip_fn(*models, calibration_data=fit, sharing=sharing, **zip_options)
+            zipped = zip_fn(*models, calibration_data=fit, sharing=sharing, progress=False, **zip_options)
             return output_drift(original, zipped.predict(list(evaluate), batch_size=1000, verbose=0))
 
         for space in hidden:
