@@ -64,14 +64,21 @@ def test_mismatched_kernel_geometry(rng):
         zip_(a, b, (calib(rng, 8, (10, 10, 1)),) * 2)
 
 
-def test_depthwise_conv_named(rng):
+def test_depthwise_conv_on_the_raw_input_stays_per_task(rng):
+    """A depthwise layer reading the model input has no unit space to follow: each task keeps its own."""
     def model(seed):
+        keras.utils.set_random_seed(seed)
         x = inp = keras.Input((8, 8, 2))
         x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
         x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(4, activation="relu", name="fc")(x)
         return keras.Model(inp, keras.layers.Dense(2, name="head")(x), name=f"dw{seed}")
-    with pytest.raises(UnsupportedModelError, match="'dw'.*DepthwiseConv2D"):
-        zip_(model(1), model(2), (calib(rng, 4, (8, 8, 2)),) * 2)
+    a, b = model(1), model(2)
+    x = calib(rng, 40, (8, 8, 2))
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0)
+    assert {"dw__dw1", "dw__dw2"} <= {layer.name for layer in zipped.layers}
+    np.testing.assert_array_equal(zipped.get_layer("dw__dw1").get_weights()[0], a.get_layer("dw").get_weights()[0])
+    assert tfmot_zip.zip_summary(zipped).layers[0].shared_units == 4  # fc is shared
 
 
 def test_calibration_shape_mismatch(pair, rng):

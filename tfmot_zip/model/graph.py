@@ -198,7 +198,7 @@ def _kind(layer, model) -> str:
         if getattr(layer, "groups", 1) != 1:
             raise UnsupportedModelError(
                 f"{_describe(model, layer)} is a grouped convolution (groups={layer.groups}); "
-                "grouped and depthwise convolutions are not supported yet."
+                "grouped convolutions are not supported; use groups=1, or a DepthwiseConv2D (zip-able) when groups equals the input channels."
             )
         if layer.data_format != "channels_last":
             raise UnsupportedModelError(

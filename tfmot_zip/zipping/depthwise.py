@@ -27,9 +27,10 @@ class DepthwiseMixin:
 
     def _init_depthwise(self, record_type: type) -> None:
         """Finds the zipped model's depthwise layers; ``record_type`` makes their ``LayerRecord``."""
-        self.depthwise_nodes = [
+        names = {layer.name for layer in self.model.layers}
+        self.depthwise_nodes = [  # not one reading the raw input: that one is copied per task
             n for n in self.graph.nodes
-            if n.kind == "depthwise" and isinstance(self.model.get_layer(n.name), ZipDepthwiseConv2D)
+            if n.kind == "depthwise" and n.name in names and isinstance(self.model.get_layer(n.name), ZipDepthwiseConv2D)
         ]
         self.merged_depthwise: set[int] = set()
         for node in self.depthwise_nodes:
