@@ -19,7 +19,8 @@ import numpy as np
 
 import tfmot_zip
 from tfmot_zip import training
-from tfmot_zip.export import export_tflite, size_latency_report, tflite_accuracy, verify_tflite
+from tfmot_zip.export import export_tflite, tflite_accuracy, verify_tflite
+from tfmot_zip.export.size import size_latency_report
 from tfmot_zip.io import atomic_write_text
 
 
