@@ -2,8 +2,8 @@
 
 Zipping changes the weights of the layers in front of each (per-task) BatchNorm, so the moving
 mean and variance it learnt no longer describe its inputs. Running every task's calibration
-data through the zipped model in training mode, with the BatchNorm momentum set so that the
-moving statistics become the running average of the batch statistics, restores them (the
+data through the zipped model in training mode, with the BatchNorm momentum at 0 so that each
+pass leaves its batch's statistics, and averaging those over the batches, restores them (the
 "BN recalibration" used by model-merging methods). Only statistics change; no weight trains,
 and Dropout is switched off while the statistics are gathered.
 
@@ -18,12 +18,27 @@ Safeguards (a wrong statistic silently breaks every later prediction):
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from tfmot_zip.compat import keras
+from tfmot_zip.compat import keras, tf
+
+# One traced training-mode pass per model (momentum 0, Dropout off, BatchNorm trainable: the
+# settings every pass below runs with), so that re-estimating after every zipped layer does not
+# run a deep model eagerly each time.
+_PASSES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _training_pass(model: keras.Model):
+    fn = _PASSES.get(model)
+    if fn is None:
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        fn = tf.function(lambda x: ref()(x, training=True), reduce_retracing=True)
+        _PASSES[model] = fn
+    return fn
 
 __all__ = ["BatchNormUpdate", "MIN_SAMPLES", "recalibrate_batchnorm"]
 
@@ -124,11 +139,21 @@ def recalibrate_batchnorm(
             layer.rate = 0.0
         for layer in layers:
             layer.trainable = True
-        for k, start in enumerate(range(0, count, batch_size)):
-            for layer in layers:
-                layer.momentum = k / (k + 1.0)  # moving = running average of the batch statistics
-            chunks = [np.asarray(c[start : min(start + batch_size, count)]) for c in calibration]
-            model(np.concatenate(chunks) if single else chunks, training=True)
+        for layer in layers:
+            layer.momentum = 0.0  # each pass sets the moving statistics to its batch's statistics
+        run = _training_pass(model)
+        sums = {l.name: [0.0, 0.0] for l in layers}
+        batches = 0
+        for start in range(0, count, batch_size):
+            chunks = [np.asarray(c[start : min(start + batch_size, count)], np.float32) for c in calibration]
+            run(np.concatenate(chunks) if single else chunks)
+            for layer in layers:  # moving = average of the batch statistics
+                sums[layer.name][0] += layer.moving_mean.numpy().astype(np.float64)
+                sums[layer.name][1] += layer.moving_variance.numpy().astype(np.float64)
+            batches += 1
+        for layer in layers:
+            layer.moving_mean.assign((sums[layer.name][0] / batches).astype(np.float32))
+            layer.moving_variance.assign((sums[layer.name][1] / batches).astype(np.float32))
     finally:
         for layer, momentum in zip(layers, saved_momentum):
             layer.momentum = momentum
