@@ -243,3 +243,21 @@ def test_merged_hessian_matches_a_direct_computation(rng, merged_hessian):
     _, other_n = apply_merge(side_other, side_n, rows, cols)
     assert not np.allclose(kernel, other_n[:, :-1].T, rtol=1e-4, atol=1e-5)
 
+
+
+def test_conv_hessian_subsampling_is_an_argument_and_is_reported():
+    import numpy as np
+    from builders import calib, cnn
+
+    rng = np.random.default_rng(0)
+    a, b = cnn(1), cnn(2)
+    x = calib(rng, 40, (10, 10, 1))  # conv1 sees 40 x 100 patch rows per task
+    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=1000)
+    report = tfmot_zip.zip_summary(capped)
+    used, available = report.extra["hessian_subsampling"]["conv1"]
+    assert available == 2 * 40 * 100 and used < available  # both tasks' rows at the last measurement
+    assert report.options["max_conv_rows"] == 1000
+    full = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=None)
+    assert "hessian_subsampling" not in tfmot_zip.zip_summary(full).extra
+    with pytest.raises(ValueError, match="max_conv_rows=0"):
+        tfmot_zip.zip_models(a, b, calibration_data=(x, x), max_conv_rows=0)

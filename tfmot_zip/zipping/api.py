@@ -114,6 +114,7 @@ def zip_models(
     merged_hessian: str = "sum_of_inverses",
     conv_hessian: str = "auto",
     calibration_samples: int | None = 10_000,
+    max_conv_rows: int | None = 200_000,
     task_names: Sequence[str] | None = None,
     single_input: bool = False,
     seed: int = 0,
@@ -153,6 +154,10 @@ def zip_models(
             per-kernel-position block approximation: kh*kw blocks of C_in x C_in, much cheaper)
             or "auto" (block only where the exact matrix would exceed 1200 x 1200).
         calibration_samples: at most this many samples per model are used (None: all).
+        max_conv_rows: at most this many patch rows (samples x output positions) per task enter a
+            convolution's Hessian; beyond it positions are subsampled evenly, and
+            ``zip_summary(model).extra["hessian_subsampling"]`` lists each layer's rows used and
+            available. None uses every row (exact, slower on large calibration sets).
         task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
             defaults to the models' names.
         single_input: one input for every task (a shared unit whose inputs are all shared
@@ -209,7 +214,7 @@ def zip_models(
         )
     options = ZipOptions(
         method=method, selection=selection, damping=damping, merged_hessian=merged_hessian,
-        conv_hessian=conv_hessian, calibration_samples=calibration_samples, seed=seed,
+        conv_hessian=conv_hessian, calibration_samples=calibration_samples, max_conv_rows=max_conv_rows, seed=seed,
         recalibrate_batchnorm=recalibrate_batchnorm, refit_layers=refit_layers, refit_heads=refit_heads, repair=repair, schedule=None if schedule is None else schedule.get_config(),
     )
     deferred = schedule is not None
@@ -388,6 +393,16 @@ def physical_params(layer) -> int:
     return int(kernel_cells + bias_cells + layer.repair_params())
 
 
+def _subsampling(layers: list) -> dict:
+    """``{layer: [patch rows used, rows available]}`` of the layers whose Hessians were subsampled."""
+    out = {}
+    for layer in layers:
+        used, available = (layer.zip_record or {}).get("hessian_rows", [0, 0])
+        if used < available:
+            out[layer.name] = [int(used), int(available)]
+    return out
+
+
 def _kind_of(layer) -> str:
     if isinstance(layer, ZipDepthwiseConv2D):
         return "depthwise"
@@ -442,7 +457,10 @@ def zip_summary(model: keras.Model) -> ZipReport:
         params_zipped=after_total + other,
         zip_seconds=next((l.zip_record.get("zip_seconds") for l in zip_layers if l.zip_record), None),
         options=next(((l.zip_record or {}).get("options") or l.zip_options for l in zip_layers if l.zip_record or l.zip_options), None),
-        extra={"batchnorm": bn} if (bn := next((l.zip_record.get("batchnorm") for l in zip_layers if l.zip_record), None)) else {},
+        extra={
+            **({"batchnorm": bn} if (bn := next((l.zip_record.get("batchnorm") for l in zip_layers if l.zip_record), None)) else {}),
+            **({"hessian_subsampling": sub} if (sub := _subsampling(zip_layers)) else {}),
+        },
         budget=next((l.zip_record["budget"] for l in zip_layers if (l.zip_record or {}).get("budget")), None),
     )
 

@@ -38,6 +38,8 @@ class ZipOptions:
         merged_hessian: with 3+ models, ``"sum_of_inverses"`` or ``"exact"`` for the merged side.
         conv_hessian: ``"exact"``, ``"block"`` or ``"auto"`` Hessians of Conv2D layers.
         calibration_samples: at most this many calibration samples per task (None: all).
+        max_conv_rows: at most this many patch rows per task enter a convolution's Hessian (evenly
+            subsampled positions beyond it, reported per layer by ``zip_summary``); None: all.
         seed: seeds the random choices.
         recalibrate_batchnorm: re-estimate per-task BatchNorm statistics: ``True`` (or
             ``"layerwise"``) after every zipped layer, so that the next layer's Hessian sees the
@@ -69,6 +71,7 @@ class ZipOptions:
     merged_hessian: str = "sum_of_inverses"
     conv_hessian: str = "auto"
     calibration_samples: int | None = 10_000
+    max_conv_rows: int | None = 200_000
     seed: int = 0
     recalibrate_batchnorm: bool | str = True
     refit_layers: bool = False
@@ -96,6 +99,11 @@ class ZipOptions:
         if samples is not None and (not _is_int(samples) or samples <= 0):
             raise ValueError(
                 f"Expected a positive integer calibration_samples or None. Received: calibration_samples={samples!r}"
+            )
+        rows = self.max_conv_rows
+        if rows is not None and (not _is_int(rows) or rows <= 0):
+            raise ValueError(
+                f"Expected a positive integer max_conv_rows or None (every patch row). Received: max_conv_rows={rows!r}"
             )
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"Expected a non-negative integer seed. Received: seed={self.seed!r}")

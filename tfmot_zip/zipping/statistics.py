@@ -99,13 +99,18 @@ class LayerStatisticsMixin:
             self._hessian_cache[node.index] = hessians
             return hessians
         accumulators: dict[int, HessianAccumulator] = {}
+        self.records[node.index].hessian_rows = [0, 0]  # of this measurement (every task so far)
         for t, batch in self._layer_input_batches(node, tasks):
             if node.kind == "conv":
                 rows = extract_patches(batch, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
-                n_batches = -(-len(self.calibration[t]) // self._batch_size_for(node))
-                cap = max(1, self.max_conv_rows // n_batches)
-                if rows.shape[0] > cap:  # evenly subsample positions to bound the cost
-                    rows = rows[self.rng.choice(rows.shape[0], size=cap, replace=False)]
+                available = rows.shape[0]
+                if self.max_conv_rows is not None:
+                    n_batches = -(-len(self.calibration[t]) // self._batch_size_for(node))
+                    cap = max(1, self.max_conv_rows // n_batches)
+                    if rows.shape[0] > cap:  # evenly subsample positions to bound the cost (reported)
+                        rows = rows[self.rng.choice(rows.shape[0], size=cap, replace=False)]
+                record = self.records[node.index].hessian_rows
+                record[0], record[1] = record[0] + rows.shape[0], record[1] + available
                 dtype = np.float32
             else:
                 rows = batch.reshape(batch.shape[0], -1)

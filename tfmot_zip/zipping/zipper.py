@@ -48,6 +48,7 @@ class LayerRecord:
     merge_cost: float = 0.0
     seconds: float = 0.0
     pairs: list = field(default_factory=list)
+    hessian_rows: list = field(default_factory=lambda: [0, 0])  # patch rows used, rows available (conv)
 
     def as_config(self, **extra: Any) -> dict:
         """A JSON-serialisable dict (pairs as ``[pass, units, columns]`` lists), plus ``extra``."""
@@ -56,6 +57,7 @@ class LayerRecord:
             "merge_cost": None if extra.get("is_head") else float(self.merge_cost),
             "seconds": round(float(self.seconds), 6),
             "pairs": [[int(n), [int(u) for u in units], [int(c) for c in cols]] for n, units, cols in self.pairs],
+            **({"hessian_rows": [int(r) for r in self.hessian_rows]} if self.hessian_rows[1] else {}),
             **extra,
         }
 
@@ -84,7 +86,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
     merged_hessian: str = "sum_of_inverses"
     batch_size: int = 1000
     seed: int = 0
-    max_conv_rows: int = 200_000
+    max_conv_rows: int | None = 200_000
     conv_hessian: str = "auto"
     block_threshold: int = 1200
     activation_samples: int = 2_000
@@ -364,9 +366,10 @@ def zipper_options(options: ZipOptions) -> dict:
 
     Example:
         >>> sorted(zipper_options(ZipOptions()))
-        ['conv_hessian', 'damping', 'merged_hessian', 'seed', 'selection', 'strategy']
+        ['conv_hessian', 'damping', 'max_conv_rows', 'merged_hessian', 'seed', 'selection', 'strategy']
     """
     return {
         "strategy": get_strategy(options.method), "selection": options.selection, "damping": options.damping,
         "merged_hessian": options.merged_hessian, "conv_hessian": options.conv_hessian, "seed": options.seed,
+        "max_conv_rows": options.max_conv_rows,
     }
