@@ -40,16 +40,17 @@ def main() -> None:
     start = time.perf_counter()
     zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=1.0, method=args.method,
                                   refit_layers=args.refits, refit_heads=args.refits, repair=args.refits,
-                                  task_names=["classes_0_4", "classes_5_9"], single_input=True)
+                                  task_names=["classes_0_4", "classes_5_9"])
     zip_seconds = time.perf_counter() - start
     stripped = tfmot_zip.strip_zipping(zipped)
     keras_acc = training.evaluate_tasks(zipped, tests)
-    blob = export_tflite(stripped, quantize="int8", representative_data=calibration[0])
+    blob = export_tflite(stripped, quantize="int8", representative_data=calibration)
     separate = [export_tflite(m, quantize="int8", representative_data=c) for m, c in zip(models, calibration)]
     loose = Tolerance(max_abs=float("inf"))  # measured here; the default tolerances' verdict beside
-    verify = verify_tflite(blob, stripped, calibration[0][:256], quantize="int8", tolerance=loose)
+    sample = [c[:256] for c in calibration]
+    verify = verify_tflite(blob, stripped, sample, quantize="int8", tolerance=loose)
     try:
-        verify_tflite(blob, stripped, calibration[0][:256], quantize="int8")
+        verify_tflite(blob, stripped, sample, quantize="int8")
         within_default = True
     except TFLiteVerificationError:
         within_default = False
@@ -59,7 +60,7 @@ def main() -> None:
         list(tflite_accuracy(b, list(load_interpreter(b).get_signature_list())[0], x, y).values())[0]
         for b, (x, y) in zip(separate, tests)
     ]
-    report = size_latency_report(stripped, models, calibration[0][:1], quantize="int8", zipped_tflite=blob,
+    report = size_latency_report(stripped, models, [c[:1] for c in calibration], quantize="int8", zipped_tflite=blob,
                                  separate_tflite=separate, runs=200, warmup=20)
     row = {
         "method": args.method, "refits": args.refits, "calibration_images": args.images,

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import tfmot_zip
 from builders import calib, tiny_resnet
-from tfmot_zip.compat import keras
+from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.batchnorm import MIN_SAMPLES, recalibrate_batchnorm
 
 
@@ -125,3 +125,20 @@ def test_frozen_batchnorm_is_re_estimated_and_stays_frozen():
     bn = model.get_layer("bn")
     assert update.updated == ["bn"] and bn.trainable is False
     np.testing.assert_allclose(bn.moving_mean.numpy(), model.get_layer("fc")(x).numpy().mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_recalibration_sees_layers_changed_after_an_earlier_recalibration():
+    """The traced pass is rebuilt when the model gains weights (e.g. a zip layer's repair affine)."""
+    from tfmot_zip.model.layers import ZipDense
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    fc = ZipDense([3, 3], [4, 4], 4, name="fc")
+    ya, yb = fc([a, b])
+    model = keras.Model([a, b], [keras.layers.BatchNormalization(name="bn_a")(ya), keras.layers.BatchNormalization(name="bn_b")(yb)])
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    recalibrate_batchnorm(model, [x, x])
+    fc.set_repair(0, np.full(3, 3.0), np.full(3, 5.0))  # adds weights and changes what task 0 computes
+    recalibrate_batchnorm(model, [x, x])
+    expected = (fc.preactivation(tf.constant(x), 0).numpy() * 3.0 + 5.0).mean(0)
+    np.testing.assert_allclose(model.get_layer("bn_a").moving_mean.numpy(), expected, rtol=1e-5, atol=1e-5)

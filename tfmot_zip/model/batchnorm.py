@@ -33,12 +33,15 @@ _PASSES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _training_pass(model: keras.Model):
-    fn = _PASSES.get(model)
-    if fn is None:
+    # A trace bakes in Python state: traced again when the model gains weights or a layer's repair
+    # affine is switched on (repair=True adds them after zipping).
+    state = (len(model.weights), tuple(bool(getattr(l, "repair", False)) for l in model.layers))
+    cached = _PASSES.get(model)
+    if cached is None or cached[0] != state:
         ref = weakref.ref(model)  # the cache must not keep the model alive
-        fn = tf.function(lambda x: ref()(x, training=True), reduce_retracing=True)
-        _PASSES[model] = fn
-    return fn
+        cached = (state, tf.function(lambda x: ref()(x, training=True), reduce_retracing=True))
+        _PASSES[model] = cached
+    return cached[1]
 
 __all__ = ["BatchNormUpdate", "MIN_SAMPLES", "recalibrate_batchnorm"]
 
