@@ -14,13 +14,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.model.layers import ZipLayerMixin, int_pair
+from tfmot_zip.model.layers import ConvGeometryMixin, ZipLayerMixin
 
 __all__ = ["ZipDepthwiseConv2D"]
 
 
 @keras.utils.register_keras_serializable(package="tfmot_zip")
-class ZipDepthwiseConv2D(ZipLayerMixin, keras.layers.Layer):
+class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
     """A ``DepthwiseConv2D`` (``depth_multiplier=1``, channels last) shared through per-task channel maps.
 
     Args:
@@ -59,18 +59,12 @@ class ZipDepthwiseConv2D(ZipLayerMixin, keras.layers.Layer):
                 f"Expected capacity >= the sum of the task widths ({sum(self.task_units)}): before zipping every "
                 f"task owns its channels. Received: capacity={capacity!r}"
             )
-        self.kernel_size = int_pair(kernel_size, "kernel_size")
-        self.strides = int_pair(strides, "strides")
-        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
+        self._init_geometry(kernel_size, strides, padding, dilation_rate)
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
                 f"Expected strides 1 when dilation_rate > 1 (as DepthwiseConv2D). Received: strides={strides!r}, "
                 f"dilation_rate={dilation_rate!r}"
             )
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
-        self.padding = padding
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(False, None, 16384, zip_record)
         self._init_repair(repair)
@@ -120,17 +114,6 @@ class ZipDepthwiseConv2D(ZipLayerMixin, keras.layers.Layer):
         )
         return self._add_bias(y, task)
 
-    def compute_output_shape(self, input_shape: Any) -> list:
-        from tfmot_zip.core.hessian import conv_output_size
-
-        shapes = []
-        for s, n in zip(input_shape, self.task_units):
-            s = tf.TensorShape(s).as_list()
-            h = None if s[1] is None else conv_output_size(s[1], self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0])
-            w = None if s[2] is None else conv_output_size(s[2], self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1])
-            shapes.append([s[0], h, w, n])
-        return shapes
-
     def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(kernel [kh, kw, channels, 1], bias or None)`` of one task, as numpy."""
         channel_map = self.get_maps(task)[0]
@@ -153,11 +136,5 @@ class ZipDepthwiseConv2D(ZipLayerMixin, keras.layers.Layer):
         config = self._common_config()
         for key in ("task_input_units", "input_capacity", "track_hessians", "zip_options", "max_rows_per_step"):
             config.pop(key, None)
-        config.update(
-            capacity=self.capacity,
-            kernel_size=list(self.kernel_size),
-            strides=list(self.strides),
-            padding=self.padding,
-            dilation_rate=list(self.dilation_rate),
-        )
+        config.update(capacity=self.capacity, **self._geometry_config())
         return {**super().get_config(), **config}

@@ -291,8 +291,47 @@ def int_pair(value: Any, name: str) -> tuple[int, int]:
     return out  # type: ignore[return-value]
 
 
+class ConvGeometryMixin:
+    """Kernel size, strides, padding and dilation of a zip convolution (``ZipConv2D``, ``ZipDepthwiseConv2D``).
+
+    Example:
+        >>> layer = ZipConv2D(task_units=[4], task_input_units=[1], input_capacity=1, kernel_size=3, strides=2,
+        ...                   padding="same")
+        >>> layer.compute_output_shape([(None, 8, 8, 1)])
+        [[None, 4, 4, 4]]
+    """
+
+    def _init_geometry(self, kernel_size: Any, strides: Any, padding: str, dilation_rate: Any) -> None:
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.strides = int_pair(strides, "strides")
+        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
+        self.padding = padding
+
+    def _geometry_config(self) -> dict:
+        return {
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+            "dilation_rate": list(self.dilation_rate),
+        }
+
+    def compute_output_shape(self, input_shape: Any) -> list:
+        from tfmot_zip.core.hessian import conv_output_size
+
+        shapes = []
+        for s, n in zip(input_shape, self.task_units):
+            s = tf.TensorShape(s).as_list()
+            h = None if s[1] is None else conv_output_size(s[1], self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0])
+            w = None if s[2] is None else conv_output_size(s[2], self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1])
+            shapes.append([s[0], h, w, n])
+        return shapes
+
+
 @keras.utils.register_keras_serializable(package="tfmot_zip")
-class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
+class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
     """A Conv2D layer (channels last) shared by several tasks through per-task channel maps.
 
     A neuron is an output channel; ``in_map_t`` maps task ``t``'s input channels to the
@@ -328,13 +367,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self._init_shapes(task_units, task_input_units, input_capacity)
-        self.kernel_size = int_pair(kernel_size, "kernel_size")
-        self.strides = int_pair(strides, "strides")
-        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
-        self.padding = padding
+        self._init_geometry(kernel_size, strides, padding, dilation_rate)
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
         self._init_repair(repair)
@@ -384,17 +417,6 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
         )
         return self._add_bias(y, task)
 
-    def compute_output_shape(self, input_shape: Any) -> list:
-        from tfmot_zip.core.hessian import conv_output_size
-
-        shapes = []
-        for s, n in zip(input_shape, self.task_units):
-            s = tf.TensorShape(s).as_list()
-            h = None if s[1] is None else conv_output_size(s[1], self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0])
-            w = None if s[2] is None else conv_output_size(s[2], self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1])
-            shapes.append([s[0], h, w, n])
-        return shapes
-
     def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(kernel [kh, kw, c_in, c_out], bias or None)`` of one task, as numpy."""
         in_map, out_map = self.get_maps(task)
@@ -414,13 +436,7 @@ class ZipConv2D(ZipLayerMixin, keras.layers.Layer):
             self.bias.assign(b)
 
     def get_config(self) -> dict:
-        config = {
-            **self._common_config(),
-            "kernel_size": list(self.kernel_size),
-            "strides": list(self.strides),
-            "padding": self.padding,
-            "dilation_rate": list(self.dilation_rate),
-        }
+        config = {**self._common_config(), **self._geometry_config()}
         return {**super().get_config(), **config}
 
 
