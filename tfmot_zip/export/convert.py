@@ -6,7 +6,9 @@ by several tasks in a stripped zipped model) and used by several signatures is s
 float32, float16, dynamic and post-training int8 files. Exception: a quantization-aware (QAT)
 model converts a shared Dense kernel with its per-tensor QAT scale in the one-task signatures
 but re-quantizes it per channel in the all-tasks signatures (where the layer is called twice),
-so the converter writes two int8 copies; post-training int8 keeps one. Identical operations on
+so the converter writes two int8 copies; post-training int8 keeps one for Dense kernels, but not
+for convolutions: a two-input model with one 3x3x32x64 Conv2D called by both tasks gives a 32,336-byte
+int8 file for 18,432 bytes of int8 weights (docs/APPLICATIONS.md). Identical operations on
 the same tensor are merged by the converter, so in ``"all_tasks_shared_input"`` a block shared
 by the tasks runs once.
 
@@ -223,7 +225,8 @@ def export_tflite(
     Signatures: one per task (key = task name = output name), ``"all_tasks"`` (every input and
     output) and ``"all_tasks_shared_input"`` (one input ``"input"`` fed to every task, when all
     inputs have one shape) for models with several tasks. Weights shared by tasks or signatures
-    are stored once. Inputs and outputs stay float32 in every mode.
+    are stored once (but see the module notes on QAT and on int8 convolutions). Inputs and outputs
+    stay float32 in every mode.
 
     Args:
         model: a tf_keras model of standard layers: ``tfmot_zip.strip_zipping(zipped)``,
