@@ -63,6 +63,7 @@ def _started_as_cli() -> bool:
 if not _started_as_cli():
     from tfmot_zip.model import layers as _layers  # noqa: E402,F401
     from tfmot_zip.model import depthwise as _depthwise  # noqa: E402,F401
+    from tfmot_zip.model import activations as _activations  # noqa: E402,F401
 
 
 def __getattr__(name: str) -> Any:

@@ -194,3 +194,51 @@ def test_zip_models_and_export_accept_keras3_models_and_say_so():
     assert report and max(r["max_abs_error"] for r in report.values()) < 1e-5
     with pytest.warns(UserWarning, match="converted Keras 3"), pytest.raises(ValueError, match="no zip layers"):
         tfmot_zip.strip_zipping(a3)
+
+
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "hard_silu", "hard_swish"])
+def test_keras3_hard_activations_keep_their_keras3_curve(activation):
+    """tf_keras's hard_sigmoid is another curve; the converted layer must compute Keras 3's."""
+    x = k3.Input((5,))
+    model = k3.Model(x, k3.layers.Activation(activation, name="act")(x))
+    data = np.linspace(-5, 5, 50, dtype="float32").reshape(10, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = from_keras3(model)
+    np.testing.assert_allclose(converted(data), np.asarray(model(data)), atol=1e-6)
+
+
+@pytest.mark.parametrize("expression", [
+    lambda x: x + 3.0, lambda x: x * 0.25, lambda x: x - 1.5, lambda x: 2.0 - x, lambda x: x / 4.0,
+    lambda x: x * k3.layers.ReLU(6.0)(x + 3.0),
+])
+def test_keras3_arithmetic_nodes_convert(expression):
+    x = k3.Input((6,))
+    model = k3.Model(x, k3.layers.Dense(3, name="fc")(expression(k3.layers.Dense(6, name="d")(x))))
+    data = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = from_keras3(model)
+    np.testing.assert_allclose(converted(data), np.asarray(model(data)), atol=1e-5)
+
+
+def test_keras3_arithmetic_node_of_a_number_by_a_tensor_is_refused():
+    x = k3.Input((6,))
+    model = k3.Model(x, 1.0 / k3.layers.Dense(6, name="d")(x))
+    with pytest.raises(UnsupportedModelError, match="Divide|TrueDivide"):
+        from_keras3(model)
+
+
+def test_keras3_mobilenet_v3_small_converts_and_zips():
+    """Hard-swish activations and the squeeze-and-excitation gates' arithmetic nodes of Keras 3's MobileNetV3."""
+    k3.utils.set_random_seed(1)
+    a = k3.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=5)
+    k3.utils.set_random_seed(2)
+    b = k3.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=5)
+    x = np.random.default_rng(0).random((8, 32, 32, 3)).astype("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=0.0, progress=False)
+    za, zb = zipped([x, x])
+    np.testing.assert_allclose(za, np.asarray(a(x)), atol=1e-5)
+    np.testing.assert_allclose(zb, np.asarray(b(x)), atol=1e-5)

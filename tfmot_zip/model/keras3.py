@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from tfmot_zip.compat import check_tf_keras_model, is_keras3_object, keras
+from tfmot_zip.model.activations import KERAS3_ACTIVATIONS
 from tfmot_zip.model.graph import UnsupportedModelError
 
 __all__ = ["SUPPORTED_LAYERS", "from_keras3", "as_tf_keras_model", "keras3_file_version"]
@@ -237,6 +238,8 @@ def tf_keras_layer(layer: dict) -> Any:
             if _DROPPABLE.get(key, ...) != value:
                 raise _refuse(layer, f"the Keras 3 option {key}={value!r} has no tf_keras equivalent.")
             continue
+        if key == "activation" and isinstance(value, str) and value in KERAS3_ACTIVATIONS:
+            value = KERAS3_ACTIVATIONS[value]  # tf_keras lacks it, or means another curve by the name
         namespace = next((ns for suffix, ns in _OBJECT_NAMESPACES.items() if key.endswith(suffix)), None)
         if isinstance(value, dict) and namespace is not None:
             value = _keras_object(layer, key, value, namespace)
@@ -307,12 +310,53 @@ def _unwrap(endpoints: list, tensors: list) -> Any:
     return tensors[0] if endpoints and isinstance(endpoints[0], str) else tensors
 
 
+_OPS = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide")
+
+
+def keras3_op(layer: dict, args: list) -> Any:
+    """The tf_keras output of a Keras 3 arithmetic operation node (``x + 3.0``, ``x * c``, ``a * b``).
+
+    A tensor and a Python number become a scalar ``Rescaling`` (elementwise, zip-able anywhere); two
+    tensors become ``Add``/``Subtract``/``Multiply``. Anything else is refused, naming the node.
+
+    Example:
+        >>> x = keras.Input((4,))
+        >>> y = keras3_op({"class_name": "Add", "config": {"name": "plus3"}}, [x, 3.0])
+        >>> y.node.layer.__class__.__name__, float(y.node.layer.offset)
+        ('Rescaling', 3.0)
+    """
+    op, name = layer.get("class_name"), layer.get("config", {}).get("name")
+    numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    tensors = [a for a in args if not isinstance(a, (int, float))]
+    if len(args) == 2 and len(tensors) == 1 and len(numbers) == 1:
+        c, tensor_first = float(numbers[0]), args[0] is tensors[0]
+        if op == "Add":
+            scale, offset = 1.0, c
+        elif op == "Multiply":
+            scale, offset = c, 0.0
+        elif op == "Subtract":
+            scale, offset = (1.0, -c) if tensor_first else (-1.0, c)
+        elif op in ("Divide", "TrueDivide") and tensor_first and c != 0.0:
+            scale, offset = 1.0 / c, 0.0
+        else:
+            raise _refuse(layer, f"the operation {op} of a number by a tensor has no tf_keras layer.")
+        return keras.layers.Rescaling(scale, offset, name=name)(tensors[0])
+    if len(args) == 2 and len(tensors) == 2 and op in ("Add", "Subtract", "Multiply"):
+        return getattr(keras.layers, op)(name=name)(tensors)
+    raise _refuse(layer, f"only {op} of a tensor and a number, or of two tensors, converts.")
+
+
 def _build_functional(config: dict, weights: dict) -> Any:
     outputs: dict = {}  # layer name -> one list of output tensors per node
     built = []
     for layer in config.get("layers", []):
         if layer.get("class_name") == "InputLayer":
             outputs[layer["config"]["name"]] = [[_input(layer)]]
+            continue
+        if str(layer.get("module", "")).startswith("keras.src.ops") and layer.get("class_name") in _OPS:
+            name = layer.get("config", {}).get("name")
+            outputs[name] = [[keras3_op(layer, _history(node.get("args", []), outputs, layer))]
+                             for node in layer.get("inbound_nodes", [])]
             continue
         new_layer = tf_keras_layer(layer)
         outputs[new_layer.name] = []
