@@ -40,6 +40,8 @@ __all__ = [
     "register_with_tfmot",
     "ZipDenseQuantizeConfig",
     "ZipConv2DQuantizeConfig",
+    "ZipDepthwiseConv2DQuantizeConfig",
+    "custom_objects",
     "quantize_config_for",
     "quantize_annotate_zipped",
     "quantize_zipped",
@@ -209,7 +211,13 @@ def quantize_config_for(layer: Any) -> _ZipQuantizeConfig:
     )
 
 
-def _custom_objects() -> dict:
+def custom_objects() -> dict:
+    """Every class a saved zipped or QAT-zipped model may name: the zip layers and their quantize configs.
+
+    Example:
+        >>> sorted(custom_objects())[:3]
+        ['ZipConv2D', 'ZipConv2DQuantizeConfig', 'ZipDense']
+    """
     return {
         "ZipDense": ZipDense,
         "ZipConv2D": ZipConv2D,
@@ -234,7 +242,7 @@ def zip_quantize_scope() -> Iterator[None]:
         ZipDenseQuantizeConfig
     """
     register_with_tfmot()
-    with _qk.quantize_scope(_custom_objects()):
+    with _qk.quantize_scope(custom_objects()):
         yield
 
 

@@ -485,11 +485,8 @@ def zip_scope() -> Iterator[None]:
         >>> loaded.output_names
         ['task_a', 'task_b']
     """
-    from tfmot_zip.export.tfmot import ZipConv2DQuantizeConfig, ZipDenseQuantizeConfig  # QAT models saved with TFMOT
+    from tfmot_zip.export.tfmot import custom_objects  # QAT models saved with TFMOT
 
-    objects = {
-        "ZipDense": ZipDense, "ZipConv2D": ZipConv2D, "ZipDepthwiseConv2D": ZipDepthwiseConv2D,
-        "ZipDenseQuantizeConfig": ZipDenseQuantizeConfig, "ZipConv2DQuantizeConfig": ZipConv2DQuantizeConfig,
-    }
+    objects = custom_objects()
     with keras.utils.custom_object_scope(objects):
         yield

@@ -78,6 +78,20 @@ class DepthwiseMixin:
             bias[channels] = rows[:, -1]
         self.weights[node.index][task] = (kernel, bias)
 
+    def _channel_inverses(self, node: AlignedNode, groups: list[dict], cols: np.ndarray) -> list[tuple]:
+        """``(merged side's inverse, new task's inverse)`` per pair: identity for strategies without
+        Hessians; else the sum of the group's inverses, or the inverse of its summed Hessians ("exact")."""
+        d = self._channel_rows(node, self.task).shape[1]
+        if not self.strategy.needs_hessian:
+            return [(np.eye(d), np.eye(d))] * len(cols)
+        hessians = self.depthwise_hessians(node)
+        if self.merged_hessian == "exact":
+            summed = np.stack([sum(hessians[t][c] for t, c in group.items()) for group in groups])
+            return list(zip(invert_channel_hessians(summed, self.damping),
+                            invert_channel_hessians(hessians[self.task][cols], self.damping)))
+        inverses = [invert_channel_hessians(h, self.damping) for h in hessians]
+        return [(sum(inverses[t][c] for t, c in group.items()), inverses[self.task][j]) for group, j in zip(groups, cols)]
+
     def merge_depthwise(self, node: AlignedNode) -> None:
         """Merges the channels the current pass paired in the space this layer reads."""
         start = time.perf_counter()
@@ -85,37 +99,28 @@ class DepthwiseMixin:
         units, cols = space.pairs if space.pairs is not None else (np.zeros(0, np.int64),) * 2
         n, record, layer = self.task, self.records[node.index], self.layer(node)
         if len(units):
-            inverses = None
-            if self.strategy.needs_hessian:
-                hessians = self.depthwise_hessians(node)
-                if self.merged_hessian == "exact":
-                    inverses = hessians  # inverted per group below, after summing
-                else:
-                    inverses = [invert_channel_hessians(h, self.damping) for h in hessians]
-            d = self._channel_rows(node, n).shape[1]
-            rows_n = self._channel_rows(node, n)
-            for u, j in zip(units, cols):
-                group = {t: int(np.flatnonzero(space.maps[t] == u)[0]) for t in range(n) if np.any(space.maps[t] == u)}
-                first = next(iter(group))
-                w_g = self._channel_rows(node, first)[group[first]]
-                if inverses is None:
-                    inv_g = inv_n = np.eye(d)
-                elif self.merged_hessian == "exact":
-                    inv_g = invert_channel_hessians(sum(inverses[t][c] for t, c in group.items())[None], self.damping)[0]
-                    inv_n = invert_channel_hessians(inverses[n][j][None], self.damping)[0]
-                else:
-                    inv_g = sum(inverses[t][c] for t, c in group.items())
-                    inv_n = inverses[n][j]
-                side_g = MergeSide.from_hessian_inverse(w_g[None], inv_g, np.arange(d))
-                side_n = MergeSide.from_hessian_inverse(rows_n[j][None], inv_n, np.arange(d))
+            rows = {t: self._channel_rows(node, t) for t in range(n + 1)}
+            channel_of = [{int(u): c for c, u in enumerate(space.maps[t])} for t in range(n)]
+            # The tasks (and their channels) already sharing each paired physical unit.
+            groups = [{t: channel_of[t][int(u)] for t in range(n) if int(u) in channel_of[t]} for u in units]
+            everything = np.arange(rows[n].shape[1])
+            for group, j, (inv_g, inv_n) in zip(groups, cols, self._channel_inverses(node, groups, cols)):
+                first, c = next(iter(group.items()))
+                side_g = MergeSide.from_hessian_inverse(rows[first][c][None], inv_g, everything)
+                side_n = MergeSide.from_hessian_inverse(rows[n][j][None], inv_n, everything)
                 if self.strategy.needs_hessian:
                     record.merge_cost += float(merge_cost_matrix(side_g, side_n)[0, 0])
                 else:
-                    record.merge_cost += float(np.sum((w_g - rows_n[j]) ** 2))
+                    record.merge_cost += float(np.sum((side_g.weights - side_n.weights) ** 2))
                 g_new, n_new = self.strategy.merge(side_g, side_n, np.zeros(1, np.int64), np.zeros(1, np.int64))
                 for t, c in group.items():
-                    self._store_channels(node, t, np.array([c]), g_new)
-                self._store_channels(node, n, np.array([j]), n_new)
+                    rows[t][c] = g_new[0]
+                rows[n][j] = n_new[0]
+            for t in range(n + 1):
+                changed = np.asarray(sorted({c for group in groups for tt, c in group.items() if tt == t}), np.int64)
+                changed = np.asarray(cols, np.int64) if t == n else changed
+                if len(changed):
+                    self._store_channels(node, t, changed, rows[t][changed])
         layer.set_maps(n, in_map=space.maps[n])
         self._write(node)
         record.shared += int(len(units))
