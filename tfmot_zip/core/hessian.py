@@ -20,7 +20,9 @@ __all__ = [
     "damped",
     "invert_hessian",
     "extract_patches",
+    "extract_patches_at",
     "conv_output_size",
+    "conv_output_shape",
 ]
 
 
@@ -284,3 +286,71 @@ def extract_patches(
             c0 = j * dw
             cols[:, :, :, i, j, :] = x[:, r0 : r0 + (oh - 1) * sh + 1 : sh, c0 : c0 + (ow - 1) * sw + 1 : sw, :]
     return cols.reshape(n * oh * ow, kh * kw * channels)
+
+
+def conv_output_shape(
+    spatial: Sequence[int],
+    kernel_size: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    padding: str = "valid",
+    dilation: Sequence[int] = (1, 1),
+) -> tuple[int, int]:
+    """``(out_h, out_w)`` of a Conv2D on ``spatial = (h, w)``.
+
+    Example:
+        >>> conv_output_shape((28, 28), (5, 5))
+        (24, 24)
+        >>> conv_output_shape((32, 32), (3, 3), strides=(2, 2), padding="same")
+        (16, 16)
+    """
+    return tuple(
+        conv_output_size(int(s), int(k), int(st), padding, int(d))
+        for s, k, st, d in zip(spatial, kernel_size, strides, dilation)
+    )
+
+
+def extract_patches_at(
+    images: np.ndarray,
+    kernel_size: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    padding: str = "valid",
+    dilation: Sequence[int] = (1, 1),
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Only the given rows of :func:`extract_patches` (``rows`` index ``sample * positions + position``).
+
+    Gathers each chosen patch directly, so sampling ``r`` rows costs ``O(r)`` memory and time however
+    many images there are.
+
+    Example:
+        >>> x = np.arange(32, dtype=float).reshape(2, 4, 4, 1)
+        >>> picked = extract_patches_at(x, (2, 2), strides=(2, 2), rows=np.array([1, 6]))
+        >>> bool(np.array_equal(picked, extract_patches(x, (2, 2), strides=(2, 2))[[1, 6]]))
+        True
+    """
+    x = np.asarray(images)
+    if x.ndim != 4:
+        raise ValueError(f"Expected images of shape [n, h, w, c]. Received {tuple(x.shape)}.")
+    kh, kw = (int(k) for k in kernel_size)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    n, height, width, channels = x.shape
+    oh, ow = conv_output_shape((height, width), (kh, kw), (sh, sw), padding, (dh, dw))
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"Kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit input {height}x{width} with padding {padding!r}.")
+    rows = np.arange(n * oh * ow) if rows is None else np.asarray(rows, np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n * oh * ow):
+        raise ValueError(f"Patch rows must lie in [0, {n * oh * ow}); received rows from {rows.min()} to {rows.max()}.")
+    ph = _pad_amounts(height, kh, sh, padding, dh)
+    pw = _pad_amounts(width, kw, sw, padding, dw)
+    if any(ph) or any(pw):
+        x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
+    hp, wp = x.shape[1], x.shape[2]
+    flat = x.reshape(-1, channels)
+    sample, position = np.divmod(rows, oh * ow)
+    base = sample * (hp * wp) + (position // ow) * sh * wp + (position % ow) * sw
+    patches = np.empty((len(rows), kh, kw, channels), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            np.take(flat, base + i * dh * wp + j * dw, axis=0, out=patches[:, i, j, :])
+    return patches.reshape(len(rows), kh * kw * channels)

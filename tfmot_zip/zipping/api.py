@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -290,11 +289,9 @@ def zip_models(
             progress(started[0], total_stages, name)
         started[0] += 1
 
-    after_stage = None
     has_batchnorm = any(isinstance(l, keras.layers.BatchNormalization) for l in zipped.layers)
-    if options.recalibrate_batchnorm in (True, "layerwise") and has_batchnorm:
-        after_stage = functools.partial(_recalibrate_quietly, zipped, calibration)
-    zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, after_stage=after_stage,
+    layerwise = options.recalibrate_batchnorm in (True, "layerwise") and has_batchnorm
+    zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, batchnorm_layerwise=layerwise,
                     **zipper_options(options))
     try:
         records = zipper.run(options.sharing)
@@ -352,13 +349,6 @@ def _progress_callback(progress: Any) -> tuple[Callable[[int, int, str], None] |
             bar.set_postfix_str(layer, refresh=False)
 
     return update, lambda: [bar.close() for bar in bars]
-
-
-def _recalibrate_quietly(model: keras.Model, calibration: Sequence[np.ndarray]) -> None:
-    """BatchNorm re-estimation between zipped layers; the final one warns and reports."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        _recalibrate(model, calibration)
 
 
 def _entries(calibration_data: Any) -> list:

@@ -62,6 +62,8 @@ class StagewiseMixin:
         shares with a lower task hold the lower task's values, so the current task keeps its
         own values there (:meth:`held_cells`) until the layer is merged.
         """
+        if getattr(self, "_activation_cache", None) is not None:
+            self._activation_cache.reset()
         for node in self.graph.zip_nodes():
             layer = self.layer(node)
             fresh = [layer.get_task_weights(t) for t in range(self.n_tasks)]

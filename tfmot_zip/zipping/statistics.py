@@ -10,7 +10,9 @@ import numpy as np
 
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
+from tfmot_zip.core.hessian import conv_output_shape, extract_patches_at
 from tfmot_zip.model.graph import AlignedNode
+from tfmot_zip.zipping.activations import ActivationCache
 
 __all__ = ["LayerStatisticsMixin"]
 
@@ -18,70 +20,53 @@ __all__ = ["LayerStatisticsMixin"]
 class LayerStatisticsMixin:
     """Hessians and activation statistics of the zipper's layers (uses the zipper's fields)."""
 
-    def _batch_size_for(self, node: AlignedNode) -> int:
-        """Smaller batches for convolutions so that one batch's patch matrix stays ~64 MB."""
-        if node.kind not in ("conv", "depthwise"):
-            return self.batch_size
-        layer = self.layer(node)
-        shape = layer.output[0].shape
-        floats = int(shape[1]) * int(shape[2]) * layer.kernel_size[0] * layer.kernel_size[1] * max(layer.task_input_units)
-        return int(max(8, min(self.batch_size, 16_000_000 // max(1, floats))))
+    def activations(self) -> ActivationCache:
+        """The zipped model's tensors on the calibration data, kept across stages (built once)."""
+        cache = getattr(self, "_activation_cache", None)
+        if cache is None:
+            cache = ActivationCache(self.model, self.calibration, batchnorm=self.batchnorm_layerwise)
+            self._activation_cache = cache
+        return cache
+
+    def _layer_inputs(self, node: AlignedNode, tasks: Sequence[int]) -> dict[int, np.ndarray]:
+        """``{task: the layer's input on that task's whole calibration set}`` as it is now."""
+        cache = self.activations()
+        inputs = list(self.layer(node).input)
+        if cache.single:  # world t feeds task t's data to the one input
+            return {t: np.asarray(cache.value(t, inputs[t])) for t in tasks}
+        values = cache.values(0, [inputs[t] for t in tasks])
+        return {t: np.asarray(v) for t, v in zip(tasks, values)}
 
     def _layer_input_batches(self, node: AlignedNode, tasks: Sequence[int]):
-        """Yields ``(task, batch)`` of layer inputs, every task on its own calibration data.
+        """Yields ``(task, batch)`` of layer inputs, every task on its own calibration data."""
+        inputs = self._layer_inputs(node, tasks)
+        floats = int(np.prod(next(iter(inputs.values())).shape[1:])) * 9
+        batch_size = int(max(8, min(self.batch_size, 16_000_000 // max(1, floats))))
+        for t, x in inputs.items():
+            for start in range(0, len(x), batch_size):
+                yield t, x[start : start + batch_size]
 
-        One forward pass serves all tasks: each input gets its task's batch (a task whose data
-        ran out gets zeros, and its outputs are dropped).
-        """
-        first, count = self._input_slots()[node.index]
-        extractor = self._extract_all
-
-        def pick(outs):
-            return outs[first : first + count]
-
-        single = len(self.model.inputs) == 1
-        longest = max(len(self.calibration[t]) for t in tasks)
-        batch_size = self._batch_size_for(node)
-        for start in range(0, longest, batch_size):
-            if single:
-                for t in tasks:
-                    data = self.calibration[t]
-                    if start < len(data):
-                        outs = pick(extractor(data[start : start + batch_size]))
-                        yield t, np.asarray(outs[t])
-                continue
-            size = min(batch_size, longest - start)
-            feeds = []
-            for data in self.calibration:
-                chunk = data[start : start + size]
-                if len(chunk) < size:
-                    pad = np.zeros((size - len(chunk),) + data.shape[1:], data.dtype)
-                    chunk = np.concatenate([chunk, pad]) if len(chunk) else pad
-                feeds.append(chunk)
-            outs = pick(extractor(feeds))
-            for t in tasks:
-                valid = max(0, min(size, len(self.calibration[t]) - start))
-                if valid:
-                    yield t, np.asarray(outs[t])[:valid]
-
-    def _input_slots(self) -> dict[int, tuple[int, int]]:
-        """Builds, once, one traced function giving the inputs of every zip and depthwise layer.
-
-        Returns ``{node index: (first output, tasks)}``. One function for the whole zip: the layers'
-        weights and maps are variables, so merges change what it computes without tracing it again
-        (a model and a trace per layer used to cost seconds per layer on deep networks).
-        """
-        slots = getattr(self, "_slots", None)
-        if slots is None:
-            outputs, slots = [], {}
-            for index in sorted(self._layers):
-                inputs = list(self._layers[index].input)
-                slots[index] = (len(outputs), len(inputs))
-                outputs.extend(inputs)
-            model = keras.Model(self.model.inputs, outputs)
-            self._extract_all = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-            self._slots = slots
-        return slots
+    def _conv_rows(self, node: AlignedNode, x: np.ndarray):
+        """Yields blocks of a convolution's patch rows on ``x`` (~64 MB each), at most
+        ``max_conv_rows`` of them (positions drawn evenly at random beyond it; recorded)."""
+        layer = self.layer(node)
+        geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
+        per_image = int(np.prod(conv_output_shape(x.shape[1:3], *geometry)))
+        available = len(x) * per_image
+        dim = int(np.prod(layer.kernel_size)) * x.shape[-1]
+        block = max(1, 16_000_000 // dim)
+        record = self.records[node.index].hessian_rows
+        record[1] += available
+        if self.max_conv_rows is not None and available > self.max_conv_rows:
+            chosen = np.sort(self.rng.choice(available, size=self.max_conv_rows, replace=False))
+            record[0] += len(chosen)
+            for start in range(0, len(chosen), block):
+                yield extract_patches_at(x, *geometry, rows=chosen[start : start + block])
+            return
+        record[0] += available
+        images = max(1, block // per_image)
+        for start in range(0, len(x), images):
+            yield extract_patches(x[start : start + images], *geometry)
 
     def hessians(self, node: AlignedNode) -> list[np.ndarray]:
         """Layer Hessians ``E[x~ x~^T]`` of every task up to the current one (bias last when used).
@@ -100,28 +85,21 @@ class LayerStatisticsMixin:
             return hessians
         accumulators: dict[int, HessianAccumulator] = {}
         self.records[node.index].hessian_rows = [0, 0]  # of this measurement (every task so far)
-        for t, batch in self._layer_input_batches(node, tasks):
+        for t, x in self._layer_inputs(node, tasks).items():
             if node.kind == "conv":
-                rows = extract_patches(batch, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
-                available = rows.shape[0]
-                if self.max_conv_rows is not None:
-                    n_batches = -(-len(self.calibration[t]) // self._batch_size_for(node))
-                    cap = max(1, self.max_conv_rows // n_batches)
-                    if rows.shape[0] > cap:  # evenly subsample positions to bound the cost (reported)
-                        rows = rows[self.rng.choice(rows.shape[0], size=cap, replace=False)]
-                record = self.records[node.index].hessian_rows
-                record[0], record[1] = record[0] + rows.shape[0], record[1] + available
+                blocks = self._conv_rows(node, x)
                 dtype = np.float32
             else:
-                rows = batch.reshape(batch.shape[0], -1)
+                blocks = [x.reshape(x.shape[0], -1)]
                 dtype = np.float64
-            if t not in accumulators:
-                if node.kind == "conv" and self.uses_block_hessian(node):
-                    positions = layer.kernel_size[0] * layer.kernel_size[1]
-                    accumulators[t] = BlockHessianAccumulator(positions, rows.shape[1] // positions)
-                else:
-                    accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
-            accumulators[t].update(rows)
+            for rows in blocks:
+                if t not in accumulators:
+                    if node.kind == "conv" and self.uses_block_hessian(node):
+                        positions = layer.kernel_size[0] * layer.kernel_size[1]
+                        accumulators[t] = BlockHessianAccumulator(positions, rows.shape[1] // positions)
+                    else:
+                        accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
+                accumulators[t].update(rows)
         hessians = []
         for t in tasks:
             h = self._centered(accumulators[t].hessian())

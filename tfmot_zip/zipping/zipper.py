@@ -93,7 +93,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
     progress: Callable[[str], None] | None = None
     records: dict[int, LayerRecord] = field(default_factory=dict)
     hessian_provider: Callable[[object, int], np.ndarray] | None = None
-    after_stage: Callable[[], None] | None = None  # e.g. BatchNorm re-estimation after each zipped layer
+    batchnorm_layerwise: bool = False  # re-estimate the BatchNorm statistics downstream of each zipped layer
 
     def __post_init__(self) -> None:
         self.n_tasks = len(self.graph.models)
@@ -329,8 +329,9 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
     def zip_stage(self, node: AlignedNode, shares: dict[str, float], selection: str | None = None) -> list[AlignedNode]:
         """Zips one layer of the current pass; returns the layers it merged."""
         selection = selection or self.selection
-        before = set(self.merged)
+        before, before_depthwise = set(self.merged), set(self.merged_depthwise)
         space = self.spaces[self.features[node.index].space]
+        deciding = space.id not in self.decided
         if self.progress:
             self.progress(node.name if self.n_tasks == 2 else f"{node.name} (task {self.task})")
         if space.id not in self.decided:
@@ -344,6 +345,11 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
         self.merge_ready_depthwise()
         self._hessian_cache.clear()
         self._stats_cache.clear()
+        # layers whose weights or maps changed: a pairing re-indexes the space's writers and readers
+        touched = (set(space.writers) | {c.index for c in self.consumers(space)}) if deciding else {node.index}
+        touched |= (self.merged - before) | (self.merged_depthwise - before_depthwise)
+        if getattr(self, "_activation_cache", None) is not None:
+            self._activation_cache.invalidate([self._layers[i] for i in touched if i in self._layers])
         return [self.graph.nodes[i] for i in sorted(self.merged - before)]
 
     def run(self, shares: dict[str, float], selection: str | None = None) -> dict[int, LayerRecord]:
@@ -355,9 +361,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
         for n in range(1, self.n_tasks):
             self.begin_pass(n)
             for node in self.graph.hidden_zip_nodes():
-                merged = self.zip_stage(node, shares, selection)
-                if self.after_stage is not None and any(self.records[m.index].shared for m in merged):
-                    self.after_stage()
+                self.zip_stage(node, shares, selection)
         return self.records
 
 

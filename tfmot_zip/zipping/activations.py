@@ -1,0 +1,223 @@
+"""Every tensor of a zipped model on the calibration data, computed once and kept while needed.
+
+Zipping is bottom-up: the inputs of layer ``l`` are final once the layers below it are merged, and
+merging ``l`` changes only what lies downstream of it. :class:`ActivationCache` therefore runs the
+zipped model's functional graph node by node (eagerly, on whole calibration arrays) and keeps the
+value of each tensor until every node that reads it has run, so that measuring the next layer's
+inputs costs the few layers between it and the last stage, not a pass from the input: zipping
+costs a constant number of passes over the network, not one per layer.
+
+:meth:`ActivationCache.invalidate` drops the values downstream of layers whose weights or maps
+changed. With ``batchnorm=True`` the BatchNorm layers downstream of a change are marked stale and
+re-estimated from their own input values the next time the cache runs them (the statistics
+:func:`tfmot_zip.model.batchnorm.recalibrate_batchnorm` would give: the first ``max_samples`` samples
+in batches of ``batch_size``, batch statistics averaged, degenerate channels kept), so that each next
+layer's Hessian sees the statistics it will run with, without a training pass over the whole model
+after every layer.
+
+A model with one input for every task is run once per task ("world" ``t`` feeds task ``t``'s data);
+a BatchNorm layer serving task ``t`` is re-estimated in world ``t`` only, on that task's data.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from tfmot_zip.compat import keras, tf
+from tfmot_zip.model.batchnorm import MIN_SAMPLES, _degenerate
+
+__all__ = ["ActivationCache"]
+
+
+class ActivationCache:
+    """Values of a functional model's tensors on per-task calibration data, computed lazily.
+
+    Args:
+        model: a zipped model (one input per task, or one shared input).
+        calibration: one array of inputs per task (lengths may differ).
+        batchnorm: re-estimate stale BatchNorm statistics when their layer runs.
+        max_samples: samples per task a BatchNorm estimate uses (as ``recalibrate_batchnorm``).
+        batch_size: samples per batch statistic of a BatchNorm estimate.
+
+    Example:
+        >>> import numpy as np
+        >>> from tfmot_zip.compat import keras
+        >>> inp = keras.Input((3,))
+        >>> dense = keras.layers.Dense(2, name="d")
+        >>> model = keras.Model(inp, keras.layers.ReLU()(dense(inp)))
+        >>> x = np.ones((5, 3), np.float32)
+        >>> cache = ActivationCache(model, [x])
+        >>> cache.value(0, dense.output).shape
+        (5, 2)
+        >>> cache.computed_nodes  # the Dense node only; the ReLU was not needed
+        1
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        calibration: Sequence[np.ndarray],
+        batchnorm: bool = False,
+        max_samples: int = 2000,
+        batch_size: int = 250,
+    ):
+        self.model = model
+        self.single = len(model.inputs) == 1
+        n_worlds = len(calibration) if self.single else 1
+        if not self.single and len(model.inputs) != len(calibration):
+            raise ValueError(f"Expected one calibration array per model input ({len(model.inputs)}); received {len(calibration)}.")
+        self.batchnorm = batchnorm
+        self.max_samples = max_samples
+        self.batch_size = batch_size
+        self.count = min(min(len(c) for c in calibration), max_samples)
+        self.computed_nodes = 0  # node runs so far (a cost measure)
+        self._producer: dict[str, object] = {}  # tensor id -> node
+        self._readers: dict[str, list] = {}  # tensor id -> nodes reading it
+        self._order: dict[int, int] = {}  # id(node) -> topological position
+        depth_keys = sorted(model._nodes_by_depth, reverse=True)
+        nodes = [n for d in depth_keys for n in model._nodes_by_depth[d] if not n.is_input]
+        for position, node in enumerate(nodes):
+            self._order[id(node)] = position
+            for tid in node.flat_output_ids:
+                self._producer[tid] = node
+            for tid in set(node.flat_input_ids):
+                self._readers.setdefault(tid, []).append(node)
+        self._input_ids = [str(id(t)) for t in model.inputs]
+        self._values: list[dict[str, tf.Tensor]] = [{} for _ in range(n_worlds)]
+        for w in range(n_worlds):
+            self._seed(w, calibration)
+        self._stale: set[str] = set()  # BatchNorm layers to re-estimate
+        self._bn_task = self._batchnorm_tasks() if batchnorm else {}
+
+    def _seed(self, world: int, calibration: Sequence[np.ndarray]) -> None:
+        feeds = [calibration[world]] if self.single else list(calibration)
+        for tid, data in zip(self._input_ids, feeds):
+            self._values[world][tid] = tf.convert_to_tensor(np.asarray(data, np.float32))
+
+    def _batchnorm_tasks(self) -> dict[str, int | None]:
+        """The task each BatchNorm layer serves (the one output its result reaches; None if several)."""
+        reach: dict[str, set[int]] = {}
+        for t, out in enumerate(self.model.outputs):
+            reach.setdefault(str(id(out)), set()).add(t)
+        for node in sorted((n for n in self._producer.values()), key=lambda n: -self._order[id(n)]):
+            tasks: set[int] = set()
+            for tid in node.flat_output_ids:
+                tasks |= reach.get(tid, set())
+            for tid in node.flat_input_ids:
+                reach.setdefault(tid, set()).update(tasks)
+        out = {}
+        for node in set(self._producer.values()):
+            if isinstance(node.layer, keras.layers.BatchNormalization):
+                tasks = reach.get(node.flat_input_ids[0], set())
+                out[node.layer.name] = next(iter(tasks)) if len(tasks) == 1 else None
+        return out
+
+    # --- values ------------------------------------------------------------------------------
+    def value(self, world: int, tensor) -> tf.Tensor:
+        """The value of a symbolic tensor of the model in ``world`` (0 unless one shared input)."""
+        return self.values(world, [tensor])[0]
+
+    def values(self, world: int, tensors: Sequence) -> list[tf.Tensor]:
+        """Values of several symbolic tensors in ``world``, running only the nodes they need."""
+        cache = self._values[world]
+        ids = [str(id(t)) for t in tensors]
+        needed: dict[int, object] = {}
+        stack = [tid for tid in ids if tid not in cache]
+        while stack:
+            tid = stack.pop()
+            if tid in cache:
+                continue
+            node = self._producer.get(tid)
+            if node is None:
+                raise KeyError(f"Tensor {tid} is not computed by the model's graph.")
+            if id(node) in needed:
+                continue
+            needed[id(node)] = node
+            stack.extend(i for i in node.flat_input_ids if i not in cache)
+        for node in sorted(needed.values(), key=lambda n: self._order[id(n)]):
+            self._run(world, node)
+        result = [cache[tid] for tid in ids]
+        self._evict(world, keep=set(ids))
+        return result
+
+    def _run(self, world: int, node) -> None:
+        cache = self._values[world]
+        layer = node.layer
+        uses = Counter(node.flat_input_ids)
+        args, kwargs = node.map_arguments({tid: [cache[tid]] * n for tid, n in uses.items()})
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name in self._stale:
+            task = self._bn_task.get(layer.name)
+            if not self.single or task == world or task is None and world == 0:
+                self._estimate(layer, cache[node.flat_input_ids[0]])
+        if getattr(layer, "_expects_training_arg", False):
+            kwargs["training"] = False
+        outputs = layer(*args, **kwargs)
+        for tid, out in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+            cache[tid] = out
+        self.computed_nodes += 1
+
+    def _estimate(self, layer, inputs: tf.Tensor) -> None:
+        """Sets a BatchNorm layer's moving statistics from its input values (see the module doc)."""
+        self._stale.discard(layer.name)
+        count = min(self.count, int(inputs.shape[0]))
+        if count < MIN_SAMPLES:
+            return  # too few samples: the statistics stay (recalibrate_batchnorm warns at the end)
+        axes = [a % len(inputs.shape) for a in np.atleast_1d(layer.axis)]
+        reduce = [a for a in range(len(inputs.shape)) if a not in axes]
+        means, variances = [], []
+        for start in range(0, count, self.batch_size):
+            chunk = inputs[start : min(start + self.batch_size, count)]
+            mean, var = tf.nn.moments(chunk, axes=reduce)
+            if getattr(layer, "fused", False):  # the fused kernel's batch variance is the unbiased one
+                n = int(np.prod([chunk.shape[a] for a in reduce]))
+                var = var * (n / max(n - 1, 1))
+            means.append(mean.numpy().astype(np.float64))
+            variances.append(var.numpy().astype(np.float64))
+        new_mean, new_var = np.mean(means, axis=0), np.mean(variances, axis=0)
+        old_mean, old_var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+        bad = _degenerate(new_var, old_var) | ~np.isfinite(new_mean)
+        layer.moving_mean.assign(np.where(bad, old_mean, new_mean).astype(np.float32))
+        layer.moving_variance.assign(np.where(bad, old_var, new_var).astype(np.float32))
+
+    def _evict(self, world: int, keep: set[str]) -> None:
+        """Drops values every reader of which has run (the model inputs always stay)."""
+        cache = self._values[world]
+        for tid in list(cache):
+            if tid in keep or tid in self._input_ids:
+                continue
+            readers = self._readers.get(tid, [])
+            if readers and all(all(o in cache for o in r.flat_output_ids) for r in readers):
+                del cache[tid]
+
+    # --- changes -------------------------------------------------------------------------------
+    def invalidate(self, layers: Sequence) -> None:
+        """Forgets every value downstream of ``layers`` (whose weights, maps or statistics changed).
+
+        BatchNorm layers downstream become stale (re-estimated when next run, if ``batchnorm``)."""
+        changed = {id(layer) for layer in layers}
+        starts = [n for n in self._producer.values() if id(n.layer) in changed]
+        seen: set[int] = set()
+        stack = list(starts)
+        dropped: set[str] = set()
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if self.batchnorm and isinstance(node.layer, keras.layers.BatchNormalization):
+                self._stale.add(node.layer.name)
+            for tid in node.flat_output_ids:
+                dropped.add(tid)
+                stack.extend(self._readers.get(tid, []))
+        for cache in self._values:
+            for tid in dropped:
+                cache.pop(tid, None)
+
+    def reset(self) -> None:
+        """Forgets every computed value (e.g. after training changed the weights)."""
+        for cache in self._values:
+            for tid in list(cache):
+                if tid not in self._input_ids:
+                    del cache[tid]
