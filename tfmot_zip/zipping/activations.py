@@ -27,6 +27,8 @@ import numpy as np
 
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.batchnorm import MIN_SAMPLES, _degenerate
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
+from tfmot_zip.model.layers import ZipLayerMixin
 
 __all__ = ["ActivationCache"]
 
@@ -101,10 +103,13 @@ class ActivationCache:
         reach: dict[str, set[int]] = {}
         for t, out in enumerate(self.model.outputs):
             reach.setdefault(str(id(out)), set()).add(t)
-        for node in sorted((n for n in self._producer.values()), key=lambda n: -self._order[id(n)]):
-            tasks: set[int] = set()
-            for tid in node.flat_output_ids:
-                tasks |= reach.get(tid, set())
+        for node in sorted(set(self._producer.values()), key=lambda n: -self._order[id(n)]):
+            outs = [reach.get(tid, set()) for tid in node.flat_output_ids]
+            if isinstance(node.layer, (ZipLayerMixin, ZipDepthwiseConv2D)):  # task t's output reads input t only
+                for tid, tasks in zip(node.flat_input_ids, outs):
+                    reach.setdefault(tid, set()).update(tasks)
+                continue
+            tasks = set().union(*outs) if outs else set()
             for tid in node.flat_input_ids:
                 reach.setdefault(tid, set()).update(tasks)
         out = {}

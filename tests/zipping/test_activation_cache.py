@@ -1,0 +1,86 @@
+"""ActivationCache: values of a zipped model's tensors kept between zipping stages."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+import tfmot_zip
+from builders import calib, cnn, tiny_resnet
+from tfmot_zip.compat import keras
+from tfmot_zip.model.batchnorm import recalibrate_batchnorm
+from tfmot_zip.model.layers import ZIP_LAYERS
+from tfmot_zip.zipping.activations import ActivationCache
+
+
+def _zipped(builder, seeds, data, **kw):
+    models = [builder(s) for s in seeds]
+    return tfmot_zip.zip_models(*models, calibration_data=data, sharing=0.0, recalibrate_batchnorm=False, progress=False, **kw)
+
+
+def _fresh(model, tensor, feeds):
+    return keras.Model(model.inputs, tensor)(feeds, training=False).numpy()
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 50), layer_pick=st.integers(0, 10 ** 6), scale=st.floats(0.3, 3.0))
+def test_values_follow_every_weight_change_downstream_of_invalidated_layers(seed, layer_pick, scale):
+    rng = np.random.default_rng(seed)
+    data = [calib(rng, 48, (8, 8, 1)), calib(rng, 40, (8, 8, 1))]
+    zipped = _zipped(tiny_resnet, (seed, seed + 1), data)
+    cache = ActivationCache(zipped, data)
+    zip_layers = [l for l in zipped.layers if isinstance(l, ZIP_LAYERS)]
+    probes = [(t, x) for l in zip_layers for t, x in enumerate(l.input)]
+
+    def check():
+        for t, x in probes:  # each task's tensors on that task's own data (lengths differ)
+            got = cache.value(0, x).numpy()
+            np.testing.assert_allclose(got, _fresh(zipped, x, data)[: len(got)], rtol=1e-5, atol=1e-5)
+            assert len(got) == len(data[t])
+
+    check()
+    changed = zip_layers[layer_pick % len(zip_layers)]
+    changed.kernel.assign(changed.kernel * scale + 0.1)
+    stale = [cache.value(0, x).numpy() for _, x in probes]
+    cache.invalidate([changed])
+    check()
+    # something downstream did change (so the check above could have failed without invalidate)
+    moved = [not np.allclose(a, cache.value(0, x).numpy()) for a, (_, x) in zip(stale, probes)]
+    assert any(moved) or changed is zip_layers[-1]  # the head: no zip layer reads it
+
+
+def test_stale_batchnorm_is_re_estimated_from_its_own_inputs_as_recalibrate_would(rng):
+    data = [calib(rng, 300, (10, 10, 1)), calib(rng, 260, (10, 10, 1))]
+    zipped = _zipped(lambda s: cnn(s, bn=True), (3, 4), data)
+    cache = ActivationCache(zipped, data, batchnorm=True)
+    assert cache._bn_task == {"bn1__cnn3": 0, "bn1__cnn4": 1}
+    conv = zipped.get_layer("conv1")
+    conv.kernel.assign(conv.kernel * 1.7)
+    cache.invalidate([conv])
+    cache.values(0, list(zipped.get_layer("conv2").input))  # runs both tasks' BatchNorm
+    estimated = {l.name: (l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy())
+                 for l in zipped.layers if isinstance(l, keras.layers.BatchNormalization)}
+    recalibrate_batchnorm(zipped, data)  # the whole-model training pass: brute force
+    for layer in zipped.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = estimated[layer.name]
+            np.testing.assert_allclose(mean, layer.moving_mean.numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(var, layer.moving_variance.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_single_input_worlds_feed_each_task_its_own_data(rng):
+    data = [calib(rng, 64, (8, 8, 1)), calib(rng, 64, (8, 8, 1)) + 1.0]
+    zipped = _zipped(tiny_resnet, (5, 6), data, single_input=True)
+    cache = ActivationCache(zipped, data)
+    layer = zipped.get_layer("b1_conv1")
+    for t in range(2):
+        np.testing.assert_allclose(cache.value(t, layer.input[t]).numpy(), _fresh(zipped, layer.input[t], data[t]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_whole_zip_runs_each_node_a_bounded_number_of_times(rng, monkeypatch):
+    """The cost grows with the number of nodes, not with nodes x zip layers."""
+    caches = []
+    init = ActivationCache.__init__
+    monkeypatch.setattr(ActivationCache, "__init__", lambda self, *a, **k: caches.append(self) or init(self, *a, **k))
+    data = [calib(rng, 40, (8, 8, 1)), calib(rng, 40, (8, 8, 1))]
+    zipped = tfmot_zip.zip_models(tiny_resnet(1), tiny_resnet(2), calibration_data=data, sharing=1.0, progress=False)
+    nodes = sum(len(n) for d, n in zipped._nodes_by_depth.items() if d > 0)
+    assert len(caches) == 1
+    assert 0 < caches[0].computed_nodes <= 2 * nodes
