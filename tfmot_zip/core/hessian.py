@@ -349,8 +349,6 @@ def extract_patches_at(
     flat = x.reshape(-1, channels)
     sample, position = np.divmod(rows, oh * ow)
     base = sample * (hp * wp) + (position // ow) * sh * wp + (position % ow) * sw
-    patches = np.empty((len(rows), kh, kw, channels), x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            np.take(flat, base + i * dh * wp + j * dw, axis=0, out=patches[:, i, j, :])
+    offsets = ((np.arange(kh) * dh)[:, None] * wp + (np.arange(kw) * dw)[None, :]).reshape(-1)
+    patches = np.take(flat, base[:, None] + offsets[None, :], axis=0)
     return patches.reshape(len(rows), kh * kw * channels)
