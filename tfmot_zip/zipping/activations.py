@@ -51,7 +51,7 @@ class ActivationCache:
         >>> model = keras.Model(inp, keras.layers.ReLU()(dense(inp)))
         >>> x = np.ones((5, 3), np.float32)
         >>> cache = ActivationCache(model, [x])
-        >>> cache.value(0, dense.output).shape
+        >>> tuple(cache.value(0, dense.output).shape)
         (5, 2)
         >>> cache.computed_nodes  # the Dense node only; the ReLU was not needed
         1
@@ -226,3 +226,47 @@ class ActivationCache:
             for tid in list(cache):
                 if tid not in self._input_ids:
                     del cache[tid]
+
+
+class ZipActivations:
+    """The caches a zip and its refits read: the zipped model's and each original model's.
+
+    The original models never change, so their values stay until every reader ran; the zipped
+    model's cache is the zipper's (:meth:`ActivationCache.invalidate` after each change).
+
+    Args:
+        zipped: the zipped model.
+        models: the original models, one per task.
+        calibration: one array of inputs per task.
+        merged: an existing cache of ``zipped`` to reuse (e.g. the zipper's); None builds one.
+
+    Example:
+        >>> import numpy as np
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> import tfmot_zip
+        >>> a, b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(a, b, calibration_data=(x_a, x_b), sharing=0.0)
+        >>> acts = ZipActivations(zipped, [a, b], [x_a, x_b])
+        >>> merged = acts.merged_inputs(zipped.get_layer("fc1"), 0)
+        >>> original = acts.original_input(a.get_layer("fc1"), 0)
+        >>> bool(np.allclose(merged, original))
+        True
+    """
+
+    def __init__(self, zipped: keras.Model, models: Sequence[keras.Model], calibration: Sequence[np.ndarray],
+                 merged: ActivationCache | None = None):
+        self.merged = merged if merged is not None else ActivationCache(zipped, calibration)
+        self.originals = [ActivationCache(m, [calibration[t]]) for t, m in enumerate(models)]
+
+    def merged_inputs(self, layer, task: int) -> np.ndarray:
+        """Task ``task``'s input of a zip layer of the zipped model on its whole calibration set."""
+        world = task if self.merged.single else 0
+        return np.asarray(self.merged.value(world, list(layer.input)[task]))
+
+    def original_input(self, layer, task: int) -> np.ndarray:
+        """The input of a layer of task ``task``'s original model on its whole calibration set."""
+        return np.asarray(self.originals[task].value(0, layer.input))
+
+    def changed(self, layer) -> None:
+        """Tells the zipped model's cache that ``layer`` changed (weights, repair affine)."""
+        self.merged.invalidate([layer])

@@ -24,6 +24,7 @@ from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.repair import repair_statistics
+from tfmot_zip.zipping.activations import ZipActivations
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
@@ -302,18 +303,23 @@ def zip_models(
     changed = any(r.shared > 0 for r in records.values())
     batchnorm = None
     repaired: dict = {}
+    acts = None
+    if changed and (options.refit_layers or options.repair or options.refit_heads):
+        acts = ZipActivations(zipped, graph.models, calibration, merged=zipper.activations())
     if options.refit_layers and options.repair and changed:
         for node in graph.hidden_zip_nodes():  # interleaved: each refit sees the repaired layers below
-            refit_layers_(zipped, graph, calibration, layers=[node.name])
-            repaired.update(repair_statistics(zipped, graph, calibration, layers=[node.name]))
+            refit_layers_(zipped, graph, calibration, layers=[node.name], activations=acts)
+            repaired.update(repair_statistics(zipped, graph, calibration, layers=[node.name], activations=acts))
     elif options.refit_layers and changed:
-        refit_layers_(zipped, graph, calibration)
+        refit_layers_(zipped, graph, calibration, activations=acts)
     elif options.repair and changed:
-        repaired = repair_statistics(zipped, graph, calibration)
+        repaired = repair_statistics(zipped, graph, calibration, activations=acts)
     if options.recalibrate_batchnorm and changed and has_batchnorm:
         batchnorm = _recalibrate(zipped, calibration).as_dict()
+        if acts is not None:
+            acts.merged.reset()  # every BatchNorm changed
     if options.refit_heads and changed:
-        refit_heads_(zipped, graph, calibration)
+        refit_heads_(zipped, graph, calibration, activations=acts)
     seconds = time.perf_counter() - start
     for node in graph.zip_nodes() + zipper.depthwise_nodes:
         zipped.get_layer(node.name).zip_record = records[node.index].as_config(

@@ -18,15 +18,9 @@ from tfmot_zip.compat import keras
 from tfmot_zip.core.hessian import extract_patches
 from tfmot_zip.core.refit import LinearRefit, refit_shared_columns
 from tfmot_zip.model.graph import ModelGraph
+from tfmot_zip.zipping.activations import ZipActivations
 
 __all__ = ["refit_heads", "refit_layers"]
-
-
-def _task_feeds(zipped: keras.Model, task: int, batch: np.ndarray) -> list | np.ndarray:
-    """Inputs of the zipped model that run ``batch`` through ``task`` (other task inputs zero)."""
-    if len(zipped.inputs) == 1:
-        return batch
-    return [batch if i == task else np.zeros_like(batch) for i in range(len(zipped.inputs))]
 
 
 def refit_heads(
@@ -35,6 +29,7 @@ def refit_heads(
     calibration: Sequence[np.ndarray],
     damping: float = 1e-3,
     batch_size: int = 1000,
+    activations: ZipActivations | None = None,
 ) -> list[str]:
     """Re-solves every task's Dense head of ``zipped`` in place; returns the names of the heads refit.
 
@@ -43,7 +38,8 @@ def refit_heads(
         graph: the aligned original models it was zipped from.
         calibration: one array of inputs per task (the calibration data of the zip).
         damping: relative pull towards the head's current weights (see ``LinearRefit.solve``).
-        batch_size: samples per forward pass.
+        batch_size: samples per least-squares update.
+        activations: the zip's activation caches (None: built here).
 
     Example:
         >>> import tfmot_zip
@@ -56,27 +52,24 @@ def refit_heads(
         >>> bool(np.allclose(zipped.predict([x_a, x_b], verbose=0)[0], model_a.predict(x_a, verbose=0), atol=1e-4))
         True
     """
+    acts = activations if activations is not None else ZipActivations(zipped, graph.models, calibration)
     refit_names = []
     for node in graph.zip_nodes():
         if not node.is_head or node.kind != "dense":
             continue
         layer = zipped.get_layer(node.name)
-        merged_features = keras.Model(zipped.inputs, list(layer.input))
         for task, original_layer in enumerate(node.layers):
-            original_model = graph.models[task]
-            original_features = keras.Model(original_model.inputs, original_layer.input)
             kernel, bias = layer.get_task_weights(task)
             original_kernel, *rest = original_layer.get_weights()
             original_bias = rest[0] if rest else np.zeros(original_kernel.shape[1], original_kernel.dtype)
             refit = LinearRefit(kernel.shape[0], kernel.shape[1])
-            data = calibration[task]
-            for start in range(0, len(data), batch_size):
-                batch = data[start : start + batch_size]
-                merged = np.asarray(merged_features(_task_feeds(zipped, task, batch), training=False)[task])
-                target = np.asarray(original_features(batch, training=False)) @ original_kernel + original_bias
-                refit.update(merged, target)
+            merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
+            for start in range(0, len(merged), batch_size):
+                target = original[start : start + batch_size] @ original_kernel + original_bias
+                refit.update(merged[start : start + batch_size], target)
             new_kernel, new_bias = refit.solve(kernel, bias, damping=damping)
             layer.set_task_weights(task, new_kernel.astype(kernel.dtype), None if new_bias is None else new_bias.astype(bias.dtype))
+        acts.changed(layer)
         refit_names.append(node.name)
     return refit_names
 
@@ -96,6 +89,7 @@ def refit_layers(
     damping: float = 1e-3,
     batch_size: int = 500,
     layers: Sequence[str] | None = None,
+    activations: ZipActivations | None = None,
 ) -> list[str]:
     """Re-solves the weights of every hidden zip layer of ``zipped`` in place, bottom-up.
 
@@ -106,6 +100,7 @@ def refit_layers(
         damping: relative pull towards the current (MTZ) weights.
         batch_size: samples per forward pass.
         layers: refit only these hidden layers (names), still bottom-up; None: all.
+        activations: the zip's activation caches (None: built here).
 
     Returns:
         The names of the layers refit.
@@ -119,6 +114,7 @@ def refit_layers(
         >>> refit_layers(zipped, align_models([model_a, model_b]), [x_a, x_b])
         ['fc1', 'fc2']
     """
+    acts = activations if activations is not None else ZipActivations(zipped, graph.models, calibration)
     names = []
     for node in graph.hidden_zip_nodes():
         if layers is not None and node.name not in layers:
@@ -129,19 +125,15 @@ def refit_layers(
         rows = positions * layer.input_capacity
         grams = [np.zeros((rows + 1, rows + 1)) for _ in node.layers]
         crosses = [np.zeros((rows + 1, layer.capacity)) for _ in node.layers]
-        merged_inputs = keras.Model(zipped.inputs, list(layer.input))
         for task, original_layer in enumerate(node.layers):
             in_map, out_map = layer.get_maps(task)
             ids = (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
             ids = np.append(ids, rows)  # the bias coordinate
-            original_model = graph.models[task]
-            original_inputs = keras.Model(original_model.inputs, original_layer.input)
             preactivation = _linear_copy(original_layer)
-            data = calibration[task]
-            for start in range(0, len(data), batch_size):
-                batch = data[start : start + batch_size]
-                x = np.asarray(merged_inputs(_task_feeds(zipped, task, batch), training=False)[task], np.float64)
-                y = np.asarray(preactivation(original_inputs(batch, training=False)), np.float64)
+            merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
+            for start in range(0, len(merged), batch_size):
+                x = np.asarray(merged[start : start + batch_size], np.float64)
+                y = np.asarray(preactivation(original[start : start + batch_size]), np.float64)
                 if is_conv:
                     x = extract_patches(x, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
                 y = y.reshape(-1, y.shape[-1])
@@ -161,5 +153,6 @@ def refit_layers(
         layer.kernel.assign(solved[:rows].reshape(kernel.shape).astype(kernel.dtype))
         if layer.use_bias:
             layer.bias.assign(solved[rows].astype(bias.dtype))
+        acts.changed(layer)
         names.append(node.name)
     return names

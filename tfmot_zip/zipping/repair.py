@@ -21,6 +21,7 @@ import numpy as np
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.core.repair import MomentAccumulator, fit_affine
 from tfmot_zip.model.graph import ModelGraph
+from tfmot_zip.zipping.activations import ZipActivations
 
 __all__ = ["repair_statistics", "original_preactivation"]
 
@@ -42,45 +43,12 @@ def original_preactivation(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor
     return tf.nn.bias_add(y, layer.bias) if layer.use_bias else y
 
 
-def _original_moments(
-    graph: ModelGraph, calibration: Sequence[np.ndarray], batch_size: int, names: Sequence[str] | None = None
-) -> dict[str, list]:
-    """``{layer name: [moments per task]}`` of the original pre-activations (of ``names``, or of every
-    hidden layer), one pass per task."""
-    nodes = [n for n in graph.hidden_zip_nodes() if names is None or n.name in names]
-    moments = {node.name: [] for node in nodes}
-    for task, model in enumerate(graph.models):
-        layers = [node.layers[task] for node in nodes]
-        inputs = keras.Model(model.inputs, [layer.input for layer in layers])
-        accumulators = [MomentAccumulator(int(layer.kernel.shape[-1])) for layer in layers]
-        data = calibration[task]
-        for start in range(0, len(data), batch_size):
-            xs = inputs(data[start : start + batch_size], training=False)
-            for layer, x, accumulator in zip(layers, xs if len(layers) > 1 else [xs], accumulators):
-                accumulator.update(original_preactivation(layer, x).numpy())
-        for node, accumulator in zip(nodes, accumulators):
-            moments[node.name].append(accumulator)
-    return moments
-
-
-def _merged_moments(zipped: keras.Model, layer, calibration: Sequence[np.ndarray], batch_size: int) -> list:
-    """Moments of every task's pre-activations at ``layer`` of the zipped model (all tasks in one
-    pass when every task has its own input)."""
-    merged_inputs = keras.Model(zipped.inputs, list(layer.input))
-    moments = [MomentAccumulator(units) for units in layer.task_units]
-    if len(zipped.inputs) == 1:  # one input for every task: each task's data in its own pass
-        for task, data in enumerate(calibration):
-            for start in range(0, len(data), batch_size):
-                x = merged_inputs(data[start : start + batch_size], training=False)[task]
-                moments[task].update(layer.preactivation(x, task).numpy())
-        return moments
-    for start in range(0, max(len(d) for d in calibration), batch_size):
-        batches = [d[start : start + batch_size] for d in calibration]
-        xs = merged_inputs([b if len(b) else d[:1] for b, d in zip(batches, calibration)], training=False)
-        for task, batch in enumerate(batches):
-            if len(batch):  # a task whose data ran out was fed a placeholder row
-                moments[task].update(layer.preactivation(xs[task], task).numpy())
-    return moments
+def _moments(values: np.ndarray, preactivation, units: int, batch_size: int) -> MomentAccumulator:
+    """Moments of ``preactivation(batch)`` over ``values`` taken ``batch_size`` samples at a time."""
+    accumulator = MomentAccumulator(units)
+    for start in range(0, len(values), batch_size):
+        accumulator.update(np.asarray(preactivation(values[start : start + batch_size])))
+    return accumulator
 
 
 def _fold_private(layer, task: int, scale: np.ndarray, shift: np.ndarray, private: np.ndarray) -> None:
@@ -103,6 +71,7 @@ def repair_statistics(
     min_std: float = 1e-6,
     private_units: bool = True,
     layers: Sequence[str] | None = None,
+    activations: ZipActivations | None = None,
 ) -> dict[str, dict]:
     """Repairs every hidden zip layer of ``zipped`` in place, bottom-up; returns what it did per layer.
 
@@ -114,6 +83,7 @@ def repair_statistics(
         min_std: a merged unit whose pre-activation std is at most this keeps scale 1 (guarded).
         private_units: also repair units that only one task reads (folded into their weights).
         layers: repair only these hidden layers (names), still bottom-up; None: all.
+        activations: the zip's activation caches (None: built here).
 
     Returns:
         ``{layer name: {"repaired": [units per task], "guarded": [...], "folded": [...]}}``.
@@ -129,8 +99,8 @@ def repair_statistics(
         >>> zipped.get_layer("fc1").repair
         True
     """
+    acts = activations if activations is not None else ZipActivations(zipped, graph.models, calibration)
     report = {}
-    originals = _original_moments(graph, calibration, batch_size, layers)
     for node in graph.hidden_zip_nodes():
         if layers is not None and node.name not in layers:
             continue
@@ -138,8 +108,10 @@ def repair_statistics(
         layer.enable_repair()
         owners = layer.unit_tasks()
         info = {"repaired": [], "guarded": [], "folded": []}
-        merged_moments = _merged_moments(zipped, layer, calibration, batch_size)
-        for task, (original, merged) in enumerate(zip(originals[node.name], merged_moments)):
+        for task, original_layer in enumerate(node.layers):
+            units = int(original_layer.kernel.shape[-1])
+            original = _moments(acts.original_input(original_layer, task), lambda x: original_preactivation(original_layer, x), units, batch_size)
+            merged = _moments(acts.merged_inputs(layer, task), lambda x: layer.preactivation(x, task), units, batch_size)
             fit = fit_affine(original.mean, original.std, merged.mean, merged.std, min_std=min_std)
             scale, shift = fit.scale, fit.shift
             private = np.asarray([len(owners[int(u)]) == 1 for u in layer.get_maps(task)[1]])
@@ -152,5 +124,6 @@ def repair_statistics(
             info["guarded"].append(int(np.sum(fit.guarded)))
             info["folded"].append(int(np.sum(private)) if private_units and layer.use_bias else 0)
         report[node.name] = info
+        acts.changed(layer)
     zipped.make_predict_function(force=True)  # a predict function traced before repair would skip it
     return report
