@@ -43,7 +43,7 @@ def _training_pass(model: keras.Model):
         _PASSES[model] = cached
     return cached[1]
 
-__all__ = ["BatchNormUpdate", "MIN_SAMPLES", "recalibrate_batchnorm"]
+__all__ = ["BatchNormUpdate", "MIN_SAMPLES", "degenerate_channels", "recalibrate_batchnorm"]
 
 #: Fewest calibration samples per task from which BatchNorm statistics are re-estimated.
 MIN_SAMPLES = 32
@@ -78,8 +78,14 @@ class BatchNormUpdate:
         }
 
 
-def _degenerate(new_var: np.ndarray, old_var: np.ndarray) -> np.ndarray:
-    """Channels whose re-estimated variance cannot be used."""
+def degenerate_channels(new_var: np.ndarray, old_var: np.ndarray) -> np.ndarray:
+    """Channels whose re-estimated variance cannot be used (not finite, not positive, or below
+    :data:`RELATIVE_VARIANCE_FLOOR` times the trained one).
+
+    Example:
+        >>> degenerate_channels(np.array([1.0, 0.0, 1e-9, np.nan]), np.array([1.0, 1.0, 1.0, 1.0])).tolist()
+        [False, True, True, True]
+    """
     floor = RELATIVE_VARIANCE_FLOOR * np.maximum(old_var, 0.0)
     return ~np.isfinite(new_var) | (new_var <= 0.0) | (new_var < floor)
 
@@ -168,7 +174,7 @@ def recalibrate_batchnorm(
     for layer in layers:
         old_mean, old_var = trained[layer.name]
         new_mean, new_var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
-        bad = _degenerate(new_var, old_var) | ~np.isfinite(new_mean)
+        bad = degenerate_channels(new_var, old_var) | ~np.isfinite(new_mean)
         if bad.any():
             layer.moving_mean.assign(np.where(bad, old_mean, new_mean))
             layer.moving_variance.assign(np.where(bad, old_var, new_var))

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.model.batchnorm import MIN_SAMPLES, _degenerate
+from tfmot_zip.model.batchnorm import MIN_SAMPLES, degenerate_channels
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipLayerMixin
 
@@ -182,7 +182,7 @@ class ActivationCache:
             variances.append(var.numpy().astype(np.float64))
         new_mean, new_var = np.mean(means, axis=0), np.mean(variances, axis=0)
         old_mean, old_var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
-        bad = _degenerate(new_var, old_var) | ~np.isfinite(new_mean)
+        bad = degenerate_channels(new_var, old_var) | ~np.isfinite(new_mean)
         layer.moving_mean.assign(np.where(bad, old_mean, new_mean).astype(np.float32))
         layer.moving_variance.assign(np.where(bad, old_var, new_var).astype(np.float32))
 
