@@ -25,7 +25,9 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
 
     Args:
         task_units: channels of each task's original layer (its input and output width).
-        capacity: physical channels (the unit space's capacity); at least the sum of the task widths.
+        capacity: physical channels (the unit space's capacity): the sum of the task widths before
+            zipping (every task owns its channels), at least the widest task (after
+            :func:`~tfmot_zip.model.compact.compact_zipped`).
         kernel_size, strides, padding, dilation_rate, activation, use_bias: as ``DepthwiseConv2D``.
         repair: hold a per-task affine on the pre-activation (see ``ZipDense``).
 
@@ -53,12 +55,7 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self._init_shapes(task_units, task_units, capacity)
-        if self.input_capacity < sum(self.task_units):
-            raise ValueError(
-                f"Expected capacity >= the sum of the task widths ({sum(self.task_units)}): before zipping every "
-                f"task owns its channels. Received: capacity={capacity!r}"
-            )
+        self._init_shapes(task_units, task_units, capacity, capacity)
         self._init_geometry(kernel_size, strides, padding, dilation_rate)
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(

@@ -50,8 +50,9 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
 
     @property
     def capacity(self) -> int:
-        """Number of physical output units (columns): the sum of every task's width."""
-        return int(sum(self.task_units))
+        """Number of physical output units (columns): by default the sum of every task's width; less
+        after :func:`~tfmot_zip.model.compact.compact_zipped` dropped the units no task reads."""
+        return self._physical_units
 
     def _build_maps(self) -> None:
         offsets = np.concatenate([[0], np.cumsum(self.task_units)[:-1]]).astype(np.int64)
@@ -73,11 +74,13 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
                     shape=(n_out,),
                     dtype="int32",
                     trainable=False,
-                    initializer=keras.initializers.Constant(offsets[t] + np.arange(n_out)),
+                    initializer=keras.initializers.Constant((offsets[t] + np.arange(n_out)) % self.capacity),
                 )
             )
 
-    def _init_shapes(self, task_units: Sequence[int], task_input_units: Sequence[int], input_capacity: int) -> None:
+    def _init_shapes(
+        self, task_units: Sequence[int], task_input_units: Sequence[int], input_capacity: int, capacity: int | None = None
+    ) -> None:
         self.task_units = _positive_ints(task_units, "task_units")
         self.task_input_units = _positive_ints(task_input_units, "task_input_units")
         if len(self.task_input_units) != len(self.task_units):
@@ -91,6 +94,14 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
                 f"Received: input_capacity={input_capacity!r}"
             )
         self.input_capacity = int(input_capacity)
+        if capacity is None:
+            capacity = sum(self.task_units)
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < max(self.task_units):
+            raise ValueError(
+                f"Expected capacity (physical output units) >= the widest task ({max(self.task_units)}), or None for "
+                f"the sum of the task widths ({sum(self.task_units)}). Received: capacity={capacity!r}"
+            )
+        self._physical_units = int(capacity)
 
     def _init_common(self, activation: Any, use_bias: bool, kernel_initializer: Any, bias_initializer: Any) -> None:
         self.activation = keras.activations.get(activation)
@@ -103,6 +114,7 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
             "task_units": list(self.task_units),
             "task_input_units": list(self.task_input_units),
             "input_capacity": self.input_capacity,
+            "capacity": self.capacity,
             "activation": keras.activations.serialize(self.activation),
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
@@ -192,6 +204,9 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         kernel_initializer, bias_initializer: initialisers of the physical weights.
         repair: hold a per-task affine on the pre-activation (statistics repair; see
             :mod:`tfmot_zip.model.repair_weights`).
+        capacity: number of physical output units (columns of the physical kernel); ``None``
+            (default) for the sum of ``task_units``, every task owning its columns. Fewer when
+            :func:`~tfmot_zip.model.compact.compact_zipped` kept only the units some task reads.
 
     Example:
         >>> layer = ZipDense(task_units=[3, 2], task_input_units=[4, 4], input_capacity=4)
@@ -214,10 +229,11 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         max_rows_per_step: int = 16384,
         zip_record: Any = None,
         repair: bool = False,
+        capacity: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self._init_shapes(task_units, task_input_units, input_capacity)
+        self._init_shapes(task_units, task_input_units, input_capacity, capacity)
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
         self._init_repair(repair)
@@ -335,7 +351,8 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
     """A Conv2D layer (channels last) shared by several tasks through per-task channel maps.
 
     A neuron is an output channel; ``in_map_t`` maps task ``t``'s input channels to the
-    physical input channels of the kernel ``[kh, kw, input_capacity, capacity]``.
+    physical input channels of the kernel ``[kh, kw, input_capacity, capacity]``. Arguments as
+    ``ZipDense``, plus ``kernel_size``, ``strides``, ``padding`` and ``dilation_rate`` as ``Conv2D``.
 
     Example:
         >>> layer = ZipConv2D(task_units=[4, 4], task_input_units=[1, 1], input_capacity=1,
@@ -363,10 +380,11 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         max_rows_per_step: int = 16384,
         zip_record: Any = None,
         repair: bool = False,
+        capacity: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self._init_shapes(task_units, task_input_units, input_capacity)
+        self._init_shapes(task_units, task_input_units, input_capacity, capacity)
         self._init_geometry(kernel_size, strides, padding, dilation_rate)
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)

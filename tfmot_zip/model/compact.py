@@ -1,0 +1,234 @@
+"""``compact_zipped``: a zipped model whose physical kernels hold only the units some task reads.
+
+A zip layer is built with one physical column per task neuron (``capacity`` = the sum of the task
+widths), so that nothing is shared before zipping. Zipping points a task's neurons at another task's
+columns; the columns it leaves behind are read by nobody, yet they stay in the kernel, the bias and
+``count_params()`` (at sharing 1.0 about half of every hidden layer). :func:`compact_zipped` builds a
+new zipped model computing the same function in which every unit space (the physical units a layer
+writes, shared by all writers of one residual stream or gated tensor, and followed by depthwise
+layers) keeps only its used units, renumbered in their old order. Every layer reading a space gets the
+matching rows (also through ``Flatten`` and as one part of a channel ``Concatenate``), its ``in_map``
+and ``input_capacity`` renumbered alike; the unit ids in each layer's ``zip_record["pairs"]`` follow,
+so :func:`tfmot_zip.zip_summary` reports the same sharing and parameters. Other layers (BatchNorm...)
+and their weights are copied unchanged; the input model is not modified.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tfmot_zip.compat import keras
+from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
+from tfmot_zip.model.keras3 import as_tf_keras_model
+from tfmot_zip.model.layers import ZipConv2D, ZipDense
+
+__all__ = ["compact_zipped", "unit_renumbering"]
+
+_ZIP_CLASSES = (ZipDense, ZipConv2D, ZipDepthwiseConv2D)
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (a layer's ``zip_record`` comes back wrapped by tf's attribute tracking)."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _refuse_pending(layers: list) -> None:
+    pending = [l.name for l in layers if getattr(l, "track_hessians", False) and bool(l.zip_pending.numpy())]
+    if pending:
+        raise ValueError(
+            f"Layers {pending} are still scheduled for zipping (track_hessians=True, zip_pending=True): "
+            "compact_zipped renumbers the physical units, which the schedule still needs. Finish the "
+            "zipping first (model.fit with callbacks=[tfmot_zip.ZipCallback()] until every layer is zipped), "
+            "or zip in one shot with tfmot_zip.zip_models(..., calibration_data=...)."
+        )
+
+
+def unit_renumbering(model: keras.Model) -> dict[str, dict]:
+    """How :func:`compact_zipped` renumbers each zip layer's physical units (nothing is changed).
+
+    Returns, per zip layer name, ``rows`` (the old physical input rows kept, in their new order),
+    ``columns`` (the old physical output units kept; for a depthwise layer its channels), and the new
+    ``input_capacity`` and ``capacity``. Units of one space (every writer of a residual stream or gated
+    tensor, and the depthwise layers following it) are renumbered alike.
+
+    Raises:
+        ValueError: ``model`` has no zip layers, or its maps point at units the space's writers do not
+            write (a damaged model).
+
+    Example:
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=1.0)
+        >>> plan = unit_renumbering(zipped)
+        >>> zipped.get_layer("fc1").capacity, plan["fc1"]["capacity"], plan["fc2"]["input_capacity"]
+        (32, 16, 16)
+    """
+    from tfmot_zip.model.builder import extract_task_models
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.model.spaces import trace_spaces
+
+    model = as_tf_keras_model(model)
+    layers = [l for l in model.layers if isinstance(l, _ZIP_CLASSES)]
+    if not layers:
+        raise ValueError(
+            f"Model {model.name!r} has no zip layers; compact_zipped expects a model returned by "
+            "tfmot_zip.zip_models (not a stripped or plain model)."
+        )
+    graph = align_models(extract_task_models(model))
+    features, spaces = trace_spaces(graph)
+    n_tasks = len(model.output_names)
+    # Each space's current capacity (from its writers; an already compact model has fewer units than
+    # trace_spaces assumes) and the units some task reads.
+    capacity: dict[int, int] = {}
+    used: dict[int, np.ndarray] = {}
+    for space in spaces.values():
+        writers = [model.get_layer(graph.nodes[w].name) for w in space.writers]
+        caps = {w.capacity for w in writers}
+        if len(caps) != 1:
+            raise ValueError(
+                f"The writers of one unit space ({[w.name for w in writers]}) have different capacities "
+                f"({sorted(caps)}); they must share one physical numbering. The model is damaged."
+            )
+        capacity[space.id] = caps.pop()
+        used[space.id] = np.unique(np.concatenate([w.get_maps(t)[1] for w in writers for t in range(n_tasks)]))
+    plan: dict[str, dict] = {}
+    for node in graph.nodes:
+        if node.is_zip:
+            layer = model.get_layer(node.name)
+            feature = features[node.inbound[0]]
+            if feature.kind == "input":
+                rows = np.arange(layer.input_capacity, dtype=np.int64)
+            else:
+                parts, offset = [], 0
+                for s in feature.space_ids:
+                    parts.append(offset + used[s])
+                    offset += capacity[s]
+                rows = np.concatenate(parts)
+                if feature.flat:
+                    rows = (np.arange(feature.positions)[:, None] * offset + rows[None, :]).reshape(-1)
+                expected = feature.positions * offset if feature.flat else offset
+                if expected != layer.input_capacity:
+                    raise ValueError(
+                        f"Layer {layer.name!r} has input_capacity={layer.input_capacity}, but the spaces it reads "
+                        f"hold {expected} physical units. The model is damaged."
+                    )
+            space = features[node.index].space
+            plan[layer.name] = dict(rows=rows, columns=used[space], input_capacity=len(rows), capacity=len(used[space]))
+        elif node.kind == "depthwise":
+            layer = model.get_layer(node.name)
+            if not isinstance(layer, ZipDepthwiseConv2D):
+                continue  # a per-task DepthwiseConv2D on the raw input
+            space = features[node.inbound[0]].space
+            if layer.capacity != capacity[space]:
+                raise ValueError(
+                    f"Depthwise layer {layer.name!r} has capacity={layer.capacity}, but the space it follows holds "
+                    f"{capacity[space]} physical channels. The model is damaged."
+                )
+            plan[layer.name] = dict(rows=used[space], columns=used[space], input_capacity=len(used[space]),
+                                    capacity=len(used[space]))
+    return plan
+
+
+def _lookup(kept: np.ndarray, size: int) -> np.ndarray:
+    """Old physical id -> new id (-1: dropped)."""
+    table = np.full(size, -1, np.int64)
+    table[kept] = np.arange(len(kept))
+    return table
+
+
+def _renumber(table: np.ndarray, ids: Any, what: str, layer: str) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    new = table[ids] if ids.size else ids
+    if ids.size and (new < 0).any():
+        raise ValueError(
+            f"Layer {layer!r}: its {what} points at physical units {sorted(set(ids[new < 0].tolist()))[:10]} that "
+            "no writer of the space uses. The model is damaged."
+        )
+    return new
+
+
+def compact_zipped(model: keras.Model) -> keras.Model:
+    """A new zipped model computing the same function whose zip layers keep only the units some task reads.
+
+    Physical units of every unit space are renumbered in their old order; kernels, biases and repair
+    weights are copied into the kept cells, maps and ``zip_record["pairs"]`` renumbered, every other
+    layer copied with its weights. ``strip_zipping`` and ``zip_summary`` give the same results on the
+    compact model as on ``model``; only ``count_params()`` (and the memory of the zipped model) shrink.
+    ``model`` is not modified; compacting a compact model changes nothing.
+
+    Raises:
+        ValueError: ``model`` has no zip layers, or a layer is still scheduled for zipping
+            (``ZipCallback`` has not finished), or its maps are inconsistent.
+
+    Example:
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=1.0)
+        >>> compact = compact_zipped(zipped)
+        >>> compact.count_params() < zipped.count_params()
+        True
+        >>> bool(np.allclose(compact([x_a, x_b])[0], zipped([x_a, x_b])[0], atol=1e-5))
+        True
+    """
+    model = as_tf_keras_model(model)
+    _refuse_pending([l for l in model.layers if isinstance(l, _ZIP_CLASSES)])
+    plan = unit_renumbering(model)
+    tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    config = model.get_config()
+    for spec in config["layers"]:
+        name = spec["name"]
+        if name not in plan:
+            continue
+        layer, entry = model.get_layer(name), plan[name]
+        rows_table = _lookup(entry["rows"], layer.input_capacity)
+        cols_table = _lookup(entry["columns"], layer.capacity)
+        tables[name] = (rows_table, cols_table)
+        layer_config = dict(spec["config"])
+        layer_config["capacity"] = entry["capacity"]
+        if not isinstance(layer, ZipDepthwiseConv2D):
+            layer_config["input_capacity"] = entry["input_capacity"]
+        record = _plain(layer_config.get("zip_record"))
+        if record and record.get("pairs"):
+            record["pairs"] = [
+                [int(n), _renumber(cols_table, units, "zip_record pairs", name).tolist(), [int(c) for c in cols]]
+                for n, units, cols in record["pairs"]
+            ]
+        if record is not None:
+            layer_config["zip_record"] = record
+        spec["config"] = layer_config
+    compact = keras.Model.from_config(config)
+    for layer in model.layers:
+        target = compact.get_layer(layer.name)
+        values = layer.get_weights()
+        if layer.name in plan:
+            values = _compact_weights(layer, values, plan[layer.name], *tables[layer.name])
+        target.set_weights(values)
+    return compact
+
+
+def _compact_weights(layer, values: list, entry: dict, rows_table: np.ndarray, cols_table: np.ndarray) -> list:
+    """The layer's weights (in ``layer.weights`` order) with the kept cells and renumbered maps."""
+    rows, cols = entry["rows"], entry["columns"]
+    depthwise = isinstance(layer, ZipDepthwiseConv2D)
+    replace: dict[int, np.ndarray] = {}
+    kernel = layer.kernel.numpy()
+    if depthwise:
+        replace[id(layer.kernel)] = kernel[:, :, cols]
+    elif isinstance(layer, ZipDense):
+        replace[id(layer.kernel)] = kernel[np.ix_(rows, cols)]
+    else:
+        replace[id(layer.kernel)] = kernel[:, :, rows][:, :, :, cols]
+    if layer.use_bias:
+        replace[id(layer.bias)] = layer.bias.numpy()[cols]
+    for t in range(layer.num_tasks):
+        in_map, out_map = layer.get_maps(t)
+        replace[id(layer.in_maps[t])] = _renumber(rows_table, in_map, f"in_map of task {t}", layer.name).astype(np.int32)
+        replace[id(layer.out_maps[t])] = _renumber(cols_table, out_map, f"out_map of task {t}", layer.name).astype(np.int32)
+    return [replace.get(id(w), value) for w, value in zip(layer.weights, values)]
