@@ -39,6 +39,7 @@ _EXPORTS = {
     "UnsupportedModelError": "tfmot_zip.model.graph",
     "TFLiteVerificationError": "tfmot_zip.export.verify",
     "from_keras3": "tfmot_zip.model.keras3",
+    "fold_batchnorm": "tfmot_zip.model.fold",
 }
 
 _SUBPACKAGES = {
