@@ -4,7 +4,8 @@ Each configuration runs in its own process (so its peak resident memory is its o
 (random weights: the cost does not depend on training), ``N`` calibration images per task, one
 forward pass of those images through every original (after a warm-up call, batches of 256), then
 ``zip_models(..., sharing=1.0)`` timed from the call to its return (tracing included), and the peak
-resident set size of the process. Across the CIFAR ResNet family (depths 20/32/56/110) a straight
+resident set size of the process. Wall seconds and the process's CPU seconds (all threads) are both
+reported: on a shared machine the CPU seconds vary less with the load. Across the CIFAR ResNet family (depths 20/32/56/110) a straight
 line and a parabola are fitted to zip time against depth.
 
 Configurations: ``lenet5`` (2 models, 10,000 images), ``lenet5x3`` (3 models, 10,000), ``resnet20``
@@ -65,18 +66,20 @@ def measure_one(name: str) -> dict:
     data = [rng.random((images,) + shape).astype("float32") for _ in models]
     for model, x in zip(models, data):  # warm-up (graph building), not timed
         model.predict(x[:256], batch_size=256, verbose=0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for model, x in zip(models, data):
         model.predict(x, batch_size=256, verbose=0)
-    forward = time.perf_counter() - start
-    start = time.perf_counter()
+    forward, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
+    start, cpu = time.perf_counter(), time.process_time()
     tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, progress=False)
-    zip_seconds = time.perf_counter() - start
+    zip_seconds, zip_cpu = time.perf_counter() - start, time.process_time() - cpu
     depth = sum(1 for l in models[0].layers if type(l).__name__ in ("Conv2D", "Dense", "DepthwiseConv2D"))
     return {
         "config": name, "models": count, "images_per_task": images, "zip_layers_per_model": depth,
         "forward_seconds": round(forward, 3), "zip_seconds": round(zip_seconds, 2),
         "zip_over_forward": round(zip_seconds / forward, 1),
+        "forward_cpu_seconds": round(forward_cpu, 3), "zip_cpu_seconds": round(zip_cpu, 2),
+        "zip_over_forward_cpu": round(zip_cpu / forward_cpu, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -102,25 +105,27 @@ def main() -> None:
     summary = {}
     if len(family) >= 3:
         depth = np.array([r["zip_layers_per_model"] for r in family], float)
-        seconds = np.array([r["zip_seconds"] for r in family], float)
-        slope, intercept = np.polyfit(depth, seconds, 1)
-        quad = np.polyfit(depth, seconds, 2)
-        summary = {"resnet_linear_fit": {"seconds_per_layer": round(float(slope), 3), "intercept": round(float(intercept), 2)},
-                   "resnet_quadratic_coefficient": float(quad[0]),
-                   "resnet_seconds_per_layer": [round(s / d, 3) for s, d in zip(seconds, depth)]}
+        for key in ("zip_seconds", "zip_cpu_seconds"):
+            seconds = np.array([r[key] for r in family], float)
+            slope, intercept = np.polyfit(depth, seconds, 1)
+            quad = np.polyfit(depth, seconds, 2)
+            summary[key] = {"linear_fit": {"seconds_per_layer": round(float(slope), 3), "intercept": round(float(intercept), 2)},
+                            "quadratic_coefficient": float(quad[0]),
+                            "seconds_per_layer": [round(s / d, 3) for s, d in zip(seconds, depth)]}
         print(json.dumps(summary))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     from tfmot_zip.io import atomic_write_text
 
     atomic_write_text(args.out, json.dumps({"rows": rows, **summary}, indent=1))
-    print("| config | models | images/task | zip layers | forward s | zip s | zip / forward | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| config | models | images/task | zip layers | forward s | zip s | zip / forward | forward CPU s | zip CPU s | zip / forward (CPU) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['config']} | error: {r['error'][-120:]!r} |")
             continue
         print(f"| {r['config']} | {r['models']} | {r['images_per_task']:,} | {r['zip_layers_per_model']} | "
-              f"{r['forward_seconds']} | {r['zip_seconds']} | {r['zip_over_forward']} | {r['peak_rss_mb']:,} |")
+              f"{r['forward_seconds']} | {r['zip_seconds']} | {r['zip_over_forward']} | {r['forward_cpu_seconds']} | "
+              f"{r['zip_cpu_seconds']} | {r['zip_over_forward_cpu']} | {r['peak_rss_mb']:,} |")
 
 
 if __name__ == "__main__":
