@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import tfmot_zip
 from builders import calib, mlp, tiny_resnet
@@ -192,12 +192,23 @@ def check_compact(zipped, xs, tmp_dir, equal_widths=False):
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("TFMOT_ZIP_FUZZ_RANDOM"),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(spec=architectures())
+@example(spec={  # depthwise + SE gate, concatenations read side by side and through Flatten, 3 models, repair
+    "conv": True, "gap": False, "dense": 3, "sharing": 0.5, "repair": True,
+    "blocks": [dict(width=3, kernel=3, activation="relu", bn=True, join="none", pool=False, depthwise=True, se=True),
+               dict(width=2, kernel=1, activation="tanh", bn=False, join="concat", pool=False, depthwise=True, se=False),
+               dict(width=4, kernel=3, activation="relu", bn=True, join="concat", pool=True, depthwise=False, se=True)],
+    "offsets": [[0, 1, 2], [2, 0, 1], [1, 2, 0]]})
+@example(spec={  # a residual stream with a gated writer, equal widths, fully shared
+    "conv": True, "gap": True, "dense": 0, "sharing": 1.0, "repair": False,
+    "blocks": [dict(width=4, kernel=3, activation="relu", bn=True, join="none", pool=False, depthwise=False, se=False),
+               dict(width=4, kernel=3, activation="relu", bn=False, join="add", pool=False, depthwise=True, se=True)],
+    "offsets": [[0, 0], [0, 0]]})
 def test_compact_generated_models(spec, tmp_path):
     keras.backend.clear_session()
     models = [build(spec, m, seed=30 + m) for m in range(len(spec["offsets"]))]
     rng = np.random.default_rng(0)
     shape = models[0].input_shape[1:]
-    calibration = tuple(calib(rng, 24, shape) for _ in models)
+    calibration = tuple(calib(rng, 32, shape) for _ in models)
     xs = [calib(rng, 5, shape) for _ in models]
     zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=spec["sharing"], repair=spec["repair"],
                                   progress=False)
