@@ -291,3 +291,16 @@ def test_default_capacity_is_the_sum_of_task_widths_and_survives_config():
         ZipDense(task_units=[3, 2], task_input_units=[4, 4], input_capacity=4, capacity=2)
     dw = ZipDepthwiseConv2D(task_units=[4, 2], capacity=4)
     assert ZipDepthwiseConv2D.from_config(dw.get_config()).capacity == 4
+
+
+def test_compact_refuses_maps_pointing_at_units_nobody_writes(rng):
+    a, b = mlp(1), mlp(2)
+    cal = (calib(rng, 64, (6, 6, 1)), calib(rng, 64, (6, 6, 1)))
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=cal, sharing=1.0, progress=False)
+    fc1, fc2 = zipped.get_layer("fc1"), zipped.get_layer("fc2")
+    dropped = sorted(set(range(fc1.capacity)) - set(fc1.used_units().tolist()))
+    in_map = fc2.get_maps(1)[0]
+    in_map[0] = dropped[0]  # fc2 now reads a unit of fc1's space that no task of fc1 writes
+    fc2.set_maps(1, in_map=in_map)
+    with pytest.raises(ValueError, match=rf"'fc2'.*in_map of task 1.*\[{dropped[0]}\].*damaged"):
+        compact_zipped(zipped)

@@ -57,8 +57,8 @@ def unit_renumbering(model: keras.Model) -> dict[str, dict]:
     tensor, and the depthwise layers following it) are renumbered alike.
 
     Raises:
-        ValueError: ``model`` has no zip layers, or its maps point at units the space's writers do not
-            write (a damaged model).
+        ValueError: ``model`` has no zip layers, or the capacities of a space's writers and readers
+            disagree (a damaged model).
 
     Example:
         >>> import tfmot_zip
@@ -69,11 +69,15 @@ def unit_renumbering(model: keras.Model) -> dict[str, dict]:
         >>> zipped.get_layer("fc1").capacity, plan["fc1"]["capacity"], plan["fc2"]["input_capacity"]
         (32, 16, 16)
     """
+    return _plan(as_tf_keras_model(model))
+
+
+def _plan(model: keras.Model) -> dict[str, dict]:
+    """:func:`unit_renumbering` of a tf_keras model (the spaces traced as ``Zipper.from_model`` does)."""
     from tfmot_zip.model.builder import extract_task_models
     from tfmot_zip.model.graph import align_models
     from tfmot_zip.model.spaces import trace_spaces
 
-    model = as_tf_keras_model(model)
     layers = [l for l in model.layers if isinstance(l, _ZIP_CLASSES)]
     if not layers:
         raise ValueError(
@@ -164,7 +168,8 @@ def compact_zipped(model: keras.Model) -> keras.Model:
 
     Raises:
         ValueError: ``model`` has no zip layers, or a layer is still scheduled for zipping
-            (``ZipCallback`` has not finished), or its maps are inconsistent.
+            (``ZipCallback`` has not finished), or its maps point at units no writer of the space
+            uses (a damaged model).
 
     Example:
         >>> import tfmot_zip
@@ -179,7 +184,7 @@ def compact_zipped(model: keras.Model) -> keras.Model:
     """
     model = as_tf_keras_model(model)
     _refuse_pending([l for l in model.layers if isinstance(l, _ZIP_CLASSES)])
-    plan = unit_renumbering(model)
+    plan = _plan(model)
     tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     config = model.get_config()
     for spec in config["layers"]:
