@@ -17,7 +17,7 @@ With ``--fold`` the report also says how the int8 file's bytes split into weight
 once for all signatures) and per-signature tensor metadata, and measures a one-signature int8 file
 of the same stripped model (the all-tasks-on-one-input function alone).
 
-Run:  nice python -m benchmarks.mobilenet_int8 [--method mtz] [--refits] [--fold] [--retrain-steps N]
+Run:  nice python -m benchmarks.mobilenet_int8 [--method mtz] [--refits [--no-repair]] [--fold] [--retrain-steps N]
       [--out out/mobilenet_int8.json]
 """
 from __future__ import annotations
@@ -97,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="mtz")
     parser.add_argument("--refits", action="store_true")
+    parser.add_argument("--no-repair", action="store_true",
+                        help="with --refits: layer and head refits only (the repair keeps a per-task affine after every shared layer)")
     parser.add_argument("--fold", action="store_true", help="fold BatchNorm into the convolutions before zipping (single input)")
     parser.add_argument("--retrain-steps", type=int, default=0, help="joint retraining steps before stripping")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -120,7 +122,7 @@ def main() -> None:
         zip_inputs = models
     start = time.perf_counter()
     zipped = tfmot_zip.zip_models(*zip_inputs, calibration_data=calibration, sharing=1.0, method=args.method,
-                                  refit_layers=args.refits, refit_heads=args.refits, repair=args.refits,
+                                  refit_layers=args.refits, refit_heads=args.refits, repair=args.refits and not args.no_repair,
                                   task_names=TASKS, single_input=args.fold)
     zip_seconds = time.perf_counter() - start
     zipped_no_retraining_acc = training.evaluate_tasks(zipped, tests)
@@ -156,7 +158,7 @@ def main() -> None:
     report = size_latency_report(stripped, models, samples, quantize="int8", zipped_tflite=blob,
                                  separate_tflite=separate, runs=200, warmup=20)
     row = {
-        "method": args.method, "refits": args.refits, "fold": args.fold, "single_input": args.fold,
+        "method": args.method, "refits": args.refits, "repair": args.refits and not args.no_repair, "fold": args.fold, "single_input": args.fold,
         "retrain_steps": args.retrain_steps, "learning_rate": args.learning_rate if args.retrain_steps else None,
         "calibration_images": args.images,
         "fold_max_abs_error": fold_error,

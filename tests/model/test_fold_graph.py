@@ -265,3 +265,40 @@ def test_resnet50_folds_every_batchnorm_and_its_relus():
     assert _count(model, L.Activation) == 1 + 3 * 16 and _count(folded, L.Activation) == 16
     x = np.random.default_rng(1).uniform(-1, 1, size=(2, 32, 32, 3)).astype("float32")
     _assert_same_function(folded, model, x, rtol=1e-3)
+
+
+# --- zipping folded models --------------------------------------------------------------------------------
+
+def _weight_buffer_bytes(blob: bytes) -> int:
+    from tfmot_zip.export.flatbuffer import _schema
+
+    model = _schema().Model.GetRootAs(blob, 0)
+    return sum(model.Buffers(b).DataLength() for b in range(model.BuffersLength()))
+
+
+def test_folded_mobilenet_v2_pair_zips_into_one_shared_copy():
+    import tfmot_zip
+    from tfmot_zip.export import export_tflite
+
+    models = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, classes=5)
+        _randomise_batchnorm(model, seed, spread=0.2)
+        models.append(fold_batchnorm(model))
+    rng = np.random.default_rng(0)
+    calibration = [rng.uniform(-1, 1, size=(32, 32, 32, 3)).astype("float32") for _ in models]
+    zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=1.0, single_input=True,
+                                  task_names=["a", "b"], calibration_samples=32, progress=False)
+    stripped = tfmot_zip.strip_zipping(zipped)
+    assert not any(isinstance(l, L.BatchNormalization) for l in stripped.layers)
+    separate = sum(m.count_params() for m in models)
+    heads = sum(m.get_layer("predictions").count_params() for m in models)
+    # every hidden layer merged once: one network's hidden parameters plus both heads
+    assert stripped.count_params() == pytest.approx((separate - heads) / 2 + heads, rel=0.02)
+    assert stripped.count_params() / separate < 0.55
+    mixed = np.concatenate(calibration)
+    zipped_file = export_tflite(stripped, quantize="int8", representative_data=mixed, representative_samples=16)
+    one_file = export_tflite(models[0], quantize="int8", representative_data=calibration[0], representative_samples=16)
+    # the int8 weights of the four signatures are one copy: about one network's weight bytes (plus a head)
+    assert _weight_buffer_bytes(zipped_file) < 1.1 * _weight_buffer_bytes(one_file)
