@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import scipy.linalg
+from tfmot_zip.core.linalg import spd_inverse
 
 __all__ = [
     "center_hessian",
@@ -188,9 +188,10 @@ def damped(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
     """
     if not (damping >= 0 and np.isfinite(damping)):
         raise ValueError(f"Expected a finite non-negative damping. Received: damping={damping!r}")
-    h = np.asarray(hessian, dtype=np.float64)
+    h = np.array(hessian, dtype=np.float64)
     scale = float(np.mean(np.diag(h)))
-    return h + damping * scale * np.eye(h.shape[0])
+    h[np.diag_indices_from(h)] += damping * scale
+    return h
 
 
 def invert_hessian(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
@@ -209,8 +210,7 @@ def invert_hessian(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
     if not np.all(np.isfinite(h)):
         raise SingularHessianError("The layer Hessian has NaN or inf entries; check the inputs.")
     try:
-        factor = scipy.linalg.cho_factor(h, lower=True, check_finite=False)
-        inverse = scipy.linalg.cho_solve(factor, np.eye(h.shape[0]), check_finite=False)
+        inverse = spd_inverse(h)
     except np.linalg.LinAlgError as err:
         raise SingularHessianError(
             f"The layer Hessian ({h.shape[0]}x{h.shape[0]}) is singular even with "

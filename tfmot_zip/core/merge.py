@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import scipy.linalg
+from tfmot_zip.core.linalg import spd_inverse
 
 __all__ = ["MergeSide", "merge_metric", "merge_cost_matrix", "pair_cost", "apply_merge"]
 
@@ -79,8 +79,7 @@ def merge_metric(g_a: np.ndarray, g_b: np.ndarray) -> np.ndarray:
     total = np.asarray(g_a, dtype=np.float64) + np.asarray(g_b, dtype=np.float64)
     total = 0.5 * (total + total.T)
     try:
-        factor = scipy.linalg.cho_factor(total, lower=True, check_finite=False)
-        metric = scipy.linalg.cho_solve(factor, np.eye(total.shape[0]), check_finite=False)
+        metric = spd_inverse(total)
     except np.linalg.LinAlgError:
         metric = np.linalg.pinv(total, hermitian=True)
     return 0.5 * (metric + metric.T)
