@@ -82,15 +82,15 @@ def retrain_single_input(zipped, tasks, steps: int, learning_rate: float, seed: 
     training.retrain(trainer, [t.train for t in tasks], steps, seed=seed)
 
 
-def one_signature_int8(stripped, representative: np.ndarray, samples: int = 400) -> bytes:
-    """int8 TFLite of the stripped single-input model with its one (all tasks, one input) signature."""
-    from tfmot_zip.compat import tf
+def one_signature_int8(stripped, representative, samples: int = 400) -> bytes:
+    """int8 TFLite of the stripped model with only its all-tasks signature (one input for every task),
+    through the library's ``export_tflite(..., signatures=[...])``."""
+    from tfmot_zip.export.signatures import ALL_TASKS, ALL_TASKS_SHARED_INPUT, plan_signatures
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([representative[i : i + 1].astype(np.float32)] for i in range(samples))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    keys = [p.key for p in plan_signatures(stripped)]
+    key = ALL_TASKS_SHARED_INPUT if ALL_TASKS_SHARED_INPUT in keys else ALL_TASKS
+    return export_tflite(stripped, quantize="int8", representative_data=representative, representative_samples=samples,
+                         signatures=[key])
 
 
 def main() -> None:

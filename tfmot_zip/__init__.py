@@ -40,6 +40,7 @@ _EXPORTS = {
     "TFLiteVerificationError": "tfmot_zip.export.verify",
     "from_keras3": "tfmot_zip.model.keras3",
     "fold_batchnorm": "tfmot_zip.model.fold",
+    "compact_zipped": "tfmot_zip.model.compact",
 }
 
 _SUBPACKAGES = {

@@ -263,3 +263,18 @@ def test_size_latency_report_checks_arguments(setup):
         size_latency_report(setup["plain"], setup["models"][:1], setup["x"], runs=1)
     with pytest.raises(ValueError, match="runs=0"):
         size_latency_report(setup["plain"], setup["models"], setup["x"], runs=0)
+
+
+def test_only_the_signatures_asked_for_are_written_and_the_file_shrinks(setup):
+    full = export_tflite(setup["plain"], quantize="int8", representative_data=setup["calibration"], representative_samples=50)
+    one = export_tflite(setup["plain"], quantize="int8", representative_data=setup["calibration"], representative_samples=50,
+                        signatures=[ALL_TASKS_SHARED_INPUT])
+    assert sorted(tflite_signatures(one)) == [ALL_TASKS_SHARED_INPUT]
+    assert len(one) < len(full)
+    xa = setup["x"][0][:50]
+    expected = setup["plain"].predict([xa, xa], verbose=0)
+    out = tflite_predict(one, ALL_TASKS_SHARED_INPUT, xa)
+    for name, keras_out in zip(TASKS, expected):
+        assert np.mean(out[name].argmax(1) == keras_out.argmax(1)) >= 0.95
+    with pytest.raises(ValueError, match=r"Unknown signatures \['nope'\].*classes_0_4"):
+        export_tflite(setup["plain"], signatures=["nope"])

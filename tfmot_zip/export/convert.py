@@ -6,9 +6,12 @@ by several tasks in a stripped zipped model) and used by several signatures is s
 float32, float16, dynamic and post-training int8 files. Exception: a quantization-aware (QAT)
 model converts a shared Dense kernel with its per-tensor QAT scale in the one-task signatures
 but re-quantizes it per channel in the all-tasks signatures (where the layer is called twice),
-so the converter writes two int8 copies; post-training int8 keeps one for Dense kernels, but not
-for convolutions: a two-input model with one 3x3x32x64 Conv2D called by both tasks gives a 32,336-byte
-int8 file for 18,432 bytes of int8 weights (docs/APPLICATIONS.md). Identical operations on
+so the converter writes two int8 copies; post-training int8 keeps one. Each signature has its own
+tensor metadata (names, and in int8 files the per-channel scales and zero points of every tensor it
+reads), so files grow with the number of signatures: the folded, zipped MobileNetV2 pair's int8 file
+holds its weight data once, yet is 1.11x the two int8 originals with four signatures and 0.51x with
+only ``"all_tasks_shared_input"`` (``export_tflite(..., signatures=[...])``; docs/APPLICATIONS.md).
+Identical operations on
 the same tensor are merged by the converter, so in ``"all_tasks_shared_input"`` a block shared
 by the tasks runs once.
 
@@ -219,13 +222,14 @@ def export_tflite(
     representative_data: Any = None,
     representative_samples: int = 200,
     sparsity: bool = False,
+    signatures: Sequence[str] | None = None,
 ) -> bytes:
     """Converts a multi-task tf_keras model to ONE TFLite file with a signature per task.
 
     Signatures: one per task (key = task name = output name), ``"all_tasks"`` (every input and
     output) and ``"all_tasks_shared_input"`` (one input ``"input"`` fed to every task, when all
     inputs have one shape) for models with several tasks. Weights shared by tasks or signatures
-    are stored once (but see the module notes on QAT and on int8 convolutions). Inputs and outputs
+    are stored once (but see the module notes on QAT and on per-signature metadata). Inputs and outputs
     stay float32 in every mode.
 
     Args:
@@ -252,6 +256,11 @@ def export_tflite(
             zeros). Its index metadata is kept per tensor and per signature, so with several
             signatures and int8 weights it can make the file larger: measure, and compare
             with the gzipped size of the dense file.
+        signatures: the signature keys to write (e.g. ``["all_tasks_shared_input"]``), or None
+            for every planned one. Each signature carries its own tensor metadata (int8 scales and
+            zero points per channel, names), so a file with fewer signatures is smaller: writing
+            only the shared-input signature of a zipped pair halved an int8 MobileNetV2 file
+            (docs/APPLICATIONS.md).
 
     Returns:
         The TFLite flatbuffer bytes.
@@ -308,6 +317,16 @@ def export_tflite(
             f"Task names {task_names(model)} collide with the reserved signature keys "
             f"{[ALL_TASKS, ALL_TASKS_SHARED_INPUT]} or with each other; rename the outputs."
         )
+    if signatures is not None:
+        wanted = [signatures] if isinstance(signatures, str) else list(signatures)
+        unknown = [k for k in wanted if k not in keys]
+        if unknown or not wanted:
+            raise ValueError(
+                f"Unknown signatures {unknown or wanted!r} for model {model.name!r}; it has {keys}. Pass some "
+                f"of those keys, or signatures=None for all of them."
+            )
+        plans = [p for p in plans if p.key in wanted]
+        keys = [p.key for p in plans]
     arrays = None
     if quantize == "int8" and representative_data is not None:
         arrays = per_input_arrays(model, representative_data, "representative_data", representative_samples, refuse_constant=True)

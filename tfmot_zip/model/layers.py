@@ -184,6 +184,7 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
         ordered = sorted(groups.items(), key=lambda kv: (-len(kv[0]), sorted(kv[0])))
         return {k: np.asarray(v, dtype=np.int64) for k, v in ordered}
 
+    @tf.autograph.experimental.do_not_convert  # no data-dependent Python control flow: skip the conversion cost
     def call(self, inputs: Any, training: Any = None) -> list:
         inputs = self._check_inputs(inputs)
         hooks = self._schedule_hook(inputs, training)

@@ -24,6 +24,7 @@ from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.repair import repair_statistics
+from tfmot_zip.model.compact import compact_zipped
 from tfmot_zip.zipping.activations import ZipActivations
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
@@ -191,7 +192,9 @@ def zip_models(
 
     Returns:
         A new, uncompiled tf_keras model with one input and one output per task, in the order
-        the models were given. ``zip_summary(model)`` describes what is shared.
+        the models were given. ``zip_summary(model)`` describes what is shared. After a one-shot
+        zip its zip layers hold only the physical units some task reads
+        (:func:`tfmot_zip.compact_zipped`), so ``count_params()`` is close to the stripped model's.
 
     Example:
         >>> import tfmot_zip
@@ -328,7 +331,7 @@ def zip_models(
             **({"repair": repaired[node.name]} if node.name in repaired else {}),
             **({"budget": allocation.as_config()} if allocation else {}),
         )
-    return zipped
+    return compact_zipped(zipped)  # physical units no task reads are dropped: count_params() ~ the stripped model's
 
 
 def _progress_callback(progress: Any) -> tuple[Callable[[int, int, str], None] | None, Callable[[], None]]:
