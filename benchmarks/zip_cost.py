@@ -10,7 +10,8 @@ line and a parabola are fitted to zip time against depth.
 
 Configurations: ``lenet5`` (2 models, 10,000 images), ``lenet5x3`` (3 models, 10,000), ``resnet20``
 ... ``resnet110`` (500 images), ``ResNet50`` and ``MobileNetV2`` (keras.applications, 32x32x3,
-``weights=None``, alpha 0.35; 256 images).
+``weights=None``, alpha 0.35; 256 images), and ``ResNet50_2048_tfdata`` (2,048 images per task given
+as ``tf.data`` datasets in batches of 64: the peak memory against the 256-image run).
 
 Run:  nice python -m benchmarks.zip_cost [--configs resnet20 ResNet50 ...] [--out out/zip_cost.json]
 """
@@ -34,6 +35,7 @@ CONFIGS = {
     "resnet56": ("zoo", "resnet56", 2, 500),
     "resnet110": ("zoo", "resnet110", 2, 500),
     "ResNet50": ("apps", "ResNet50", 2, 256),
+    "ResNet50_2048_tfdata": ("apps", "ResNet50", 2, 2048),
     "MobileNetV2": ("apps", "MobileNetV2", 2, 256),
 }
 
@@ -64,6 +66,11 @@ def measure_one(name: str) -> dict:
     shape = tuple(models[0].input_shape[1:])
     rng = np.random.default_rng(0)
     data = [rng.random((images,) + shape).astype("float32") for _ in models]
+    calibration = data
+    if name.endswith("_tfdata"):  # streamed from tf.data in batches of 64
+        from tfmot_zip.compat import tf
+
+        calibration = [tf.data.Dataset.from_tensor_slices(x).batch(64) for x in data]
     for model, x in zip(models, data):  # warm-up (graph building), not timed
         model.predict(x[:256], batch_size=256, verbose=0)
     start, cpu = time.perf_counter(), time.process_time()
@@ -71,7 +78,7 @@ def measure_one(name: str) -> dict:
         model.predict(x, batch_size=256, verbose=0)
     forward, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
     start, cpu = time.perf_counter(), time.process_time()
-    tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, progress=False)
+    tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=1.0, calibration_samples=None, progress=False)
     zip_seconds, zip_cpu = time.perf_counter() - start, time.process_time() - cpu
     depth = sum(1 for l in models[0].layers if type(l).__name__ in ("Conv2D", "Dense", "DepthwiseConv2D"))
     return {

@@ -23,6 +23,28 @@ from tfmot_zip.compat import keras
 from tfmot_zip.model.compact import compact_zipped, unit_renumbering
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
+from tfmot_zip.zipping import api
+
+
+@pytest.fixture(autouse=True)
+def uncompacted(monkeypatch):
+    """zip_models compacts its result; these tests compact the raw zipped model themselves."""
+    monkeypatch.setattr(api, "compact_zipped", lambda model: model)
+
+
+def test_zip_models_returns_the_compacted_model(rng, monkeypatch):
+    a, b = tiny_resnet(1), tiny_resnet(2)
+    cal = (calib(rng, 40, (8, 8, 1)), calib(rng, 40, (8, 8, 1)))
+    raw = tfmot_zip.zip_models(a, b, calibration_data=cal, sharing=1.0, progress=False)
+    monkeypatch.undo()
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=cal, sharing=1.0, progress=False)
+    for layer in zipped.layers:
+        if isinstance(layer, (ZipConv2D, ZipDense)):  # every physical unit is read; hidden layers shrank
+            assert layer.used_units().size == layer.capacity
+            assert layer.capacity < raw.get_layer(layer.name).capacity or layer.name == "head"
+    x = [c[:5] for c in cal]
+    for got, want in zip(zipped(x), raw(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
 
 L = keras.layers
 EXAMPLES = int(os.environ.get("TFMOT_ZIP_COMPACT_EXAMPLES", "12"))
