@@ -29,7 +29,7 @@ from tfmot_zip.zipping import api
 @pytest.fixture(autouse=True)
 def uncompacted(monkeypatch):
     """zip_models compacts its result; these tests compact the raw zipped model themselves."""
-    monkeypatch.setattr(api, "compact_zipped", lambda model: model)
+    monkeypatch.setattr(api, "compact_zipped", lambda model, graph=None: model)
 
 
 def test_zip_models_returns_the_compacted_model(rng, monkeypatch):

@@ -14,7 +14,7 @@ and their weights are copied unchanged; the input model is not modified.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from tfmot_zip.compat import keras
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.keras3 import as_tf_keras_model
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
+
+if TYPE_CHECKING:
+    from tfmot_zip.model.graph import ModelGraph
 
 __all__ = ["compact_zipped", "unit_renumbering"]
 
@@ -75,8 +78,9 @@ def unit_renumbering(model: keras.Model) -> dict[str, dict]:
     return _plan(as_tf_keras_model(model))
 
 
-def _plan(model: keras.Model) -> dict[str, dict]:
-    """:func:`unit_renumbering` of a tf_keras model (the spaces traced as ``Zipper.from_model`` does)."""
+def _plan(model: keras.Model, graph=None) -> dict[str, dict]:
+    """:func:`unit_renumbering` of a tf_keras model (the spaces traced as ``Zipper.from_model`` does,
+    or from ``graph``, the aligned models the zip was built from)."""
     from tfmot_zip.model.builder import extract_task_models
     from tfmot_zip.model.graph import align_models
     from tfmot_zip.model.spaces import trace_spaces
@@ -87,7 +91,7 @@ def _plan(model: keras.Model) -> dict[str, dict]:
             f"Model {model.name!r} has no zip layers; compact_zipped expects a model returned by "
             "tfmot_zip.zip_models (not a stripped or plain model)."
         )
-    graph = align_models(extract_task_models(model))
+    graph = graph if graph is not None else align_models(extract_task_models(model))
     features, spaces = trace_spaces(graph)
     n_tasks = len(model.output_names)
     # Each space's current capacity (from its writers; an already compact model has fewer units than
@@ -163,14 +167,16 @@ def _renumber(table: np.ndarray, ids: Any, what: str, layer: str) -> np.ndarray:
     return new
 
 
-def compact_zipped(model: keras.Model) -> keras.Model:
+def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras.Model:
     """A new zipped model computing the same function whose zip layers keep only the units some task reads.
 
     Physical units of every unit space are renumbered in their old order; kernels, biases and repair
     weights are copied into the kept cells, maps and ``zip_record["pairs"]`` renumbered, every other
     layer copied with its weights. ``strip_zipping`` and ``zip_summary`` give the same results on the
     compact model as on ``model``; only ``count_params()`` (and the memory of the zipped model) shrink.
-    ``model`` is not modified; compacting a compact model changes nothing.
+    ``model`` is not modified; compacting a compact model changes nothing. ``graph`` (the aligned
+    original models, as ``zip_models`` has them) skips rebuilding the per-task models to trace the
+    unit spaces.
 
     Raises:
         ValueError: ``model`` has no zip layers, or a layer is still scheduled for zipping
@@ -193,7 +199,7 @@ def compact_zipped(model: keras.Model) -> keras.Model:
     """
     model = as_tf_keras_model(model)
     _refuse_pending([l for l in model.layers if isinstance(l, _ZIP_CLASSES)])
-    plan = _plan(model)
+    plan = _plan(model, graph)
     tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     config = model.get_config()
     for spec in config["layers"]:

@@ -331,7 +331,7 @@ def zip_models(
             **({"repair": repaired[node.name]} if node.name in repaired else {}),
             **({"budget": allocation.as_config()} if allocation else {}),
         )
-    return compact_zipped(zipped)  # physical units no task reads are dropped: count_params() ~ the stripped model's
+    return compact_zipped(zipped, graph=graph)  # physical units no task reads are dropped: count_params() ~ the stripped model's
 
 
 def _progress_callback(progress: Any) -> tuple[Callable[[int, int, str], None] | None, Callable[[], None]]:
