@@ -42,6 +42,17 @@ def cnn(seed, filters=(4, 6), dense=10, classes=3, name=None, bn=False):
     return model
 
 
+def randomize_batchnorm(model, seed):
+    """Gives every BatchNormalization of ``model`` non-trivial statistics (in place); returns it."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape) * 0.1,
+                               rng.normal(size=mean.shape) * 0.1, rng.uniform(0.5, 2.0, var.shape)])
+    return model
+
+
 def calib(rng, n, shape):
     return rng.random((n,) + tuple(shape)).astype("float32")
 

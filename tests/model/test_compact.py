@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import tfmot_zip
-from builders import calib, mlp, tiny_resnet
+from builders import calib, mlp, tiny_resnet, randomize_batchnorm
 from tfmot_zip import data
 from tfmot_zip.compat import keras
 from tfmot_zip.model.compact import compact_zipped, unit_renumbering
@@ -123,13 +123,7 @@ def build(spec, m, seed):
         x = L.Dense(spec["dense"] + m, activation="relu", name="fc")(x)
     out = L.Dense(3, activation="softmax", name="head")(x)
     model = keras.Model(inp, out, name=f"gen{m}")
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:  # non-trivial BatchNorm statistics
-        if isinstance(layer, L.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape) * 0.1,
-                               rng.normal(size=mean.shape) * 0.1, rng.uniform(0.5, 2.0, var.shape)])
-    return model
+    return randomize_batchnorm(model, seed)
 
 
 def map_entries(model):

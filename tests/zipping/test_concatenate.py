@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tfmot_zip
+from builders import randomize_batchnorm
 from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import UnsupportedModelError, align_models
 from tfmot_zip.model.layers import zip_layers
@@ -70,13 +71,7 @@ def densenet(spec: dict, m: int, seed: int) -> keras.Model:
     x = L.Flatten(name="flat")(x) if spec["flatten"] else L.GlobalAveragePooling2D(name="gap")(x)
     out = L.Dense(3, name="head")(x)
     model = keras.Model(inp, out, name=f"dense{m}")
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:  # non-trivial BatchNorm statistics
-        if isinstance(layer, L.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape) * 0.1,
-                               rng.normal(size=mean.shape) * 0.1, rng.uniform(0.5, 2.0, var.shape)])
-    return model
+    return randomize_batchnorm(model, seed)
 
 
 BASE = {

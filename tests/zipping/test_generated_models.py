@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tfmot_zip
+from builders import randomize_batchnorm
 from tfmot_zip.compat import keras
 from tfmot_zip.export import ALL_TASKS, ALL_TASKS_SHARED_INPUT, TOLERANCES, export_tflite, tflite_predict, verify_tflite
 
@@ -79,13 +80,7 @@ def build(spec, m, seed):
         x = L.Dense(spec["dense"] + m, activation="relu", name="fc")(x)
     out = L.Dense(3, activation="softmax", name="head")(x)
     model = keras.Model(inp, out, name=f"gen{m}")
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:  # non-trivial BatchNorm statistics
-        if isinstance(layer, L.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(size=beta.shape) * 0.1,
-                               rng.normal(size=mean.shape) * 0.1, rng.uniform(0.5, 2.0, var.shape)])
-    return model
+    return randomize_batchnorm(model, seed)
 
 
 def check(spec, tmp_dir):

@@ -244,6 +244,30 @@ def _pad_amounts(size: int, kernel: int, stride: int, padding: str, dilation: in
     return total // 2, total - total // 2
 
 
+def _conv_setup(images, kernel_size, strides, padding, dilation):
+    """Checked ``(x, (kh, kw), (sh, sw), (dh, dw), (oh, ow))`` of a Conv2D on ``images``."""
+    x = np.asarray(images)
+    if x.ndim != 4:
+        raise ValueError(f"Expected images of shape [n, h, w, c]. Received {tuple(x.shape)}.")
+    kernel = tuple(int(k) for k in kernel_size)
+    stride = tuple(int(s) for s in strides)
+    rate = tuple(int(d) for d in dilation)
+    oh, ow = conv_output_shape(x.shape[1:3], kernel, stride, padding, rate)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(
+            f"Kernel {kernel[0]}x{kernel[1]} (dilation {rate[0]}x{rate[1]}) does not fit input "
+            f"{x.shape[1]}x{x.shape[2]} with padding {padding!r}."
+        )
+    return x, kernel, stride, rate, (oh, ow)
+
+
+def _padded(x, kernel, stride, padding, rate):
+    """``x`` padded as the convolution pads it."""
+    ph = _pad_amounts(x.shape[1], kernel[0], stride[0], padding, rate[0])
+    pw = _pad_amounts(x.shape[2], kernel[1], stride[1], padding, rate[1])
+    return np.pad(x, ((0, 0), ph, pw, (0, 0))) if any(ph) or any(pw) else x
+
+
 def extract_patches(
     images: np.ndarray,
     kernel_size: Sequence[int],
@@ -261,24 +285,9 @@ def extract_patches(
         >>> extract_patches(x, (2, 2), strides=(2, 2)).shape
         (4, 4)
     """
-    x = np.asarray(images)
-    if x.ndim != 4:
-        raise ValueError(f"Expected images of shape [n, h, w, c]. Received {tuple(x.shape)}.")
-    kh, kw = (int(k) for k in kernel_size)
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    n, height, width, channels = x.shape
-    ph = _pad_amounts(height, kh, sh, padding, dh)
-    pw = _pad_amounts(width, kw, sw, padding, dw)
-    if any(ph) or any(pw):
-        x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
-    oh = conv_output_size(height, kh, sh, padding, dh)
-    ow = conv_output_size(width, kw, sw, padding, dw)
-    if oh <= 0 or ow <= 0:
-        raise ValueError(
-            f"Kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit input {height}x{width} "
-            f"with padding {padding!r}."
-        )
+    x, (kh, kw), (sh, sw), (dh, dw), (oh, ow) = _conv_setup(images, kernel_size, strides, padding, dilation)
+    n, channels = x.shape[0], x.shape[3]
+    x = _padded(x, (kh, kw), (sh, sw), padding, (dh, dw))
     cols = np.empty((n, oh, ow, kh, kw, channels), dtype=x.dtype)
     for i in range(kh):
         r0 = i * dh
@@ -328,23 +337,12 @@ def extract_patches_at(
         >>> bool(np.array_equal(picked, extract_patches(x, (2, 2), strides=(2, 2))[[1, 6]]))
         True
     """
-    x = np.asarray(images)
-    if x.ndim != 4:
-        raise ValueError(f"Expected images of shape [n, h, w, c]. Received {tuple(x.shape)}.")
-    kh, kw = (int(k) for k in kernel_size)
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    n, height, width, channels = x.shape
-    oh, ow = conv_output_shape((height, width), (kh, kw), (sh, sw), padding, (dh, dw))
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"Kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit input {height}x{width} with padding {padding!r}.")
+    x, (kh, kw), (sh, sw), (dh, dw), (oh, ow) = _conv_setup(images, kernel_size, strides, padding, dilation)
+    n, channels = x.shape[0], x.shape[3]
     rows = np.arange(n * oh * ow) if rows is None else np.asarray(rows, np.int64)
     if rows.size and (rows.min() < 0 or rows.max() >= n * oh * ow):
         raise ValueError(f"Patch rows must lie in [0, {n * oh * ow}); received rows from {rows.min()} to {rows.max()}.")
-    ph = _pad_amounts(height, kh, sh, padding, dh)
-    pw = _pad_amounts(width, kw, sw, padding, dw)
-    if any(ph) or any(pw):
-        x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
+    x = _padded(x, (kh, kw), (sh, sw), padding, (dh, dw))
     hp, wp = x.shape[1], x.shape[2]
     flat = x.reshape(-1, channels)
     sample, position = np.divmod(rows, oh * ow)
