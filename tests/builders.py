@@ -53,6 +53,18 @@ def randomize_batchnorm(model, seed):
     return model
 
 
+def generated_head(inp, x, spec, m, seed):
+    """Tail of the hypothesis-generated test models: pooling (or Flatten), an optional Dense, a 3-class head;
+    BatchNorm statistics randomised."""
+    L = keras.layers
+    if spec["conv"]:
+        x = L.GlobalAveragePooling2D(name="gap")(x) if spec["gap"] else L.Flatten(name="flat")(x)
+    if spec["dense"]:
+        x = L.Dense(spec["dense"] + m, activation="relu", name="fc")(x)
+    out = L.Dense(3, activation="softmax", name="head")(x)
+    return randomize_batchnorm(keras.Model(inp, out, name=f"gen{m}"), seed)
+
+
 def calib(rng, n, shape):
     return rng.random((n,) + tuple(shape)).astype("float32")
 

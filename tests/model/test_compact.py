@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import tfmot_zip
-from builders import calib, mlp, tiny_resnet, randomize_batchnorm
+from builders import calib, mlp, tiny_resnet, generated_head
 from tfmot_zip import data
 from tfmot_zip.compat import keras
 from tfmot_zip.model.compact import compact_zipped, unit_renumbering
@@ -117,13 +117,7 @@ def build(spec, m, seed):
         if block["pool"]:
             x = L.MaxPooling2D(2, name=f"pool{k}")(x)
         width = units
-    if spec["conv"]:
-        x = L.GlobalAveragePooling2D(name="gap")(x) if spec["gap"] else L.Flatten(name="flat")(x)
-    if spec["dense"]:
-        x = L.Dense(spec["dense"] + m, activation="relu", name="fc")(x)
-    out = L.Dense(3, activation="softmax", name="head")(x)
-    model = keras.Model(inp, out, name=f"gen{m}")
-    return randomize_batchnorm(model, seed)
+    return generated_head(inp, x, spec, m, seed)
 
 
 def map_entries(model):

@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tfmot_zip
-from builders import randomize_batchnorm
+from builders import generated_head
 from tfmot_zip.compat import keras
 from tfmot_zip.export import ALL_TASKS, ALL_TASKS_SHARED_INPUT, TOLERANCES, export_tflite, tflite_predict, verify_tflite
 
@@ -74,13 +74,7 @@ def build(spec, m, seed):
         if block["pool"]:
             x = L.MaxPooling2D(2, name=f"pool{k}")(x)
         width = units
-    if spec["conv"]:
-        x = L.GlobalAveragePooling2D(name="gap")(x) if spec["gap"] else L.Flatten(name="flat")(x)
-    if spec["dense"]:
-        x = L.Dense(spec["dense"] + m, activation="relu", name="fc")(x)
-    out = L.Dense(3, activation="softmax", name="head")(x)
-    model = keras.Model(inp, out, name=f"gen{m}")
-    return randomize_batchnorm(model, seed)
+    return generated_head(inp, x, spec, m, seed)
 
 
 def check(spec, tmp_dir):
