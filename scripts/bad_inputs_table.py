@@ -139,6 +139,9 @@ def other_rows(hardening) -> list[tuple]:
         rows.append(("export_tflite", "quantize='int8' without representative_data",
                      *attempt(lambda: export_tflite(plain, target, quantize="int8")), ""))
         rows.append(("export_tflite", "a model that still has zip layers", *attempt(lambda: export_tflite(zipped, target)), ""))
+        rows.append(("export_tflite", "signatures=['task_c'] (no such task)",
+                     *attempt(lambda: export_tflite(plain, target, signatures=["task_c"])), ""))
+        rows.append(("export_tflite", "signatures=[]", *attempt(lambda: export_tflite(plain, target, signatures=[])), ""))
     return rows
 
 

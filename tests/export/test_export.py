@@ -278,3 +278,5 @@ def test_only_the_signatures_asked_for_are_written_and_the_file_shrinks(setup):
         assert np.mean(out[name].argmax(1) == keras_out.argmax(1)) >= 0.95
     with pytest.raises(ValueError, match=r"Unknown signatures \['nope'\].*classes_0_4"):
         export_tflite(setup["plain"], signatures=["nope"])
+    with pytest.raises(ValueError, match=r"signatures=\[\] asks for no signature.*all_tasks"):
+        export_tflite(setup["plain"], signatures=[])

@@ -321,9 +321,10 @@ def export_tflite(
         wanted = [signatures] if isinstance(signatures, str) else list(signatures)
         unknown = [k for k in wanted if k not in keys]
         if unknown or not wanted:
+            problem = f"Unknown signatures {unknown!r}" if unknown else "signatures=[] asks for no signature"
             raise ValueError(
-                f"Unknown signatures {unknown or wanted!r} for model {model.name!r}; it has {keys}. Pass some "
-                f"of those keys, or signatures=None for all of them."
+                f"{problem} for model {model.name!r}; it has {keys}. Pass some of those keys, or "
+                f"signatures=None for all of them."
             )
         plans = [p for p in plans if p.key in wanted]
         keys = [p.key for p in plans]
