@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfmot_zip.compat import keras, tf
+from tfmot_zip.compat import keras
 from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
 from tfmot_zip.core.hessian import conv_output_shape, extract_patches_at
 from tfmot_zip.model.graph import AlignedNode
