@@ -175,7 +175,7 @@ class Context:
         zipped = tfmot_zip.zip_models(
             *self.models, calibration_data=self.calibration, sharing=fraction, method=spec.method,
             selection=spec.selection, damping=self.config.damping,
-            calibration_samples=self.scenario.calibration_samples, seed=self.config.seed,
+            calibration_samples=self.scenario.calibration_samples, seed=self.config.seed, **dict(spec.options),
         )
         return zipped, tfmot_zip.zip_summary(zipped)
 

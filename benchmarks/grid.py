@@ -20,7 +20,7 @@ def _to_retrain(scenario: Scenario, fraction: float, rows: Sequence[dict]) -> se
         return set()
     chosen = {label for label in scenario.retrain_strategies if label != BEST_BASELINE}
     if BEST_BASELINE in scenario.retrain_strategies:
-        baselines = [r for r in rows if r["method"] != "mtz"]
+        baselines = [r for r in rows if strategy(r["strategy"]).is_baseline]
         if baselines:
             chosen.add(max(baselines, key=lambda r: sum(r["zipped"]["accuracy"]))["strategy"])
     return chosen
@@ -48,6 +48,7 @@ def run_grid(ctx: Context) -> list[dict]:
                 "strategy": label,
                 "method": spec.method,
                 "selection": spec.selection,
+                "options": dict(spec.options),
                 "fraction": fraction,
                 "zipped": {"accuracy": accuracy, "drop": accuracy_drops(ctx.original_accuracy, accuracy)},
                 "retrained": None,

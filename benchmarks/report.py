@@ -16,10 +16,13 @@ from tfmot_zip.io import atomic_write_bytes, check_writable_dir
 
 __all__ = ["render_markdown", "write_plots", "mean_drop", "best_baseline"]
 
+from benchmarks.scenarios import BASELINE_METHODS
+
 MTZ = "mtz-hungarian"
 #: One colour per strategy in every plot.
 COLORS = {"mtz-hungarian": "tab:blue", "mtz-greedy": "tab:cyan", "activation": "tab:orange",
-          "euclidean": "tab:green", "random": "tab:red"}
+          "euclidean": "tab:green", "random": "tab:red", "mtz+refits": "tab:purple",
+          "mtz+refits+repair": "tab:pink", "euclidean+refits": "tab:olive"}
 
 
 def mean_drop(drops: Sequence[float]) -> float:
@@ -36,10 +39,11 @@ def _pair(values: Sequence[float]) -> str:
 
 
 def best_baseline(rows: Sequence[dict], phase: str = "retrained") -> Optional[str]:
-    """The non-MTZ strategy with the smallest mean drop averaged over the fractions it has."""
+    """The baseline (averaged pairs, nothing after the merge) with the smallest mean drop averaged
+    over the fractions it has."""
     scores: dict[str, list[float]] = {}
     for row in rows:
-        if row["method"] == "mtz" or row.get(phase) is None:
+        if row["method"] not in BASELINE_METHODS or row.get("options") or row.get(phase) is None:
             continue
         scores.setdefault(row["strategy"], []).append(mean_drop(row[phase]["drop"]))
     if not scores:

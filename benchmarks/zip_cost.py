@@ -3,7 +3,7 @@
 Each configuration runs in its own process (so its peak resident memory is its own): the models
 (random weights: the cost does not depend on training), ``N`` calibration images per task, one
 forward pass of those images through every original (after a warm-up call, batches of 256), then
-``zip_models(..., sharing=1.0)`` timed from the call to its return (tracing included), and the peak
+``zip_models(..., sharing=1.0, method="mtz")`` (``--method``) timed from the call to its return (tracing included), and the peak
 resident set size of the process. Wall seconds and the process's CPU seconds (all threads) are both
 reported: on a shared machine the CPU seconds vary less with the load. Across the CIFAR ResNet family (depths 20/32/56/110) a straight
 line and a parabola are fitted to zip time against depth.
@@ -57,7 +57,7 @@ def _models(source: str, arch: str, count: int):
     return models
 
 
-def measure_one(name: str) -> dict:
+def measure_one(name: str, method: str = "mtz") -> dict:
     """Runs in the child process."""
     import tfmot_zip
 
@@ -78,11 +78,11 @@ def measure_one(name: str) -> dict:
         model.predict(x, batch_size=256, verbose=0)
     forward, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
     start, cpu = time.perf_counter(), time.process_time()
-    tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=1.0, calibration_samples=None, progress=False)
+    tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=1.0, calibration_samples=None, progress=False, method=method)
     zip_seconds, zip_cpu = time.perf_counter() - start, time.process_time() - cpu
     depth = sum(1 for l in models[0].layers if type(l).__name__ in ("Conv2D", "Dense", "DepthwiseConv2D"))
     return {
-        "config": name, "models": count, "images_per_task": images, "zip_layers_per_model": depth,
+        "config": name, "method": method, "models": count, "images_per_task": images, "zip_layers_per_model": depth,
         "forward_seconds": round(forward, 3), "zip_seconds": round(zip_seconds, 2),
         "zip_over_forward": round(zip_seconds / forward, 1),
         "forward_cpu_seconds": round(forward_cpu, 3), "zip_cpu_seconds": round(zip_cpu, 2),
@@ -94,15 +94,16 @@ def measure_one(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--method", default="mtz", help="zip_models method (default: mtz, the paper's; the library's default is mtz+refits)")
     parser.add_argument("--out", default="out/zip_cost.json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_one(args.child)))
+        print(json.dumps(measure_one(args.child, args.method)))
         return
     rows = []
     for name in args.configs:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.zip_cost", "--child", name],
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.zip_cost", "--child", name, "--method", args.method],
                               capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
         row = json.loads(lines[-1]) if lines else {"config": name, "error": proc.stderr[-800:]}

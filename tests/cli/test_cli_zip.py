@@ -31,7 +31,7 @@ def test_zip_writes_the_model_the_api_would_build_and_leaves_inputs_untouched(fi
         x0, x1 = d0["x"], d1["x"]
     expected = tfmot_zip.zip_models(
         keras.models.load_model(files["model0"]), keras.models.load_model(files["model1"]), calibration_data=(x0, x1),
-        sharing={"fc1": 1.0, "fc2": 0.5}, selection="greedy", seed=3,
+        sharing={"fc1": 1.0, "fc2": 0.5}, selection="greedy", seed=3, method="mtz"
     )
     for a, b in zip(loaded([x0[:5], x1[:5]]), expected([x0[:5], x1[:5]])):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -80,7 +80,7 @@ def test_a_whole_zip_runs_each_node_a_bounded_number_of_times(rng, monkeypatch):
     init = ActivationCache.__init__
     monkeypatch.setattr(ActivationCache, "__init__", lambda self, *a, **k: caches.append(self) or init(self, *a, **k))
     data = [calib(rng, 40, (8, 8, 1)), calib(rng, 40, (8, 8, 1))]
-    zipped = tfmot_zip.zip_models(tiny_resnet(1), tiny_resnet(2), calibration_data=data, sharing=1.0, progress=False)
+    zipped = tfmot_zip.zip_models(tiny_resnet(1), tiny_resnet(2), calibration_data=data, sharing=1.0, progress=False, method="mtz")
     nodes = sum(len(n) for d, n in zipped._nodes_by_depth.items() if d > 0)
     assert len(caches) == 1
     assert 0 < caches[0].computed_nodes <= 2 * nodes

@@ -65,7 +65,7 @@ def assert_same_zip(expected, actual, atol=1e-5):
 
 def test_scheduled_zipping_without_retraining_equals_one_shot(setting):
     models, cal, sets = setting
-    one_shot = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=SHARING, recalibrate_batchnorm=False)
+    one_shot = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=SHARING, recalibrate_batchnorm=False, method="mtz")
     model = scheduled(models, cal)
     fit_steps(model, sets, cal, 20)
     assert tfmot_zip.zipping.callbacks.pending_layers(model) == []

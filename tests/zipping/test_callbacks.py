@@ -59,7 +59,7 @@ def test_forgotten_callback_fails_loudly(rng):
 def test_one_shot_schedule_with_calibration_equals_zip_models(rng):
     a, b = mlp(3), mlp(4)
     cal = (calib(rng, 200, (6, 6, 1)), calib(rng, 150, (6, 6, 1)))
-    now = tfmot_zip.zip_models(a, b, calibration_data=cal, sharing=0.5)
+    now = tfmot_zip.zip_models(a, b, calibration_data=cal, sharing=0.5, method="mtz")
     later = tfmot_zip.zip_models(a, b, calibration_data=None, sharing=0.5, schedule=tfmot_zip.OneShotSchedule())
     frozen_compile(later)
     sets = [labelled(rng, 64, (6, 6, 1)), labelled(rng, 64, (6, 6, 1))]
@@ -181,7 +181,7 @@ def test_mirrored_strategy_two_replicas_match_single_device():
 def test_cosine_decay_and_soft_targets(rng):
     a, b = mlp(9), mlp(10)
     sets = [labelled(rng, 256, (6, 6, 1)), labelled(rng, 256, (6, 6, 1))]
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(sets[0][0], sets[1][0]), sharing=1.0)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(sets[0][0], sets[1][0]), sharing=1.0, method="mtz")
     training.compile_multitask(zipped, 1e-2, decay_steps=4)
     lr = zipped.optimizer.get_config()["learning_rate"]
     assert lr["class_name"] == "CosineDecay" and lr["config"]["decay_steps"] == 4

@@ -187,7 +187,7 @@ def test_fully_shared_strip_stores_each_parts_weights_once():
 def test_scheduled_zipping_equals_one_shot():
     models = [densenet(BASE, m, seed=m) for m in range(2)]
     calibration = data(2, 32)
-    one_shot = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=0.5, recalibrate_batchnorm=False)
+    one_shot = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=0.5, recalibrate_batchnorm=False, method="mtz")
     schedule = tfmot_zip.LayerwiseSchedule(calibration_steps=1, retrain_steps=1)
     model = tfmot_zip.zip_models(*models, calibration_data=None, sharing=0.5, schedule=schedule,
                                  recalibrate_batchnorm=False)

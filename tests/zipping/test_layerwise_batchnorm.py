@@ -9,7 +9,7 @@ from tfmot_zip.compat import keras
 
 def _zip(mode, data):
     a, b = tiny_resnet(7), tiny_resnet(8)
-    return tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, recalibrate_batchnorm=mode)
+    return tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, recalibrate_batchnorm=mode, method="mtz")
 
 
 def test_layerwise_mode_lets_later_hessians_see_re_estimated_statistics(rng):

@@ -197,8 +197,8 @@ def test_refit_and_repair_run_layer_by_layer_when_both_are_on(mlp_pair):
     from tfmot_zip.zipping.repair import repair_statistics
 
     models, data, _ = mlp_pair
-    both = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, refit_layers=True, repair=True)
-    by_hand = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0)
+    both = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, method="mtz", refit_layers=True, repair=True)
+    by_hand = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, method="mtz")
     graph = align_models(models)
     for name in ("fc1", "fc2"):
         assert refit_layers(by_hand, graph, list(data), layers=[name]) == [name]

@@ -28,7 +28,7 @@ def test_inputs_untouched_and_strip_is_equivalent(rng, builder, sharing):
     before_a, before_b = weights_of(a), weights_of(b)
     shape = a.input_shape[1:]
     xa, xb = calib(rng, 300, shape), calib(rng, 200, shape)
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(xa, xb), sharing=sharing)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(xa, xb), sharing=sharing, method="mtz")
     for w0, w1 in zip(before_a + before_b, weights_of(a) + weights_of(b)):
         np.testing.assert_array_equal(w0, w1)
     assert zipped.output_names == [a.name, b.name]
@@ -45,7 +45,7 @@ def test_inputs_untouched_and_strip_is_equivalent(rng, builder, sharing):
 def test_sharing_zero_reproduces_originals_exactly(rng, builder):
     a, b = builder(3), builder(4)
     shape = a.input_shape[1:]
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 50, shape), calib(rng, 50, shape)), sharing=0.0)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 50, shape), calib(rng, 50, shape)), sharing=0.0, method="mtz")
     xs = [calib(rng, 16, shape), calib(rng, 16, shape)]
     za, zb = predict(zipped, xs)
     np.testing.assert_allclose(za, a(xs[0]).numpy(), atol=1e-6)
@@ -57,7 +57,7 @@ def test_sharing_zero_reproduces_originals_exactly(rng, builder):
 def test_first_layer_update_matches_core_on_directly_computed_hessians(rng):
     a, b = mlp(5), mlp(6)
     xa, xb = calib(rng, 400, (6, 6, 1)), calib(rng, 300, (6, 6, 1))
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(xa, xb), sharing={"fc1": 0.5}, selection="hungarian", damping=1e-3)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(xa, xb), sharing={"fc1": 0.5}, selection="hungarian", damping=1e-3, method="mtz")
     sides = []
     for model, x in ((a, xa), (b, xb)):
         acc = HessianAccumulator(36)
@@ -90,7 +90,7 @@ def rows_of(kernel, bias):
 def test_second_layer_shares_only_shared_inputs(rng):
     a, b = mlp(7), mlp(8)
     x = calib(rng, 200, (6, 6, 1))
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=0.5, damping=1e-3)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=0.5, damping=1e-3, method="mtz")
     fc1, fc2 = zipped.get_layer("fc1"), zipped.get_layer("fc2")
     in_a, out_a = fc2.get_maps(0)
     in_b, out_b = fc2.get_maps(1)
@@ -124,7 +124,7 @@ def test_second_layer_shares_only_shared_inputs(rng):
 
 def test_summary_counts_closed_form(rng):
     a, b = mlp(9, widths=(16, 8)), mlp(10, widths=(16, 8))
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 100, (6, 6, 1)),) * 2, sharing=0.5)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 100, (6, 6, 1)),) * 2, sharing=0.5, method="mtz")
     report = tfmot_zip.zip_summary(zipped)
     fc1, fc2, head = report.layers
     assert (fc1.shared_units, fc2.shared_units, head.shared_units) == (8, 4, 0)
@@ -139,7 +139,7 @@ def test_summary_counts_closed_form(rng):
 
 def test_single_input_strip_computes_shared_units_once(rng):
     a, b = mlp(11), mlp(12)
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 100, (6, 6, 1)),) * 2, sharing=1.0, single_input=True)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 100, (6, 6, 1)),) * 2, sharing=1.0, single_input=True, method="mtz")
     assert len(zipped.inputs) == 1
     plain = tfmot_zip.strip_zipping(zipped)
     x = calib(rng, 8, (6, 6, 1))
@@ -151,7 +151,7 @@ def test_single_input_strip_computes_shared_units_once(rng):
 
 def test_save_load_roundtrip(rng, tmp_path):
     a, b = cnn(13), cnn(14)
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 64, (10, 10, 1)),) * 2, sharing=0.5)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(calib(rng, 64, (10, 10, 1)),) * 2, sharing=0.5, method="mtz")
     path = tmp_path / "zipped.keras"
     zipped.save(path)
     loaded = keras.models.load_model(path)
@@ -170,8 +170,8 @@ def test_save_load_roundtrip(rng, tmp_path):
 def test_hungarian_total_cost_not_above_greedy(rng):
     a, b = mlp(15), mlp(16)
     data = (calib(rng, 200, (6, 6, 1)), calib(rng, 200, (6, 6, 1)))
-    g = tfmot_zip.zip_models(a, b, calibration_data=data, sharing={"fc1": 1.0}, selection="greedy")
-    h = tfmot_zip.zip_models(a, b, calibration_data=data, sharing={"fc1": 1.0}, selection="hungarian")
+    g = tfmot_zip.zip_models(a, b, calibration_data=data, sharing={"fc1": 1.0}, selection="greedy", method="mtz")
+    h = tfmot_zip.zip_models(a, b, calibration_data=data, sharing={"fc1": 1.0}, selection="hungarian", method="mtz")
     assert g.get_layer("fc1").zip_record["merge_cost"] >= h.get_layer("fc1").zip_record["merge_cost"] - 1e-9
 
 
@@ -188,11 +188,11 @@ def test_same_seed_same_result(rng):
 def test_three_models(rng, merged_hessian):
     models = [mlp(20), mlp(21), mlp(22, widths=(12, 8))]
     data = tuple(calib(rng, 120, (6, 6, 1)) for _ in models)
-    zero = tfmot_zip.zip_models(*models, calibration_data=data, sharing=0.0)
+    zero = tfmot_zip.zip_models(*models, calibration_data=data, sharing=0.0, method="mtz")
     xs = [calib(rng, 8, (6, 6, 1)) for _ in models]
     for out, model, x in zip(predict(zero, xs), models, xs):
         np.testing.assert_allclose(out, model(x).numpy(), atol=1e-6)
-    full = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, merged_hessian=merged_hessian)
+    full = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, merged_hessian=merged_hessian, method="mtz")
     report = tfmot_zip.zip_summary(full)
     fc1 = report.layers[0]
     # 16 + 16 + 12 units zip into 16 physical units: all 12 of the third model are shared.
@@ -211,7 +211,7 @@ def test_merged_hessian_matches_a_direct_computation(rng, merged_hessian):
     damping = 1e-3
     models = [mlp(30), mlp(31), mlp(32, widths=(12, 8))]
     data = tuple(calib(rng, 150, (6, 6, 1)) ** (1 + t) for t in range(3))  # three different Hessians
-    options = dict(sharing={"fc1": 1.0}, damping=damping, merged_hessian=merged_hessian, recalibrate_batchnorm=False)
+    options = dict(sharing={"fc1": 1.0}, damping=damping, merged_hessian=merged_hessian, recalibrate_batchnorm=False, method="mtz")
     first_pass = tfmot_zip.zip_models(*models[:2], calibration_data=data[:2], **options)
     full = tfmot_zip.zip_models(*models, calibration_data=data, **options)
     hessians = []
@@ -252,12 +252,12 @@ def test_conv_hessian_subsampling_is_an_argument_and_is_reported():
     rng = np.random.default_rng(0)
     a, b = cnn(1), cnn(2)
     x = calib(rng, 40, (10, 10, 1))  # conv1 sees 40 x 100 patch rows per task
-    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=1000)
+    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=1000, method="mtz")
     report = tfmot_zip.zip_summary(capped)
     used, available = report.extra["hessian_subsampling"]["conv1"]
     assert available == 2 * 40 * 100 and used < available  # both tasks' rows at the last measurement
     assert report.options["max_conv_rows"] == 1000
-    full = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=None)
+    full = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=None, method="mtz")
     assert "hessian_subsampling" not in tfmot_zip.zip_summary(full).extra
     with pytest.raises(ValueError, match="max_conv_rows=0"):
-        tfmot_zip.zip_models(a, b, calibration_data=(x, x), max_conv_rows=0)
+        tfmot_zip.zip_models(a, b, calibration_data=(x, x), max_conv_rows=0, method="mtz")

@@ -3,8 +3,8 @@
 Library functions (``DemoConfig``, ``run_demo``) so that the example script, the CLI and the
 tests share them. Trains the two source models once (cached), zips them at every sharing
 fraction with each recipe of :data:`RECIPES` (the paper's MTZ, MTZ with the data-driven refits
-that go past the paper, the Euclidean baseline), retrains the MTZ models lightly, exports the
-most shared retrained model to TFLite, and writes ``report.md``, ``report.json`` and PNG plots.
+that go past the paper and are ``zip_models``' default, the Euclidean baseline), retrains the
+default recipe's models lightly, exports the most shared retrained model to TFLite, and writes ``report.md``, ``report.json`` and PNG plots.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class DemoConfig:
     seed: int = 0
     sharings: tuple[float, ...] = (0.5, 1.0)
     methods: tuple[str, ...] = ("mtz", "mtz+refits", "euclidean")  # names of RECIPES
+    retrain_method: str = "mtz+refits"  # the recipe retrained and exported: zip_models' default
     selection: str = "hungarian"
     calibration_samples: int = 10_000
     retrain_steps: int = 300
@@ -62,6 +63,11 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
     unknown = [m for m in config.methods if m not in RECIPES]
     if unknown:
         raise ValueError(f"Unknown demo method {unknown[0]!r}; expected one of {sorted(RECIPES)}.")
+    if config.retrain_method not in config.methods:
+        raise ValueError(
+            f"retrain_method {config.retrain_method!r} is not among the zipped methods {list(config.methods)}; "
+            "add it to methods or choose one of them."
+        )
     out = check_writable_dir(config.out_dir)
     started = time.perf_counter()
     tasks = [data.make_task(name) for name in config.tasks]
@@ -87,6 +93,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
         "params_separate": int(sum(m.count_params() for m in models)),
         "zipped": {},
         "retrained": {},
+        "retrain_method": config.retrain_method,
     }
     log("[2/5] zipping (no retraining)")
     best = None
@@ -107,8 +114,8 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
             }
             log(f"      sharing {fraction:.2f} {method:<11} accuracy {accuracy[0]:6.2f} / {accuracy[1]:6.2f}   "
                 f"params {summary.params_zipped:,}   zipped in {summary.zip_seconds:.1f} s")
-            if method == "mtz":
-                log(f"[3/5] joint retraining, sharing {fraction:.2f}: {config.retrain_steps} steps (one batch of each task per step)")
+            if method == config.retrain_method:
+                log(f"[3/5] joint retraining ({method}), sharing {fraction:.2f}: {config.retrain_steps} steps (one batch of each task per step)")
                 training.compile_multitask(zipped, config.learning_rate, decay_steps=max(1, config.retrain_steps))
                 history = training.retrain(
                     zipped, [task.train for task in tasks], config.retrain_steps, config.learning_rate,
@@ -144,9 +151,10 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
         for method in config.methods:
             series[f"{method} f={fraction:g}"] = report["zipped"][str(fraction)][method]["accuracy"]
         if str(fraction) in report["retrained"]:
-            series[f"mtz f={fraction:g} + {config.retrain_steps} steps"] = report["retrained"][str(fraction)]["accuracy"]
+            series[f"{config.retrain_method} f={fraction:g} + {config.retrain_steps} steps"] = report["retrained"][str(fraction)]["accuracy"]
     plots.accuracy_bars(out / "accuracy.png", list(config.tasks), series, title=f"{config.arch}: {' vs '.join(config.tasks)}")
-    plots.sharing_bars(out / "sharing.png", report["zipped"][str(fraction)]["mtz"]["layers"], title=f"MTZ sharing {fraction:g}")
+    plots.sharing_bars(out / "sharing.png", report["zipped"][str(fraction)][config.retrain_method]["layers"],
+                       title=f"{config.retrain_method} sharing {fraction:g}")
     report["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
@@ -174,7 +182,7 @@ def render_markdown(report: dict) -> str:
                 f"| {float(fraction):.2f} | {method} | {r['accuracy'][0]:.2f} | {r['accuracy'][1]:.2f} | "
                 f"{sum(r['drop']) / 2:.2f} | {r['params']:,} | {r['zip_seconds']:.2f} |"
             )
-    lines += ["", "## After light joint retraining (MTZ)", "",
+    lines += ["", f"## After light joint retraining ({report.get('retrain_method', 'mtz')})", "",
               f"| sharing | steps | steps / one original's training | {tasks[0]} | {tasks[1]} | drop |", "|---|---|---|---|---|---|"]
     for fraction, r in report["retrained"].items():
         lines.append(

@@ -14,6 +14,7 @@ from tfmot_zip.cli.errors import EXIT_OK
 from tfmot_zip.cli.files import check_model_path, check_output_dir, check_output_file, file_size, load_model_file, npz_files
 from tfmot_zip.cli.inputs import FASHION_MNIST as _FM
 from tfmot_zip.cli.inputs import accuracy_of, check_inputs_fit, check_labels_fit, load_specs, parse_sharing, per_model_specs
+from tfmot_zip.zipping.options import DEFAULT_METHOD
 
 __all__ = ["NAME", "HELP", "DESCRIPTION", "EXAMPLE", "add_arguments", "zip_with_progress", "run"]
 
@@ -42,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inputs to compute layer Hessians: one spec per model, or one for all")
     parser.add_argument("--sharing", default="1.0",
                         help="fraction of each hidden layer to share (0..1), or LAYER=F,LAYER=F (default 1.0)")
-    parser.add_argument("--method", default="mtz", help="mtz (default), euclidean, random or activation")
+    parser.add_argument("--method", default=DEFAULT_METHOD,
+                        help=f"{DEFAULT_METHOD} (default: MTZ, then the layer and head refits), mtz (the paper's method alone), "
+                             "mtz-centered, euclidean, random or activation")
     parser.add_argument("--selection", default="hungarian", help="hungarian (default) or greedy")
     parser.add_argument("--damping", type=float, default=1e-4, help="relative damping of the layer Hessians (default 1e-4)")
     parser.add_argument("--calibration-samples", type=int, default=10_000, metavar="N",

@@ -19,7 +19,7 @@ from tfmot_zip.model.strip import strip_zipping
 from tfmot_zip.zipping.schedules import ZipSchedule
 from tfmot_zip.zipping.budget import Budget, allocate_budget
 from tfmot_zip.zipping.report import LayerSummary, ZipReport
-from tfmot_zip.zipping.options import ZipOptions
+from tfmot_zip.zipping.options import DEFAULT_METHOD, ZipOptions, resolve_method
 from tfmot_zip.zipping.refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.repair import repair_statistics
@@ -108,7 +108,7 @@ def zip_models(
     *models: keras.Model,
     calibration_data: Sequence[Any],
     sharing: "float | Mapping[str, float] | Budget" = 1.0,
-    method: str = "mtz",
+    method: str = DEFAULT_METHOD,
     selection: str = "hungarian",
     damping: float = 1e-4,
     merged_hessian: str = "sum_of_inverses",
@@ -120,9 +120,9 @@ def zip_models(
     seed: int = 0,
     schedule: "ZipSchedule | None" = None,
     recalibrate_batchnorm: bool | str = True,
-    refit_layers: bool = False,
-    refit_heads: bool = False,
-    repair: bool = False,
+    refit_layers: bool | None = None,
+    refit_heads: bool | None = None,
+    repair: bool | None = None,
     verbose: bool = False,
     progress: "bool | Callable[[int, int, str], None] | None" = None,
 ) -> keras.Model:
@@ -142,8 +142,11 @@ def zip_models(
             one) is zipped alone at a few fractions to measure its output drift, and the sharing
             that meets the budget at the least drift is chosen; ``zip_summary(model).budget``
             gives the allocation (docs/BUDGET.md).
-        method: "mtz" (Hessian-based, the paper's), or the baselines "euclidean", "random"
-            and "activation" (ZipIt!-style feature correlation), whose pairs are averaged.
+        method: "mtz+refits" (the default: MTZ followed by the layer and head refits below, the
+            best one-shot recipe measured in docs/RESULTS.md; with a schedule it zips with MTZ alone),
+            "mtz" (Hessian-based, exactly the paper's method), "mtz-centered", or the baselines
+            "euclidean", "random" and "activation" (ZipIt!-style feature correlation), whose pairs
+            are averaged.
         selection: "hungarian" (exact minimum-total-cost matching; the default, because it
             loses less accuracy at full sharing: see docs/RESULTS.md) or "greedy" (the paper's).
         damping: relative damping of the layer Hessians.
@@ -175,10 +178,12 @@ def zip_models(
         refit_layers: after zipping, re-solve every merged hidden layer bottom-up by damped least
             squares from the inputs the zipped network gives it to each task's original
             pre-activations, jointly over the tasks sharing a unit (beyond the paper; one-shot only).
+            None (default): as ``method`` says (on for "mtz+refits", off otherwise).
         refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
             the zipped network's features to the original model's pre-activations on the
             calibration data (beyond the paper; costs no parameters; one-shot zipping only).
-        repair: after zipping, give every merged unit, per task, the mean and standard deviation
+            None (default): as ``method`` says.
+        repair: True: after zipping, give every merged unit, per task, the mean and standard deviation
             of its original unit on the calibration data: a per-task affine on the pre-activation,
             bottom-up (REPAIR; beyond the paper; one-shot only; docs/REFIT.md). With
             ``refit_layers=True`` the two run layer by layer: refit a layer, repair it, then the next.
@@ -214,12 +219,14 @@ def zip_models(
             f"schedule must be a tfmot_zip.LayerwiseSchedule or OneShotSchedule (or None to zip now); "
             f"received {schedule!r}."
         )
+    deferred = schedule is not None
+    method, steps = resolve_method(method, deferred, refit_layers=refit_layers, refit_heads=refit_heads, repair=repair)
+    refit_layers, refit_heads, repair = steps["refit_layers"], steps["refit_heads"], steps["repair"]
     options = ZipOptions(
         method=method, selection=selection, damping=damping, merged_hessian=merged_hessian,
         conv_hessian=conv_hessian, calibration_samples=calibration_samples, max_conv_rows=max_conv_rows, seed=seed,
         recalibrate_batchnorm=recalibrate_batchnorm, refit_layers=refit_layers, refit_heads=refit_heads, repair=repair, schedule=None if schedule is None else schedule.get_config(),
     )
-    deferred = schedule is not None
     if deferred and calibration_data is not None and any(d is not None for d in _entries(calibration_data)):
         raise ValueError(
             "With a schedule, zip_models takes calibration_data=None: the Hessians come from the training "
@@ -308,12 +315,13 @@ def zip_models(
     acts = None
     if changed and (options.refit_layers or options.repair or options.refit_heads):
         acts = ZipActivations(zipped, graph.models, calibration, merged=zipper.activations())
+    refit_rows = {"max_conv_rows": options.max_conv_rows, "seed": options.seed}
     if options.refit_layers and options.repair and changed:
         for node in graph.hidden_zip_nodes():  # interleaved: each refit sees the repaired layers below
-            refit_layers_(zipped, graph, calibration, layers=[node.name], activations=acts)
+            refit_layers_(zipped, graph, calibration, layers=[node.name], activations=acts, **refit_rows)
             repaired.update(repair_statistics(zipped, graph, calibration, layers=[node.name], activations=acts))
     elif options.refit_layers and changed:
-        refit_layers_(zipped, graph, calibration, activations=acts)
+        refit_layers_(zipped, graph, calibration, activations=acts, **refit_rows)
     elif options.repair and changed:
         repaired = repair_statistics(zipped, graph, calibration, activations=acts)
     if options.recalibrate_batchnorm and changed and has_batchnorm:

@@ -16,11 +16,55 @@ import numpy as np
 from tfmot_zip.core.selection import SELECTORS
 from tfmot_zip.core.strategies import STRATEGIES
 
-__all__ = ["ZipOptions", "MERGED_HESSIANS", "CONV_HESSIANS"]
+__all__ = ["ZipOptions", "MERGED_HESSIANS", "CONV_HESSIANS", "RECIPES", "DEFAULT_METHOD", "resolve_method"]
 
 MERGED_HESSIANS = ("sum_of_inverses", "exact")
 CONV_HESSIANS = ("auto", "exact", "block")
 BATCHNORM_MODES = ("layerwise", "end")
+
+
+#: Named recipes: a pairing and merge strategy of ``STRATEGIES`` followed by the steps beyond the
+#: paper that it switches on (docs/REFIT.md). ``"mtz"`` alone stays exactly the paper's method.
+RECIPES: dict[str, tuple[str, dict[str, bool]]] = {
+    "mtz+refits": ("mtz", {"refit_layers": True, "refit_heads": True}),
+}
+#: What ``zip_models`` uses when no method is given: the best one-shot recipe measured (docs/RESULTS.md).
+DEFAULT_METHOD = "mtz+refits"
+_STEPS = ("refit_layers", "refit_heads", "repair")
+
+
+def resolve_method(method: str, deferred: bool = False, **steps: bool | None) -> tuple[str, dict[str, bool]]:
+    """The strategy and the post-zip steps that ``method`` (a strategy or a recipe) asks for.
+
+    ``steps`` are the caller's ``refit_layers``, ``refit_heads`` and ``repair``: ``None`` takes the
+    recipe's value, ``True``/``False`` override it. The refits and the repair work in one-shot
+    zipping only, so with a schedule (``deferred``) a recipe zips with its strategy alone; a step
+    asked for explicitly is kept (and refused later, with a message saying why).
+
+    Example:
+        >>> resolve_method("mtz+refits")
+        ('mtz', {'refit_layers': True, 'refit_heads': True, 'repair': False})
+        >>> resolve_method("mtz+refits", refit_heads=False)[1]["refit_heads"]
+        False
+        >>> resolve_method("mtz+refits", deferred=True)
+        ('mtz', {'refit_layers': False, 'refit_heads': False, 'repair': False})
+        >>> resolve_method("euclidean", repair=True)
+        ('euclidean', {'refit_layers': False, 'refit_heads': False, 'repair': True})
+    """
+    unknown = [k for k in steps if k not in _STEPS]
+    if unknown:
+        raise TypeError(f"resolve_method got unknown steps {unknown}; expected some of {list(_STEPS)}.")
+    if not isinstance(method, str) or (method not in STRATEGIES and method not in RECIPES):
+        raise ValueError(
+            f"Unknown method {method!r}; expected one of {sorted(STRATEGIES) + sorted(RECIPES)} "
+            f"(the default, {DEFAULT_METHOD!r}, is MTZ followed by the layer and head refits; 'mtz' is the paper's method alone)."
+        )
+    strategy, implied = RECIPES.get(method, (method, {}))
+    resolved = {}
+    for name in _STEPS:
+        given = steps.get(name)
+        resolved[name] = bool(implied.get(name, False) and not deferred) if given is None else given
+    return strategy, resolved
 
 
 def _is_int(value: Any) -> bool:

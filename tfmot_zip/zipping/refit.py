@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.core.hessian import extract_patches
+from tfmot_zip.core.hessian import conv_output_shape, extract_patches_at
 from tfmot_zip.core.refit import LinearRefit, refit_shared_columns
 from tfmot_zip.model.graph import ModelGraph
 from tfmot_zip.zipping.activations import ZipActivations
@@ -74,12 +74,32 @@ def refit_heads(
     return refit_names
 
 
-def _linear_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """A copy of a Dense/Conv2D layer without its activation (its pre-activation)."""
-    copy = type(layer).from_config({**layer.get_config(), "activation": "linear", "name": f"{layer.name}_linear"})
-    copy.build(layer.input_shape)
-    copy.set_weights(layer.get_weights())
-    return copy
+def _row_blocks(merged: np.ndarray, original: np.ndarray, layer: keras.layers.Layer, original_layer: keras.layers.Layer,
+                is_conv: bool, batch_size: int, max_rows: int | None, rng: np.random.Generator):
+    """Yields ``(x, y)`` blocks: rows of the layer's merged inputs (conv: patch rows) and the original
+    layer's pre-activations on the same rows (``original @ kernel + bias``, patch by patch for a
+    convolution). A convolution uses at most ``max_rows`` patch rows (drawn evenly at random)."""
+    original_kernel, *rest = original_layer.get_weights()
+    original_kernel = original_kernel.reshape(-1, original_kernel.shape[-1]).astype(np.float64)
+    original_bias = rest[0].astype(np.float64) if rest else 0.0
+    if not is_conv:
+        for start in range(0, len(merged), batch_size):
+            x = np.asarray(merged[start : start + batch_size], np.float64)
+            y = np.asarray(original[start : start + batch_size], np.float64)
+            yield x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]) @ original_kernel + original_bias
+        return
+    geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
+    available = len(merged) * int(np.prod(conv_output_shape(merged.shape[1:3], *geometry)))
+    if max_rows is not None and available > max_rows:
+        rows = np.sort(rng.choice(available, size=max_rows, replace=False))
+    else:
+        rows = np.arange(available)
+    block = max(1, 16_000_000 // (original_kernel.shape[0] + layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2]))
+    for start in range(0, len(rows), block):
+        chosen = rows[start : start + block]
+        x = extract_patches_at(merged, *geometry, rows=chosen).astype(np.float64)
+        y = extract_patches_at(original, *geometry, rows=chosen).astype(np.float64) @ original_kernel + original_bias
+        yield x, y
 
 
 def refit_layers(
@@ -90,6 +110,8 @@ def refit_layers(
     batch_size: int = 500,
     layers: Sequence[str] | None = None,
     activations: ZipActivations | None = None,
+    max_conv_rows: int | None = 200_000,
+    seed: int = 0,
 ) -> list[str]:
     """Re-solves the weights of every hidden zip layer of ``zipped`` in place, bottom-up.
 
@@ -101,6 +123,9 @@ def refit_layers(
         batch_size: samples per forward pass.
         layers: refit only these hidden layers (names), still bottom-up; None: all.
         activations: the zip's activation caches (None: built here).
+        max_conv_rows: at most this many patch rows (samples x output positions) per task and
+            convolution enter its least squares (drawn evenly at random beyond it); None: all.
+        seed: seeds that draw.
 
     Returns:
         The names of the layers refit.
@@ -129,15 +154,10 @@ def refit_layers(
             in_map, out_map = layer.get_maps(task)
             ids = (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
             ids = np.append(ids, rows)  # the bias coordinate
-            preactivation = _linear_copy(original_layer)
             merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
-            for start in range(0, len(merged), batch_size):
-                x = np.asarray(merged[start : start + batch_size], np.float64)
-                y = np.asarray(preactivation(original[start : start + batch_size]), np.float64)
-                if is_conv:
-                    x = extract_patches(x, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
-                y = y.reshape(-1, y.shape[-1])
-                x = np.hstack([x.reshape(len(x), -1), np.ones((len(x), 1))])
+            rng = np.random.default_rng([seed, node.index, task])
+            for x, y in _row_blocks(merged, original, layer, original_layer, is_conv, batch_size, max_conv_rows, rng):
+                x = np.hstack([x, np.ones((len(x), 1))])
                 grams[task][np.ix_(ids, ids)] += x.T @ x
                 crosses[task][np.ix_(ids, out_map)] += x.T @ y
         owners = layer.unit_tasks()

@@ -1,0 +1,75 @@
+"""The default recipe, ``method="mtz+refits"``: MTZ then both refits; ``method="mtz"`` stays the paper's."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tfmot_zip
+from builders import calib, cnn, mlp
+from tfmot_zip.zipping.options import DEFAULT_METHOD, RECIPES, resolve_method
+from tfmot_zip.core.strategies import STRATEGIES
+
+STEPS = ("refit_layers", "refit_heads", "repair")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    method=st.sampled_from(sorted(STRATEGIES) + sorted(RECIPES)),
+    deferred=st.booleans(),
+    given_steps=st.fixed_dictionaries({name: st.sampled_from([None, True, False]) for name in STEPS}),
+)
+def test_resolve_method_takes_the_recipe_unless_a_step_is_given(method, deferred, given_steps):
+    strategy, steps = resolve_method(method, deferred, **given_steps)
+    base, implied = RECIPES.get(method, (method, {}))
+    assert strategy == base and strategy in STRATEGIES
+    for name in STEPS:
+        if given_steps[name] is not None:  # an explicit choice always wins (a schedule refuses it later)
+            assert steps[name] is given_steps[name]
+        else:  # the recipe's steps are one-shot: dropped under a schedule; plain strategies have none
+            assert steps[name] is (bool(implied.get(name)) and not deferred)
+
+
+def test_resolve_method_refuses_an_unknown_method_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"Unknown method 'mtz\+refit'.*'mtz\+refits'.*paper's method alone"):
+        resolve_method("mtz+refit")
+    with pytest.raises(ValueError, match="Unknown method 3"):
+        resolve_method(3)
+
+
+def _same_weights(one, other):
+    for a, b in zip(one.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("builder,shape", [(mlp, (6, 6, 1)), (lambda seed: cnn(seed, bn=True), (10, 10, 1))])
+def test_default_is_mtz_followed_by_both_refits(rng, builder, shape):
+    a, b = builder(41), builder(42)
+    data = (calib(rng, 200, shape), calib(rng, 200, shape))
+    assert DEFAULT_METHOD == "mtz+refits"
+    default = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0)
+    explicit = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, method="mtz", refit_layers=True, refit_heads=True)
+    paper = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, method="mtz")
+    _same_weights(default, explicit)
+    assert default.get_layer("fc1").zip_record["options"]["refit_layers"] is True
+    assert paper.get_layer("fc1").zip_record["options"]["refit_layers"] is False
+    # The refits moved the weights away from the paper's update, and brought each task's outputs
+    # closer to its original model's on the calibration data.
+    assert any(not np.array_equal(x, y) for x, y in zip(default.get_weights(), paper.get_weights()))
+    for task, (model, x) in enumerate(zip((a, b), data)):
+        want = model.predict(x, verbose=0)
+        error = {name: np.mean((z.predict(list(data), verbose=0)[task] - want) ** 2)
+                 for name, z in (("default", default), ("paper", paper))}
+        assert error["default"] < error["paper"]
+    # Turning one step off keeps the other.
+    no_heads = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, refit_heads=False)
+    layers_only = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, method="mtz", refit_layers=True)
+    _same_weights(no_heads, layers_only)
+
+
+def test_default_under_a_schedule_zips_with_mtz_alone(rng):
+    a, b = mlp(43), mlp(44)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=None, schedule=tfmot_zip.OneShotSchedule())
+    options = zipped.get_layer("fc1").zip_options
+    assert options["method"] == "mtz" and not options["refit_layers"] and not options["refit_heads"]
+    with pytest.raises(ValueError, match="one-shot zipping"):
+        tfmot_zip.zip_models(a, b, calibration_data=None, refit_layers=True, schedule=tfmot_zip.OneShotSchedule())
