@@ -73,3 +73,28 @@ def test_default_under_a_schedule_zips_with_mtz_alone(rng):
     assert options["method"] == "mtz" and not options["refit_layers"] and not options["refit_heads"]
     with pytest.raises(ValueError, match="one-shot zipping"):
         tfmot_zip.zip_models(a, b, calibration_data=None, refit_layers=True, schedule=tfmot_zip.OneShotSchedule())
+
+
+@pytest.mark.parametrize("max_conv_rows", [None, 600])
+def test_layer_refit_targets_are_the_original_preactivations(rng, max_conv_rows):
+    """Nothing shared: the inputs are the originals', so the least squares (every patch row, or a
+    random subset of them) recovers each original convolution and Dense layer exactly; a wrong
+    patch order, padding or bias in the targets would not."""
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping.refit import refit_layers
+
+    a, b = cnn(45), cnn(46, filters=(3, 5))
+    data = [calib(rng, 200, (10, 10, 1)), calib(rng, 150, (10, 10, 1))]  # more samples than fc1 has inputs
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=0.0, method="mtz")
+    for name in ("conv1", "conv2", "fc1"):  # perturb, so that the refit has something to undo
+        layer = zipped.get_layer(name)
+        layer.kernel.assign(layer.kernel + 0.1)
+    assert refit_layers(zipped, align_models([a, b]), data, damping=1e-12, max_conv_rows=max_conv_rows) == ["conv1", "conv2", "fc1"]
+    # With a sample of the rows, a ReLU-dead input channel of conv2 may have no non-zero row left
+    # (nothing to fit: it keeps the prior), so only conv1, on the raw images, is checked then.
+    for task, model in enumerate((a, b)):
+        for name in ("conv1", "conv2", "fc1") if max_conv_rows is None else ("conv1",):
+            kernel, bias = zipped.get_layer(name).get_task_weights(task)
+            want_kernel, want_bias = model.get_layer(name).get_weights()
+            np.testing.assert_allclose(kernel, want_kernel, atol=2e-4)
+            np.testing.assert_allclose(bias, want_bias, atol=2e-4)
