@@ -16,7 +16,7 @@ from tfmot_zip.io import atomic_write_bytes, check_writable_dir
 
 __all__ = ["render_markdown", "write_plots", "mean_drop", "best_baseline"]
 
-from benchmarks.scenarios import BASELINE_METHODS
+from benchmarks.scenarios import strategy
 
 MTZ = "mtz-hungarian"
 #: One colour per strategy in every plot.
@@ -43,7 +43,7 @@ def best_baseline(rows: Sequence[dict], phase: str = "retrained") -> Optional[st
     over the fractions it has."""
     scores: dict[str, list[float]] = {}
     for row in rows:
-        if row["method"] not in BASELINE_METHODS or row.get("options") or row.get(phase) is None:
+        if not strategy(row["strategy"]).is_baseline or row.get(phase) is None:
             continue
         scores.setdefault(row["strategy"], []).append(mean_drop(row[phase]["drop"]))
     if not scores:

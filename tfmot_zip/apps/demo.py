@@ -20,7 +20,7 @@ __all__ = ["DemoConfig", "RECIPES", "run_demo", "render_markdown"]
 #: Named ways to zip: ``zip_models`` keyword arguments. "mtz" is the paper's method exactly.
 RECIPES: dict[str, dict] = {
     "mtz": {"method": "mtz"},
-    "mtz+refits": {"method": "mtz", "refit_layers": True, "refit_heads": True},
+    "mtz+refits": {"method": "mtz+refits"},
     "euclidean": {"method": "euclidean"},
 }
 
