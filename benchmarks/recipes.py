@@ -1,10 +1,12 @@
 """Any recipe of zip_models options on a zoo pair, one JSON line per (sharing, recipe): mean drop
 right after zipping (no retraining), 10,000 calibration images per task, full test splits.
 
-Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPAIR[,...] SHARING[,...] [IMAGES]
+Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPAIR[,...] SHARING[,...] [IMAGES [HELDOUT]]
   e.g. benchmarks/recipes.py lenet_300_100 same euclidean:1:1,mtz:1:0 0.5,1.0
   (REFITS 1: refit_layers and refit_heads; REPAIR 1: repair=True; IMAGES: calibration images per task,
-  default 10,000)
+  default 10,000; HELDOUT: measure on that many training images after the calibration images, with the
+  originals' accuracy on them, instead of the test splits: choosing between recipes there is not tuning
+  on the test set)
 """
 import json
 import os
@@ -21,9 +23,17 @@ variants = [tuple((v + ":0:0").split(":")[:3]) for v in sys.argv[3].split(",")] 
 sharings = [float(s) for s in sys.argv[4].split(",")]
 tasks, trained = load_pair(arch, pair)
 models = [t.model for t in trained]
-orig = [t.test_accuracy for t in trained]
-calib = [t.x_train[: int(sys.argv[5]) if len(sys.argv) > 5 else 10000] for t in tasks]
-tests = [(t.x_test, t.y_test) for t in tasks]
+images = int(sys.argv[5]) if len(sys.argv) > 5 else 10000
+calib = [t.x_train[:images] for t in tasks]
+if len(sys.argv) > 6:  # held-out training images
+    held = int(sys.argv[6])
+    tests = [(t.x_train[images:images + held], t.y_train[images:images + held]) for t in tasks]
+    if any(len(x) < held for x, _ in tests):
+        sys.exit(f"HELDOUT={held}: a task has only {min(len(x) for x, _ in tests)} training images after the first {images}.")
+    orig = [training.accuracy(m.predict(x, verbose=0), y) for m, (x, y) in zip(models, tests)]
+else:
+    tests = [(t.x_test, t.y_test) for t in tasks]
+    orig = [t.test_accuracy for t in trained]
 print("originals", orig, flush=True)
 for sharing in sharings:
     for method, refit, rep in variants:
