@@ -10,9 +10,9 @@ from pam_fixtures import models, data, separate_nets  # noqa: F401  (pytest fixt
 
 
 def test_merge_and_prune_never_grows_a_task_path(models, data):
-    # targets of 0 accept the most aggressive threshold and every pruning round
+    # targets of 0 accept the most aggressive threshold and every pruning round (at most max_rounds)
     result = pam.merge_and_prune(models, data, data, targets=[0.0] * 3, task_names=NAMES, thresholds=(10.0,),
-                                 finetune_steps=2, prune_steps=2)
+                                 finetune_steps=2, prune_steps=2, max_rounds=3)
     assert result.threshold == 10.0 and result.tried[0]["accepted"]
     merged, pruned = result.merged.subset_costs(), result.net.subset_costs()
     for t, sep in zip(NAMES, result.separate):
@@ -30,15 +30,15 @@ def test_merge_and_prune_never_grows_a_task_path(models, data):
 def test_merge_and_prune_retries_a_threshold_with_failing_tasks_kept_separate(models, data, separate_nets):
     # b can never reach 101%: the threshold is retried once with b kept out, then given up
     result = pam.merge_and_prune(models, data, data, targets=[0.0, 101.0, 0.0], task_names=NAMES, thresholds=(10.0,),
-                                 finetune_steps=1, prune_steps=1, separate=separate_nets)
+                                 finetune_steps=1, prune_steps=1, max_rounds=1, separate=separate_nets)
     assert [(t["threshold"], t["kept_separate"], t["accepted"]) for t in result.tried] == [(10.0, [], False), (10.0, ["b"], False)]
     assert result.threshold is None and result.kept_separate == []
     plain = pam.merge_and_prune(models, data, data, targets=[0.0, 101.0, 0.0], task_names=NAMES, thresholds=(10.0,),
-                                finetune_steps=1, prune_steps=1, separate=separate_nets, protect=False)
+                                finetune_steps=1, prune_steps=1, max_rounds=1, separate=separate_nets, protect=False)
     assert len(plain.tried) == 1
     # candidates run fewest all-tasks FLOPs first, whatever order they are given in
     order = pam.merge_and_prune(models, data, data, targets=[101.0] * 3, task_names=NAMES, thresholds=(0.0, 10.0),
-                                finetune_steps=1, prune_steps=1, separate=separate_nets, protect=False)
+                                finetune_steps=1, prune_steps=1, max_rounds=1, separate=separate_nets, protect=False)
     assert [t["threshold"] for t in order.tried] == [10.0, 0.0]
     assert order.tried[0]["flops"] < order.tried[1]["flops"]
 

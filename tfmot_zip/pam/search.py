@@ -89,6 +89,7 @@ def merge_and_prune(
     separate: Sequence[GroupedNetwork] | None = None,
     protect: bool = True,
     verbose: bool = False,
+    max_rounds: int = 30,
 ) -> PamResult:
     """Pruning-aware merge: prune each task's network, merge the survivors into subset groups, prune again.
 
@@ -119,6 +120,7 @@ def merge_and_prune(
         separate: already pruned one-task networks (skips step 1).
         protect: queue a failed candidate again with the tasks that missed their targets kept separate.
         verbose: print each stage.
+        max_rounds: at most this many pruning rounds per network (each pruning of step 1 and 3).
 
     Returns:
         A :class:`PamResult`.
@@ -134,7 +136,8 @@ def merge_and_prune(
         )
     if separate is None:
         separate = [
-            prune_structured(separate_network(m, n), [tr], [va], [tg], finetune_steps=prune_steps, verbose=verbose)
+            prune_structured(separate_network(m, n), [tr], [va], [tg], finetune_steps=prune_steps, verbose=verbose,
+                             max_rounds=max_rounds)
             for m, n, tr, va, tg in zip(models, names, train_sets, val_sets, targets)
         ]
     calibration = [x for x, _ in train_sets]
@@ -168,5 +171,5 @@ def merge_and_prune(
     if merged is None:  # keep the separate networks side by side (no sharing, never worse)
         merged = merge_pruned_networks(separate, calibration, max_relative_error=0.0)
     pruned = prune_structured(merged.copy(), train_sets, val_sets, targets, finetune_steps=prune_steps,
-                              learning_rate=5e-4, verbose=verbose)
+                              learning_rate=5e-4, verbose=verbose, max_rounds=max_rounds)
     return PamResult(pruned, list(separate), chosen, tried, merged, list(kept))
