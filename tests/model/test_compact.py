@@ -221,7 +221,7 @@ def test_compact_generated_models(spec, tmp_path):
     calibration = tuple(calib(rng, 32, shape) for _ in models)
     xs = [calib(rng, 5, shape) for _ in models]
     zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=spec["sharing"], repair=spec["repair"],
-                                  progress=False)
+                                  progress=False, method="mtz")  # structure only: the paper's method, no refits (faster)
     equal = all(not any(o) for o in spec["offsets"])
     compact = check_compact(zipped, xs, str(tmp_path), equal_widths=equal and spec["sharing"] == 1.0)
     if spec["sharing"] == 0.0:  # nothing shared: nothing to drop
@@ -237,7 +237,7 @@ def test_compact_tiny_resnets(n_models, sharing, tmp_path):
     rng = np.random.default_rng(1)
     calibration = tuple(calib(rng, 32, (8, 8, 1)) for _ in models)
     xs = [calib(rng, 6, (8, 8, 1)) for _ in models]
-    zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=sharing, progress=False)
+    zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=sharing, progress=False, method="mtz")
     compact = check_compact(zipped, xs, str(tmp_path), equal_widths=sharing == 1.0)
     plan = unit_renumbering(zipped)
     # one numbering per residual stream: the stem, b1_conv2 and b2's writers share theirs
@@ -257,7 +257,7 @@ def test_zoo_pairs_compact_to_the_stripped_size(arch, tmp_path):
     calibration = tuple(calib(rng, 48, (28, 28, 1)) for _ in range(2))
     xs = [calib(rng, 4, (28, 28, 1)) for _ in range(2)]
     for sharing in (1.0, 0.5):
-        zipped = tfmot_zip.zip_models(a, b, calibration_data=calibration, sharing=sharing, progress=False)
+        zipped = tfmot_zip.zip_models(a, b, calibration_data=calibration, sharing=sharing, progress=False, method="mtz")
         compact = check_compact(zipped, xs, str(tmp_path), equal_widths=sharing == 1.0)
         stripped = tfmot_zip.strip_zipping(compact).count_params()
         print(f"{arch} sharing {sharing}: zipped {zipped.count_params():,}  compact {compact.count_params():,} "
