@@ -122,8 +122,10 @@ def test_verify_detects_a_mismatch(setup):
     other = keras.models.clone_model(setup["plain"])
     weights = setup["plain"].get_weights()
     other.set_weights([w + 0.05 for w in weights])
-    with pytest.raises(TFLiteVerificationError, match="max \\|tflite - keras\\|"):
+    with pytest.raises(TFLiteVerificationError, match="max \\|tflite - keras\\|") as err:
         verify_tflite(setup["float_tflite"], other, setup["x"])
+    # a float file's failure names float32 rounding and the looser bound, not int8 calibration
+    assert "Tolerance(max_abs=1e-3)" in str(err.value) and "calibrate" not in str(err.value)
     # A looser explicit tolerance accepts what the default rejects.
     report = verify_tflite(setup["float_tflite"], other, setup["x"], tolerance=Tolerance(max_abs=1.0))
     assert report[ALL_TASKS]["max_abs_error"] > TOLERANCES[None].max_abs

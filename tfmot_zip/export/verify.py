@@ -213,7 +213,12 @@ def verify_tflite(
         raise TFLiteVerificationError(
             f"TFLite model disagrees with Keras model {keras_model.name!r} (quantize={quantize!r}, "
             f"tolerance {bound}): " + "; ".join(failures) + ". Check that the file was exported from "
-            "this model with this quantize mode; for int8, calibrate with more representative data "
-            "(or use quantization-aware training), or pass a looser tolerance=Tolerance(...)."
+            "this model with this quantize mode; " + (
+                "a float file of a deep network (tens of layers, large activations) can differ from Keras by "
+                "float32 rounding of about 1e-4 of the output scale, which the default 1e-5 does not allow: "
+                "if the argmax agrees, pass tolerance=Tolerance(max_abs=1e-3)." if quantize is None else
+                "for quantized files, calibrate with more representative data (or use quantization-aware "
+                "training), or pass a looser tolerance=Tolerance(...)."
+            )
         )
     return report
