@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pam_fixtures import NAMES
 from tfmot_zip import pam
@@ -48,3 +49,14 @@ def test_default_thresholds_add_conv_only_candidates(separate_nets):
     conv_only = pam.merge_pruned_networks(separate_nets, [np.ones((4, 8, 8, 1), np.float32)] * 3,
                                           max_relative_error={"conv": 10.0})
     assert conv_only.group_sizes()[1] == {"a": 5, "b": 5, "c": 5, "name": "fc"}  # dense units stay per task
+
+
+
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3), st.none()))
+def test_a_round_limit_that_prunes_nothing_is_refused_before_any_work(models, data, bad):
+    # without the check, max_rounds=0 would return the models unpruned as if pruning had found nothing
+    with pytest.raises(ValueError, match=r"max_rounds must be a positive integer .*received .*Pass 1 or more"):
+        pam.merge_and_prune(models, data, data, targets=[0.0] * 3, task_names=NAMES, max_rounds=bad)

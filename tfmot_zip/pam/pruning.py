@@ -21,7 +21,7 @@ from tfmot_zip.pam.network import GroupedNetwork, block_name
 from tfmot_zip.pam.train import evaluate, finetune, joint_batches
 from tfmot_zip.training import compile_multitask
 
-__all__ = ["taylor_importance", "unit_costs", "prune_step", "prune_structured", "prune_unstructured"]
+__all__ = ["taylor_importance", "unit_costs", "prune_step", "prune_structured", "prune_unstructured", "check_max_rounds"]
 
 
 def taylor_importance(
@@ -184,6 +184,21 @@ def prune_step(net: GroupedNetwork, scores: dict, fraction: float) -> GroupedNet
     return net.drop_dead_groups()
 
 
+def check_max_rounds(max_rounds: int) -> None:
+    """Refuses a pruning round limit that would silently prune nothing (or is not a count).
+
+    Example:
+        >>> check_max_rounds(3)
+        >>> check_max_rounds(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_rounds must be a positive integer (the most pruning rounds per network); received 0. Pass 1 or more (default 30).
+    """
+    if isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer)) or max_rounds < 1:
+        raise ValueError(f"max_rounds must be a positive integer (the most pruning rounds per network); "
+                         f"received {max_rounds!r}. Pass 1 or more (default 30).")
+
+
 def prune_structured(
     net: GroupedNetwork,
     train_sets: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -208,6 +223,7 @@ def prune_structured(
     """
     if len(targets) != len(net.task_names) or len(val_sets) != len(net.task_names):
         raise ValueError(f"Expected one target and one validation set per task ({len(net.task_names)}).")
+    check_max_rounds(max_rounds)
     best = net.copy()
     for round_index in range(max_rounds):
         if fraction < min_fraction:

@@ -16,7 +16,7 @@ import numpy as np
 from tfmot_zip.compat import keras
 from tfmot_zip.pam.merging import merge_pruned_networks
 from tfmot_zip.pam.network import GroupedNetwork
-from tfmot_zip.pam.pruning import prune_structured
+from tfmot_zip.pam.pruning import check_max_rounds, prune_structured
 from tfmot_zip.pam.reading import separate_network
 from tfmot_zip.pam.train import evaluate, finetune
 
@@ -134,6 +134,7 @@ def merge_and_prune(
             f"{len(models)} models, {len(names)} names, {len(train_sets)} train sets, {len(val_sets)} validation "
             f"sets, {len(targets)} targets."
         )
+    check_max_rounds(max_rounds)  # before any pruning or merging work
     if separate is None:
         separate = [
             prune_structured(separate_network(m, n), [tr], [va], [tg], finetune_steps=prune_steps, verbose=verbose,
