@@ -51,9 +51,6 @@ def test_default_thresholds_add_conv_only_candidates(separate_nets):
     assert conv_only.group_sizes()[1] == {"a": 5, "b": 5, "c": 5, "name": "fc"}  # dense units stay per task
 
 
-
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bad=st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3), st.none()))
 def test_a_round_limit_that_prunes_nothing_is_refused_before_any_work(models, data, bad):
