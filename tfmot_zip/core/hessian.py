@@ -21,6 +21,7 @@ __all__ = [
     "invert_hessian",
     "extract_patches",
     "extract_patches_at",
+    "gather_patches",
     "conv_output_size",
     "conv_output_shape",
 ]
@@ -350,3 +351,50 @@ def extract_patches_at(
     offsets = ((np.arange(kh) * dh)[:, None] * wp + (np.arange(kw) * dw)[None, :]).reshape(-1)
     patches = np.take(flat, base[:, None] + offsets[None, :], axis=0)
     return patches.reshape(len(rows), kh * kw * channels)
+
+
+def gather_patches(
+    images,
+    kernel_size: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    padding: str = "valid",
+    dilation: Sequence[int] = (1, 1),
+    rows: np.ndarray | None = None,
+    max_images: int = 256,
+) -> np.ndarray:
+    """:func:`extract_patches_at` on any array that reads by sample ranges (``images[a:b]``, e.g. a
+    file-backed array), reading at most ``max_images`` samples at a time.
+
+    The result equals ``extract_patches_at(np.asarray(images), ..., rows=rows)`` element for
+    element, but only the samples the rows fall in are read, so the memory it needs is that of the
+    rows plus ``max_images`` samples, however long ``images`` is.
+
+    Example:
+        >>> x = np.arange(64, dtype=float).reshape(4, 4, 4, 1)
+        >>> rows = np.array([13, 1, 7])
+        >>> got = gather_patches(x, (2, 2), strides=(2, 2), rows=rows, max_images=1)
+        >>> bool(np.array_equal(got, extract_patches_at(x, (2, 2), strides=(2, 2), rows=rows)))
+        True
+    """
+    if not (isinstance(max_images, (int, np.integer)) and max_images >= 1):
+        raise ValueError(f"max_images must be a positive integer; received {max_images!r}.")
+    n, shape = len(images), tuple(images.shape[1:])
+    probe = np.zeros((1,) + shape, np.float32)
+    _, (kh, kw), _, _, (oh, ow) = _conv_setup(probe, kernel_size, strides, padding, dilation)
+    per_image = oh * ow
+    rows = np.arange(n * per_image) if rows is None else np.asarray(rows, np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n * per_image):
+        raise ValueError(f"Patch rows must lie in [0, {n * per_image}); received rows from {rows.min()} to {rows.max()}.")
+    out = np.empty((len(rows), kh * kw * shape[-1]), dtype=np.dtype(getattr(images, "dtype", np.float32)))
+    sample = rows // per_image
+    order = np.argsort(sample, kind="stable")
+    by_sample = sample[order]
+    for start in range(0, n, max_images):
+        lo, hi = np.searchsorted(by_sample, [start, start + max_images])
+        if lo == hi:
+            continue
+        first, last = int(by_sample[lo]), int(by_sample[hi - 1])
+        picked = order[lo:hi]
+        block = np.asarray(images[first : last + 1])
+        out[picked] = extract_patches_at(block, kernel_size, strides, padding, dilation, rows=rows[picked] - first * per_image)
+    return out

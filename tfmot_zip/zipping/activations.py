@@ -17,6 +17,11 @@ after every layer.
 
 A model with one input for every task is run once per task ("world" ``t`` feeds task ``t``'s data);
 a BatchNorm layer serving task ``t`` is re-estimated in world ``t`` only, on that task's data.
+
+Memory is bounded by a :class:`~tfmot_zip.zipping.spill.SpillPolicy`: a layer runs on at most
+``batch_bytes`` of samples at a time, and the values kept beyond ``memory_bytes`` go to temporary
+files, read back by sample ranges. Values are numpy arrays, tf tensors or
+:class:`~tfmot_zip.zipping.spill.SpilledArray`; ``np.asarray`` reads any of them whole.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.batchnorm import MIN_SAMPLES, degenerate_channels
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipLayerMixin
+from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy, as_array
 
 __all__ = ["ActivationCache"]
 
@@ -42,6 +48,8 @@ class ActivationCache:
         batchnorm: re-estimate stale BatchNorm statistics when their layer runs.
         max_samples: samples per task a BatchNorm estimate uses (as ``recalibrate_batchnorm``).
         batch_size: samples per batch statistic of a BatchNorm estimate.
+        storage: where values are kept and how large a batch a layer runs on (None: a
+            :class:`~tfmot_zip.zipping.spill.SpillPolicy` without a memory limit).
 
     Example:
         >>> import numpy as np
@@ -51,7 +59,7 @@ class ActivationCache:
         >>> model = keras.Model(inp, keras.layers.ReLU()(dense(inp)))
         >>> x = np.ones((5, 3), np.float32)
         >>> cache = ActivationCache(model, [x])
-        >>> tuple(cache.value(0, dense.output).shape)
+        >>> cache.value(0, dense.output).shape
         (5, 2)
         >>> cache.computed_nodes  # the Dense node only; the ReLU was not needed
         1
@@ -64,8 +72,10 @@ class ActivationCache:
         batchnorm: bool = False,
         max_samples: int = 2000,
         batch_size: int = 250,
+        storage: SpillPolicy | None = None,
     ):
         self.model = model
+        self.storage = storage if storage is not None else SpillPolicy()
         self.single = len(model.inputs) == 1
         n_worlds = len(calibration) if self.single else 1
         if not self.single and len(model.inputs) != len(calibration):
@@ -87,7 +97,7 @@ class ActivationCache:
             for tid in set(node.flat_input_ids):
                 self._readers.setdefault(tid, []).append(node)
         self._input_ids = [str(id(t)) for t in model.inputs]
-        self._values: list[dict[str, tf.Tensor]] = [{} for _ in range(n_worlds)]
+        self._values: list[dict[str, object]] = [{} for _ in range(n_worlds)]
         for w in range(n_worlds):
             self._seed(w, calibration)
         self._stale: set[str] = set()  # BatchNorm layers to re-estimate
@@ -96,7 +106,7 @@ class ActivationCache:
     def _seed(self, world: int, calibration: Sequence[np.ndarray]) -> None:
         feeds = [calibration[world]] if self.single else list(calibration)
         for tid, data in zip(self._input_ids, feeds):
-            self._values[world][tid] = tf.convert_to_tensor(np.asarray(data, np.float32))
+            self._values[world][tid] = data if isinstance(data, SpilledArray) else np.asarray(data, np.float32)
 
     def _batchnorm_tasks(self) -> dict[str, int | None]:
         """The task each BatchNorm layer serves (the one output its result reaches; None if several)."""
@@ -120,11 +130,11 @@ class ActivationCache:
         return out
 
     # --- values ------------------------------------------------------------------------------
-    def value(self, world: int, tensor) -> tf.Tensor:
+    def value(self, world: int, tensor):
         """The value of a symbolic tensor of the model in ``world`` (0 unless one shared input)."""
         return self.values(world, [tensor])[0]
 
-    def values(self, world: int, tensors: Sequence) -> list[tf.Tensor]:
+    def values(self, world: int, tensors: Sequence) -> list:
         """Values of several symbolic tensors in ``world``, running only the nodes they need."""
         cache = self._values[world]
         ids = [str(id(t)) for t in tensors]
@@ -151,19 +161,39 @@ class ActivationCache:
         cache = self._values[world]
         layer = node.layer
         uses = Counter(node.flat_input_ids)
-        args, kwargs = node.map_arguments({tid: [cache[tid]] * n for tid, n in uses.items()})
         if isinstance(layer, keras.layers.BatchNormalization) and layer.name in self._stale:
             task = self._bn_task.get(layer.name)
             if not self.single or task == world or task is None and world == 0:
                 self._estimate(layer, cache[node.flat_input_ids[0]])
-        if getattr(layer, "_expects_training_arg", False):
-            kwargs["training"] = False
-        outputs = layer(*args, **kwargs)
-        for tid, out in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
-            cache[tid] = out
+        kwargs_extra = {"training": False} if getattr(layer, "_expects_training_arg", False) else {}
+        length = max(int(cache[tid].shape[0]) for tid in uses)
+        outputs_symbolic = tf.nest.flatten(node.outputs)
+        per_sample = sum(_sample_bytes(cache[tid]) for tid in uses) + sum(_sample_bytes(t) for t in outputs_symbolic)
+        step = max(1, self.storage.batch_bytes // max(1, per_sample))
+
+        def call(part):
+            args, kwargs = node.map_arguments({tid: [part(tid, cache[tid])] * n for tid, n in uses.items()})
+            return tf.nest.flatten(layer(*args, **kwargs, **kwargs_extra))
+
+        if length <= step:  # one call on the whole set
+            for tid, out in zip(node.flat_output_ids, call(lambda tid, v: _whole(v))):
+                cache[tid] = self.storage.keep(out)
+        else:  # batch by batch, each output collected in memory or in a file (the storage decides)
+            writers = [self.storage.writer(_sample_bytes(t) * length) for t in outputs_symbolic]
+            inputs = node.flat_input_ids
+            for start in range(0, length, step):
+                # Inputs of different lengths meet only in zip layers (output i reads input i): an
+                # input already exhausted is fed one sample and its output is not kept.
+                done = {tid for tid in uses if int(cache[tid].shape[0]) <= start}
+                outs = call(lambda tid, v: v[:1] if tid in done else v[start : start + step])
+                for i, (writer, out) in enumerate(zip(writers, outs)):
+                    if not (done and len(outs) == len(inputs) and inputs[i] in done):
+                        writer.append(out)
+            for tid, writer in zip(node.flat_output_ids, writers):
+                cache[tid] = writer.finish()
         self.computed_nodes += 1
 
-    def _estimate(self, layer, inputs: tf.Tensor) -> None:
+    def _estimate(self, layer, inputs) -> None:
         """Sets a BatchNorm layer's moving statistics from its input values (see the module doc)."""
         self._stale.discard(layer.name)
         count = min(self.count, int(inputs.shape[0]))
@@ -194,7 +224,7 @@ class ActivationCache:
                 continue
             readers = self._readers.get(tid, [])
             if readers and all(all(o in cache for o in r.flat_output_ids) for r in readers):
-                del cache[tid]
+                self.storage.release(cache.pop(tid))
 
     # --- changes -------------------------------------------------------------------------------
     def invalidate(self, layers: Sequence) -> None:
@@ -218,14 +248,27 @@ class ActivationCache:
                 stack.extend(self._readers.get(tid, []))
         for cache in self._values:
             for tid in dropped:
-                cache.pop(tid, None)
+                if tid in cache:
+                    self.storage.release(cache.pop(tid))
 
     def reset(self) -> None:
         """Forgets every computed value (e.g. after training changed the weights)."""
         for cache in self._values:
             for tid in list(cache):
                 if tid not in self._input_ids:
-                    del cache[tid]
+                    self.storage.release(cache.pop(tid))
+
+
+def _whole(value):
+    """A value as a layer can take it whole (a spilled value is read from its file)."""
+    return np.asarray(value) if isinstance(value, SpilledArray) else value
+
+
+def _sample_bytes(value) -> int:
+    """Bytes one sample of a value (or of a symbolic tensor; unknown sizes count as 1) takes."""
+    dims = [d if isinstance(d, (int, np.integer)) and d is not None else 1 for d in list(value.shape)[1:]]
+    dtype = getattr(value.dtype, "as_numpy_dtype", value.dtype)
+    return int(np.prod(dims)) * np.dtype(dtype).itemsize
 
 
 class ZipActivations:
@@ -256,16 +299,18 @@ class ZipActivations:
     def __init__(self, zipped: keras.Model, models: Sequence[keras.Model], calibration: Sequence[np.ndarray],
                  merged: ActivationCache | None = None):
         self.merged = merged if merged is not None else ActivationCache(zipped, calibration)
-        self.originals = [ActivationCache(m, [calibration[t]]) for t, m in enumerate(models)]
+        self.originals = [ActivationCache(m, [calibration[t]], storage=self.merged.storage) for t, m in enumerate(models)]
 
-    def merged_inputs(self, layer, task: int) -> np.ndarray:
-        """Task ``task``'s input of a zip layer of the zipped model on its whole calibration set."""
+    def merged_inputs(self, layer, task: int):
+        """Task ``task``'s input of a zip layer of the zipped model on its whole calibration set
+        (a numpy array, or a :class:`~tfmot_zip.zipping.spill.SpilledArray` read by ranges)."""
         world = task if self.merged.single else 0
-        return np.asarray(self.merged.value(world, list(layer.input)[task]))
+        return as_array(self.merged.value(world, list(layer.input)[task]))
 
-    def original_input(self, layer, task: int) -> np.ndarray:
-        """The input of a layer of task ``task``'s original model on its whole calibration set."""
-        return np.asarray(self.originals[task].value(0, layer.input))
+    def original_input(self, layer, task: int):
+        """The input of a layer of task ``task``'s original model on its whole calibration set
+        (a numpy array, or a :class:`~tfmot_zip.zipping.spill.SpilledArray` read by ranges)."""
+        return as_array(self.originals[task].value(0, layer.input))
 
     def changed(self, layer) -> None:
         """Tells the zipped model's cache that ``layer`` changed (weights, repair affine)."""

@@ -115,6 +115,7 @@ def zip_models(
     conv_hessian: str = "auto",
     calibration_samples: int | None = 10_000,
     max_conv_rows: int | None = 200_000,
+    activation_memory_mb: float | None = 512.0,
     task_names: Sequence[str] | None = None,
     single_input: bool = False,
     seed: int = 0,
@@ -161,6 +162,11 @@ def zip_models(
             convolution's Hessian; beyond it positions are subsampled evenly, and
             ``zip_summary(model).extra["hessian_subsampling"]`` lists each layer's rows used and
             available. None uses every row (exact, slower on large calibration sets).
+        activation_memory_mb: the zip keeps every layer's inputs on the calibration data between
+            stages; at most this many megabytes of them stay in memory, the rest are written to
+            temporary files (under ``TMPDIR``, deleted when the zip ends) and read back batch by
+            batch, and layers run on batches of about 32 MB, so the memory a zip needs does not
+            grow with the number of calibration samples. None keeps every value in memory.
         task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
             defaults to the models' names.
         single_input: one input for every task (a shared unit whose inputs are all shared
@@ -225,7 +231,7 @@ def zip_models(
     options = ZipOptions(
         method=method, selection=selection, damping=damping, merged_hessian=merged_hessian,
         conv_hessian=conv_hessian, calibration_samples=calibration_samples, max_conv_rows=max_conv_rows, seed=seed,
-        recalibrate_batchnorm=recalibrate_batchnorm, refit_layers=refit_layers, refit_heads=refit_heads, repair=repair, schedule=None if schedule is None else schedule.get_config(),
+        activation_memory_mb=activation_memory_mb, recalibrate_batchnorm=recalibrate_batchnorm, refit_layers=refit_layers, refit_heads=refit_heads, repair=repair, schedule=None if schedule is None else schedule.get_config(),
     )
     if deferred and calibration_data is not None and any(d is not None for d in _entries(calibration_data)):
         raise ValueError(
@@ -304,6 +310,25 @@ def zip_models(
     zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, batchnorm_layerwise=layerwise,
                     **zipper_options(options))
     try:
+        records, batchnorm, repaired = _zip_and_refit(zipper, zipped, graph, calibration, options, has_batchnorm,
+                                                           progress, total_stages, close_bar)
+    finally:
+        zipper.close()  # the temporary files of spilled activations
+    seconds = time.perf_counter() - start
+    for node in graph.zip_nodes() + zipper.depthwise_nodes:
+        zipped.get_layer(node.name).zip_record = records[node.index].as_config(
+            is_head=node.is_head, zip_seconds=seconds, options=options.get_config(),
+            **({"batchnorm": batchnorm} if batchnorm is not None else {}),
+            **({"repair": repaired[node.name]} if node.name in repaired else {}),
+            **({"budget": allocation.as_config()} if allocation else {}),
+        )
+    return compact_zipped(zipped, graph=graph)  # physical units no task reads are dropped: count_params() ~ the stripped model's
+
+
+def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options: ZipOptions, has_batchnorm: bool,
+                   progress, total_stages: int, close_bar) -> tuple:
+    """Runs the zip and the steps after it (refits, repair, BatchNorm): ``(records, batchnorm, repaired)``."""
+    try:
         records = zipper.run(options.sharing)
         if progress is not None:
             progress(total_stages, total_stages, "")
@@ -330,15 +355,7 @@ def zip_models(
             acts.merged.reset()  # every BatchNorm changed
     if options.refit_heads and changed:
         refit_heads_(zipped, graph, calibration, activations=acts)
-    seconds = time.perf_counter() - start
-    for node in graph.zip_nodes() + zipper.depthwise_nodes:
-        zipped.get_layer(node.name).zip_record = records[node.index].as_config(
-            is_head=node.is_head, zip_seconds=seconds, options=options.get_config(),
-            **({"batchnorm": batchnorm} if batchnorm is not None else {}),
-            **({"repair": repaired[node.name]} if node.name in repaired else {}),
-            **({"budget": allocation.as_config()} if allocation else {}),
-        )
-    return compact_zipped(zipped, graph=graph)  # physical units no task reads are dropped: count_params() ~ the stripped model's
+    return records, batchnorm, repaired
 
 
 def _progress_callback(progress: Any) -> tuple[Callable[[int, int, str], None] | None, Callable[[], None]]:

@@ -85,6 +85,8 @@ class ZipOptions:
         max_conv_rows: at most this many patch rows per task enter a convolution's Hessian (evenly
             subsampled positions beyond it, reported per layer by ``zip_summary``); None: all.
         seed: seeds the random choices.
+        activation_memory_mb: megabytes of cached activations a zip keeps in memory at most; the
+            rest go to temporary files read back batch by batch (None: no limit).
         recalibrate_batchnorm: re-estimate per-task BatchNorm statistics: ``True`` (or
             ``"layerwise"``) after every zipped layer, so that the next layer's Hessian sees the
             statistics it will run with, and once more at the end; ``"end"`` only once after
@@ -117,6 +119,7 @@ class ZipOptions:
     calibration_samples: int | None = 10_000
     max_conv_rows: int | None = 200_000
     seed: int = 0
+    activation_memory_mb: float | None = 512.0
     recalibrate_batchnorm: bool | str = True
     refit_layers: bool = False
     refit_heads: bool = False
@@ -149,6 +152,16 @@ class ZipOptions:
             raise ValueError(
                 f"Expected a positive integer max_conv_rows or None (every patch row). Received: max_conv_rows={rows!r}"
             )
+        memory = self.activation_memory_mb
+        if memory is not None:
+            if isinstance(memory, (bool, np.bool_)) or not isinstance(memory, (int, float, np.integer, np.floating)) or not (
+                math.isfinite(float(memory)) and float(memory) >= 0
+            ):
+                raise ValueError(
+                    "Expected a non-negative number of megabytes or None (no limit), e.g. activation_memory_mb=512. "
+                    f"Received: activation_memory_mb={memory!r}"
+                )
+            object.__setattr__(self, "activation_memory_mb", float(memory))
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"Expected a non-negative integer seed. Received: seed={self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))

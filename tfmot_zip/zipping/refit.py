@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.core.hessian import conv_output_shape, extract_patches_at
+from tfmot_zip.core.hessian import conv_output_shape, gather_patches
 from tfmot_zip.core.refit import LinearRefit, refit_shared_columns
 from tfmot_zip.model.graph import ModelGraph
 from tfmot_zip.zipping.activations import ZipActivations
@@ -74,7 +74,7 @@ def refit_heads(
     return refit_names
 
 
-def _row_blocks(merged: np.ndarray, original: np.ndarray, layer: keras.layers.Layer, original_layer: keras.layers.Layer,
+def _row_blocks(merged, original, layer: keras.layers.Layer, original_layer: keras.layers.Layer,
                 is_conv: bool, batch_size: int, max_rows: int | None, rng: np.random.Generator):
     """Yields ``(x, y)`` blocks: rows of the layer's merged inputs (conv: patch rows) and the original
     layer's pre-activations on the same rows (``original @ kernel + bias``, patch by patch for a
@@ -95,10 +95,11 @@ def _row_blocks(merged: np.ndarray, original: np.ndarray, layer: keras.layers.La
     else:
         rows = np.arange(available)
     block = max(1, 16_000_000 // (original_kernel.shape[0] + layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2]))
+    max_images = max(1, 8_000_000 // int(np.prod(merged.shape[1:]) + np.prod(original.shape[1:])))  # ~32 MB read at a time
     for start in range(0, len(rows), block):
         chosen = rows[start : start + block]
-        x = extract_patches_at(merged, *geometry, rows=chosen).astype(np.float64)
-        y = extract_patches_at(original, *geometry, rows=chosen).astype(np.float64) @ original_kernel + original_bias
+        x = gather_patches(merged, *geometry, rows=chosen, max_images=max_images).astype(np.float64)
+        y = gather_patches(original, *geometry, rows=chosen, max_images=max_images).astype(np.float64) @ original_kernel + original_bias
         yield x, y
 
 

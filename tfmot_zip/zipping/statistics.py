@@ -10,9 +10,10 @@ import numpy as np
 
 from tfmot_zip.compat import keras
 from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
-from tfmot_zip.core.hessian import conv_output_shape, extract_patches_at
+from tfmot_zip.core.hessian import conv_output_shape, gather_patches
 from tfmot_zip.model.graph import AlignedNode
 from tfmot_zip.zipping.activations import ActivationCache
+from tfmot_zip.zipping.spill import SpillPolicy, as_array
 
 __all__ = ["LayerStatisticsMixin"]
 
@@ -24,18 +25,32 @@ class LayerStatisticsMixin:
         """The zipped model's tensors on the calibration data, kept across stages (built once)."""
         cache = getattr(self, "_activation_cache", None)
         if cache is None:
-            cache = ActivationCache(self.model, self.calibration, batchnorm=self.batchnorm_layerwise)
+            cache = ActivationCache(self.model, self.calibration, batchnorm=self.batchnorm_layerwise, storage=self.storage())
             self._activation_cache = cache
         return cache
 
-    def _layer_inputs(self, node: AlignedNode, tasks: Sequence[int]) -> dict[int, np.ndarray]:
-        """``{task: the layer's input on that task's whole calibration set}`` as it is now."""
+    def storage(self) -> SpillPolicy:
+        """Where the zip's cached activations live (memory up to ``activation_memory_mb``, then files)."""
+        policy = getattr(self, "_storage", None)
+        if policy is None:
+            limit = None if self.activation_memory_mb is None else int(self.activation_memory_mb * 2**20)
+            policy = self._storage = SpillPolicy(limit)
+        return policy
+
+    def close(self) -> None:
+        """Deletes the temporary files of the cached activations (the caches are unusable afterwards)."""
+        if getattr(self, "_storage", None) is not None:
+            self._storage.close()
+
+    def _layer_inputs(self, node: AlignedNode, tasks: Sequence[int]) -> dict:
+        """``{task: the layer's input on that task's whole calibration set}`` as it is now (numpy
+        arrays, or :class:`~tfmot_zip.zipping.spill.SpilledArray` read by sample ranges)."""
         cache = self.activations()
         inputs = list(self.layer(node).input)
         if cache.single:  # world t feeds task t's data to the one input
-            return {t: np.asarray(cache.value(t, inputs[t])) for t in tasks}
+            return {t: as_array(cache.value(t, inputs[t])) for t in tasks}
         values = cache.values(0, [inputs[t] for t in tasks])
-        return {t: np.asarray(v) for t, v in zip(tasks, values)}
+        return {t: as_array(v) for t, v in zip(tasks, values)}
 
     def _layer_input_batches(self, node: AlignedNode, tasks: Sequence[int]):
         """Yields ``(task, batch)`` of layer inputs, every task on its own calibration data."""
@@ -55,18 +70,19 @@ class LayerStatisticsMixin:
         available = len(x) * per_image
         dim = int(np.prod(layer.kernel_size)) * x.shape[-1]
         block = max(1, 16_000_000 // dim)
+        max_images = max(1, 8_000_000 // int(np.prod(x.shape[1:])))  # ~32 MB of float32 read at a time
         record = self.records[node.index].hessian_rows
         record[1] += available
         if self.max_conv_rows is not None and available > self.max_conv_rows:
             chosen = np.sort(self.rng.choice(available, size=self.max_conv_rows, replace=False))
             record[0] += len(chosen)
             for start in range(0, len(chosen), block):
-                yield extract_patches_at(x, *geometry, rows=chosen[start : start + block])
+                yield gather_patches(x, *geometry, rows=chosen[start : start + block], max_images=max_images)
             return
         record[0] += available
         images = max(1, block // per_image)
         for start in range(0, len(x), images):
-            yield extract_patches(x[start : start + images], *geometry)
+            yield extract_patches(np.asarray(x[start : start + images]), *geometry)
 
     def hessians(self, node: AlignedNode) -> list[np.ndarray]:
         """Layer Hessians ``E[x~ x~^T]`` of every task up to the current one (bias last when used).
@@ -90,7 +106,8 @@ class LayerStatisticsMixin:
                 blocks = self._conv_rows(node, x)
                 dtype = np.float32
             else:
-                blocks = [x.reshape(x.shape[0], -1)]
+                step = max(1, 16_000_000 // max(1, int(np.prod(x.shape[1:]))))
+                blocks = (np.asarray(x[i : i + step]).reshape(-1, int(np.prod(x.shape[1:]))) for i in range(0, len(x), step))
                 dtype = np.float64
             for rows in blocks:
                 if t not in accumulators:

@@ -94,6 +94,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
     records: dict[int, LayerRecord] = field(default_factory=dict)
     hessian_provider: Callable[[object, int], np.ndarray] | None = None
     batchnorm_layerwise: bool = False  # re-estimate the BatchNorm statistics downstream of each zipped layer
+    activation_memory_mb: float | None = None  # cached activations beyond this go to temporary files (None: no limit)
 
     def __post_init__(self) -> None:
         self.n_tasks = len(self.graph.models)
@@ -370,10 +371,10 @@ def zipper_options(options: ZipOptions) -> dict:
 
     Example:
         >>> sorted(zipper_options(ZipOptions()))
-        ['conv_hessian', 'damping', 'max_conv_rows', 'merged_hessian', 'seed', 'selection', 'strategy']
+        ['activation_memory_mb', 'conv_hessian', 'damping', 'max_conv_rows', 'merged_hessian', 'seed', 'selection', 'strategy']
     """
     return {
         "strategy": get_strategy(options.method), "selection": options.selection, "damping": options.damping,
         "merged_hessian": options.merged_hessian, "conv_hessian": options.conv_hessian, "seed": options.seed,
-        "max_conv_rows": options.max_conv_rows,
+        "max_conv_rows": options.max_conv_rows, "activation_memory_mb": options.activation_memory_mb,
     }

@@ -1,0 +1,132 @@
+"""Cached activations beyond a memory limit go to temporary files, and layers run batch by batch:
+the values, and the zip they feed, are those of the all-in-memory cache."""
+import os
+import tempfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import tfmot_zip
+from builders import calib, cnn, tiny_resnet
+from tfmot_zip.compat import keras
+from tfmot_zip.model.layers import ZIP_LAYERS
+from tfmot_zip.zipping import spill
+from tfmot_zip.zipping.activations import ActivationCache
+from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy
+
+
+def _zip(models, data, **kw):
+    return tfmot_zip.zip_models(*models, calibration_data=data, progress=False, **kw)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 40), n_a=st.integers(3, 40), n_b=st.integers(3, 40),
+       batch_bytes=st.integers(1, 40_000), memory_bytes=st.one_of(st.none(), st.integers(0, 200_000)))
+def test_values_equal_a_fresh_forward_pass_whatever_the_batch_and_the_limit(seed, n_a, n_b, batch_bytes, memory_bytes):
+    rng = np.random.default_rng(seed)
+    data = [calib(rng, n_a, (8, 8, 1)), calib(rng, n_b, (8, 8, 1))]  # lengths differ: per-task inputs
+    zipped = _zip([tiny_resnet(seed), tiny_resnet(seed + 1)], data, sharing=0.5, method="mtz", recalibrate_batchnorm=False)
+    policy = SpillPolicy(memory_bytes, batch_bytes=batch_bytes)
+    cache = ActivationCache(zipped, data, storage=policy)
+    probes = [x for l in zipped.layers if isinstance(l, ZIP_LAYERS) for x in l.input]
+    for x in probes:
+        got = cache.value(0, x)
+        want = keras.Model(zipped.inputs, x)(data, training=False).numpy()
+        np.testing.assert_allclose(np.asarray(got), want[: len(got)], rtol=1e-5, atol=1e-5)
+        if memory_bytes is not None:
+            assert policy.held <= memory_bytes  # what stays in memory never exceeds the limit
+    assert policy.peak_held <= (memory_bytes if memory_bytes is not None else np.inf)
+    if memory_bytes == 0:
+        assert policy.spilled_values > 0 and policy.held == 0
+    policy.close()
+
+
+def test_spilled_files_are_deleted_when_no_layer_reads_them_and_at_close(rng, tmp_path):
+    data = [calib(rng, 24, (8, 8, 1)), calib(rng, 24, (8, 8, 1))]
+    zipped = _zip([tiny_resnet(1), tiny_resnet(2)], data, sharing=0.0, method="mtz", recalibrate_batchnorm=False)
+    policy = SpillPolicy(0, batch_bytes=4096, directory=str(tmp_path))
+    cache = ActivationCache(zipped, data, storage=policy)
+    head = [l for l in zipped.layers if isinstance(l, ZIP_LAYERS)][-1]
+    cache.values(0, list(head.input))
+    (folder,) = os.listdir(tmp_path)
+    alive = {v.path for world in cache._values for v in world.values() if isinstance(v, SpilledArray)}
+    on_disk = {os.path.join(tmp_path, folder, f) for f in os.listdir(tmp_path / folder)}
+    assert alive and on_disk == alive  # every value evicted took its file with it
+    cache.invalidate([zipped.get_layer("b1_conv1")])
+    assert {os.path.join(tmp_path, folder, f) for f in os.listdir(tmp_path / folder)} == {
+        v.path for world in cache._values for v in world.values() if isinstance(v, SpilledArray)}
+    policy.close()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("builder, method", [(lambda s: cnn(s, bn=True), "mtz+refits"), (tiny_resnet, "mtz")])
+def test_a_zip_that_spills_everything_equals_the_in_memory_zip(builder, method, rng, monkeypatch, tmp_path):
+    """Same pairs, same weights (up to float32 rounding of batched layer calls), no file left behind."""
+    data = [calib(rng, 120, (10, 10, 1) if builder is not tiny_resnet else (8, 8, 1)) for _ in range(2)]
+    models = [builder(3), builder(4)]
+    in_memory = _zip(models, data, sharing=1.0, method=method, activation_memory_mb=None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    policies = []
+    monkeypatch.setattr(spill.SpillPolicy, "__init__", _spy(policies, 8192))
+    spilled = _zip(models, data, sharing=1.0, method=method, activation_memory_mb=0)
+    assert policies and policies[0].spilled_values > 0 and policies[0].peak_held == 0
+    assert os.listdir(tmp_path) == []  # the zip removed its temporary directory
+    for a, b in zip(tfmot_zip.zip_summary(in_memory).layers, tfmot_zip.zip_summary(spilled).layers):
+        assert a.name == b.name and a.shared_units == b.shared_units
+    for la, lb in zip(in_memory.layers, spilled.layers):
+        if isinstance(la, ZIP_LAYERS):
+            assert la.get_config()["zip_record"]["pairs"] == lb.get_config()["zip_record"]["pairs"]
+        for wa, wb in zip(la.get_weights(), lb.get_weights()):
+            np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
+
+
+def _spy(policies, forced_batch_bytes):
+    """A SpillPolicy.__init__ that records the policies and runs layers on small batches."""
+    init = spill.SpillPolicy.__init__
+
+    def wrapped(self, memory_bytes=None, batch_bytes=None, directory=None):
+        init(self, memory_bytes, batch_bytes=forced_batch_bytes, directory=directory)
+        policies.append(self)
+    return wrapped
+
+
+def test_the_temporary_files_go_even_when_the_zip_fails(rng, monkeypatch, tmp_path):
+    from tfmot_zip.zipping import zipper
+
+    data = [calib(rng, 40, (8, 8, 1)), calib(rng, 40, (8, 8, 1))]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    run = zipper.Zipper.run
+
+    def failing(self, *a, **k):
+        self.activations().value(0, self.model.get_layer("b1_conv1").input[0])  # something spilled first
+        raise RuntimeError("stopped")
+    monkeypatch.setattr(zipper.Zipper, "run", failing)
+    with pytest.raises(RuntimeError, match="stopped"):
+        _zip([tiny_resnet(1), tiny_resnet(2)], data, activation_memory_mb=0, method="mtz")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(zipper.Zipper, "run", run)
+
+
+@settings(max_examples=15, deadline=None)
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: not (v >= 0 and v < float("inf"))),
+                       st.text(max_size=3), st.booleans()))
+def test_a_bad_memory_limit_is_refused_before_any_work(value):
+    with pytest.raises(ValueError, match=r"non-negative number of megabytes or None.*Received: activation_memory_mb="):
+        _zip([tiny_resnet(1), tiny_resnet(2)], [np.zeros((4, 8, 8, 1), np.float32)] * 2, activation_memory_mb=value)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), start=st.integers(-8, 8), stop=st.integers(-8, 8))
+def test_a_spilled_array_reads_like_the_numpy_array(shape, start, stop):
+    x = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+    policy = SpillPolicy(0)
+    stored = policy.keep(x)
+    assert isinstance(stored, SpilledArray) and stored.shape == x.shape and len(stored) == len(x)
+    np.testing.assert_array_equal(stored[start:stop], x[start:stop])
+    np.testing.assert_array_equal(np.asarray(stored), x)
+    for i in (0, -1):
+        np.testing.assert_array_equal(stored[i], x[i])
+    with pytest.raises(TypeError, match="sample ranges"):
+        stored[::2]
+    policy.close()

@@ -1,0 +1,227 @@
+"""Where a zip keeps the activations it caches: in memory up to a limit, in temporary files beyond.
+
+A zip measures every layer's inputs on the whole calibration set, and :class:`~tfmot_zip.zipping.
+activations.ActivationCache` keeps those values between stages so that no layer runs twice. Those
+values grow with the number of calibration images (a ResNet50 stage on 2,048 images of 32x32 is
+134 MB per tensor and task). :class:`SpillPolicy` bounds the memory they take: a value is kept in
+memory while the values held stay under ``memory_bytes``; beyond it the value is written to a
+temporary file and read back by sample ranges (:class:`SpilledArray`), which is all the zip's
+consumers need (Hessian rows, patch rows, least-squares blocks and moments are accumulated batch by
+batch). Layers run on at most ``batch_bytes`` of inputs and outputs at a time, so no step needs
+the whole calibration set in memory at once.
+
+The files live in one temporary directory per policy (under ``TMPDIR``), are deleted as soon as no
+layer will read them, and the directory is removed by :meth:`SpillPolicy.close` (``zip_models``
+calls it when the zip ends, even on error) or, failing that, when the policy is garbage collected.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SpillPolicy", "SpilledArray", "as_array", "nbytes"]
+
+
+def nbytes(value: Any) -> int:
+    """Bytes a cached value holds (a numpy array, a tf tensor or a :class:`SpilledArray`).
+
+    Example:
+        >>> nbytes(np.zeros((4, 3), np.float32))
+        48
+    """
+    return int(np.prod(value.shape)) * np.dtype(getattr(value.dtype, "as_numpy_dtype", value.dtype)).itemsize
+
+
+def as_array(value: Any):
+    """``value`` as something numpy reads: a :class:`SpilledArray` stays one (read by ranges),
+    anything else becomes a numpy array.
+
+    Example:
+        >>> as_array([1.0, 2.0]).shape
+        (2,)
+    """
+    return value if isinstance(value, SpilledArray) else np.asarray(value)
+
+
+class SpilledArray:
+    """A read-only array stored in a file, read back by sample ranges (``x[a:b]``) or whole.
+
+    Args:
+        path: the file (raw C-order values, no header).
+        shape: the array's shape (samples first).
+        dtype: its numpy dtype.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.bin")
+        >>> np.arange(12, dtype=np.float32).reshape(4, 3).tofile(path)
+        >>> x = SpilledArray(path, (4, 3), np.float32)
+        >>> x[1:3]
+        array([[3., 4., 5.],
+               [6., 7., 8.]], dtype=float32)
+        >>> len(x), x.shape, float(np.asarray(x).sum())
+        (4, (4, 3), 66.0)
+        >>> x.delete()
+    """
+
+    def __init__(self, path: str, shape: tuple, dtype: Any):
+        self.path = path
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self._row = int(np.prod(self.shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            return self[key[0]][(slice(None),) + key[1:]] if isinstance(key[0], slice) else self[key[0]][key[1:]]
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(f"index {key} is out of range for {len(self)} samples")
+            return self[index : index + 1][0]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError(f"A SpilledArray reads sample ranges (x[a:b]) or single samples; received {key!r}.")
+        start, stop, _ = key.indices(len(self))
+        count = max(0, stop - start)
+        if count == 0:
+            return np.empty((0,) + self.shape[1:], self.dtype)
+        values = np.fromfile(self.path, dtype=self.dtype, count=count * self._row, offset=start * self._row * self.dtype.itemsize)
+        return values.reshape((count,) + self.shape[1:])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self[:]
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def delete(self) -> None:
+        """Removes the file (reading afterwards fails)."""
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"SpilledArray(shape={self.shape}, dtype={self.dtype.name}, path={self.path!r})"
+
+
+class _Writer:
+    """Collects a value batch by batch, in memory or in a file (see :meth:`SpillPolicy.writer`)."""
+
+    def __init__(self, policy: "SpillPolicy", path: str | None, reserved: int = 0):
+        self.policy, self.path, self.reserved = policy, path, reserved
+        self.chunks: list[np.ndarray] = []
+        self.rows, self.tail, self.dtype = 0, None, None
+        self._file = open(path, "wb") if path is not None else None
+
+    def append(self, chunk: Any) -> None:
+        chunk = np.asarray(chunk)
+        if len(chunk) == 0 and self.dtype is not None:
+            return  # a batch past the end of a shorter input: nothing to add (its shape may be degenerate)
+        self.rows += len(chunk)
+        self.tail, self.dtype = chunk.shape[1:], chunk.dtype
+        if self._file is not None:
+            np.ascontiguousarray(chunk).tofile(self._file)
+        else:
+            self.chunks.append(chunk)
+
+    def finish(self):
+        if self._file is None:
+            value = np.concatenate([c for c in self.chunks if len(c)] or self.chunks[:1]) if len(self.chunks) != 1 else self.chunks[0]
+            self.chunks = []
+            self.policy.held -= self.reserved  # the reservation becomes the value (spilled if it outgrew it)
+            return self.policy.keep(value)
+        self._file.close()
+        self.policy.spilled_bytes += self.rows * int(np.prod(self.tail)) * self.dtype.itemsize
+        self.policy.spilled_values += 1
+        return SpilledArray(self.path, (self.rows,) + tuple(self.tail), self.dtype)
+
+
+class SpillPolicy:
+    """Keeps cached values in memory up to ``memory_bytes`` in all, and the rest in temporary files.
+
+    Args:
+        memory_bytes: bytes of values held in memory at most (None: no limit, nothing spills).
+        batch_bytes: bytes of inputs and outputs one batched layer call handles (see the module doc).
+        directory: where the temporary directory goes (None: the system's, ``TMPDIR``).
+
+    Example:
+        >>> policy = SpillPolicy(memory_bytes=100)
+        >>> small = policy.keep(np.zeros(10, np.float32))       # 40 bytes: kept in memory
+        >>> large = policy.keep(np.ones((30, 2), np.float32))   # 240 bytes: beyond the limit
+        >>> type(small).__name__, type(large).__name__, policy.held
+        ('ndarray', 'SpilledArray', 40)
+        >>> float(large[:5].sum())
+        10.0
+        >>> policy.close()
+        >>> os.path.exists(large.path)
+        False
+    """
+
+    def __init__(self, memory_bytes: int | None = None, batch_bytes: int = 32 << 20, directory: str | None = None):
+        for name, value in (("memory_bytes", memory_bytes), ("batch_bytes", batch_bytes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer (bytes) or None; received {value!r}.")
+        if batch_bytes is None or batch_bytes < 1:
+            raise ValueError(f"batch_bytes must be at least 1; received {batch_bytes!r}.")
+        self.memory_bytes = None if memory_bytes is None else int(memory_bytes)
+        self.batch_bytes = int(batch_bytes)
+        self.directory = directory
+        self.held = 0  # bytes of values in memory now
+        self.peak_held = 0
+        self.spilled_bytes = 0  # bytes written to files so far
+        self.spilled_values = 0
+        self._dir: str | None = None
+        self._count = 0
+        self._finalizer = None
+
+    def _fits(self, size: int) -> bool:
+        return self.memory_bytes is None or self.held + size <= self.memory_bytes
+
+    def _new_path(self) -> str:
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="tfmot_zip_activations_", dir=self.directory)
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, True)
+        self._count += 1
+        return os.path.join(self._dir, f"{self._count}.bin")
+
+    def keep(self, value: Any):
+        """``value`` held in memory if it fits under the limit, else written to a file (a SpilledArray)."""
+        size = nbytes(value)
+        if self._fits(size):
+            self.held += size
+            self.peak_held = max(self.peak_held, self.held)
+            return value
+        writer = _Writer(self, self._new_path())
+        writer.append(value)
+        return writer.finish()
+
+    def writer(self, expected_bytes: int) -> _Writer:
+        """A writer for a value of about ``expected_bytes``, built batch by batch; ``finish()`` returns it.
+
+        A value that fits reserves its share of the limit now, so writers open side by side (a
+        layer with several outputs) cannot together exceed it."""
+        if self._fits(expected_bytes):
+            self.held += expected_bytes
+            self.peak_held = max(self.peak_held, self.held)
+            return _Writer(self, None, reserved=expected_bytes)
+        return _Writer(self, self._new_path())
+
+    def release(self, value: Any) -> None:
+        """Forgets a value this policy stored (deletes its file, or frees its share of the limit)."""
+        if isinstance(value, SpilledArray):
+            value.delete()
+        else:
+            self.held = max(0, self.held - nbytes(value))
+
+    def close(self) -> None:
+        """Deletes every file this policy wrote (values read from them afterwards are gone)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._dir = None
