@@ -57,7 +57,7 @@ def _models(source: str, arch: str, count: int):
     return models
 
 
-def measure_one(name: str, method: str = "mtz") -> dict:
+def measure_one(name: str, method: str = "mtz", activation_memory_mb: float | None = 256.0) -> dict:
     """Runs in the child process."""
     import tfmot_zip
 
@@ -78,11 +78,12 @@ def measure_one(name: str, method: str = "mtz") -> dict:
         model.predict(x, batch_size=256, verbose=0)
     forward, forward_cpu = time.perf_counter() - start, time.process_time() - cpu
     start, cpu = time.perf_counter(), time.process_time()
-    tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=1.0, calibration_samples=None, progress=False, method=method)
+    tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=1.0, calibration_samples=None, progress=False, method=method,
+                        activation_memory_mb=activation_memory_mb)
     zip_seconds, zip_cpu = time.perf_counter() - start, time.process_time() - cpu
     depth = sum(1 for l in models[0].layers if type(l).__name__ in ("Conv2D", "Dense", "DepthwiseConv2D"))
     return {
-        "config": name, "method": method, "models": count, "images_per_task": images, "zip_layers_per_model": depth,
+        "config": name, "method": method, "activation_memory_mb": activation_memory_mb, "models": count, "images_per_task": images, "zip_layers_per_model": depth,
         "forward_seconds": round(forward, 3), "zip_seconds": round(zip_seconds, 2),
         "zip_over_forward": round(zip_seconds / forward, 1),
         "forward_cpu_seconds": round(forward_cpu, 3), "zip_cpu_seconds": round(zip_cpu, 2),
@@ -96,14 +97,18 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
     parser.add_argument("--method", default="mtz", help="zip_models method (default: mtz, the paper's; the library's default is mtz+refits)")
     parser.add_argument("--out", default="out/zip_cost.json")
+    parser.add_argument("--activation-memory-mb", default="256",
+                        help="zip_models(activation_memory_mb=...): MB of cached activations kept in memory ('none': no limit)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_one(args.child, args.method)))
+        memory = None if args.activation_memory_mb.lower() == "none" else float(args.activation_memory_mb)
+        print(json.dumps(measure_one(args.child, args.method, memory)))
         return
     rows = []
     for name in args.configs:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.zip_cost", "--child", name, "--method", args.method],
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.zip_cost", "--child", name, "--method", args.method,
+                               "--activation-memory-mb", args.activation_memory_mb],
                               capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
         row = json.loads(lines[-1]) if lines else {"config": name, "error": proc.stderr[-800:]}

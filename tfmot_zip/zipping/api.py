@@ -115,7 +115,7 @@ def zip_models(
     conv_hessian: str = "auto",
     calibration_samples: int | None = 10_000,
     max_conv_rows: int | None = 200_000,
-    activation_memory_mb: float | None = 512.0,
+    activation_memory_mb: float | None = 256.0,
     task_names: Sequence[str] | None = None,
     single_input: bool = False,
     seed: int = 0,
@@ -165,7 +165,7 @@ def zip_models(
         activation_memory_mb: the zip keeps every layer's inputs on the calibration data between
             stages; at most this many megabytes of them stay in memory, the rest are written to
             temporary files (under ``TMPDIR``, deleted when the zip ends) and read back batch by
-            batch, and layers run on batches of about 32 MB, so the memory a zip needs does not
+            batch, and layers run on batches of about 128 MB, so the memory a zip needs does not
             grow with the number of calibration samples. None keeps every value in memory.
         task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
             defaults to the models' names.

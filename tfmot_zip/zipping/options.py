@@ -119,7 +119,7 @@ class ZipOptions:
     calibration_samples: int | None = 10_000
     max_conv_rows: int | None = 200_000
     seed: int = 0
-    activation_memory_mb: float | None = 512.0
+    activation_memory_mb: float | None = 256.0
     recalibrate_batchnorm: bool | str = True
     refit_layers: bool = False
     refit_heads: bool = False
@@ -158,7 +158,7 @@ class ZipOptions:
                 math.isfinite(float(memory)) and float(memory) >= 0
             ):
                 raise ValueError(
-                    "Expected a non-negative number of megabytes or None (no limit), e.g. activation_memory_mb=512. "
+                    "Expected a non-negative number of megabytes or None (no limit), e.g. activation_memory_mb=256. "
                     f"Received: activation_memory_mb={memory!r}"
                 )
             object.__setattr__(self, "activation_memory_mb", float(memory))

@@ -164,7 +164,7 @@ class SpillPolicy:
         False
     """
 
-    def __init__(self, memory_bytes: int | None = None, batch_bytes: int = 32 << 20, directory: str | None = None):
+    def __init__(self, memory_bytes: int | None = None, batch_bytes: int = 128 << 20, directory: str | None = None):
         for name, value in (("memory_bytes", memory_bytes), ("batch_bytes", batch_bytes)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer (bytes) or None; received {value!r}.")
