@@ -72,6 +72,10 @@ def test_a_zip_that_spills_everything_equals_the_in_memory_zip(builder, method, 
     spilled = _zip(models, data, sharing=1.0, method=method, activation_memory_mb=0)
     assert policies and policies[0].spilled_values > 0 and policies[0].peak_held == 0
     assert os.listdir(tmp_path) == []  # the zip removed its temporary directory
+    reported = tfmot_zip.zip_summary(spilled).extra["activation_storage"]
+    assert reported["memory_limit_mb"] == 0.0 and reported["peak_in_memory_mb"] == 0.0
+    assert reported["spilled_values"] == policies[0].spilled_values > 0
+    assert tfmot_zip.zip_summary(in_memory).extra["activation_storage"]["memory_limit_mb"] is None
     for a, b in zip(tfmot_zip.zip_summary(in_memory).layers, tfmot_zip.zip_summary(spilled).layers):
         assert a.name == b.name and a.shared_units == b.shared_units
     for la, lb in zip(in_memory.layers, spilled.layers):

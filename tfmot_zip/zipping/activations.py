@@ -59,7 +59,7 @@ class ActivationCache:
         >>> model = keras.Model(inp, keras.layers.ReLU()(dense(inp)))
         >>> x = np.ones((5, 3), np.float32)
         >>> cache = ActivationCache(model, [x])
-        >>> cache.value(0, dense.output).shape
+        >>> np.asarray(cache.value(0, dense.output)).shape
         (5, 2)
         >>> cache.computed_nodes  # the Dense node only; the ReLU was not needed
         1

@@ -314,6 +314,7 @@ def zip_models(
                                                            progress, total_stages, close_bar)
     finally:
         zipper.close()  # the temporary files of spilled activations
+    storage = zipper.storage().summary()
     seconds = time.perf_counter() - start
     for node in graph.zip_nodes() + zipper.depthwise_nodes:
         zipped.get_layer(node.name).zip_record = records[node.index].as_config(
@@ -321,6 +322,7 @@ def zip_models(
             **({"batchnorm": batchnorm} if batchnorm is not None else {}),
             **({"repair": repaired[node.name]} if node.name in repaired else {}),
             **({"budget": allocation.as_config()} if allocation else {}),
+            activation_storage=storage,
         )
     return compact_zipped(zipped, graph=graph)  # physical units no task reads are dropped: count_params() ~ the stripped model's
 
@@ -483,6 +485,8 @@ def zip_summary(model: keras.Model) -> ZipReport:
         extra={
             **({"batchnorm": bn} if (bn := next((l.zip_record.get("batchnorm") for l in zip_layers if l.zip_record), None)) else {}),
             **({"hessian_subsampling": sub} if (sub := _subsampling(zip_layers)) else {}),
+            **({"activation_storage": st} if (st := next((l.zip_record.get("activation_storage") for l in zip_layers
+                                                           if l.zip_record), None)) else {}),
         },
         budget=next((l.zip_record["budget"] for l in zip_layers if (l.zip_record or {}).get("budget")), None),
     )

@@ -220,6 +220,18 @@ class SpillPolicy:
         else:
             self.held = max(0, self.held - nbytes(value))
 
+    def summary(self) -> dict:
+        """What the policy did, in MB: ``{"memory_limit_mb", "peak_in_memory_mb", "spilled_mb", "spilled_values"}``.
+
+        Example:
+            >>> SpillPolicy(memory_bytes=2**20).summary()
+            {'memory_limit_mb': 1.0, 'peak_in_memory_mb': 0.0, 'spilled_mb': 0.0, 'spilled_values': 0}
+        """
+        mb = lambda b: round(b / 2**20, 1)  # noqa: E731
+        return {"memory_limit_mb": None if self.memory_bytes is None else mb(self.memory_bytes),
+                "peak_in_memory_mb": mb(self.peak_held), "spilled_mb": mb(self.spilled_bytes),
+                "spilled_values": int(self.spilled_values)}
+
     def close(self) -> None:
         """Deletes every file this policy wrote (values read from them afterwards are gone)."""
         if self._finalizer is not None:
