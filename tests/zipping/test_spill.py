@@ -134,3 +134,44 @@ def test_a_spilled_array_reads_like_the_numpy_array(shape, start, stop):
     with pytest.raises(TypeError, match="sample ranges"):
         stored[::2]
     policy.close()
+
+
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(33, 90), batch=st.integers(1, 40), limit=st.one_of(st.none(), st.integers(5, 120)))
+def test_a_streamed_dataset_beyond_the_limit_is_written_to_a_file_and_zips_as_the_array(n, batch, limit):
+    from tfmot_zip.compat import tf
+
+    rng = np.random.default_rng(n)
+    data = [calib(rng, n, (10, 10, 1)), calib(rng, n, (10, 10, 1))]
+    models = [cnn(1, bn=True), cnn(2, bn=True)]
+    arrays = _zip(models, data, calibration_samples=limit, method="mtz", activation_memory_mb=None)
+    streams = [tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(batch) for x in data]
+    policies = []
+    init = spill.SpillPolicy.__init__
+    spill.SpillPolicy.__init__ = lambda self, *a, **k: init(self, *a, **k) or policies.append(self)
+    try:
+        streamed = _zip(models, streams, calibration_samples=limit, method="mtz", activation_memory_mb=0)
+    finally:
+        spill.SpillPolicy.__init__ = init
+    assert policies[0].spilled_values >= 2  # at least the two calibration sets went to files
+    for la, lb in zip(arrays.layers, streamed.layers):
+        if isinstance(la, ZIP_LAYERS):
+            assert la.get_config()["zip_record"]["pairs"] == lb.get_config()["zip_record"]["pairs"]
+        for wa, wb in zip(la.get_weights(), lb.get_weights()):
+            np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
+
+
+def test_a_bad_batch_in_a_streamed_dataset_is_named_and_leaves_no_file(rng, monkeypatch, tmp_path):
+    from tfmot_zip.compat import tf
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    x = calib(rng, 64, (8, 8, 1))
+    bad = x.copy()
+    bad[50, 0, 0, 0] = np.nan
+    streams = [tf.data.Dataset.from_tensor_slices(x).batch(16), tf.data.Dataset.from_tensor_slices(bad).batch(16)]
+    with pytest.raises(ValueError, match=r"calibration_data\[1\].*NaN or inf.*1 NaN"):
+        _zip([tiny_resnet(1), tiny_resnet(2)], streams, activation_memory_mb=0)
+    wrong = [tf.data.Dataset.from_tensor_slices(x).batch(16), tf.data.Dataset.from_tensor_slices(x[:, :6]).batch(16)]
+    with pytest.raises(ValueError, match=r"calibration_data\[1\] has samples of shape \(6, 8, 1\), but the model input is \(8, 8, 1\)"):
+        _zip([tiny_resnet(1), tiny_resnet(2)], wrong, activation_memory_mb=0)
+    assert os.listdir(tmp_path) == []

@@ -31,6 +31,7 @@ __all__ = [
     "TASK_NAMES",
     "Task",
     "as_inputs",
+    "dataset_input_chunks",
     "make_class_task",
     "make_task",
     "multitask",
@@ -441,6 +442,19 @@ def as_inputs(
 
 
 def _dataset_inputs(dataset: "tf.data.Dataset", count: Optional[int], batched: Optional[bool]) -> np.ndarray:
+    array = np.concatenate(list(dataset_input_chunks(dataset, count, batched)), axis=0)
+    return array[:count] if count is not None else array
+
+
+def dataset_input_chunks(dataset: "tf.data.Dataset", count: Optional[int] = None, batched: Optional[bool] = None):
+    """Yields the inputs of a ``tf.data`` dataset chunk by chunk (labels dropped, at most ``count``
+    examples in all), reading it only as far as needed: :func:`as_inputs` without holding it whole.
+
+    Example:
+        >>> ds = tf.data.Dataset.from_tensor_slices(np.zeros((10, 2), np.float32)).batch(4)
+        >>> [len(c) for c in dataset_input_chunks(ds, count=9)]
+        [4, 4, 1]
+    """
     spec = dataset.element_spec
     if isinstance(spec, dict):
         raise ValueError(
@@ -464,17 +478,16 @@ def _dataset_inputs(dataset: "tf.data.Dataset", count: Optional[int], batched: O
         )
     if count is not None and not batched:
         dataset = dataset.take(count)
-    chunks: list[np.ndarray] = []
     total = 0
     for element in dataset.as_numpy_iterator():
         x = element[0] if paired else element
         x = np.asarray(x)
         chunk = x if batched else x[np.newaxis]
-        chunks.append(chunk)
+        if count is not None:
+            chunk = chunk[: count - total]
         total += len(chunk)
+        yield chunk
         if count is not None and total >= count:
             break
-    if not chunks:
+    if total == 0:
         raise ValueError("as_inputs found no examples: the dataset is empty. Pass a non-empty dataset.")
-    array = np.concatenate(chunks, axis=0)
-    return array[:count] if count is not None else array

@@ -131,6 +131,16 @@ class _Writer:
         else:
             self.chunks.append(chunk)
 
+    def discard(self) -> None:
+        """Drops what was written (its file, or its reservation of the memory limit)."""
+        self.chunks = []
+        if self._file is not None:
+            self._file.close()
+            SpilledArray(self.path, (0,), np.float32).delete()
+        else:
+            self.policy.held -= self.reserved
+        self.reserved = 0
+
     def finish(self):
         if self._file is None:
             value = np.concatenate([c for c in self.chunks if len(c)] or self.chunks[:1]) if len(self.chunks) != 1 else self.chunks[0]

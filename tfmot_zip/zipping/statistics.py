@@ -31,10 +31,11 @@ class LayerStatisticsMixin:
 
     def storage(self) -> SpillPolicy:
         """Where the zip's cached activations live (memory up to ``activation_memory_mb``, then files)."""
-        policy = getattr(self, "_storage", None)
+        policy = getattr(self, "_storage", None) or self.spill
         if policy is None:
             limit = None if self.activation_memory_mb is None else int(self.activation_memory_mb * 2**20)
-            policy = self._storage = SpillPolicy(limit)
+            policy = SpillPolicy(limit)
+        self._storage = policy
         return policy
 
     def close(self) -> None:

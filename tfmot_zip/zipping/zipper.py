@@ -95,6 +95,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
     hessian_provider: Callable[[object, int], np.ndarray] | None = None
     batchnorm_layerwise: bool = False  # re-estimate the BatchNorm statistics downstream of each zipped layer
     activation_memory_mb: float | None = None  # cached activations beyond this go to temporary files (None: no limit)
+    spill: object | None = None  # a SpillPolicy to use (e.g. the one the calibration data was streamed into)
 
     def __post_init__(self) -> None:
         self.n_tasks = len(self.graph.models)
