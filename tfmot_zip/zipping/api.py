@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from tfmot_zip.model.builder import build_zipped_model, sanitize_task_names
-from tfmot_zip.compat import keras, tf
+from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import ModelGraph, align_models
 from tfmot_zip.model.keras3 import as_tf_keras_model
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
@@ -25,52 +25,11 @@ from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.repair import repair_statistics
 from tfmot_zip.model.compact import compact_zipped
 from tfmot_zip.zipping.activations import ZipActivations
+from tfmot_zip.zipping.calibration import as_calibration
 from tfmot_zip.zipping.spill import SpillPolicy
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
 
 __all__ = ["zip_models", "strip_zipping", "zip_summary", "zip_scope", "ZipReport", "LayerSummary"]
-
-
-def _as_calibration(data: Any, argument: str, shape: tuple, limit: int | None, storage: SpillPolicy | None = None):
-    """One model's calibration inputs, checked: a numpy array, or (a ``tf.data`` dataset streamed
-    into ``storage`` that outgrew its memory limit) a :class:`~tfmot_zip.zipping.spill.SpilledArray`."""
-    from tfmot_zip.data.checks import check_inputs, require_finite, require_real_numbers, warn_if_unscaled
-    from tfmot_zip.data.tasks import as_inputs, dataset_input_chunks
-
-    def check_shape(x) -> None:
-        if tuple(x.shape[1:]) != shape:
-            raise ValueError(
-                f"{argument} has samples of shape {tuple(x.shape[1:])}, but the model input is {shape}. "
-                "Pass inputs of the model's input shape (labels are ignored)."
-            )
-
-    if storage is not None and isinstance(data, tf.data.Dataset):  # streamed: never whole in memory
-        sample = int(np.prod(shape)) * 4
-        known = limit if limit is not None else (int(data.cardinality()) * 64 if int(data.cardinality()) >= 0 else None)
-        expected = sample * known if known is not None else 2**62  # unknown length: straight to a file
-        writer = storage.writer(expected)
-        try:
-            for i, chunk in enumerate(dataset_input_chunks(data, count=limit)):
-                check_shape(chunk)
-                chunk = require_real_numbers(chunk, argument)
-                require_finite(chunk, f"{argument} (a batch of {len(chunk)} samples)")
-                if i == 0:
-                    warn_if_unscaled(chunk, argument)
-                writer.append(chunk.astype(np.float32, copy=False))
-        except ValueError as err:
-            writer.discard()
-            raise ValueError(f"{argument}: {err}" if not str(err).startswith(argument) else str(err)) from None
-        return writer.finish()
-    try:
-        x = as_inputs(data, count=limit)
-    except ValueError as err:
-        raise ValueError(f"{argument}: {err}") from None
-    x = np.asarray(x)
-    check_shape(x)
-    if x.shape[0] == 0:
-        raise ValueError(f"{argument} is empty; pass at least one calibration sample per model.")
-    check_inputs(x, argument)  # NaN/inf counted and refused; unscaled integers warned (data.checks)
-    return x.astype(np.float32, copy=False)
 
 
 def _resolve_sharing(sharing: Any, graph: ModelGraph, features, spaces) -> dict[str, float]:
@@ -300,7 +259,7 @@ def zip_models(
     storage = SpillPolicy(None if options.activation_memory_mb is None else int(options.activation_memory_mb * 2**20))
     try:  # the temporary files of streamed calibration data and spilled activations go when the zip ends
         if not deferred:
-            calibration = [_as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples, storage)
+            calibration = [as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples, storage)
                            for i, d in enumerate(calibration_data)]
         allocation = None
         if isinstance(sharing, Budget):
@@ -350,8 +309,7 @@ def zip_models(
         storage.close()
 
 
-def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options: ZipOptions, has_batchnorm: bool,
-                   progress, total_stages: int, close_bar) -> tuple:
+def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batchnorm, progress, total_stages, close_bar):
     """Runs the zip and the steps after it (refits, repair, BatchNorm): ``(records, batchnorm, repaired)``."""
     try:
         records = zipper.run(options.sharing)
