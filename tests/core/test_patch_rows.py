@@ -74,5 +74,5 @@ def test_gather_refuses_rows_out_of_range_and_a_bad_chunk():
     x = np.zeros((2, 4, 4, 1), np.float32)
     with pytest.raises(ValueError, match=r"\[0, 18\)"):
         gather_patches(x, (2, 2), rows=np.array([18]))
-    with pytest.raises(ValueError, match="max_images must be a positive integer; received 0"):
+    with pytest.raises(ValueError, match="max_images must be a positive integer or None; received 0"):
         gather_patches(x, (2, 2), max_images=0)

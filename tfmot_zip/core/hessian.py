@@ -360,10 +360,11 @@ def gather_patches(
     padding: str = "valid",
     dilation: Sequence[int] = (1, 1),
     rows: np.ndarray | None = None,
-    max_images: int = 256,
+    max_images: int | None = None,
 ) -> np.ndarray:
     """:func:`extract_patches_at` on any array that reads by sample ranges (``images[a:b]``, e.g. a
-    file-backed array), reading at most ``max_images`` samples at a time.
+    file-backed array), reading at most ``max_images`` samples at a time (None: as many as fit in
+    about 32 MB of float32).
 
     The result equals ``extract_patches_at(np.asarray(images), ..., rows=rows)`` element for
     element, but only the samples the rows fall in are read, so the memory it needs is that of the
@@ -376,9 +377,11 @@ def gather_patches(
         >>> bool(np.array_equal(got, extract_patches_at(x, (2, 2), strides=(2, 2), rows=rows)))
         True
     """
-    if not (isinstance(max_images, (int, np.integer)) and max_images >= 1):
-        raise ValueError(f"max_images must be a positive integer; received {max_images!r}.")
     n, shape = len(images), tuple(images.shape[1:])
+    if max_images is None:
+        max_images = max(1, 8_000_000 // int(np.prod(shape)))
+    if not (isinstance(max_images, (int, np.integer)) and max_images >= 1):
+        raise ValueError(f"max_images must be a positive integer or None; received {max_images!r}.")
     probe = np.zeros((1,) + shape, np.float32)
     _, (kh, kw), _, _, (oh, ow) = _conv_setup(probe, kernel_size, strides, padding, dilation)
     per_image = oh * ow

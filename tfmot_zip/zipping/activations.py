@@ -34,7 +34,7 @@ from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.batchnorm import MIN_SAMPLES, degenerate_channels
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipLayerMixin
-from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy, as_array
+from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy, as_array, sample_bytes
 
 __all__ = ["ActivationCache"]
 
@@ -168,7 +168,7 @@ class ActivationCache:
         kwargs_extra = {"training": False} if getattr(layer, "_expects_training_arg", False) else {}
         length = max(int(cache[tid].shape[0]) for tid in uses)
         outputs_symbolic = tf.nest.flatten(node.outputs)
-        per_sample = sum(_sample_bytes(cache[tid]) for tid in uses) + sum(_sample_bytes(t) for t in outputs_symbolic)
+        per_sample = sum(sample_bytes(cache[tid]) for tid in uses) + sum(sample_bytes(t) for t in outputs_symbolic)
         step = max(1, self.storage.batch_bytes // max(1, per_sample))
 
         def call(part):
@@ -179,7 +179,7 @@ class ActivationCache:
             for tid, out in zip(node.flat_output_ids, call(lambda tid, v: _whole(v))):
                 cache[tid] = self.storage.keep(out)
         else:  # batch by batch, each output collected in memory or in a file (the storage decides)
-            writers = [self.storage.writer(_sample_bytes(t) * length) for t in outputs_symbolic]
+            writers = [self.storage.writer(sample_bytes(t) * length) for t in outputs_symbolic]
             inputs = node.flat_input_ids
             for start in range(0, length, step):
                 # Inputs of different lengths meet only in zip layers (output i reads input i): an
@@ -262,13 +262,6 @@ class ActivationCache:
 def _whole(value):
     """A value as a layer can take it whole (a spilled value is read from its file)."""
     return np.asarray(value) if isinstance(value, SpilledArray) else value
-
-
-def _sample_bytes(value) -> int:
-    """Bytes one sample of a value (or of a symbolic tensor; unknown sizes count as 1) takes."""
-    dims = [d if isinstance(d, (int, np.integer)) and d is not None else 1 for d in list(value.shape)[1:]]
-    dtype = getattr(value.dtype, "as_numpy_dtype", value.dtype)
-    return int(np.prod(dims)) * np.dtype(dtype).itemsize
 
 
 class ZipActivations:

@@ -95,11 +95,10 @@ def _row_blocks(merged, original, layer: keras.layers.Layer, original_layer: ker
     else:
         rows = np.arange(available)
     block = max(1, 16_000_000 // (original_kernel.shape[0] + layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2]))
-    max_images = max(1, 8_000_000 // int(np.prod(merged.shape[1:]) + np.prod(original.shape[1:])))  # ~32 MB read at a time
     for start in range(0, len(rows), block):
         chosen = rows[start : start + block]
-        x = gather_patches(merged, *geometry, rows=chosen, max_images=max_images).astype(np.float64)
-        y = gather_patches(original, *geometry, rows=chosen, max_images=max_images).astype(np.float64) @ original_kernel + original_bias
+        x = gather_patches(merged, *geometry, rows=chosen).astype(np.float64)
+        y = gather_patches(original, *geometry, rows=chosen).astype(np.float64) @ original_kernel + original_bias
         yield x, y
 
 

@@ -24,7 +24,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SpillPolicy", "SpilledArray", "as_array", "nbytes"]
+__all__ = ["SpillPolicy", "SpilledArray", "as_array", "nbytes", "sample_bytes"]
+
+
+def sample_bytes(value: Any) -> int:
+    """Bytes one sample of a value takes (a numpy array, a tf tensor, a :class:`SpilledArray` or a
+    symbolic Keras tensor, whose unknown sizes count as 1).
+
+    Example:
+        >>> sample_bytes(np.zeros((4, 3), np.float32))
+        12
+    """
+    dims = [d if isinstance(d, (int, np.integer)) else 1 for d in list(value.shape)[1:]]
+    return int(np.prod(dims)) * np.dtype(getattr(value.dtype, "as_numpy_dtype", value.dtype)).itemsize
 
 
 def nbytes(value: Any) -> int:
@@ -34,7 +46,7 @@ def nbytes(value: Any) -> int:
         >>> nbytes(np.zeros((4, 3), np.float32))
         48
     """
-    return int(np.prod(value.shape)) * np.dtype(getattr(value.dtype, "as_numpy_dtype", value.dtype)).itemsize
+    return int(value.shape[0]) * sample_bytes(value)
 
 
 def as_array(value: Any):
@@ -136,7 +148,7 @@ class _Writer:
         self.chunks = []
         if self._file is not None:
             self._file.close()
-            SpilledArray(self.path, (0,), np.float32).delete()
+            os.remove(self.path)
         else:
             self.policy.held -= self.reserved
         self.reserved = 0

@@ -31,17 +31,14 @@ class LayerStatisticsMixin:
 
     def storage(self) -> SpillPolicy:
         """Where the zip's cached activations live (memory up to ``activation_memory_mb``, then files)."""
-        policy = getattr(self, "_storage", None) or self.spill
-        if policy is None:
-            limit = None if self.activation_memory_mb is None else int(self.activation_memory_mb * 2**20)
-            policy = SpillPolicy(limit)
-        self._storage = policy
-        return policy
+        if self.spill is None:
+            self.spill = SpillPolicy(None if self.activation_memory_mb is None else int(self.activation_memory_mb * 2**20))
+        return self.spill
 
     def close(self) -> None:
         """Deletes the temporary files of the cached activations (the caches are unusable afterwards)."""
-        if getattr(self, "_storage", None) is not None:
-            self._storage.close()
+        if self.spill is not None:
+            self.spill.close()
 
     def _layer_inputs(self, node: AlignedNode, tasks: Sequence[int]) -> dict:
         """``{task: the layer's input on that task's whole calibration set}`` as it is now (numpy
@@ -71,14 +68,13 @@ class LayerStatisticsMixin:
         available = len(x) * per_image
         dim = int(np.prod(layer.kernel_size)) * x.shape[-1]
         block = max(1, 16_000_000 // dim)
-        max_images = max(1, 8_000_000 // int(np.prod(x.shape[1:])))  # ~32 MB of float32 read at a time
         record = self.records[node.index].hessian_rows
         record[1] += available
         if self.max_conv_rows is not None and available > self.max_conv_rows:
             chosen = np.sort(self.rng.choice(available, size=self.max_conv_rows, replace=False))
             record[0] += len(chosen)
             for start in range(0, len(chosen), block):
-                yield gather_patches(x, *geometry, rows=chosen[start : start + block], max_images=max_images)
+                yield gather_patches(x, *geometry, rows=chosen[start : start + block])
             return
         record[0] += available
         images = max(1, block // per_image)
@@ -107,8 +103,9 @@ class LayerStatisticsMixin:
                 blocks = self._conv_rows(node, x)
                 dtype = np.float32
             else:
-                step = max(1, 16_000_000 // max(1, int(np.prod(x.shape[1:]))))
-                blocks = (np.asarray(x[i : i + step]).reshape(-1, int(np.prod(x.shape[1:]))) for i in range(0, len(x), step))
+                width = int(np.prod(x.shape[1:]))
+                step = max(1, 16_000_000 // max(1, width))
+                blocks = (np.asarray(x[i : i + step]).reshape(-1, width) for i in range(0, len(x), step))
                 dtype = np.float64
             for rows in blocks:
                 if t not in accumulators:
