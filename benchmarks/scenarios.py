@@ -47,7 +47,8 @@ BASELINE_METHODS = ("activation", "euclidean", "random")
 #: Every strategy the library offers. Baselines select pairs with the exact (Hungarian) matching
 #: of their own costs, so that only the cost and the merge rule differ from MTZ-hungarian.
 #: "mtz-hungarian" is the paper's MTZ; "mtz+refits" is the library's default (MTZ, then the layer
-#: and head refits), measured with the repair added and with Euclidean pairs under the same refits.
+#: and head refits), measured with the repair added and with Euclidean pairs under the same refits;
+#: "mtz-lsq" pairs by the least-squares residual (alone and with the refits).
 STRATEGIES: tuple[StrategySpec, ...] = (
     StrategySpec("mtz-hungarian", "mtz", "hungarian"),
     StrategySpec("mtz-greedy", "mtz", "greedy"),
@@ -57,6 +58,8 @@ STRATEGIES: tuple[StrategySpec, ...] = (
     StrategySpec("mtz+refits", "mtz+refits", "hungarian"),
     StrategySpec("mtz+refits+repair", "mtz+refits", "hungarian", (("repair", True),)),
     StrategySpec("euclidean+refits", "euclidean", "hungarian", (("refit_layers", True), ("refit_heads", True))),
+    StrategySpec("mtz-lsq", "mtz-lsq", "hungarian"),
+    StrategySpec("mtz-lsq+refits", "mtz-lsq", "hungarian", (("refit_layers", True), ("refit_heads", True))),
 )
 ALL_LABELS = tuple(s.label for s in STRATEGIES)
 #: Retrained in the full run: the paper's comparison and the default (the other recipes are

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of each hidden layer to share (0..1), or LAYER=F,LAYER=F (default 1.0)")
     parser.add_argument("--method", default=DEFAULT_METHOD,
                         help=f"{DEFAULT_METHOD} (default: MTZ, then the layer and head refits), mtz (the paper's method alone), "
-                             "mtz-centered, euclidean, random or activation")
+                             "mtz-centered, mtz-lsq, euclidean, random or activation")
     parser.add_argument("--selection", default="hungarian", help="hungarian (default) or greedy")
     parser.add_argument("--damping", type=float, default=1e-4, help="relative damping of the layer Hessians (default 1e-4)")
     parser.add_argument("--calibration-samples", type=int, default=10_000, metavar="N",

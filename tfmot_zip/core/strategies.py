@@ -30,6 +30,7 @@ class Strategy:
     merge: Callable[[MergeSide, MergeSide, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
     needs_activations: bool = False
     centered: bool = False
+    least_squares: bool = False
 
 
 def _average_merge(a: MergeSide, b: MergeSide, rows: np.ndarray, cols: np.ndarray):
@@ -82,6 +83,9 @@ STRATEGIES: dict[str, Strategy] = {
     "mtz": Strategy("mtz", True, lambda a, b, rng, stats: merge_cost_matrix(a, b), apply_merge),
     "mtz-centered": Strategy(
         "mtz-centered", True, lambda a, b, rng, stats: merge_cost_matrix(a, b), apply_merge, centered=True
+    ),
+    "mtz-lsq": Strategy(
+        "mtz-lsq", True, lambda a, b, rng, stats: merge_cost_matrix(a, b), apply_merge, least_squares=True
     ),
     "activation": Strategy("activation", False, _activation_costs, _average_merge, needs_activations=True),
     "euclidean": Strategy("euclidean", False, _euclidean_costs, _average_merge),

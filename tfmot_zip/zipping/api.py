@@ -24,7 +24,6 @@ from tfmot_zip.zipping.refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.repair import repair_statistics
 from tfmot_zip.model.compact import compact_zipped
-from tfmot_zip.zipping.activations import ZipActivations
 from tfmot_zip.zipping.calibration import as_calibration
 from tfmot_zip.zipping.spill import SpillPolicy
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
@@ -127,9 +126,9 @@ def zip_models(
             gives the allocation (docs/BUDGET.md).
         method: "mtz+refits" (the default: MTZ followed by the layer and head refits below, the
             best one-shot recipe measured in docs/RESULTS.md; with a schedule it zips with MTZ alone),
-            "mtz" (Hessian-based, exactly the paper's method), "mtz-centered", or the baselines
-            "euclidean", "random" and "activation" (ZipIt!-style feature correlation), whose pairs
-            are averaged.
+            "mtz" (Hessian-based, exactly the paper's method), "mtz-centered", "mtz-lsq" (MTZ at each
+            layer's least-squares weights: pairs by the refit's own residual), or the baselines "euclidean",
+            "random" and "activation" (ZipIt!-style feature correlation), whose pairs are averaged.
         selection: "hungarian" (exact minimum-total-cost matching; the default, because it
             loses less accuracy at full sharing: see docs/RESULTS.md) or "greedy" (the paper's).
         damping: relative damping of the layer Hessians.
@@ -322,7 +321,7 @@ def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batc
     repaired: dict = {}
     acts = None
     if changed and (options.refit_layers or options.repair or options.refit_heads):
-        acts = ZipActivations(zipped, graph.models, calibration, merged=zipper.activations())
+        acts = zipper.zip_activations()
     refit_rows = {"max_conv_rows": options.max_conv_rows, "seed": options.seed}
     if options.refit_layers and options.repair and changed:
         for node in graph.hidden_zip_nodes():  # interleaved: each refit sees the repaired layers below

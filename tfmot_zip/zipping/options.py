@@ -130,6 +130,11 @@ class ZipOptions:
     def __post_init__(self) -> None:
         if self.method not in STRATEGIES:
             raise ValueError(f"Unknown method {self.method!r}; expected one of {sorted(STRATEGIES)}.")
+        if self.schedule is not None and STRATEGIES[self.method].least_squares:
+            raise ValueError(
+                f"method={self.method!r} fits every layer to the original models' outputs on calibration data before "
+                "pairing, which one-shot zipping (schedule=None) has; with a schedule, use method='mtz'."
+            )
         if self.conv_hessian not in CONV_HESSIANS:
             raise ValueError(f"Unknown conv_hessian {self.conv_hessian!r}; expected one of {list(CONV_HESSIANS)}.")
         if self.merged_hessian not in MERGED_HESSIANS:

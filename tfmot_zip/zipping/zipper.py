@@ -30,6 +30,7 @@ from tfmot_zip.model.graph import AlignedNode, ModelGraph
 from tfmot_zip.model.spaces import Feature, UnitSpace
 from tfmot_zip.core.strategies import Strategy, get_strategy
 from tfmot_zip.zipping.depthwise import DepthwiseMixin
+from tfmot_zip.zipping.least_squares import LeastSquaresMixin
 from tfmot_zip.zipping.options import ZipOptions
 from tfmot_zip.zipping.stagewise import StagewiseMixin
 from tfmot_zip.zipping.statistics import LayerStatisticsMixin
@@ -72,7 +73,7 @@ class _Group:
 
 
 @dataclass
-class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
+class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresMixin):
     """Holds the logical per-task weights and applies the zipping layer by layer."""
 
     model: keras.Model
@@ -211,6 +212,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin):
     def group_sides(self, node: AlignedNode, space: UnitSpace) -> list[tuple[_Group, MergeSide, MergeSide]]:
         """For every merged group: (group, merged side, side of the task being merged)."""
         n = self.task
+        self.fit_before_pairing(node)
         has_bias = self.layer(node).use_bias
         ids_n = self.coordinate_ids(node, n)
         rows_n = self.task_rows(node, n)
