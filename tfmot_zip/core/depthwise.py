@@ -10,7 +10,7 @@ shared: ``cost = 1/2 d^T (H_i^-1 + H_j^-1)^-1 d`` with ``d = w_i - w_j``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -63,6 +63,12 @@ class ChannelHessianAccumulator:
         augmented = np.concatenate([x, np.ones((x.shape[0], 1, self.channels))], axis=1)
         self._sum += np.einsum("npc,nqc->cpq", augmented, augmented, optimize=True)
         self.count += x.shape[0]
+
+    def reduce(self, sum_all: Callable[[list], list]) -> None:
+        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
+        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
+        self._sum, count = sum_all([self._sum, self.count])
+        self.count = int(round(float(count)))
 
     def hessians(self) -> np.ndarray:
         if self.count == 0:

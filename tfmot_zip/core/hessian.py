@@ -7,7 +7,7 @@ samples and positions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tfmot_zip.core.linalg import spd_inverse
@@ -83,6 +83,12 @@ class HessianAccumulator:
         self._xsum += other._xsum
         self.count += other.count
 
+    def reduce(self, sum_all: Callable[[list], list]) -> None:
+        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
+        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
+        self._xtx, self._xsum, count = sum_all([self._xtx, self._xsum, self.count])
+        self.count = int(round(float(count)))
+
     def state(self) -> tuple[np.ndarray, np.ndarray, int]:
         """The raw sums ``(sum x x^T, sum x, count)``, e.g. to reduce across replicas."""
         return self._xtx.copy(), self._xsum.copy(), self.count
@@ -140,6 +146,12 @@ class BlockHessianAccumulator:
         r = rows.astype(self.batch_dtype, copy=False).reshape(rows.shape[0], self.positions, self.channels)
         self._blocks += np.einsum("npc,npd->pcd", r, r, optimize=True).astype(np.float64)
         self.count += rows.shape[0]
+
+    def reduce(self, sum_all: Callable[[list], list]) -> None:
+        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
+        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
+        self._blocks, count = sum_all([self._blocks, self.count])
+        self.count = int(round(float(count)))
 
     def hessian(self) -> np.ndarray:
         if self.count == 0:

@@ -16,6 +16,8 @@ each task's own rows only from its data (the block structure of the MTZ update).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 __all__ = ["LinearRefit", "refit_shared_columns"]
@@ -54,6 +56,12 @@ class LinearRefit:
         self.gram += rows.T @ rows
         self.cross += rows.T @ targets
         self.count += len(rows)
+
+    def reduce(self, sum_all: Callable[[list], list]) -> None:
+        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
+        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
+        self.gram, self.cross, count = sum_all([self.gram, self.cross, self.count])
+        self.count = int(round(float(count)))
 
     def solve(self, kernel: np.ndarray, bias: np.ndarray | None, damping: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """The refit ``(kernel [d, k], bias [k])``, pulled towards ``(kernel, bias)`` by ``damping``.

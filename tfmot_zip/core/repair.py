@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Callable
+
 import numpy as np
 
 __all__ = ["MomentAccumulator", "AffineRepair", "fit_affine"]
@@ -60,6 +62,15 @@ class MomentAccumulator:
         self.mean = self.mean + delta * (n / total)
         self._m2 = self._m2 + batch_m2 + delta**2 * (self.count * n / total)
         self.count = total
+
+    def reduce(self, sum_all: Callable[[list], list]) -> None:
+        """Combines these moments with those ``sum_all`` sums them with (e.g. over the workers of a
+        ``tf.distribute`` strategy): the counts and sums first, then the squared deviations about
+        the combined mean (two reductions, as stable as the streaming update)."""
+        count, total = sum_all([self.count, self.mean * self.count])
+        mean = total / max(float(count), 1.0)
+        (m2,) = sum_all([self._m2 + self.count * (self.mean - mean) ** 2])
+        self.count, self.mean, self._m2 = int(round(float(count))), mean, m2
 
     @property
     def var(self) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,6 +96,7 @@ def recalibrate_batchnorm(
     batch_size: int = 250,
     max_samples: int = 2000,
     min_samples: int = MIN_SAMPLES,
+    sum_all: Callable[[list], list] | None = None,
 ) -> BatchNormUpdate:
     """Re-estimates the moving statistics of every BatchNorm layer of a multi-task model.
 
@@ -106,6 +107,10 @@ def recalibrate_batchnorm(
         max_samples: at most this many samples per task.
         min_samples: fewest samples per task to re-estimate from; with fewer the trained
             statistics stay (with a warning).
+        sum_all: sums a list of arrays over the workers of a ``tf.distribute`` strategy (each
+            worker passes its own calibration shard; the statistics are the average of every
+            worker's batch statistics, and ``max_samples`` and ``min_samples`` count all workers'
+            samples). None: this process only.
 
     Returns:
         A :class:`BatchNormUpdate` (no layers updated when the model has no BatchNorm).
@@ -128,8 +133,9 @@ def recalibrate_batchnorm(
     if len(calibration) != len(model.outputs):
         raise ValueError(f"Expected one calibration array per task ({len(model.outputs)}); received {len(calibration)}.")
     count = min(min(len(c) for c in calibration), max_samples)
-    if count < min_samples:
-        reason = f"only {count} calibration samples per task; at least {min_samples} are needed"
+    total = count if sum_all is None else int(round(float(sum_all([count])[0])))
+    if total < min_samples:
+        reason = f"only {total} calibration samples per task; at least {min_samples} are needed"
         warnings.warn(
             f"BatchNorm statistics not re-estimated: {reason}. The trained statistics stay; pass more "
             "calibration data (or recalibrate_batchnorm=False to silence this).",
@@ -151,7 +157,7 @@ def recalibrate_batchnorm(
         for layer in layers:
             layer.momentum = 0.0  # each pass sets the moving statistics to its batch's statistics
         run = _training_pass(model)
-        sums = {l.name: [0.0, 0.0] for l in layers}
+        sums = {l.name: [np.zeros(l.moving_mean.shape), np.zeros(l.moving_variance.shape)] for l in layers}
         batches = 0
         for start in range(0, count, batch_size):
             chunks = [np.asarray(c[start : min(start + batch_size, count)], np.float32) for c in calibration]
@@ -160,6 +166,9 @@ def recalibrate_batchnorm(
                 sums[layer.name][0] += layer.moving_mean.numpy().astype(np.float64)
                 sums[layer.name][1] += layer.moving_variance.numpy().astype(np.float64)
             batches += 1
+        if sum_all is not None:  # every worker's batch statistics, one all-reduce
+            *reduced, batches = sum_all([s for layer in layers for s in sums[layer.name]] + [batches])
+            sums = {layer.name: reduced[2 * i : 2 * i + 2] for i, layer in enumerate(layers)}
         for layer in layers:
             layer.moving_mean.assign((sums[layer.name][0] / batches).astype(np.float32))
             layer.moving_variance.assign((sums[layer.name][1] / batches).astype(np.float32))
@@ -170,7 +179,7 @@ def recalibrate_batchnorm(
             layer.rate = rate
         for layer, trainable in zip(layers, saved_trainable):
             layer.trainable = trainable
-    update = BatchNormUpdate(updated=[l.name for l in layers], samples=count)
+    update = BatchNormUpdate(updated=[l.name for l in layers], samples=total)
     for layer in layers:
         old_mean, old_var = trained[layer.name]
         new_mean, new_var = layer.moving_mean.numpy(), layer.moving_variance.numpy()

@@ -34,6 +34,7 @@ from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.batchnorm import MIN_SAMPLES, degenerate_channels
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipLayerMixin
+from tfmot_zip.zipping.distribute import Replicas
 from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy, as_array, sample_bytes
 
 __all__ = ["ActivationCache"]
@@ -50,6 +51,8 @@ class ActivationCache:
         batch_size: samples per batch statistic of a BatchNorm estimate.
         storage: where values are kept and how large a batch a layer runs on (None: a
             :class:`~tfmot_zip.zipping.spill.SpillPolicy` without a memory limit).
+        replicas: the replicas layer calls are split across and sums are reduced over (None: those
+            of the ``tf.distribute`` strategy in scope, if any; :mod:`tfmot_zip.zipping.distribute`).
 
     Example:
         >>> import numpy as np
@@ -73,9 +76,11 @@ class ActivationCache:
         max_samples: int = 2000,
         batch_size: int = 250,
         storage: SpillPolicy | None = None,
+        replicas: Replicas | None = None,
     ):
         self.model = model
         self.storage = storage if storage is not None else SpillPolicy()
+        self.replicas = replicas if replicas is not None else Replicas.current()
         self.single = len(model.inputs) == 1
         n_worlds = len(calibration) if self.single else 1
         if not self.single and len(model.inputs) != len(calibration):
@@ -171,9 +176,12 @@ class ActivationCache:
         per_sample = sum(sample_bytes(cache[tid]) for tid in uses) + sum(sample_bytes(t) for t in outputs_symbolic)
         step = max(1, self.storage.batch_bytes // max(1, per_sample))
 
-        def call(part):
-            args, kwargs = node.map_arguments({tid: [part(tid, cache[tid])] * n for tid, n in uses.items()})
+        def compute(feeds: list) -> list:
+            args, kwargs = node.map_arguments({tid: [v] * n for (tid, n), v in zip(uses.items(), feeds)})
             return tf.nest.flatten(layer(*args, **kwargs, **kwargs_extra))
+
+        def call(part):  # split across the replicas of a tf.distribute strategy in scope, if any
+            return self.replicas.run(compute, [part(tid, cache[tid]) for tid in uses])
 
         if length <= step:  # one call on the whole set
             for tid, out in zip(node.flat_output_ids, call(lambda tid, v: _whole(v))):
@@ -197,20 +205,25 @@ class ActivationCache:
         """Sets a BatchNorm layer's moving statistics from its input values (see the module doc)."""
         self._stale.discard(layer.name)
         count = min(self.count, int(inputs.shape[0]))
-        if count < MIN_SAMPLES:
-            return  # too few samples: the statistics stay (recalibrate_batchnorm warns at the end)
         axes = [a % len(inputs.shape) for a in np.atleast_1d(layer.axis)]
         reduce = [a for a in range(len(inputs.shape)) if a not in axes]
-        means, variances = [], []
+        mean_sum = np.zeros([int(inputs.shape[a]) for a in axes])
+        var_sum = np.zeros_like(mean_sum)
+        batches = 0
         for start in range(0, count, self.batch_size):
             chunk = inputs[start : min(start + self.batch_size, count)]
             mean, var = tf.nn.moments(chunk, axes=reduce)
             if getattr(layer, "fused", False):  # the fused kernel's batch variance is the unbiased one
                 n = int(np.prod([chunk.shape[a] for a in reduce]))
                 var = var * (n / max(n - 1, 1))
-            means.append(mean.numpy().astype(np.float64))
-            variances.append(var.numpy().astype(np.float64))
-        new_mean, new_var = np.mean(means, axis=0), np.mean(variances, axis=0)
+            mean_sum += mean.numpy().astype(np.float64)
+            var_sum += var.numpy().astype(np.float64)
+            batches += 1
+        # the average of every worker's batch statistics (one worker: of this one's)
+        mean_sum, var_sum, (batches, count) = self.replicas.sum_all([mean_sum, var_sum, [batches, count]])
+        if count < MIN_SAMPLES:
+            return  # too few samples: the statistics stay (recalibrate_batchnorm warns at the end)
+        new_mean, new_var = mean_sum / batches, var_sum / batches
         old_mean, old_var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
         bad = degenerate_channels(new_var, old_var) | ~np.isfinite(new_mean)
         layer.moving_mean.assign(np.where(bad, old_mean, new_mean).astype(np.float32))
@@ -292,7 +305,8 @@ class ZipActivations:
     def __init__(self, zipped: keras.Model, models: Sequence[keras.Model], calibration: Sequence[np.ndarray],
                  merged: ActivationCache | None = None):
         self.merged = merged if merged is not None else ActivationCache(zipped, calibration)
-        self.originals = [ActivationCache(m, [calibration[t]], storage=self.merged.storage) for t, m in enumerate(models)]
+        self.originals = [ActivationCache(m, [calibration[t]], storage=self.merged.storage, replicas=self.merged.replicas)
+                          for t, m in enumerate(models)]
 
     def merged_inputs(self, layer, task: int):
         """Task ``task``'s input of a zip layer of the zipped model on its whole calibration set

@@ -301,7 +301,7 @@ def zip_models(
                 **({"batchnorm": batchnorm} if batchnorm is not None else {}),
                 **({"repair": repaired[node.name]} if node.name in repaired else {}),
                 **({"budget": allocation.as_config()} if allocation else {}),
-                activation_storage=summary,
+                activation_storage=summary, **zipper.activations().replicas.record(),
             )
         return compact_zipped(zipped, graph=graph)  # physical units no task reads are dropped: count_params() ~ the stripped model's
     finally:
@@ -332,7 +332,7 @@ def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batc
     elif options.repair and changed:
         repaired = repair_statistics(zipped, graph, calibration, activations=acts)
     if options.recalibrate_batchnorm and changed and has_batchnorm:
-        batchnorm = _recalibrate(zipped, calibration).as_dict()
+        batchnorm = _recalibrate(zipped, calibration, sum_all=zipper.activations().replicas.sum_all).as_dict()
         if acts is not None:
             acts.merged.reset()  # every BatchNorm changed
     if options.refit_heads and changed:

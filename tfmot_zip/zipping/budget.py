@@ -276,6 +276,9 @@ def allocate_budget(
             f"sharing=Budget(...) allocates the sharing of two models; received {len(models)}. Zip two at a "
             "time, or pass sharing as a fraction or {layer: fraction}."
         )
+    from tfmot_zip.zipping.distribute import Replicas
+
+    Replicas.current().refuse_workers("sharing=Budget(...)", "Pass sharing as a fraction or {layer: fraction}.")
     shapes = layer_shapes(graph, features, spaces)
     total = _count(models)
     other = total - original_params(shapes)

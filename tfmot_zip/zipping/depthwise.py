@@ -58,6 +58,7 @@ class DepthwiseMixin:
             accumulators[t].update(channel_patches(rows, positions))
         out = []
         for t in tasks:
+            accumulators[t].reduce(self.activations().replicas.sum_all)  # over the workers of a tf.distribute strategy
             h = accumulators[t].hessians()
             if self.strategy.centered:
                 h = np.stack([center_hessian(block) for block in h])

@@ -67,6 +67,7 @@ def refit_heads(
             for start in range(0, len(merged), batch_size):
                 target = original[start : start + batch_size] @ original_kernel + original_bias
                 refit.update(merged[start : start + batch_size], target)
+            refit.reduce(acts.merged.replicas.sum_all)  # over the workers of a tf.distribute strategy
             new_kernel, new_bias = refit.solve(kernel, bias, damping=damping)
             layer.set_task_weights(task, new_kernel.astype(kernel.dtype), None if new_bias is None else new_bias.astype(bias.dtype))
         acts.changed(layer)
@@ -160,6 +161,7 @@ def refit_layers(
                 x = np.hstack([x, np.ones((len(x), 1))])
                 grams[task][np.ix_(ids, ids)] += x.T @ x
                 crosses[task][np.ix_(ids, out_map)] += x.T @ y
+            grams[task], crosses[task] = acts.merged.replicas.sum_all([grams[task], crosses[task]])  # over workers
         owners = layer.unit_tasks()
         column_tasks = [frozenset(owners.get(c, ())) for c in range(layer.capacity)]
         kernel = layer.kernel.numpy()

@@ -43,11 +43,13 @@ def original_preactivation(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor
     return tf.nn.bias_add(y, layer.bias) if layer.use_bias else y
 
 
-def _moments(values: np.ndarray, preactivation, units: int, batch_size: int) -> MomentAccumulator:
-    """Moments of ``preactivation(batch)`` over ``values`` taken ``batch_size`` samples at a time."""
+def _moments(values: np.ndarray, preactivation, units: int, batch_size: int, sum_all) -> MomentAccumulator:
+    """Moments of ``preactivation(batch)`` over ``values`` taken ``batch_size`` samples at a time,
+    combined over the workers of a ``tf.distribute`` strategy by ``sum_all``."""
     accumulator = MomentAccumulator(units)
     for start in range(0, len(values), batch_size):
         accumulator.update(np.asarray(preactivation(values[start : start + batch_size])))
+    accumulator.reduce(sum_all)
     return accumulator
 
 
@@ -110,8 +112,9 @@ def repair_statistics(
         info = {"repaired": [], "guarded": [], "folded": []}
         for task, original_layer in enumerate(node.layers):
             units = int(original_layer.kernel.shape[-1])
-            original = _moments(acts.original_input(original_layer, task), lambda x: original_preactivation(original_layer, x), units, batch_size)
-            merged = _moments(acts.merged_inputs(layer, task), lambda x: layer.preactivation(x, task), units, batch_size)
+            sum_all = acts.merged.replicas.sum_all
+            original = _moments(acts.original_input(original_layer, task), lambda x: original_preactivation(original_layer, x), units, batch_size, sum_all)
+            merged = _moments(acts.merged_inputs(layer, task), lambda x: layer.preactivation(x, task), units, batch_size, sum_all)
             fit = fit_affine(original.mean, original.std, merged.mean, merged.std, min_std=min_std)
             scale, shift = fit.scale, fit.shift
             private = np.asarray([len(owners[int(u)]) == 1 for u in layer.get_maps(task)[1]])

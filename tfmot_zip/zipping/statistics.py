@@ -26,6 +26,8 @@ class LayerStatisticsMixin:
         cache = getattr(self, "_activation_cache", None)
         if cache is None:
             cache = ActivationCache(self.model, self.calibration, batchnorm=self.batchnorm_layerwise, storage=self.storage())
+            if self.strategy.needs_activations:
+                cache.replicas.refuse_workers(f"method={self.strategy.name!r}", "Use method='mtz' or the default.")
             self._activation_cache = cache
         return cache
 
@@ -117,6 +119,7 @@ class LayerStatisticsMixin:
                 accumulators[t].update(rows)
         hessians = []
         for t in tasks:
+            accumulators[t].reduce(self.activations().replicas.sum_all)  # over the workers of a tf.distribute strategy
             h = self._centered(accumulators[t].hessian())
             if not layer.use_bias:
                 h = h[:-1, :-1]
