@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tfmot_zip.core.budget import (
     BudgetError,
@@ -14,6 +15,7 @@ from tfmot_zip.core.budget import (
     original_params,
     params_range,
     space_sizes,
+    trade,
     uniform_fraction,
     uniform_units,
     zipped_params,
@@ -152,3 +154,29 @@ def test_greedy_path_for_many_spaces_meets_the_budget(monkeypatch):
     assert chosen["l1"] == chosen["l2"] == 0 and chosen["l0"] > 0
     everything = allocate(layers, low, cheap_first)
     assert everything == dict(space_sizes(layers))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    widths=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=2, max_size=3),
+    data=st.data(),
+)
+def test_trade_keeps_the_budget_with_the_fewest_units_taken(widths, data):
+    """A trade gives ``step`` units back in one space and takes the fewest in another that meet the budget
+    (brute-force block count, every smaller take exceeds it)."""
+    layers = chain([a for a, _ in widths], [b for _, b in widths], positions=(1,) * (len(widths) + 1))
+    sizes = space_sizes(layers)
+    units = {s: data.draw(st.integers(0, m)) for s, m in sizes.items()}
+    budget = brute_force_params(layers, units) + data.draw(st.integers(0, 6))
+    give, take = data.draw(st.permutations(list(sizes)))[:2]
+    step = data.draw(st.integers(1, 3))
+    moved = trade(layers, units, budget, give, take, step)
+    if moved is None:
+        all_taken = {**units, give: units[give] - step, take: sizes[take]}
+        assert units[give] < step or brute_force_params(layers, all_taken) > budget
+        return
+    assert moved[give] == units[give] - step and moved[take] >= units[take]
+    assert {s: k for s, k in moved.items() if s not in (give, take)} == {s: k for s, k in units.items() if s not in (give, take)}
+    assert brute_force_params(layers, moved) <= budget
+    if moved[take] > units[take]:
+        assert brute_force_params(layers, {**moved, take: moved[take] - 1}) > budget

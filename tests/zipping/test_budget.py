@@ -77,7 +77,9 @@ def test_budget_zip_meets_budget_and_records_allocation(pair, tmp_path):
     assert set(report.budget["fractions"]) == {"fc1", "fc2"}
     assert [f for f, _ in report.budget["drift"]["fc1"]] == [0.5, 1.0]
     assert report.options["sharing"] == report.budget["fractions"]  # the zip used the allocation
-    assert report.budget["chosen"] in ("probes", "uniform")
+    assert report.budget["chosen"] in ("probes", "uniform", "refined")
+    trades = [k for k in report.budget["checked"] if k.startswith("trade")]
+    assert len(trades) <= budget.refine
     if report.budget["checked"]:  # the candidate kept is the one with the least drift
         assert report.budget["checked"][report.budget["chosen"]] == min(report.budget["checked"].values())
     assert "budget:" in str(report) and json.dumps(report.budget) and report.as_dict()["budget"] == report.budget
@@ -171,7 +173,7 @@ def test_verification_keeps_the_uniform_allocation_when_it_drifts_less(pair, mon
     values = iter([0.0, 0.0, 5.0, 9.0, 1.0, 0.5])  # fc1's probes, fc2's, the probes' candidate, uniform
     monkeypatch.setattr(budget_module, "output_drift", lambda original, outputs: next(values))
     zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=data,
-                                  sharing=Budget(params=1300, probe_fractions=(0.5, 1.0), holdout=10))
+                                  sharing=Budget(params=1300, probe_fractions=(0.5, 1.0), holdout=10, refine=0))
     record = tfmot_zip.zip_summary(zipped).budget
     assert record["checked"] == {"probes": 1.0, "uniform": 0.5} and record["chosen"] == "uniform"
     assert tfmot_zip.strip_zipping(zipped).count_params() == record["params"] <= 1300
@@ -232,3 +234,47 @@ def test_many_unknown_sharing_keys_give_a_short_error(pair):
     message = str(err.value)
     assert len(message) < 600, len(message)
     assert "'layer_9'" in message and "'layer_10'" not in message and "100,000 in all" in message
+
+
+def test_refinement_keeps_the_budget_and_follows_trades_that_drift_less(pair, monkeypatch):
+    """With a drift the probes cannot see (it depends on both spaces at once), the trades find a lower one."""
+    from tfmot_zip.core.budget import zipped_params
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.model.spaces import trace_spaces
+    from tfmot_zip.zipping import budget as budget_module
+
+    model_a, model_b, data = pair
+    graph = align_models([model_a, model_b])
+    features, spaces = trace_spaces(graph)
+    shapes = budget_module.layer_shapes(graph, features, spaces)
+    sizes = {s.space: min(s.widths) for s in shapes if not s.is_head}
+    zipped_with: list[dict] = []
+
+    class _Predicts:
+        def predict(self, *args, **kwargs):
+            return None
+
+    def fake_zip(*models, sharing, **options):
+        zipped_with.append(dict(sharing))
+        return _Predicts()
+
+    def drift(original, zipped):  # least at fc1 0.2, fc2 1.0: the probes, each space alone, cannot see it
+        f = zipped_with[-1]
+        return (f.get("fc1", 0.0) - 0.2) ** 2 + (f.get("fc2", 0.0) - 1.0) ** 2
+
+    monkeypatch.setattr(budget_module, "output_drift", drift)
+    total = model_a.count_params() + model_b.count_params()
+    budget = Budget(fraction=0.8, probe_fractions=(0.5, 1.0), holdout=10, refine=8)
+    allocation = budget_module.allocate_budget(budget, [model_a, model_b], list(data), graph, features, spaces, fake_zip, {})
+    trades = [k for k in allocation.checked if k.startswith("trade")]
+    assert 0 < len(trades) <= 8
+    assert allocation.chosen == "refined"
+    assert allocation.checked["refined"] < min(allocation.checked["probes"], allocation.checked["uniform"])
+    assert allocation.checked["refined"] == min(allocation.checked.values())
+    assert allocation.params == zipped_params(shapes, allocation.units, total - budget_module.original_params(shapes))
+    assert allocation.params <= allocation.budget
+    other = total - budget_module.original_params(shapes)
+    for sharing in zipped_with[-len(trades):]:  # every trade zipped kept the budget
+        units = {s: round(f * sizes[s]) for s, f in sharing.items()}
+        assert zipped_params(shapes, units, other) <= allocation.budget
+

@@ -36,6 +36,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "trade",
     "LayerShape",
     "BudgetError",
     "original_params",
@@ -298,3 +299,40 @@ def _give_back(layers, spaces, sizes, chosen, need, cost) -> dict[str, int]:
                 low = middle + 1
         chosen[i] = low
     return {s: int(k) for s, k in zip(spaces, chosen)}
+
+
+def trade(
+    layers: Sequence[LayerShape], units: Mapping[str, int], budget: int, give: str, take: str, step: int, other: int = 0
+) -> dict[str, int] | None:
+    """A budget-preserving move: ``step`` fewer units shared in ``give``, then the fewest more in ``take``
+    that bring the count back within ``budget``. None when ``give`` has fewer than ``step`` shared
+    units or ``take`` cannot save enough.
+
+    Example:
+        >>> fc1 = LayerShape("fc1", "fc1", None, 10, 1, (4, 4), (10, 10), False, False)
+        >>> fc2 = LayerShape("fc2", "fc2", "fc1", 0, 1, (4, 4), (4, 4), False, False)
+        >>> head = LayerShape("head", "head", "fc2", 0, 1, (2, 2), (4, 4), False, True)
+        >>> zipped_params([fc1, fc2, head], {"fc1": 3, "fc2": 0})
+        98
+        >>> trade([fc1, fc2, head], {"fc1": 3, "fc2": 0}, 100, give="fc1", take="fc2", step=1)  # 100 params
+        {'fc1': 2, 'fc2': 4}
+    """
+    sizes = space_sizes(layers)
+    moved = {s: int(units.get(s, 0)) for s in sizes}
+    if give == take or moved[give] < step or step < 1:
+        return None
+    moved[give] -= int(step)
+    low, high = moved[take], sizes[take]
+    moved[take] = high
+    if zipped_params(layers, moved, other) > budget:
+        return None
+    while low < high:  # fewest units of `take` within budget (the count falls as units rise)
+        middle = (low + high) // 2
+        moved[take] = middle
+        if zipped_params(layers, moved, other) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    moved[take] = low
+    return moved
+
