@@ -72,10 +72,11 @@ def main() -> None:
             record = layer.get_config().get("zip_record")
             if record and "pairs" in record:
                 results[f"{name}/{layer.name}/pairs"] = np.asarray(json.dumps(plain(record["pairs"])))
-                if "distribute" in record:
-                    results[f"{name}/distribute"] = np.asarray(json.dumps(plain(record["distribute"])))
             for weight in layer.weights:
                 results[f"{name}/{layer.name}/{weight.name}"] = weight.numpy()
+        distribute = tfmot_zip.zip_summary(zipped).extra.get("distribute")  # the public report of what ran
+        if distribute is not None:
+            results[f"{name}/distribute"] = np.asarray(json.dumps(plain(distribute)))
         results[f"{name}/variable_type"] = np.asarray(type(zipped.trainable_weights[0]).__name__)
     np.savez(out, **results)
 

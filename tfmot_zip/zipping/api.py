@@ -463,10 +463,9 @@ def zip_summary(model: keras.Model) -> ZipReport:
         zip_seconds=next((l.zip_record.get("zip_seconds") for l in zip_layers if l.zip_record), None),
         options=next(((l.zip_record or {}).get("options") or l.zip_options for l in zip_layers if l.zip_record or l.zip_options), None),
         extra={
-            **({"batchnorm": bn} if (bn := next((l.zip_record.get("batchnorm") for l in zip_layers if l.zip_record), None)) else {}),
+            **{key: value for key in ("batchnorm", "activation_storage", "distribute")
+               if (value := next((l.zip_record.get(key) for l in zip_layers if l.zip_record), None))},
             **({"hessian_subsampling": sub} if (sub := _subsampling(zip_layers)) else {}),
-            **({"activation_storage": st} if (st := next((l.zip_record.get("activation_storage") for l in zip_layers
-                                                           if l.zip_record), None)) else {}),
         },
         budget=next((l.zip_record["budget"] for l in zip_layers if (l.zip_record or {}).get("budget")), None),
     )
