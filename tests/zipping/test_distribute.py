@@ -106,3 +106,19 @@ def test_what_reads_every_task_in_one_process_is_refused_across_workers():
     with pytest.raises(ValueError, match=r"sharing=Budget\(\.\.\.\) is not available when zipping across 2 workers"):
         replicas.refuse_workers("sharing=Budget(...)", "Pass sharing as a fraction.")
     Replicas().refuse_workers("anything", "")  # one process: nothing refused
+
+
+def test_other_strategies_zip_in_this_process_as_without_one():
+    """A OneDeviceStrategy scope: nothing split or reduced, the same zip, no distribute record."""
+    import tfmot_zip
+    from builders import mlp
+    from tfmot_zip.compat import tf
+
+    models = [mlp(1, widths=(6, 4), input_shape=(5,)), mlp(2, widths=(6, 4), input_shape=(5,))]
+    data = [np.random.default_rng(t).normal(size=(64, 5)).astype("float32") for t in range(2)]
+    plain = tfmot_zip.zip_models(*models, calibration_data=data, sharing=0.5, progress=False)
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        scoped = tfmot_zip.zip_models(*models, calibration_data=data, sharing=0.5, progress=False)
+    assert "distribute" not in tfmot_zip.zip_summary(scoped).extra
+    for a, b in zip(plain.get_weights(), scoped.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -54,8 +54,15 @@ class Replicas:
 
     @classmethod
     def current(cls) -> "Replicas":
-        """The strategy whose scope the caller is in (``tf.distribute.has_strategy()``), or none."""
-        return cls(tf.distribute.get_strategy() if tf.distribute.has_strategy() else None)
+        """The strategy whose scope the caller is in (``tf.distribute.has_strategy()``), or none.
+
+        Only ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy`` split and reduce; under any
+        other (one device, parameter servers, TPUs) the zip runs in this process as without one
+        (its variables are still created in the scope)."""
+        strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+        if not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            strategy = None
+        return cls(strategy)
 
     def run(self, fn: Callable[[list], list], batches: Sequence[Any]) -> list:
         """``fn(batches)`` (a list of outputs), with the batches split by rows across this worker's replicas.
