@@ -10,11 +10,12 @@ shared: ``cost = 1/2 d^T (H_i^-1 + H_j^-1)^-1 d`` with ``d = w_i - w_j``.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from tfmot_zip.core.hessian import SingularHessianError, invert_hessian
+from tfmot_zip.core.linalg import SummedStatistics
 
 __all__ = ["ChannelHessianAccumulator", "channel_patches", "invert_channel_hessians"]
 
@@ -33,7 +34,7 @@ def channel_patches(patch_rows: np.ndarray, positions: int) -> np.ndarray:
     return rows.reshape(rows.shape[0], positions, rows.shape[1] // positions)
 
 
-class ChannelHessianAccumulator:
+class ChannelHessianAccumulator(SummedStatistics):
     """Streaming ``E[x~_c x~_c^T]`` for every channel ``c`` of a depthwise layer (float64 sums).
 
     ``update`` takes ``[rows, positions, channels]`` patches; ``hessians()`` returns
@@ -45,6 +46,8 @@ class ChannelHessianAccumulator:
         >>> acc.hessians()[0].tolist()
         [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
     """
+
+    _sums = ("_sum",)
 
     def __init__(self, positions: int, channels: int):
         if positions <= 0 or channels <= 0:
@@ -64,11 +67,6 @@ class ChannelHessianAccumulator:
         self._sum += np.einsum("npc,nqc->cpq", augmented, augmented, optimize=True)
         self.count += x.shape[0]
 
-    def reduce(self, sum_all: Callable[[list], list]) -> None:
-        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
-        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
-        self._sum, count = sum_all([self._sum, self.count])
-        self.count = int(round(float(count)))
 
     def hessians(self) -> np.ndarray:
         if self.count == 0:

@@ -7,10 +7,10 @@ samples and positions.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-from tfmot_zip.core.linalg import spd_inverse
+from tfmot_zip.core.linalg import SummedStatistics, spd_inverse
 
 __all__ = [
     "center_hessian",
@@ -31,7 +31,7 @@ class SingularHessianError(ValueError):
     """Raised when a layer Hessian cannot be inverted even after damping."""
 
 
-class HessianAccumulator:
+class HessianAccumulator(SummedStatistics):
     """Streaming accumulator of ``E[x~ x~^T]`` where ``x~`` is ``x`` with a trailing 1.
 
     Accumulates in float64 so that millions of rows sum without loss.
@@ -44,6 +44,8 @@ class HessianAccumulator:
         >>> float(acc.hessian()[2, 2])
         1.0
     """
+
+    _sums = ("_xtx", "_xsum")
 
     def __init__(self, dim: int, batch_dtype: type = np.float64):
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
@@ -83,11 +85,6 @@ class HessianAccumulator:
         self._xsum += other._xsum
         self.count += other.count
 
-    def reduce(self, sum_all: Callable[[list], list]) -> None:
-        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
-        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
-        self._xtx, self._xsum, count = sum_all([self._xtx, self._xsum, self.count])
-        self.count = int(round(float(count)))
 
     def state(self) -> tuple[np.ndarray, np.ndarray, int]:
         """The raw sums ``(sum x x^T, sum x, count)``, e.g. to reduce across replicas."""
@@ -109,7 +106,7 @@ class HessianAccumulator:
         return h
 
 
-class BlockHessianAccumulator:
+class BlockHessianAccumulator(SummedStatistics):
     """Per-kernel-position block approximation of a Conv2D layer Hessian.
 
     Keeps only the ``C_in x C_in`` blocks of ``E[x~ x~^T]`` that couple input channels at the
@@ -126,6 +123,8 @@ class BlockHessianAccumulator:
                [0., 4., 0.],
                [0., 0., 1.]])
     """
+
+    _sums = ("_blocks",)
 
     def __init__(self, positions: int, channels: int, batch_dtype: type = np.float32):
         if positions <= 0 or channels <= 0:
@@ -147,11 +146,6 @@ class BlockHessianAccumulator:
         self._blocks += np.einsum("npc,npd->pcd", r, r, optimize=True).astype(np.float64)
         self.count += rows.shape[0]
 
-    def reduce(self, sum_all: Callable[[list], list]) -> None:
-        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
-        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
-        self._blocks, count = sum_all([self._blocks, self.count])
-        self.count = int(round(float(count)))
 
     def hessian(self) -> np.ndarray:
         if self.count == 0:

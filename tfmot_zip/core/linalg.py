@@ -9,10 +9,12 @@ factor (LAPACK ``potrf`` + ``potri``).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import scipy.linalg.lapack as lapack
 
-__all__ = ["diagonal_blocks", "spd_inverse"]
+__all__ = ["diagonal_blocks", "spd_inverse", "SummedStatistics"]
 
 
 def diagonal_blocks(matrix: np.ndarray) -> list[tuple[int, int]]:
@@ -63,3 +65,31 @@ def spd_inverse(matrix: np.ndarray) -> np.ndarray:
         lower = np.tril(inverse)
         out[start:stop, start:stop] = lower + np.tril(lower, -1).T
     return out
+
+
+class SummedStatistics:
+    """Mixin of streaming accumulators whose state is raw sums plus a sample ``count``: ``_sums``
+    names the array attributes. :meth:`reduce` replaces them, e.g. by their sum over the workers of
+    a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`).
+
+    Example:
+        >>> class Total(SummedStatistics):
+        ...     _sums = ("total",)
+        ...     def __init__(self, total, count):
+        ...         self.total, self.count = np.asarray(total, float), count
+        >>> acc = Total([1.0, 2.0], 3)
+        >>> acc.reduce(lambda arrays: [2 * np.asarray(a, float) for a in arrays])  # two equal workers
+        >>> acc.total.tolist(), acc.count
+        ([2.0, 4.0], 6)
+    """
+
+    _sums: tuple[str, ...] = ()
+    count: int
+
+    def reduce(self, sum_all: Callable[[list], list]) -> None:
+        """Replaces the sums and the count by ``sum_all([*sums, count])`` (one call, in that order)."""
+        *sums, count = sum_all([getattr(self, name) for name in self._sums] + [self.count])
+        for name, value in zip(self._sums, sums):
+            setattr(self, name, value)
+        self.count = int(round(float(count)))
+

@@ -16,14 +16,14 @@ each task's own rows only from its data (the block structure of the MTZ update).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
+
+from tfmot_zip.core.linalg import SummedStatistics
 
 __all__ = ["LinearRefit", "refit_shared_columns"]
 
 
-class LinearRefit:
+class LinearRefit(SummedStatistics):
     """Streams ``[F 1]^T [F 1]`` and ``[F 1]^T L`` batch by batch (float64), then solves the refit.
 
     Example:
@@ -37,6 +37,8 @@ class LinearRefit:
         >>> bool(np.allclose(kernel, true[:3]) and np.allclose(bias, true[3]))
         True
     """
+
+    _sums = ("gram", "cross")
 
     def __init__(self, n_features: int, n_outputs: int):
         self.gram = np.zeros((n_features + 1, n_features + 1))
@@ -57,11 +59,6 @@ class LinearRefit:
         self.cross += rows.T @ targets
         self.count += len(rows)
 
-    def reduce(self, sum_all: Callable[[list], list]) -> None:
-        """Replaces the raw sums and the count by ``sum_all([...])`` of them, e.g. summed over the
-        workers of a ``tf.distribute`` strategy (:meth:`tfmot_zip.zipping.distribute.Replicas.sum_all`)."""
-        self.gram, self.cross, count = sum_all([self.gram, self.cross, self.count])
-        self.count = int(round(float(count)))
 
     def solve(self, kernel: np.ndarray, bias: np.ndarray | None, damping: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """The refit ``(kernel [d, k], bias [k])``, pulled towards ``(kernel, bias)`` by ``damping``.

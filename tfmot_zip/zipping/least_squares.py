@@ -13,22 +13,12 @@ distance between weights fitted to inputs that no longer exist. Mixed into
 from __future__ import annotations
 
 from tfmot_zip.model.graph import AlignedNode
-from tfmot_zip.zipping.activations import ZipActivations
 
 __all__ = ["LeastSquaresMixin"]
 
 
 class LeastSquaresMixin:
     """Least-squares weights before pairing (uses the zipper's fields)."""
-
-    def zip_activations(self) -> ZipActivations:
-        """The zipped model's cache plus one cache per original model (built once; the refits after
-        the zip read the same)."""
-        acts = getattr(self, "_zip_activations", None)
-        if acts is None:
-            acts = ZipActivations(self.model, self.graph.models, self.calibration, merged=self.activations())
-            self._zip_activations = acts
-        return acts
 
     def fit_before_pairing(self, node: AlignedNode) -> None:
         """Re-solves ``node``'s weights by least squares from its current inputs (once per pass)."""

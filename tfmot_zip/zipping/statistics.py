@@ -12,7 +12,7 @@ from tfmot_zip.compat import keras
 from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
 from tfmot_zip.core.hessian import conv_output_shape, gather_patches
 from tfmot_zip.model.graph import AlignedNode
-from tfmot_zip.zipping.activations import ActivationCache
+from tfmot_zip.zipping.activations import ActivationCache, ZipActivations
 from tfmot_zip.zipping.spill import SpillPolicy, as_array
 
 __all__ = ["LayerStatisticsMixin"]
@@ -30,6 +30,15 @@ class LayerStatisticsMixin:
                 cache.replicas.refuse_workers(f"method={self.strategy.name!r}", "Use method='mtz' or the default.")
             self._activation_cache = cache
         return cache
+
+    def zip_activations(self) -> ZipActivations:
+        """:meth:`activations` plus one cache per original model (built once; ``mtz-lsq`` and the
+        refits and repair after the zip read the same)."""
+        acts = getattr(self, "_zip_activations", None)
+        if acts is None:
+            acts = ZipActivations(self.model, self.graph.models, self.calibration, merged=self.activations())
+            self._zip_activations = acts
+        return acts
 
     def storage(self) -> SpillPolicy:
         """Where the zip's cached activations live (memory up to ``activation_memory_mb``, then files)."""
