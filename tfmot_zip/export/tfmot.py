@@ -4,10 +4,12 @@ Pruning. ``tfmot.sparsity.keras.prune_low_magnitude`` accepts a custom layer whe
 ``PrunableLayer`` or has a ``get_prunable_weights`` method; :class:`~tfmot_zip.model.layers.ZipDense` and
 :class:`~tfmot_zip.model.layers.ZipConv2D` return their physical kernel there, and
 :func:`register_with_tfmot` also registers them as virtual subclasses of ``PrunableLayer``, so
-``isinstance(layer, PrunableLayer)`` holds as TFMOT's docs promise. Note that the physical
-kernel of a zipped layer also holds cells no task reads (the columns freed by sharing); the
-magnitude threshold is computed over all of them, so the sparsity of the cells actually used
-differs from the target. The documented route is ``strip_zipping`` first, then pruning the
+``isinstance(layer, PrunableLayer)`` holds as TFMOT's docs promise. A model returned by
+``zip_models`` is compact: its kernels are stored as blocks of the cells some task reads (one per
+group of input units read by the same tasks), each pruned to the target on its own. A model still
+being zipped by a schedule holds one physical kernel with cells no task reads, over which the
+magnitude threshold is also computed. QAT quantizes a compact layer's blocks one by one, as the
+standard layers of ``strip_zipping`` are quantized. The documented route is ``strip_zipping`` first, then pruning the
 standard layers (shared blocks stay shared: each is one layer called by several tasks).
 
 Quantization. TFMOT's default 8-bit registry only knows built-in layers; custom layers are
@@ -81,7 +83,7 @@ def register_with_tfmot() -> None:
 
 
 class _ZipQuantizeConfig(_qk.QuantizeConfig):
-    """8-bit QAT config of a zip layer: the physical kernel and the activation."""
+    """8-bit QAT config of a zip layer: the physical kernel (a compact layer's blocks) and the activation."""
 
     per_axis_weights = False
 
@@ -103,19 +105,23 @@ class _ZipQuantizeConfig(_qk.QuantizeConfig):
 
     def get_weights_and_quantizers(self, layer: Any) -> list:
         self._check(layer)
-        return [(layer.kernel, self.weight_quantizer)]
+        return [(variable, self.weight_quantizer) for variable in layer.kernel_variables()]
 
     def get_activations_and_quantizers(self, layer: Any) -> list:
         self._check(layer)
         return [(layer.activation, self.activation_quantizer)]
 
     def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
-        if len(quantize_weights) != 1:
+        expected = len(layer.kernel_variables())
+        if len(quantize_weights) != expected:
             raise ValueError(
-                f"{type(self).__name__} expects one quantized weight (the kernel) for layer "
-                f"{layer.name!r}; received {len(quantize_weights)}."
+                f"{type(self).__name__} expects {expected} quantized weight(s) (the kernel, or a compact layer's "
+                f"kernel blocks) for layer {layer.name!r}; received {len(quantize_weights)}."
             )
-        layer.kernel = quantize_weights[0]
+        if layer.kernel_blocks is None:
+            layer.kernel = quantize_weights[0]
+        else:  # a compact layer: each block quantized on its own, as strip_zipping's layers will be
+            layer._quantized_blocks = list(quantize_weights)
 
     def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
         if len(quantize_activations) != 1:

@@ -200,7 +200,6 @@ def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras
     model = as_tf_keras_model(model)
     _refuse_pending([l for l in model.layers if isinstance(l, _ZIP_CLASSES)])
     plan = _plan(model, graph)
-    tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     config = model.get_config()
     for spec in config["layers"]:
         name = spec["name"]
@@ -209,11 +208,17 @@ def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras
         layer, entry = model.get_layer(name), plan[name]
         rows_table = _lookup(entry["rows"], layer.input_capacity)
         cols_table = _lookup(entry["columns"], layer.capacity)
-        tables[name] = (rows_table, cols_table)
         layer_config = dict(spec["config"])
         layer_config["capacity"] = entry["capacity"]
         if not isinstance(layer, ZipDepthwiseConv2D):
             layer_config["input_capacity"] = entry["input_capacity"]
+            layer_config["track_hessians"] = False  # a frozen layout is not zipped again: no accumulators
+        layer_config["layout"] = {
+            key: [_renumber(table, layer.get_maps(t)[i], f"{key[:-1]} of task {t}", name).tolist() for t in range(layer.num_tasks)]
+            for key, i, table in (("in_maps", 0, rows_table), ("out_maps", 1, cols_table))
+        }
+        if isinstance(layer, ZipDepthwiseConv2D):
+            layer_config["layout"]["in_maps"] = layer_config["layout"]["out_maps"]
         record = _plain(layer_config.get("zip_record"))
         if record and record.get("pairs"):
             record["pairs"] = [
@@ -228,27 +233,27 @@ def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras
         target = compact.get_layer(layer.name)
         values = layer.get_weights()
         if layer.name in plan:
-            values = _compact_weights(layer, values, plan[layer.name], *tables[layer.name])
+            values = _compact_weights(layer, target, plan[layer.name])
         target.set_weights(values)
     return compact
 
 
-def _compact_weights(layer, values: list, entry: dict, rows_table: np.ndarray, cols_table: np.ndarray) -> list:
-    """The layer's weights (in ``layer.weights`` order) with the kept cells and renumbered maps."""
+def _weight_key(weight) -> str:
+    """A weight's name within its layer (``fc1/bias:0`` -> ``bias``)."""
+    return weight.name.rsplit("/", 1)[-1].split(":")[0]
+
+
+def _compact_weights(layer, target, entry: dict) -> list:
+    """The values of ``target.weights``: ``layer``'s kept cells (a compact target's kernel blocks), its
+    other weights by name (the maps are in the target's config)."""
     rows, cols = entry["rows"], entry["columns"]
-    depthwise = isinstance(layer, ZipDepthwiseConv2D)
-    replace: dict[int, np.ndarray] = {}
-    kernel = layer.kernel.numpy()
-    if depthwise:
-        replace[id(layer.kernel)] = kernel[:, :, cols]
-    elif isinstance(layer, ZipDense):
-        replace[id(layer.kernel)] = kernel[np.ix_(rows, cols)]
+    kernel = layer.physical_kernel().numpy()
+    if isinstance(layer, ZipDepthwiseConv2D):
+        kernel = kernel[:, :, cols]
     else:
-        replace[id(layer.kernel)] = kernel[:, :, rows][:, :, :, cols]
+        kernel = kernel[..., rows, :][..., cols]
+    replace = {id(v): value for v, value in zip(target.kernel_variables(), target.kernel_block_values(kernel))}
+    by_name = {_weight_key(w): value for w, value in zip(layer.weights, layer.get_weights())}
     if layer.use_bias:
-        replace[id(layer.bias)] = layer.bias.numpy()[cols]
-    for t in range(layer.num_tasks):
-        in_map, out_map = layer.get_maps(t)
-        replace[id(layer.in_maps[t])] = _renumber(rows_table, in_map, f"in_map of task {t}", layer.name).astype(np.int32)
-        replace[id(layer.out_maps[t])] = _renumber(cols_table, out_map, f"out_map of task {t}", layer.name).astype(np.int32)
-    return [replace.get(id(w), value) for w, value in zip(layer.weights, values)]
+        by_name["bias"] = by_name["bias"][cols]
+    return [replace[id(w)] if id(w) in replace else by_name[_weight_key(w)] for w in target.weights]

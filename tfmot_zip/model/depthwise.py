@@ -30,6 +30,8 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
             :func:`~tfmot_zip.model.compact.compact_zipped`).
         kernel_size, strides, padding, dilation_rate, activation, use_bias: as ``DepthwiseConv2D``.
         repair: hold a per-task affine on the pre-activation (see ``ZipDense``).
+        layout: ``None``, or the frozen maps of a compact layer (``{"in_maps": ..., "out_maps": ...}``,
+            equal lists; see :mod:`tfmot_zip.model.frozen_layout`).
 
     Example:
         >>> layer = ZipDepthwiseConv2D(task_units=[4, 2], capacity=6, kernel_size=3, padding="same")
@@ -52,10 +54,12 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         bias_initializer: Any = "zeros",
         zip_record: Any = None,
         repair: bool = False,
+        layout: dict | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._init_shapes(task_units, task_units, capacity, capacity)
+        self._init_layout(layout)
         self._init_geometry(kernel_size, strides, padding, dilation_rate)
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
@@ -84,7 +88,7 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
             else None
         )
         self._build_maps()
-        for t in range(self.num_tasks):  # in_map == out_map: channel c of task t is physical channel map_t[c]
+        for t in range(self.num_tasks if not self.frozen else 0):  # in_map == out_map: channel c of task t is physical channel map_t[c]
             self.in_maps[t].assign(self.out_maps[t])
         self._build_repair()
         super().build(input_shape)

@@ -10,7 +10,8 @@ which both tasks read — and train — the same weights for every input unit bo
 physical columns are dropped by :func:`tfmot_zip.strip_zipping`.
 
 The maps are non-trainable weights, so checkpoints and ``.keras`` files carry the zipping
-state. With ``repair=True`` each task's pre-activation also passes through a per-task affine
+state. A compact layer (``layout=...``, built by :func:`~tfmot_zip.model.compact.compact_zipped`) holds
+them as constants of its config instead, and stores only the kernel cells some task reads. With ``repair=True`` each task's pre-activation also passes through a per-task affine
 before the activation (:mod:`tfmot_zip.model.repair_weights`).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
+from tfmot_zip.model.frozen_layout import FrozenLayoutMixin
 from tfmot_zip.model.hessian_tracking import HessianTrackingMixin
 from tfmot_zip.model.repair_weights import RepairMixin
 
@@ -36,7 +38,7 @@ def _positive_ints(values: Sequence[int], name: str) -> list[int]:
     return out
 
 
-class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
+class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
     """Shared bookkeeping of zip-able layers: maps, per-task weight access, physical usage."""
 
     # Set by subclasses.
@@ -55,6 +57,9 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
         return self._physical_units
 
     def _build_maps(self) -> None:
+        if self.frozen:  # constants of the config, not weights
+            self.in_maps, self.out_maps = list(self._frozen_in), list(self._frozen_out)
+            return
         offsets = np.concatenate([[0], np.cumsum(self.task_units)[:-1]]).astype(np.int64)
         self.in_maps = []
         self.out_maps = []
@@ -121,6 +126,7 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "repair": self.repair,
             **self._schedule_config(),
+            **self._layout_config(),
         }
 
     def _add_bias(self, y: tf.Tensor, task: int) -> tf.Tensor:
@@ -145,10 +151,11 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
     # --- numpy access used by the zipper and strip_zipping -------------------------------
     def get_maps(self, task: int) -> tuple[np.ndarray, np.ndarray]:
         """``(in_map, out_map)`` of ``task`` as numpy int arrays."""
-        return self.in_maps[task].numpy().astype(np.int64), self.out_maps[task].numpy().astype(np.int64)
+        return np.asarray(self.in_maps[task]).astype(np.int64), np.asarray(self.out_maps[task]).astype(np.int64)
 
     def set_maps(self, task: int, in_map: np.ndarray | None = None, out_map: np.ndarray | None = None) -> None:
         """Assigns new maps for ``task`` (weights are not moved: see ``set_task_weights``)."""
+        self._refuse_frozen()
         if in_map is not None:
             in_map = np.asarray(in_map)
             if in_map.shape != (self.task_input_units[task],) or in_map.min() < 0 or in_map.max() >= self.input_capacity:
@@ -161,8 +168,8 @@ class ZipLayerMixin(HessianTrackingMixin, RepairMixin):
             self.out_maps[task].assign(out_map.astype(np.int32))
 
     def get_prunable_weights(self) -> list:
-        """The physical kernel: what TFMOT's ``prune_low_magnitude`` may sparsify."""
-        return [self.kernel]
+        """The physical kernel (a compact layer's blocks): what TFMOT's ``prune_low_magnitude`` may sparsify."""
+        return self.kernel_variables()
 
     def used_units(self) -> np.ndarray:
         """Sorted physical output units read by at least one task."""
@@ -208,6 +215,9 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         capacity: number of physical output units (columns of the physical kernel); ``None``
             (default) for the sum of ``task_units``, every task owning its columns. Fewer when
             :func:`~tfmot_zip.model.compact.compact_zipped` kept only the units some task reads.
+        layout: ``None`` while the layer can be zipped; for a compact layer (zipping finished) its
+            frozen maps ``{"in_maps": [...], "out_maps": [...]}``: the maps become constants and the
+            kernel is stored as blocks of the cells some task reads (:mod:`tfmot_zip.model.frozen_layout`).
 
     Example:
         >>> layer = ZipDense(task_units=[3, 2], task_input_units=[4, 4], input_capacity=4)
@@ -231,21 +241,18 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         zip_record: Any = None,
         repair: bool = False,
         capacity: int | None = None,
+        layout: dict | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._init_shapes(task_units, task_input_units, input_capacity, capacity)
+        self._init_layout(layout)
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
         self._init_repair(repair)
 
     def build(self, input_shape: Any) -> None:
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.input_capacity, self.capacity),
-            initializer=self.kernel_initializer,
-            trainable=True,
-        )
+        self._build_kernel((), "kernel")
         self.bias = (
             self.add_weight(name="bias", shape=(self.capacity,), initializer=self.bias_initializer, trainable=True)
             if self.use_bias
@@ -258,7 +265,7 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
 
     def task_kernel(self, task: int) -> tf.Tensor:
         """The kernel task ``task`` computes with: ``kernel[in_map][:, out_map]``."""
-        return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=0), self.out_maps[task], axis=1)
+        return tf.gather(tf.gather(self.physical_kernel(), self.in_maps[task], axis=0), self.out_maps[task], axis=1)
 
     def preactivation(self, x: tf.Tensor, task: int) -> tf.Tensor:
         """``x W + b`` of ``task`` (before the repair affine and the activation)."""
@@ -271,16 +278,16 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
     def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(kernel [n_in, n_out], bias [n_out] or None)`` of one task, as numpy."""
         in_map, out_map = self.get_maps(task)
-        kernel = self.kernel.numpy()[np.ix_(in_map, out_map)]
+        kernel = self.physical_kernel().numpy()[np.ix_(in_map, out_map)]
         bias = self.bias.numpy()[out_map] if self.use_bias else None
         return kernel, bias
 
     def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
         """Writes one task's kernel and bias into the physical cells its maps point at."""
         in_map, out_map = self.get_maps(task)
-        full = self.kernel.numpy()
+        full = self.physical_kernel().numpy()
         full[np.ix_(in_map, out_map)] = kernel
-        self.kernel.assign(full)
+        self.assign_physical_kernel(full)
         if self.use_bias and bias is not None:
             b = self.bias.numpy()
             b[out_map] = bias
@@ -382,22 +389,19 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         zip_record: Any = None,
         repair: bool = False,
         capacity: int | None = None,
+        layout: dict | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._init_shapes(task_units, task_input_units, input_capacity, capacity)
+        self._init_layout(layout)
         self._init_geometry(kernel_size, strides, padding, dilation_rate)
         self._init_common(activation, use_bias, kernel_initializer, bias_initializer)
         self._init_schedule(track_hessians, zip_options, max_rows_per_step, zip_record)
         self._init_repair(repair)
 
     def build(self, input_shape: Any) -> None:
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(*self.kernel_size, self.input_capacity, self.capacity),
-            initializer=self.kernel_initializer,
-            trainable=True,
-        )
+        self._build_kernel(tuple(self.kernel_size), "kernel")
         self.bias = (
             self.add_weight(name="bias", shape=(self.capacity,), initializer=self.bias_initializer, trainable=True)
             if self.use_bias
@@ -423,7 +427,7 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
 
     def task_kernel(self, task: int) -> tf.Tensor:
         """The kernel task ``task`` computes with."""
-        return tf.gather(tf.gather(self.kernel, self.in_maps[task], axis=2), self.out_maps[task], axis=3)
+        return tf.gather(tf.gather(self.physical_kernel(), self.in_maps[task], axis=2), self.out_maps[task], axis=3)
 
     def preactivation(self, x: tf.Tensor, task: int) -> tf.Tensor:
         """The convolution of ``task`` plus its bias (before the repair affine and the activation)."""
@@ -439,16 +443,16 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
     def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(kernel [kh, kw, c_in, c_out], bias or None)`` of one task, as numpy."""
         in_map, out_map = self.get_maps(task)
-        kernel = self.kernel.numpy()[:, :, in_map][:, :, :, out_map]
+        kernel = self.physical_kernel().numpy()[:, :, in_map][:, :, :, out_map]
         bias = self.bias.numpy()[out_map] if self.use_bias else None
         return kernel, bias
 
     def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
         """Writes one task's kernel and bias into the physical cells its maps point at."""
         in_map, out_map = self.get_maps(task)
-        full = self.kernel.numpy()
+        full = self.physical_kernel().numpy()
         full[:, :, in_map[:, None], out_map[None, :]] = kernel
-        self.kernel.assign(full)
+        self.assign_physical_kernel(full)
         if self.use_bias and bias is not None:
             b = self.bias.numpy()
             b[out_map] = bias

@@ -102,7 +102,7 @@ class _Stripper:
     def zip_layer(self, layer, inputs: list) -> list:
         groups = group_units(layer)
         repaired = {(tasks, t): neurons for tasks, t, _, neurons in layer.repaired_groups()}
-        kernel = layer.kernel.numpy()
+        kernel = layer.physical_kernel().numpy()
         bias = layer.bias.numpy() if layer.use_bias else None
         outputs = []
         for t in range(self.n_tasks):

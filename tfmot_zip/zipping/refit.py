@@ -95,7 +95,8 @@ def _row_blocks(merged, original, layer: keras.layers.Layer, original_layer: ker
         rows = np.sort(rng.choice(available, size=max_rows, replace=False))
     else:
         rows = np.arange(available)
-    block = max(1, 16_000_000 // (original_kernel.shape[0] + layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2]))
+    kh, kw, channels = layer.physical_kernel().shape[:3]
+    block = max(1, 16_000_000 // (original_kernel.shape[0] + kh * kw * channels))
     for start in range(0, len(rows), block):
         chosen = rows[start : start + block]
         x = gather_patches(merged, *geometry, rows=chosen).astype(np.float64)
@@ -164,7 +165,7 @@ def refit_layers(
             grams[task], crosses[task] = acts.merged.replicas.sum_all([grams[task], crosses[task]])  # over workers
         owners = layer.unit_tasks()
         column_tasks = [frozenset(owners.get(c, ())) for c in range(layer.capacity)]
-        kernel = layer.kernel.numpy()
+        kernel = layer.physical_kernel().numpy()
         bias = layer.bias.numpy() if layer.use_bias else np.zeros(layer.capacity, kernel.dtype)
         prior = np.vstack([kernel.reshape(rows, layer.capacity), bias[None, :]])
         if not layer.use_bias:
@@ -172,7 +173,7 @@ def refit_layers(
             crosses = [c[:-1] for c in crosses]
             prior = prior[:-1]
         solved = refit_shared_columns(grams, crosses, column_tasks, prior, damping)
-        layer.kernel.assign(solved[:rows].reshape(kernel.shape).astype(kernel.dtype))
+        layer.assign_physical_kernel(solved[:rows].reshape(kernel.shape).astype(kernel.dtype))
         if layer.use_bias:
             layer.bias.assign(solved[rows].astype(bias.dtype))
         acts.changed(layer)

@@ -56,9 +56,9 @@ def _moments(values: np.ndarray, preactivation, units: int, batch_size: int, sum
 def _fold_private(layer, task: int, scale: np.ndarray, shift: np.ndarray, private: np.ndarray) -> None:
     """Folds the affine of ``task``'s private neurons into their own columns; leaves them identity."""
     columns = layer.get_maps(task)[1][private]
-    kernel = layer.kernel.numpy()
+    kernel = layer.physical_kernel().numpy()
     kernel[..., columns] *= scale[private].astype(kernel.dtype)
-    layer.kernel.assign(kernel)
+    layer.assign_physical_kernel(kernel)
     bias = layer.bias.numpy()
     bias[columns] = scale[private] * bias[columns] + shift[private]
     layer.bias.assign(bias)
