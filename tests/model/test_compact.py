@@ -8,7 +8,8 @@ of it is read by some task, the input model is untouched, strip_zipping gives th
 and count_params), zip_summary the same sharing and parameters (pairs renumbered consistently with the
 maps), save/load round-trips, compacting twice changes nothing, sharing 0 changes nothing, the maps are
 constants (no integer weights), each kernel stores exactly the cells some task reads (brute-force count
-from the maps), and count_params is within 5% of the stripped model's at every sharing. Then the zoo pairs
+from the maps), and count_params is within 5% of the stripped model's at every sharing (at most 5% above it with repair,
+whose stripped form holds more values). Then the zoo pairs
 (printed figures) and the refusals.
 """
 import os
@@ -194,9 +195,12 @@ def check_compact(zipped, xs, tmp_dir):
     for c, l in zip(compact_outs, loaded(xs)):
         np.testing.assert_array_equal(l.numpy(), c, err_msg="save/load")
     assert [getattr(l, "capacity", None) for l in loaded.layers] == [getattr(l, "capacity", None) for l in compact.layers]
-    # the compact model holds what the stripped model holds: the read kernel cells, biases, BatchNorm, repair
-    # (strip_zipping places some biases and repair affines per block and task, so not always to the unit)
-    assert abs(compact.count_params() - plain.count_params()) <= 0.05 * plain.count_params()
+    # the compact model holds what the stripped model holds: the read kernel cells, biases, BatchNorm. A
+    # stripped repair affine is a layer of 4 values per unit and task (the zip layer's: 2), and strip_zipping
+    # places some biases per block and task: the compact model is then smaller, never more than 5% larger.
+    assert compact.count_params() <= 1.05 * plain.count_params()
+    if not any(getattr(l, "repair", False) for l in compact.layers):
+        assert compact.count_params() >= 0.95 * plain.count_params()
     return compact
 
 

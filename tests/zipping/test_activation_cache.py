@@ -37,7 +37,7 @@ def test_values_follow_every_weight_change_downstream_of_invalidated_layers(seed
 
     check()
     changed = zip_layers[layer_pick % len(zip_layers)]
-    changed.kernel.assign(changed.kernel * scale + 0.1)
+    changed.assign_physical_kernel(changed.physical_kernel() * scale + 0.1)
     stale = [np.asarray(cache.value(0, x)) for _, x in probes]
     cache.invalidate([changed])
     check()
@@ -52,7 +52,7 @@ def test_stale_batchnorm_is_re_estimated_from_its_own_inputs_as_recalibrate_woul
     cache = ActivationCache(zipped, data, batchnorm=True)
     assert cache._bn_task == {"bn1__cnn3": 0, "bn1__cnn4": 1}
     conv = zipped.get_layer("conv1")
-    conv.kernel.assign(conv.kernel * 1.7)
+    conv.assign_physical_kernel(conv.physical_kernel() * 1.7)
     cache.invalidate([conv])
     cache.values(0, list(zipped.get_layer("conv2").input))  # runs both tasks' BatchNorm
     estimated = {l.name: (l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy())

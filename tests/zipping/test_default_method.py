@@ -88,7 +88,7 @@ def test_layer_refit_targets_are_the_original_preactivations(rng, max_conv_rows)
     zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=0.0, method="mtz")
     for name in ("conv1", "conv2", "fc1"):  # perturb, so that the refit has something to undo
         layer = zipped.get_layer(name)
-        layer.kernel.assign(layer.kernel + 0.1)
+        layer.assign_physical_kernel(layer.physical_kernel() + 0.1)
     assert refit_layers(zipped, align_models([a, b]), data, damping=1e-12, max_conv_rows=max_conv_rows) == ["conv1", "conv2", "fc1"]
     # With a sample of the rows, a ReLU-dead input channel of conv2 may have no non-zero row left
     # (nothing to fit: it keeps the prior), so only conv1, on the raw images, is checked then.

@@ -6,7 +6,9 @@ columns; the columns it leaves behind are read by nobody, yet they stay in the k
 ``count_params()`` (at sharing 1.0 about half of every hidden layer). :func:`compact_zipped` builds a
 new zipped model computing the same function in which every unit space (the physical units a layer
 writes, shared by all writers of one residual stream or gated tensor, and followed by depthwise
-layers) keeps only its used units, renumbered in their old order. Every layer reading a space gets the
+layers) keeps only its used units, renumbered in their old order, and every kernel only the cells some
+task reads (one task's private inputs to another task's private units are dropped; the maps become
+constants of the layer config). Every layer reading a space gets the
 matching rows (also through ``Flatten`` and as one part of a channel ``Concatenate``), its ``in_map``
 and ``input_capacity`` renumbered alike; the unit ids in each layer's ``zip_record["pairs"]`` follow,
 so :func:`tfmot_zip.zip_summary` reports the same sharing and parameters. Other layers (BatchNorm...)
@@ -172,8 +174,11 @@ def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras
 
     Physical units of every unit space are renumbered in their old order; kernels, biases and repair
     weights are copied into the kept cells, maps and ``zip_record["pairs"]`` renumbered, every other
-    layer copied with its weights. ``strip_zipping`` and ``zip_summary`` give the same results on the
-    compact model as on ``model``; only ``count_params()`` (and the memory of the zipped model) shrink.
+    layer copied with its weights. Each zip layer gets a frozen layout (:mod:`tfmot_zip.model.frozen_layout`):
+    its maps become constants of its config, and a Dense/Conv2D kernel is stored as blocks holding only
+    the cells some task reads; Hessian accumulators of a finished schedule are dropped. ``strip_zipping``
+    and ``zip_summary`` give the same results on the compact model as on ``model``; only
+    ``count_params()`` (and the memory of the zipped model) shrink, to the stripped model's.
     ``model`` is not modified; compacting a compact model changes nothing. ``graph`` (the aligned
     original models, as ``zip_models`` has them) skips rebuilding the per-task models to trace the
     unit spaces.
@@ -188,12 +193,12 @@ def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras
         >>> from tfmot_zip.apps.zoo import example_pair
         >>> model_a, model_b, (x_a, x_b) = example_pair()
         >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=1.0)
-        >>> # zip_models compacts its result; the rest to the stripped model's count is the int maps
+        >>> # zip_models compacts its result: it holds what the stripped model holds
         >>> zipped.count_params(), tfmot_zip.strip_zipping(zipped).count_params()
-        (956, 782)
+        (782, 782)
         >>> compact = compact_zipped(zipped)  # compacting again changes nothing
         >>> compact.count_params()
-        956
+        782
         >>> bool(np.allclose(compact([x_a, x_b])[0], zipped([x_a, x_b])[0], atol=1e-5))
         True
     """
