@@ -90,3 +90,20 @@ def test_shared_columns_equal_a_per_column_stacked_least_squares(seed, damping, 
         np.testing.assert_allclose(got[rows, c], expected, atol=1e-8, rtol=1e-6)
         untouched = np.setdiff1d(np.arange(physical_rows + 1), rows)
         np.testing.assert_array_equal(got[untouched, c], prior[untouched, c])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_relu_targets_keep_what_a_relu_passes_on(n, seed):
+    """relu(target) == relu(original) everywhere; the original is the target wherever the original unit
+    is on or the prediction is; the prediction is the target (no residual) where both are off."""
+    from tfmot_zip.core.refit import relu_targets
+
+    rng = np.random.default_rng(seed)
+    original, predicted = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))
+    original[rng.random((n, 3)) < 0.1] = 0.0
+    target = relu_targets(original, predicted)
+    np.testing.assert_array_equal(np.maximum(target, 0), np.maximum(original, 0))
+    both_off = (original < 0) & (predicted < 0)
+    np.testing.assert_array_equal(target[both_off], predicted[both_off])
+    np.testing.assert_array_equal(target[~both_off], original[~both_off])

@@ -96,8 +96,11 @@ def test_a_signal_during_export_leaves_no_temporary_folder(tmp_path, signum, exp
     private = tmp_path / "tmp"
     private.mkdir()
     env = {**os.environ, "TMPDIR": str(private), "PYTHONPATH": str(ROOT)}
+    # A child inherits an ignored SIGINT (and Python then leaves it ignored): start it with the default
+    # disposition, as a shell does, whatever an earlier test in this worker left behind.
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "m.tflite")], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(tmp_path))
+                               stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(tmp_path),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         line = ""

@@ -98,3 +98,44 @@ def test_layer_refit_targets_are_the_original_preactivations(rng, max_conv_rows)
             want_kernel, want_bias = model.get_layer(name).get_weights()
             np.testing.assert_allclose(kernel, want_kernel, atol=2e-4)
             np.testing.assert_allclose(bias, want_bias, atol=2e-4)
+
+
+@pytest.mark.parametrize("passes", [0, 1, 3])
+def test_relu_passes_re_solve_with_relu_targets_as_brute_force_least_squares(rng, passes):
+    """fc1 of a fully shared ReLU MLP pair: the refit equals the damped least squares on both tasks'
+    stacked rows, re-solved ``passes`` times with relu_targets of the previous solution's predictions."""
+    from tfmot_zip.core.refit import relu_targets
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping.refit import refit_layers
+
+    a, b = mlp(3), mlp(4)
+    data = [calib(rng, 300, (6, 6, 1)) - 0.5, calib(rng, 250, (6, 6, 1)) - 0.5]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, method="mtz")
+    fc1 = zipped.get_layer("fc1")
+    prior = np.vstack([fc1.physical_kernel().numpy(), fc1.bias.numpy()[None]]).astype(np.float64)
+    xs, ys = [], []
+    for task, model in enumerate((a, b)):
+        in_map, out_map = fc1.get_maps(task)
+        x = data[task].reshape(len(data[task]), -1).astype(np.float64)
+        physical = np.zeros((len(x), fc1.input_capacity + 1))
+        physical[:, in_map] = x
+        physical[:, -1] = 1.0
+        kernel, bias = model.get_layer("fc1").get_weights()
+        y = np.zeros((len(x), fc1.capacity))
+        y[:, out_map] = x @ kernel + bias
+        xs.append(physical)
+        ys.append(y)
+    assert all(sorted(fc1.get_maps(t)[1].tolist()) == list(range(fc1.capacity)) for t in (0, 1))  # every column shared
+    x, y = np.vstack(xs), np.vstack(ys)
+    gram = x.T @ x
+    lam = 1e-3 * np.mean(np.diag(gram))
+    want = np.linalg.solve(gram + lam * np.eye(len(gram)), x.T @ y + lam * prior)
+    first = want
+    for _ in range(passes):
+        want = np.linalg.solve(gram + lam * np.eye(len(gram)), x.T @ relu_targets(y, x @ want) + lam * prior)
+    assert np.mean((y < 0) & (x @ first < 0)) > 0.05  # the passes had entries to relax
+    assert refit_layers(zipped, align_models([a, b]), data, layers=["fc1"], relu_passes=passes) == ["fc1"]
+    np.testing.assert_allclose(fc1.physical_kernel().numpy(), want[:-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fc1.bias.numpy(), want[-1], rtol=1e-4, atol=1e-5)
+    if passes:
+        assert not np.allclose(want, first, atol=1e-4)  # a pass changes the solution

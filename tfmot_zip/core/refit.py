@@ -20,7 +20,7 @@ import numpy as np
 
 from tfmot_zip.core.linalg import SummedStatistics
 
-__all__ = ["LinearRefit", "refit_shared_columns"]
+__all__ = ["LinearRefit", "refit_shared_columns", "relu_targets"]
 
 
 class LinearRefit(SummedStatistics):
@@ -125,3 +125,20 @@ def refit_shared_columns(
             solution = np.linalg.lstsq(block, rhs, rcond=None)[0]
         result[np.ix_(active, columns)] = solution
     return result
+
+
+def relu_targets(original: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Least-squares targets of a unit followed by a ReLU, given the current prediction.
+
+    The target is the original pre-activation, except where the original unit is off (negative)
+    and the prediction is off too: there the ReLU outputs 0 either way, so the prediction itself
+    is the target (no residual). Re-solving with these targets spends the least squares on the
+    values the next layer sees instead of on how far below zero an inactive unit lies.
+
+    Example:
+        >>> relu_targets(np.array([2.0, -1.0, -1.0, -2.0]), np.array([1.0, -3.0, 0.5, -0.5])).tolist()
+        [2.0, -3.0, -1.0, -0.5]
+    """
+    original = np.asarray(original)
+    predicted = np.asarray(predicted)
+    return np.where((original < 0) & (predicted < 0), predicted, original)

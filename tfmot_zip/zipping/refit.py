@@ -4,7 +4,9 @@
   squares from the inputs the zipped network really gives it (the layers below are merged, so
   the inputs have moved) to each task's original pre-activations, jointly over the tasks that
   share a unit (:func:`tfmot_zip.core.refit.refit_shared_columns`). MTZ's own update is the
-  second-order approximation of this around the original inputs.
+  second-order approximation of this around the original inputs. With ``relu_passes``, a layer with
+  a ReLU is then re-solved that many times with :func:`tfmot_zip.core.refit.relu_targets`: where the original
+  unit is off and the prediction is off too, the prediction counts as exact.
 - :func:`refit_heads`: each task's head re-solved from the zipped network's last hidden features
   to the original model's pre-activations. Heads stay per task, so this costs no parameters.
 """
@@ -16,7 +18,7 @@ import numpy as np
 
 from tfmot_zip.compat import keras
 from tfmot_zip.core.hessian import conv_output_shape, gather_patches
-from tfmot_zip.core.refit import LinearRefit, refit_shared_columns
+from tfmot_zip.core.refit import LinearRefit, refit_shared_columns, relu_targets
 from tfmot_zip.model.graph import ModelGraph
 from tfmot_zip.zipping.activations import ZipActivations
 
@@ -114,6 +116,7 @@ def refit_layers(
     activations: ZipActivations | None = None,
     max_conv_rows: int | None = 200_000,
     seed: int = 0,
+    relu_passes: int = 0,
 ) -> list[str]:
     """Re-solves the weights of every hidden zip layer of ``zipped`` in place, bottom-up.
 
@@ -128,6 +131,10 @@ def refit_layers(
         max_conv_rows: at most this many patch rows (samples x output positions) per task and
             convolution enter its least squares (drawn evenly at random beyond it); None: all.
         seed: seeds that draw.
+        relu_passes: for a layer whose activation is a ReLU (and no repair affine), re-solve this
+            many more times with :func:`~tfmot_zip.core.refit.relu_targets` of the last solution's
+            predictions (0, the default, which ``zip_models`` uses: the plain least squares of the
+            pre-activations; docs/REFIT.md measures 2).
 
     Returns:
         The names of the layers refit.
@@ -150,32 +157,58 @@ def refit_layers(
         is_conv = node.kind == "conv"
         positions = int(np.prod(layer.kernel_size)) if is_conv else 1
         rows = positions * layer.input_capacity
-        grams = [np.zeros((rows + 1, rows + 1)) for _ in node.layers]
-        crosses = [np.zeros((rows + 1, layer.capacity)) for _ in node.layers]
-        for task, original_layer in enumerate(node.layers):
-            in_map, out_map = layer.get_maps(task)
-            ids = (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
-            ids = np.append(ids, rows)  # the bias coordinate
-            merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
-            rng = np.random.default_rng([seed, node.index, task])
-            for x, y in _row_blocks(merged, original, layer, original_layer, is_conv, batch_size, max_conv_rows, rng):
-                x = np.hstack([x, np.ones((len(x), 1))])
-                grams[task][np.ix_(ids, ids)] += x.T @ x
-                crosses[task][np.ix_(ids, out_map)] += x.T @ y
-            grams[task], crosses[task] = acts.merged.replicas.sum_all([grams[task], crosses[task]])  # over workers
+        sums = [_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed)
+                for task in range(len(node.layers))]
+        grams, crosses = [g for g, _ in sums], [c for _, c in sums]
         owners = layer.unit_tasks()
         column_tasks = [frozenset(owners.get(c, ())) for c in range(layer.capacity)]
         kernel = layer.physical_kernel().numpy()
         bias = layer.bias.numpy() if layer.use_bias else np.zeros(layer.capacity, kernel.dtype)
         prior = np.vstack([kernel.reshape(rows, layer.capacity), bias[None, :]])
-        if not layer.use_bias:
-            grams = [g[:-1, :-1] for g in grams]
-            crosses = [c[:-1] for c in crosses]
-            prior = prior[:-1]
-        solved = refit_shared_columns(grams, crosses, column_tasks, prior, damping)
+        keep = slice(None) if layer.use_bias else slice(0, rows)  # without a bias, its coordinate is dropped
+
+        def solve(crosses: list) -> np.ndarray:  # physical weights, the bias row last (zero without a bias)
+            solved = refit_shared_columns([g[keep, keep] for g in grams], [c[keep] for c in crosses], column_tasks,
+                                          prior[keep], damping)
+            return solved if layer.use_bias else np.vstack([solved, np.zeros((1, layer.capacity))])
+
+        solved = solve(crosses)
+        relu = layer.activation is keras.activations.relu and not layer.repair
+        for _ in range(int(relu_passes) if relu else 0):
+            solved = solve([_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed, solved)[1]
+                            for task in range(len(node.layers))])
         layer.assign_physical_kernel(solved[:rows].reshape(kernel.shape).astype(kernel.dtype))
         if layer.use_bias:
             layer.bias.assign(solved[rows].astype(bias.dtype))
         acts.changed(layer)
         names.append(node.name)
     return names
+
+
+def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, max_conv_rows, seed: int,
+               solved: np.ndarray | None = None) -> tuple:
+    """``(gram, cross)`` of one task at a hidden zip layer, in physical coordinates (the last row: the
+    bias). With ``solved`` (physical weights, bias row last) the targets are the
+    :func:`~tfmot_zip.core.refit.relu_targets` of its predictions, and the gram is not accumulated."""
+    rows = positions * layer.input_capacity
+    in_map, out_map = layer.get_maps(task)
+    ids = (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
+    ids = np.append(ids, rows)  # the bias coordinate
+    original_layer = node.layers[task]
+    merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
+    rng = np.random.default_rng([seed, node.index, task])  # the same rows on every pass
+    gram = np.zeros((rows + 1, rows + 1)) if solved is None else None
+    cross = np.zeros((rows + 1, layer.capacity))
+    weights = None if solved is None else solved[np.ix_(ids, out_map)]
+    for x, y in _row_blocks(merged, original, layer, original_layer, node.kind == "conv", batch_size, max_conv_rows, rng):
+        x = np.hstack([x, np.ones((len(x), 1))])
+        if weights is None:
+            gram[np.ix_(ids, ids)] += x.T @ x
+        else:
+            y = relu_targets(y, x @ weights)
+        cross[np.ix_(ids, out_map)] += x.T @ y
+    if gram is None:
+        (cross,) = acts.merged.replicas.sum_all([cross])  # over the workers of a tf.distribute strategy
+        return None, cross
+    gram, cross = acts.merged.replicas.sum_all([gram, cross])
+    return gram, cross
