@@ -7,6 +7,8 @@ Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPA
   default 10,000; HELDOUT: measure on that many training images after the calibration images, with the
   originals' accuracy on them, instead of the test splits: choosing between recipes there is not tuning
   on the test set)
+Environment: RELU_PASSES=N runs the layer refit with refit_layers(relu_passes=N) (docs/REFIT.md; the
+library's default is 0).
 """
 import json
 import os
@@ -18,6 +20,14 @@ import numpy as np
 import tfmot_zip
 from tfmot_zip import data, training
 from benchmarks.refit import load_pair  # noqa: E402
+
+if os.environ.get("RELU_PASSES"):  # zip_models calls refit_layers with its defaults: change that one
+    from tfmot_zip.zipping import refit as _refit
+
+    _names = _refit.refit_layers.__code__.co_varnames[: _refit.refit_layers.__code__.co_argcount]
+    _defaults = list(_refit.refit_layers.__defaults__)
+    _defaults[_names.index("relu_passes") - (len(_names) - len(_defaults))] = int(os.environ["RELU_PASSES"])
+    _refit.refit_layers.__defaults__ = tuple(_defaults)
 arch, pair = sys.argv[1], sys.argv[2]
 variants = [tuple((v + ":0:0").split(":")[:3]) for v in sys.argv[3].split(",")]  # method:refits:repair
 sharings = [float(s) for s in sys.argv[4].split(",")]
