@@ -58,9 +58,12 @@ def test_ignored_signals_stay_ignored(tmp_path):
 
 @pytest.fixture
 def default_sigint():
-    """Python's own SIGINT handler for the test, whatever an earlier test in this worker left behind."""
+    """Python's own SIGINT handler, SIGINT unblocked, for the test, whatever an earlier test in this
+    worker left behind."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     signal.signal(signal.SIGINT, previous)
 
 

@@ -91,16 +91,23 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their default disposition, unblocked."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 @pytest.mark.parametrize("signum, expected_code", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 3)])
 def test_a_signal_during_export_leaves_no_temporary_folder(tmp_path, signum, expected_code):
     private = tmp_path / "tmp"
     private.mkdir()
     env = {**os.environ, "TMPDIR": str(private), "PYTHONPATH": str(ROOT)}
-    # A child inherits an ignored SIGINT (and Python then leaves it ignored): start it with the default
-    # disposition, as a shell does, whatever an earlier test in this worker left behind.
+    # A child inherits an ignored or blocked SIGINT (and Python then leaves it ignored): start it with
+    # the default disposition and an empty mask, as a shell does, whatever an earlier test left behind.
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "m.tflite")], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(tmp_path),
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=_default_signals)
     try:
         deadline = time.monotonic() + 120
         line = ""
