@@ -21,13 +21,12 @@ import tfmot_zip
 from tfmot_zip import data, training
 from benchmarks.refit import load_pair  # noqa: E402
 
-if os.environ.get("RELU_PASSES"):  # zip_models calls refit_layers with its defaults: change that one
-    from tfmot_zip.zipping import refit as _refit
+if os.environ.get("RELU_PASSES"):  # the layer refit zip_models calls, with relu_passes
+    import functools
 
-    _names = _refit.refit_layers.__code__.co_varnames[: _refit.refit_layers.__code__.co_argcount]
-    _defaults = list(_refit.refit_layers.__defaults__)
-    _defaults[_names.index("relu_passes") - (len(_names) - len(_defaults))] = int(os.environ["RELU_PASSES"])
-    _refit.refit_layers.__defaults__ = tuple(_defaults)
+    from tfmot_zip.zipping import api as _api, refit as _refit
+
+    _api.refit_layers_ = functools.partial(_refit.refit_layers, relu_passes=int(os.environ["RELU_PASSES"]))
 arch, pair = sys.argv[1], sys.argv[2]
 variants = [tuple((v + ":0:0").split(":")[:3]) for v in sys.argv[3].split(",")]  # method:refits:repair
 sharings = [float(s) for s in sys.argv[4].split(",")]

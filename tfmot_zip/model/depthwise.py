@@ -101,14 +101,14 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         if given:
             super().set_maps(task, in_map=given[0], out_map=given[0])
 
-    def task_kernel(self, task: int) -> tf.Tensor:
+    def task_kernel(self, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
         """``[kh, kw, channels of task, 1]``: the kernel task ``task`` computes with."""
-        return tf.gather(self.kernel, self.in_maps[task], axis=2)
+        return tf.gather(self.kernel if physical is None else physical, self.in_maps[task], axis=2)
 
-    def preactivation(self, x: tf.Tensor, task: int) -> tf.Tensor:
+    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
         y = tf.nn.depthwise_conv2d(
             x,
-            tf.cast(self.task_kernel(task), x.dtype),
+            tf.cast(self.task_kernel(task, physical), x.dtype),
             strides=(1, *self.strides, 1),
             padding=self.padding.upper(),
             dilations=self.dilation_rate,

@@ -195,7 +195,8 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
     def call(self, inputs: Any, training: Any = None) -> list:
         inputs = self._check_inputs(inputs)
         hooks = self._schedule_hook(inputs, training)
-        outputs = [self.activation(self._apply_repair(self.preactivation(x, t), t)) for t, x in enumerate(inputs)]
+        physical = self.physical_kernel()  # assembled once for every task (a compact layer's blocks)
+        outputs = [self.activation(self._apply_repair(self.preactivation(x, t, physical), t)) for t, x in enumerate(inputs)]
         return self._finish_outputs(outputs, hooks)
 
 
@@ -263,13 +264,15 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         self._build_repair()
         super().build(input_shape)
 
-    def task_kernel(self, task: int) -> tf.Tensor:
-        """The kernel task ``task`` computes with: ``kernel[in_map][:, out_map]``."""
-        return tf.gather(tf.gather(self.physical_kernel(), self.in_maps[task], axis=0), self.out_maps[task], axis=1)
+    def task_kernel(self, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
+        """The kernel task ``task`` computes with: ``kernel[in_map][:, out_map]`` (of ``physical``, the
+        physical kernel if already assembled)."""
+        physical = self.physical_kernel() if physical is None else physical
+        return tf.gather(tf.gather(physical, self.in_maps[task], axis=0), self.out_maps[task], axis=1)
 
-    def preactivation(self, x: tf.Tensor, task: int) -> tf.Tensor:
+    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
         """``x W + b`` of ``task`` (before the repair affine and the activation)."""
-        return self._add_bias(tf.matmul(x, tf.cast(self.task_kernel(task), x.dtype)), task)
+        return self._add_bias(tf.matmul(x, tf.cast(self.task_kernel(task, physical), x.dtype)), task)
 
     def compute_output_shape(self, input_shape: Any) -> list:
         return [tf.TensorShape(s).as_list()[:-1] + [n] for s, n in zip(input_shape, self.task_units)]
@@ -425,15 +428,16 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         )
         return tf.reshape(patches, (-1, patches.shape[-1]))
 
-    def task_kernel(self, task: int) -> tf.Tensor:
-        """The kernel task ``task`` computes with."""
-        return tf.gather(tf.gather(self.physical_kernel(), self.in_maps[task], axis=2), self.out_maps[task], axis=3)
+    def task_kernel(self, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
+        """The kernel task ``task`` computes with (of ``physical``, the physical kernel if already assembled)."""
+        physical = self.physical_kernel() if physical is None else physical
+        return tf.gather(tf.gather(physical, self.in_maps[task], axis=2), self.out_maps[task], axis=3)
 
-    def preactivation(self, x: tf.Tensor, task: int) -> tf.Tensor:
+    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
         """The convolution of ``task`` plus its bias (before the repair affine and the activation)."""
         y = tf.nn.conv2d(
             x,
-            tf.cast(self.task_kernel(task), x.dtype),
+            tf.cast(self.task_kernel(task, physical), x.dtype),
             strides=(1, *self.strides, 1),
             padding=self.padding.upper(),
             dilations=(1, *self.dilation_rate, 1),
