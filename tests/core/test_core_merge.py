@@ -202,3 +202,42 @@ def test_block_hessian_is_the_block_diagonal_of_the_exact_one():
     mask[12, 12] = True
     np.testing.assert_allclose(b[mask], h[mask], rtol=1e-12)
     assert np.all(b[~mask] == 0)
+
+
+def _block_hessian(rng, sizes, dead):
+    """A damped Hessian that is block diagonal (a convolution's per-position blocks), with ``dead``
+    coordinates (inputs that never fire: only the damping on the diagonal)."""
+    d = sum(sizes)
+    h = np.zeros((d, d))
+    start = 0
+    for size in sizes:
+        x = rng.normal(size=(size + 2, size))
+        h[start:start + size, start:start + size] = x.T @ x / (size + 2)
+        start += size
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    return h + 1e-2 * np.eye(d)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=20), seed=st.integers(0, 2**31 - 1),
+       dead_fraction=st.sampled_from([0.0, 0.5, 0.9]), permute=st.booleans())
+def test_block_diagonal_hessians_give_the_brute_force_costs_and_updates(sizes, seed, dead_fraction, permute):
+    """Block-by-block products (many tiny blocks coalesced) equal the constrained minimum solved densely."""
+    rng = np.random.default_rng(seed)
+    d = sum(sizes)
+    h_a = _block_hessian(rng, sizes, rng.random(d) < dead_fraction)
+    h_b = _block_hessian(rng, sizes, rng.random(d) < dead_fraction)
+    s = int(rng.integers(1, d + 1))
+    idx = rng.permutation(d)[:s] if permute else np.arange(d)[:s] if s < d else np.arange(d)
+    w_a, w_b = rng.normal(size=(3, d)), rng.normal(size=(2, d))
+    side_a = MergeSide.from_hessian_inverse(w_a, invert_hessian(h_a, 0.0), idx)
+    side_b = MergeSide.from_hessian_inverse(w_b, invert_hessian(h_b, 0.0), idx)
+    costs = merge_cost_matrix(side_a, side_b)
+    new_a, new_b = apply_merge(side_a, side_b, [2, 0], [0, 1], snap=False)
+    for i, j in [(2, 0), (0, 1)]:
+        value, a_star, b_star = brute_force_merge(w_a[i], w_b[j], h_a, h_b, idx, idx)
+        assert costs[i, j] == pytest.approx(value, rel=1e-7, abs=1e-9)
+        np.testing.assert_allclose(new_a[i], a_star, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(new_b[j], b_star, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(new_a[1], w_a[1])

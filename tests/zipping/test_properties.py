@@ -101,7 +101,7 @@ def test_costs_are_non_negative_even_for_near_identical_neurons(problem, noise):
     n = min(side_a.weights.shape[0], side_b.weights.shape[0])
     w_b = side_b.weights.copy()
     w_b[:n, side_b.shared_index] = side_a.weights[:n][:, side_a.shared_index] + noise
-    near = MergeSide(w_b, side_b.shared_index, side_b.g, side_b.u)
+    near = MergeSide(w_b, side_b.shared_index, side_b.g, side_b.hessian_inverse)
     costs = merge_cost_matrix(side_a, near)
     assert np.all(costs >= 0.0)
     assert np.all(np.isfinite(costs))

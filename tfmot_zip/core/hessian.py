@@ -223,8 +223,7 @@ def invert_hessian(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
             f"The layer Hessian ({h.shape[0]}x{h.shape[0]}) is singular even with "
             f"damping={damping!r}; increase damping (e.g. {max(damping * 10, 1e-3):g})."
         ) from err
-    inverse = 0.5 * (inverse + inverse.T)
-    if not np.all(np.isfinite(inverse)):
+    if not np.all(np.isfinite(inverse)):  # exactly symmetric already (spd_inverse)
         raise SingularHessianError(
             f"Inverting the layer Hessian gave non-finite values with damping={damping!r}; "
             "increase damping."

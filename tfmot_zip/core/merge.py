@@ -11,11 +11,11 @@ update is ``a_i -= U_A M d`` and ``b_j += U_B M d``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from tfmot_zip.core.linalg import spd_inverse
+from tfmot_zip.core.linalg import block_diagonal_product, diagonal_blocks, spd_inverse
 
 __all__ = ["MergeSide", "merge_metric", "merge_cost_matrix", "pair_cost", "apply_merge"]
 
@@ -29,7 +29,8 @@ class MergeSide:
         shared_index: ``[s]`` indices into ``d`` of the shared coordinates, in the order that
             pairs them with the other side's ``shared_index``.
         g: ``[s, s]`` block ``P H^-1 P^T`` (for a side serving several tasks, their sum).
-        u: ``[d, s]`` update operator ``H^-1 P^T``.
+        hessian_inverse: ``[d, d]`` the side's (damped) inverse Hessian ``H^-1``; the update
+            operator is ``u = H^-1 P^T``.
 
     Example:
         >>> h_inv = np.eye(3)
@@ -41,7 +42,8 @@ class MergeSide:
     weights: np.ndarray
     shared_index: np.ndarray
     g: np.ndarray
-    u: np.ndarray
+    hessian_inverse: np.ndarray
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_hessian_inverse(
@@ -58,12 +60,47 @@ class MergeSide:
             )
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= w.shape[1])):
             raise ValueError(f"shared_index must index the {w.shape[1]} coordinates; got {idx}.")
-        return cls(w, idx, h_inv[np.ix_(idx, idx)], h_inv[:, idx])
+        every = idx.size == w.shape[1] and bool(np.all(idx == np.arange(idx.size)))
+        return cls(w, idx, h_inv if every else h_inv[np.ix_(idx, idx)], h_inv)
+
+    @property
+    def u(self) -> np.ndarray:
+        """``[d, s]`` update operator ``H^-1 P^T``."""
+        return self.hessian_inverse[:, self.shared_index]
 
     @property
     def shared_weights(self) -> np.ndarray:
         """``P w`` for every neuron: ``[n, s]``."""
         return self.weights[:, self.shared_index]
+
+    def update_directions(self, shared_steps: np.ndarray) -> np.ndarray:
+        """``steps @ u.T = (steps P) H^-1`` for ``[k, s]`` steps on the shared coordinates, multiplied
+        block by block when ``H^-1`` is block diagonal (e.g. a convolution's per-position blocks)."""
+        if "blocks" not in self._cache:
+            self._cache["blocks"] = diagonal_blocks(self.hessian_inverse)
+        full = np.zeros((shared_steps.shape[0], self.weights.shape[1]))
+        full[:, self.shared_index] = shared_steps
+        return block_diagonal_product(full, self.hessian_inverse, self._cache["blocks"])
+
+
+def _metric(side_a: MergeSide, side_b: MergeSide) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """``merge_metric(side_a.g, side_b.g)`` and its diagonal blocks, computed once per pair of sides
+    (the costs and the update of the same pair both need them)."""
+    key = ("metric", id(side_b))
+    cached = side_a._cache.get(key)
+    if cached is None or cached[0] is not side_b:
+        total = np.asarray(side_a.g, dtype=np.float64) + np.asarray(side_b.g, dtype=np.float64)
+        blocks = diagonal_blocks(total)
+        cached = side_a._cache[key] = (side_b, _inverse_of_sum(total, blocks), blocks)
+    return cached[1], cached[2]
+
+
+def _inverse_of_sum(total: np.ndarray, blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
+    try:
+        return spd_inverse(total, blocks)  # symmetrised block by block; exactly symmetric
+    except np.linalg.LinAlgError:
+        metric = np.linalg.pinv(0.5 * (total + total.T), hermitian=True)
+        return 0.5 * (metric + metric.T)
 
 
 def _check_pair(side_a: MergeSide, side_b: MergeSide) -> None:
@@ -75,14 +112,14 @@ def _check_pair(side_a: MergeSide, side_b: MergeSide) -> None:
 
 
 def merge_metric(g_a: np.ndarray, g_b: np.ndarray) -> np.ndarray:
-    """``M = (G_A + G_B)^-1`` (symmetric positive definite when both G are)."""
-    total = np.asarray(g_a, dtype=np.float64) + np.asarray(g_b, dtype=np.float64)
-    total = 0.5 * (total + total.T)
-    try:
-        metric = spd_inverse(total)
-    except np.linalg.LinAlgError:
-        metric = np.linalg.pinv(total, hermitian=True)
-    return 0.5 * (metric + metric.T)
+    """``M = (G_A + G_B)^-1`` (symmetric positive definite when both G are).
+
+    Example:
+        >>> merge_metric(np.eye(2), np.eye(2))
+        array([[0.5, 0. ],
+               [0. , 0.5]])
+    """
+    return _inverse_of_sum(np.asarray(g_a, dtype=np.float64) + np.asarray(g_b, dtype=np.float64))
 
 
 def merge_cost_matrix(side_a: MergeSide, side_b: MergeSide) -> np.ndarray:
@@ -98,11 +135,11 @@ def merge_cost_matrix(side_a: MergeSide, side_b: MergeSide) -> np.ndarray:
                [0.5, 0. ]])
     """
     _check_pair(side_a, side_b)
-    metric = merge_metric(side_a.g, side_b.g)
+    metric, blocks = _metric(side_a, side_b)
     a = side_a.shared_weights
     b = side_b.shared_weights
-    am = a @ metric
-    bm = b @ metric
+    am = block_diagonal_product(a, metric, blocks)
+    bm = block_diagonal_product(b, metric, blocks)
     qa = np.einsum("ij,ij->i", am, a)
     qb = np.einsum("ij,ij->i", bm, b)
     costs = 0.5 * (qa[:, None] + qb[None, :] - 2.0 * (am @ b.T))
@@ -147,11 +184,11 @@ def apply_merge(
     new_b = side_b.weights.copy()
     if rows.size == 0:
         return new_a, new_b
-    metric = merge_metric(side_a.g, side_b.g)
+    metric, blocks = _metric(side_a, side_b)
     diff = side_a.shared_weights[rows] - side_b.shared_weights[cols]
-    md = diff @ metric
-    new_a[rows] -= md @ side_a.u.T
-    new_b[cols] += md @ side_b.u.T
+    md = block_diagonal_product(diff, metric, blocks)
+    new_a[rows] -= side_a.update_directions(md)
+    new_b[cols] += side_b.update_directions(md)
     if snap:
         common = 0.5 * (new_a[np.ix_(rows, side_a.shared_index)] + new_b[np.ix_(cols, side_b.shared_index)])
         new_a[np.ix_(rows, side_a.shared_index)] = common
