@@ -62,11 +62,12 @@ def coalesce_blocks(blocks: list[tuple[int, int]], min_size: int = 64) -> list[t
     return out
 
 
-def spd_inverse(matrix: np.ndarray, blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
+def spd_inverse(matrix: np.ndarray, blocks: list[tuple[int, int]] | None = None, symmetrize: bool = False) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix, block by block where it is block diagonal.
 
-    Each block is symmetrised (``(B + B^T) / 2``) before it is factorised, and the inverse is
-    exactly symmetric. ``blocks`` (e.g. from :func:`diagonal_blocks`) skips the search for them.
+    Reads the lower triangle of ``matrix`` (``symmetrize=True`` uses ``(B + B^T) / 2`` of each block
+    instead, for a matrix symmetric only up to round-off); the inverse is exactly symmetric.
+    ``blocks`` (e.g. from :func:`diagonal_blocks`) skips the search for them.
 
     Raises:
         numpy.linalg.LinAlgError: when a block is not positive definite.
@@ -81,15 +82,17 @@ def spd_inverse(matrix: np.ndarray, blocks: list[tuple[int, int]] | None = None)
     out = np.empty_like(m) if len(blocks) == 1 else np.zeros_like(m)
     for start, stop in blocks:
         block = m[start:stop, start:stop]
-        block = 0.5 * (block + block.T)
-        factor, info = lapack.dpotrf(block, lower=1, clean=1, overwrite_a=1)
+        if symmetrize:
+            block = 0.5 * (block + block.T)
+        factor, info = lapack.dpotrf(block, lower=1, clean=1, overwrite_a=int(symmetrize))
         if info != 0:
             raise np.linalg.LinAlgError(f"Block [{start}:{stop}] is not positive definite (LAPACK info {info}).")
-        inverse, info = lapack.dpotri(factor, lower=1, overwrite_c=1)
+        inverse, info = lapack.dpotri(factor, lower=1, overwrite_c=1)  # the lower triangle; the upper stays 0
         if info != 0:
             raise np.linalg.LinAlgError(f"Block [{start}:{stop}] is singular (LAPACK info {info}).")
-        lower = np.tril(inverse)
-        out[start:stop, start:stop] = lower + np.tril(lower, -1).T
+        full = inverse + inverse.T
+        np.fill_diagonal(full, np.diagonal(inverse))
+        out[start:stop, start:stop] = full
     return out
 
 

@@ -97,7 +97,7 @@ def _metric(side_a: MergeSide, side_b: MergeSide) -> tuple[np.ndarray, list[tupl
 
 def _inverse_of_sum(total: np.ndarray, blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
     try:
-        return spd_inverse(total, blocks)  # symmetrised block by block; exactly symmetric
+        return spd_inverse(total, blocks, symmetrize=True)  # exactly symmetric
     except np.linalg.LinAlgError:
         metric = np.linalg.pinv(0.5 * (total + total.T), hermitian=True)
         return 0.5 * (metric + metric.T)

@@ -43,7 +43,7 @@ def _training_pass(model: keras.Model):
         _PASSES[model] = cached
     return cached[1]
 
-__all__ = ["BatchNormUpdate", "MIN_SAMPLES", "degenerate_channels", "recalibrate_batchnorm"]
+__all__ = ["BatchNormUpdate", "MIN_SAMPLES", "degenerate_channels", "recalibrate_batchnorm", "warn_restored"]
 
 #: Fewest calibration samples per task from which BatchNorm statistics are re-estimated.
 MIN_SAMPLES = 32
@@ -188,12 +188,21 @@ def recalibrate_batchnorm(
             layer.moving_mean.assign(np.where(bad, old_mean, new_mean))
             layer.moving_variance.assign(np.where(bad, old_var, new_var))
             update.restored_channels[layer.name] = int(bad.sum())
+    warn_restored(update)
+    return update
+
+
+def warn_restored(update: BatchNormUpdate) -> None:
+    """Warns when an update kept the trained statistics of degenerate channels (none: silent).
+
+    Example:
+        >>> warn_restored(BatchNormUpdate(updated=["bn"], samples=64))  # nothing restored: no warning
+    """
     if update.restored_channels:
         warnings.warn(
             "BatchNorm re-estimation found degenerate (zero or near-zero) variance in "
             f"{sum(update.restored_channels.values())} channels of {sorted(update.restored_channels)}; those "
             "channels keep their trained statistics. Constant or all-zero calibration data causes this.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return update

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.model.batchnorm import MIN_SAMPLES, degenerate_channels
+from tfmot_zip.model.batchnorm import MIN_SAMPLES, BatchNormUpdate, degenerate_channels, warn_restored
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipLayerMixin
 from tfmot_zip.zipping.distribute import Replicas
@@ -106,6 +106,7 @@ class ActivationCache:
         for w in range(n_worlds):
             self._seed(w, calibration)
         self._stale: set[str] = set()  # BatchNorm layers to re-estimate
+        self._estimated: dict[str, int] = {}  # BatchNorm layers re-estimated so far -> channels kept trained
         self._bn_task = self._batchnorm_tasks() if batchnorm else {}
 
     def _seed(self, world: int, calibration: Sequence[np.ndarray]) -> None:
@@ -228,6 +229,35 @@ class ActivationCache:
         bad = degenerate_channels(new_var, old_var) | ~np.isfinite(new_mean)
         layer.moving_mean.assign(np.where(bad, old_mean, new_mean).astype(np.float32))
         layer.moving_variance.assign(np.where(bad, old_var, new_var).astype(np.float32))
+        self._estimated[layer.name] = int(bad.sum())
+
+    def finish_batchnorm(self) -> BatchNormUpdate:
+        """Ends a layer-by-layer re-estimation: every BatchNorm layer not re-estimated yet is, in
+        topological order, and every stale one again, by running the model's outputs through the
+        cache (only the nodes whose values are gone run). Afterwards each BatchNorm's statistics are
+        those of its own inputs under the final weights and statistics of every layer below it.
+
+        Returns what :func:`~tfmot_zip.model.batchnorm.recalibrate_batchnorm` would report (and
+        warns as it does about degenerate channels). Needs ``batchnorm=True`` and at least
+        :data:`~tfmot_zip.model.batchnorm.MIN_SAMPLES` samples per task (else ``ValueError``).
+        """
+        if not self.batchnorm:
+            raise ValueError("finish_batchnorm needs a cache built with batchnorm=True.")
+        total = int(round(float(self.replicas.sum_all([self.count])[0])))
+        if total < MIN_SAMPLES:
+            raise ValueError(f"Only {total} calibration samples per task; BatchNorm needs at least {MIN_SAMPLES}.")
+        never = [l for l in self.model.layers if isinstance(l, keras.layers.BatchNormalization) and l.name not in self._estimated]
+        self.invalidate(never)  # marks them (and every BatchNorm downstream) stale
+        if self.single:  # world t serves task t only
+            for world, output in enumerate(self.model.outputs):
+                self.values(world, [output])
+        else:
+            self.values(0, self.model.outputs)
+        names = [l.name for l in self.model.layers if isinstance(l, keras.layers.BatchNormalization)]
+        update = BatchNormUpdate(updated=[n for n in names if n in self._estimated], samples=total,
+                                 restored_channels={n: c for n, c in self._estimated.items() if c})
+        warn_restored(update)
+        return update
 
     def _evict(self, world: int, keep: set[str]) -> None:
         """Drops values every reader of which has run (the model inputs always stay)."""

@@ -14,7 +14,6 @@ from tfmot_zip.model.keras3 import as_tf_keras_model
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.model.spaces import trace_spaces
-from tfmot_zip.model.batchnorm import recalibrate_batchnorm as _recalibrate
 from tfmot_zip.model.strip import strip_zipping
 from tfmot_zip.zipping.schedules import ZipSchedule
 from tfmot_zip.zipping.budget import Budget, allocate_budget
@@ -160,8 +159,9 @@ def zip_models(
         recalibrate_batchnorm: re-estimate every per-task BatchNorm's moving statistics on the
             calibration data (zipping changes the layers that feed them): ``True`` (or
             ``"layerwise"``) after every zipped layer, so that the next layer's Hessian sees the
-            statistics it will run with, and at the end; ``"end"`` only at the end; ``False`` never.
-            Needs at least 32 calibration samples per task (else the trained statistics stay).
+            statistics it will run with, the rest when zipping ends (each from its inputs under the
+            final network); ``"end"`` by one training-mode pass at the end; ``False`` never. Needs 32+
+            calibration samples per task (else the trained statistics stay).
         refit_layers: after zipping, re-solve every merged hidden layer bottom-up by damped least
             squares from the inputs the zipped network gives it to each task's original
             pre-activations, jointly over the tasks sharing a unit (beyond the paper; one-shot only).
@@ -332,9 +332,7 @@ def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batc
     elif options.repair and changed:
         repaired = repair_statistics(zipped, graph, calibration, activations=acts)
     if options.recalibrate_batchnorm and changed and has_batchnorm:
-        batchnorm = _recalibrate(zipped, calibration, sum_all=zipper.activations().replicas.sum_all).as_dict()
-        if acts is not None:
-            acts.merged.reset()  # every BatchNorm changed
+        batchnorm = zipper.final_batchnorm().as_dict()
     if options.refit_heads and changed:
         refit_heads_(zipped, graph, calibration, activations=acts)
     return records, batchnorm, repaired

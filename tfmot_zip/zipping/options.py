@@ -89,8 +89,9 @@ class ZipOptions:
             rest go to temporary files read back batch by batch (None: no limit).
         recalibrate_batchnorm: re-estimate per-task BatchNorm statistics: ``True`` (or
             ``"layerwise"``) after every zipped layer, so that the next layer's Hessian sees the
-            statistics it will run with, and once more at the end; ``"end"`` only once after
-            zipping; ``False`` never.
+            statistics it will run with (those no zipped layer reads are estimated when zipping
+            ends, each from its inputs under the final network); ``"end"`` only once after
+            zipping, by one training-mode pass over the whole model; ``False`` never.
         refit_layers: after zipping, re-solve every merged hidden layer, bottom-up, by damped least
             squares from its zipped inputs to each task's original pre-activations.
         refit_heads: after zipping, re-solve each task's Dense head by damped least squares from

@@ -11,6 +11,7 @@ import numpy as np
 from tfmot_zip.compat import keras
 from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
 from tfmot_zip.core.hessian import conv_output_shape, gather_patches
+from tfmot_zip.model import batchnorm
 from tfmot_zip.model.graph import AlignedNode
 from tfmot_zip.zipping.activations import ActivationCache, ZipActivations
 from tfmot_zip.zipping.spill import SpillPolicy, as_array
@@ -30,6 +31,18 @@ class LayerStatisticsMixin:
                 cache.replicas.refuse_workers(f"method={self.strategy.name!r}", "Use method='mtz' or the default.")
             self._activation_cache = cache
         return cache
+
+    def final_batchnorm(self) -> "batchnorm.BatchNormUpdate":
+        """Re-estimates the BatchNorm statistics when zipping ends: layer by layer, the cache's
+        estimates are finished (:meth:`ActivationCache.finish_batchnorm`); otherwise (``"end"``, or
+        fewer than ``MIN_SAMPLES`` samples per task: it warns) one training-mode pass over the whole
+        model (:func:`~tfmot_zip.model.batchnorm.recalibrate_batchnorm`)."""
+        cache = self.activations()
+        if self.batchnorm_layerwise and cache.count >= batchnorm.MIN_SAMPLES:
+            return cache.finish_batchnorm()
+        update = batchnorm.recalibrate_batchnorm(self.model, self.calibration, sum_all=cache.replicas.sum_all)
+        cache.reset()  # every BatchNorm changed
+        return update
 
     def zip_activations(self) -> ZipActivations:
         """:meth:`activations` plus one cache per original model (built once; ``mtz-lsq`` and the
