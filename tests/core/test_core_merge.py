@@ -241,3 +241,23 @@ def test_block_diagonal_hessians_give_the_brute_force_costs_and_updates(sizes, s
         np.testing.assert_allclose(new_a[i], a_star, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(new_b[j], b_star, rtol=1e-7, atol=1e-9)
     np.testing.assert_array_equal(new_a[1], w_a[1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), positions=st.integers(1, 4), channels=st.integers(1, 5), seed=st.integers(0, 10**6),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), dtype=st.sampled_from([np.float32, np.float64]))
+def test_a_batch_with_one_non_finite_entry_anywhere_is_refused_and_changes_nothing(n, positions, channels, seed, bad, dtype):
+    from tfmot_zip.core import BlockHessianAccumulator
+
+    rng = np.random.default_rng(seed)
+    dim = positions * channels
+    good = rng.normal(size=(n, dim))
+    rows = good.copy()
+    rows[rng.integers(n), rng.integers(dim)] = bad
+    for acc in (HessianAccumulator(dim, batch_dtype=dtype), BlockHessianAccumulator(positions, channels, batch_dtype=dtype)):
+        acc.update(good)
+        before = acc.hessian()
+        with pytest.raises(ValueError, match="NaN or inf"):
+            acc.update(rows)
+        np.testing.assert_array_equal(acc.hessian(), before)
+        assert acc.count == n

@@ -31,6 +31,16 @@ class SingularHessianError(ValueError):
     """Raised when a layer Hessian cannot be inverted even after damping."""
 
 
+def _check_finite(squares: np.ndarray) -> None:
+    """Refuses a batch from the diagonal of its product ``sum x^2`` per coordinate: a NaN or inf input
+    (or one whose square overflows) makes it non-finite, at the cost of ``d`` checks, not ``n d``."""
+    if not np.all(np.isfinite(squares)):
+        raise ValueError(
+            "Layer inputs contain NaN or inf (or values whose squares overflow); check the calibration data "
+            "and the model's weights (a diverged model produces non-finite activations)."
+        )
+
+
 class HessianAccumulator(SummedStatistics):
     """Streaming accumulator of ``E[x~ x~^T]`` where ``x~`` is ``x`` with a trailing 1.
 
@@ -68,13 +78,11 @@ class HessianAccumulator(SummedStatistics):
         if rows.shape[0] == 0:
             return
         rows_b = rows.astype(self.batch_dtype, copy=False)
-        if not np.all(np.isfinite(rows_b)):
-            raise ValueError(
-                "Layer inputs contain NaN or inf; check the calibration data and the model's "
-                "weights (a diverged model produces non-finite activations)."
-            )
-        self._xtx += (rows_b.T @ rows_b).astype(np.float64)
-        self._xsum += rows_b.sum(axis=0, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite inputs are refused just below
+            product = rows_b.T @ rows_b
+        _check_finite(np.diagonal(product))
+        self._xtx += product
+        self._xsum += np.ones(rows_b.shape[0], self.batch_dtype) @ rows_b
         self.count += rows_b.shape[0]
 
     def merge(self, other: "HessianAccumulator") -> None:
@@ -140,10 +148,11 @@ class BlockHessianAccumulator(SummedStatistics):
         rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"Expected rows of shape [n, {self.dim}]. Received shape {tuple(rows.shape)}.")
-        if not np.all(np.isfinite(rows)):
-            raise ValueError("Layer inputs contain NaN or inf; check the calibration data and the model's weights.")
         r = rows.astype(self.batch_dtype, copy=False).reshape(rows.shape[0], self.positions, self.channels)
-        self._blocks += np.einsum("npc,npd->pcd", r, r, optimize=True).astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite inputs are refused just below
+            product = np.einsum("npc,npd->pcd", r, r, optimize=True)
+        _check_finite(np.diagonal(product, axis1=1, axis2=2))
+        self._blocks += product
         self.count += rows.shape[0]
 
 
