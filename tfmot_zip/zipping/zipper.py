@@ -265,14 +265,16 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         return np.vstack(blocks)
 
     # --- the procedure --------------------------------------------------------------------------
-    def merge_node(self, node: AlignedNode, space: UnitSpace, units: np.ndarray, cols: np.ndarray, sides=None) -> None:
-        """Applies the strategy's update to this layer for the pairs (merged unit, task-n neuron)."""
+    def merge_node(self, node: AlignedNode, space: UnitSpace, units: np.ndarray, cols: np.ndarray, sides=None,
+                   costs: np.ndarray | None = None) -> None:
+        """Applies the strategy's update to this layer for the pairs (merged unit, task-n neuron);
+        ``sides`` and ``costs``, when the pairing already computed them, are reused."""
         start = time.perf_counter()
         record = self.records[node.index]
         n = self.task
         if len(units):
             sides = sides if sides is not None else self.group_sides(node, space)
-            costs = self._group_costs(node, sides)
+            costs = costs if costs is not None else self._group_costs(node, sides)
             all_units = np.concatenate([g.units for g, _, _ in sides])
             row_of = {int(u): r for r, u in enumerate(all_units)}
             record.merge_cost += float(sum(costs[row_of[int(u)], j] for u, j in zip(units, cols)))
@@ -301,13 +303,13 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         """Chooses this pass's pairing of a space and re-indexes every layer writing or reading it."""
         start = time.perf_counter()
         ready = [self.graph.nodes[w] for w in space.writers if self.input_ready(self.graph.nodes[w])]
-        side_cache = {}
+        side_cache, cost_cache = {}, {}
         units = cols = np.zeros(0, np.int64)
         if k > 0:
             total = None
             for writer in ready:
                 side_cache[writer.index] = self.group_sides(writer, space)
-                costs = self._group_costs(writer, side_cache[writer.index])
+                costs = cost_cache[writer.index] = self._group_costs(writer, side_cache[writer.index])
                 total = costs if total is None else total + costs
             all_units = np.concatenate([g.units for g, _, _ in side_cache[ready[0].index]])
             k = min(k, len(all_units), total.shape[1])
@@ -318,7 +320,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         order = np.argsort(units, kind="stable")
         units, cols = units[order], cols[order]
         for writer in ready:
-            self.merge_node(writer, space, units, cols, side_cache.get(writer.index))
+            self.merge_node(writer, space, units, cols, side_cache.get(writer.index), cost_cache.get(writer.index))
         self.records[ready[0].index].seconds += decide_seconds
         space.pairs = (units, cols)
         space.maps[self.task][cols] = units
