@@ -222,11 +222,13 @@ def invert_hessian(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
         array([[0.5 , 0.  ],
                [0.  , 0.25]])
     """
-    h = damped(hessian, damping)
+    if not (damping >= 0 and np.isfinite(damping)):
+        raise ValueError(f"Expected a finite non-negative damping. Received: damping={damping!r}")
+    h = np.asarray(hessian, dtype=np.float64)
     if not np.all(np.isfinite(h)):
         raise SingularHessianError("The layer Hessian has NaN or inf entries; check the inputs.")
     try:
-        inverse = spd_inverse(h)
+        inverse = spd_inverse(h, shift=damping * float(np.mean(np.diag(h))))  # the damped matrix, never copied whole
     except np.linalg.LinAlgError as err:
         raise SingularHessianError(
             f"The layer Hessian ({h.shape[0]}x{h.shape[0]}) is singular even with "

@@ -62,12 +62,14 @@ def coalesce_blocks(blocks: list[tuple[int, int]], min_size: int = 64) -> list[t
     return out
 
 
-def spd_inverse(matrix: np.ndarray, blocks: list[tuple[int, int]] | None = None, symmetrize: bool = False) -> np.ndarray:
+def spd_inverse(matrix: np.ndarray, blocks: list[tuple[int, int]] | None = None, symmetrize: bool = False,
+                shift: float = 0.0) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix, block by block where it is block diagonal.
 
     Reads the lower triangle of ``matrix`` (``symmetrize=True`` uses ``(B + B^T) / 2`` of each block
     instead, for a matrix symmetric only up to round-off); the inverse is exactly symmetric.
-    ``blocks`` (e.g. from :func:`diagonal_blocks`) skips the search for them.
+    ``blocks`` (e.g. from :func:`diagonal_blocks`) skips the search for them. ``shift`` inverts
+    ``matrix + shift * I`` (e.g. a damping) without a shifted copy of the whole matrix.
 
     Raises:
         numpy.linalg.LinAlgError: when a block is not positive definite.
@@ -82,9 +84,10 @@ def spd_inverse(matrix: np.ndarray, blocks: list[tuple[int, int]] | None = None,
     out = np.empty_like(m) if len(blocks) == 1 else np.zeros_like(m)
     for start, stop in blocks:
         block = m[start:stop, start:stop]
-        if symmetrize:
-            block = 0.5 * (block + block.T)
-        factor, info = lapack.dpotrf(block, lower=1, clean=1, overwrite_a=int(symmetrize))
+        if symmetrize or shift:
+            block = 0.5 * (block + block.T) if symmetrize else block.copy()
+            block[np.diag_indices_from(block)] += shift
+        factor, info = lapack.dpotrf(block, lower=1, clean=1, overwrite_a=int(symmetrize or bool(shift)))
         if info != 0:
             raise np.linalg.LinAlgError(f"Block [{start}:{stop}] is not positive definite (LAPACK info {info}).")
         inverse, info = lapack.dpotri(factor, lower=1, overwrite_c=1)  # the lower triangle; the upper stays 0
