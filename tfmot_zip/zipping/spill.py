@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from tfmot_zip.compat import tf
+
 __all__ = ["SpillPolicy", "SpilledArray", "as_array", "nbytes", "sample_bytes"]
 
 
@@ -133,11 +135,13 @@ class _Writer:
         self._file = open(path, "wb") if path is not None else None
 
     def append(self, chunk: Any) -> None:
-        chunk = np.asarray(chunk)
+        if self._file is not None or not hasattr(chunk, "numpy"):  # a tf tensor in memory stays one
+            chunk = np.asarray(chunk)
         if len(chunk) == 0 and self.dtype is not None:
             return  # a batch past the end of a shorter input: nothing to add (its shape may be degenerate)
         self.rows += len(chunk)
-        self.tail, self.dtype = chunk.shape[1:], chunk.dtype
+        self.tail = tuple(int(d) for d in chunk.shape[1:])
+        self.dtype = np.dtype(getattr(chunk.dtype, "as_numpy_dtype", chunk.dtype))
         if self._file is not None:
             np.ascontiguousarray(chunk).tofile(self._file)
         else:
@@ -155,7 +159,11 @@ class _Writer:
 
     def finish(self):
         if self._file is None:
-            value = np.concatenate([c for c in self.chunks if len(c)] or self.chunks[:1]) if len(self.chunks) != 1 else self.chunks[0]
+            # tf tensors (a layer's outputs) are joined by TensorFlow, so that the next layer reads
+            # them without converting a numpy array again (TensorFlow copies every array it is fed)
+            chunks = [c for c in self.chunks if len(c)] or self.chunks[:1]
+            joined = tf.concat if any(hasattr(c, "numpy") for c in chunks) else np.concatenate
+            value = joined(chunks, 0) if len(chunks) != 1 else chunks[0]
             self.chunks = []
             self.policy.held -= self.reserved  # the reservation becomes the value (spilled if it outgrew it)
             return self.policy.keep(value)
