@@ -63,9 +63,9 @@ def _started_as_cli() -> bool:
 # Registers ZipDense/ZipConv2D/ZipDepthwiseConv2D with tf_keras so that `import tfmot_zip` is enough to load a
 # zipped `.keras` file (imports TensorFlow; the numpy core itself does not depend on it).
 if not _started_as_cli():
-    from tfmot_zip.model import layers as _layers  # noqa: E402,F401
-    from tfmot_zip.model import depthwise as _depthwise  # noqa: E402,F401
-    from tfmot_zip.model import activations as _activations  # noqa: E402,F401
+    from tfmot_zip.model import register_serializables as _register  # noqa: E402
+
+    _register()
 
 
 def __getattr__(name: str) -> Any:

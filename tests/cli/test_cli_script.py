@@ -54,3 +54,34 @@ def test_the_cli_imports_tensorflow_only_after_silencing_it():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_script_loads_a_zipped_model_with_depthwise_layers_and_keras3_activations(tmp_path):
+    """The command registers every zip layer before loading: a zipped MobileNet-like pair (depthwise
+    convolutions, a ``tfmot_zip>hard_silu`` activation) is inspected and exported from a file."""
+    import numpy as np
+
+    import tfmot_zip
+    from tfmot_zip.compat import keras
+    from tfmot_zip.model.activations import hard_silu
+
+    def net(seed):
+        keras.utils.set_random_seed(seed)
+        x = inp = keras.Input((8, 8, 3), name="img")
+        x = keras.layers.Conv2D(6, 3, padding="same", activation=hard_silu, name="stem")(x)
+        x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+        x = keras.layers.ReLU(6.0, name="relu6")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.Model(inp, keras.layers.Dense(3, name="head")(x), name=f"mb{seed}")
+
+    rng = np.random.default_rng(0)
+    data = [rng.random((40, 8, 8, 3)).astype("float32") for _ in range(2)]
+    zipped = tfmot_zip.zip_models(net(1), net(2), calibration_data=data, sharing=0.5, progress=False)
+    path = tmp_path / "mobile zipped.keras"
+    zipped.save(path)
+    result = script("inspect", path)
+    assert result.returncode == 0, result.stderr
+    assert "dw" in result.stdout and "total parameters" in result.stdout
+    result = script("export", path, "--out", tmp_path / "m.tflite", "-q")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.tflite").stat().st_size > 0

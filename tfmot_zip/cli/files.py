@@ -69,7 +69,9 @@ def load_model_file(path: str | os.PathLike, what: str = "model", log: Callable[
     """
     path = check_model_path(path, what)
     from tfmot_zip.compat import check_tf_keras_model, keras
-    from tfmot_zip.model import layers  # noqa: F401  (registers ZipDense/ZipConv2D for loading)
+    from tfmot_zip.model import register_serializables
+
+    register_serializables()  # every zip layer and activation a zipped file may name
 
     from tfmot_zip.model.keras3 import from_keras3, keras3_file_version
 

@@ -12,6 +12,8 @@ tasks, a block whose inputs are all shared is computed once.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -60,6 +62,16 @@ def _tasks(key) -> frozenset:
 def group_units(layer: ZipLayerMixin) -> dict:
     """``{frozenset(tasks): sorted physical units}`` of a zip layer's used output units."""
     return layer.unit_groups()
+
+
+def _activation_label(activation) -> str:
+    """A layer-name-safe label of an activation function (a registered function serialises to a dict).
+
+    Example:
+        >>> _activation_label(keras.activations.relu), _activation_label(lambda x: x)
+        ('relu', '_lambda_')
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", getattr(activation, "__name__", "activation"))
 
 
 def _group_label(key, task_names: list[str]) -> str:
@@ -127,7 +139,7 @@ class _Stripper:
                     z = self._repair(layer, gkey, t, repaired[(gkey, t)], z)
                 act = keras.activations.serialize(layer.activation)
                 if act not in ("linear", None):
-                    z = self.call(("act", layer.name, gkey, id(z)), lambda: L.Activation(layer.activation, name=f"{layer.name}_{_group_label(gkey, self.task_names)}_{keras.activations.serialize(layer.activation)}_{len(self.blocks)}"), z)
+                    z = self.call(("act", layer.name, gkey, id(z)), lambda: L.Activation(layer.activation, name=f"{layer.name}_{_group_label(gkey, self.task_names)}_{_activation_label(layer.activation)}_{len(self.blocks)}"), z)
                 tensors[gkey] = z
             outputs.append(Grouped(layer.capacity, groups, tensors, out_map))
         return outputs

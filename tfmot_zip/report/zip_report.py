@@ -133,9 +133,10 @@ def zip_report_data(
     if overlap:
         raise ValueError(f"accuracy_before and accuracy_after use the same labels {sorted(overlap)}; give each stage its own label.")
     checked_sizes = _check_sizes(sizes)
-    from tfmot_zip.model.layers import zip_layers
+    from tfmot_zip.model.layers import ZipLayerMixin
 
-    layers_by_name = {layer.name: layer for layer in zip_layers(zipped)}
+    # every zip layer the summary lists, depthwise ones included
+    layers_by_name = {layer.name: layer for layer in zipped.layers if isinstance(layer, ZipLayerMixin)}
     layers = []
     for entry in summary.layers:
         layer = layers_by_name[entry.name]

@@ -40,7 +40,7 @@ def refit_heads(
         graph: the aligned original models it was zipped from.
         calibration: one array of inputs per task (the calibration data of the zip).
         damping: relative pull towards the head's current weights (see ``LinearRefit.solve``).
-        batch_size: samples per least-squares update.
+        batch_size: fewest samples per least-squares update (blocks hold about 64 MB of inputs).
         activations: the zip's activation caches (None: built here).
 
     Example:
@@ -66,9 +66,10 @@ def refit_heads(
             original_bias = rest[0] if rest else np.zeros(original_kernel.shape[1], original_kernel.dtype)
             refit = LinearRefit(kernel.shape[0], kernel.shape[1])
             merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
-            for start in range(0, len(merged), batch_size):
-                target = original[start : start + batch_size] @ original_kernel + original_bias
-                refit.update(merged[start : start + batch_size], target)
+            step = max(batch_size, 8_000_000 // max(1, kernel.shape[0] + original_kernel.shape[0]))  # ~64 MB blocks
+            for start in range(0, len(merged), step):
+                target = original[start : start + step] @ original_kernel + original_bias
+                refit.update(merged[start : start + step], target)
             refit.reduce(acts.merged.replicas.sum_all)  # over the workers of a tf.distribute strategy
             new_kernel, new_bias = refit.solve(kernel, bias, damping=damping)
             layer.set_task_weights(task, new_kernel.astype(kernel.dtype), None if new_bias is None else new_bias.astype(bias.dtype))
@@ -85,10 +86,11 @@ def _row_blocks(merged, original, layer: keras.layers.Layer, original_layer: ker
     original_kernel, *rest = original_layer.get_weights()
     original_kernel = original_kernel.reshape(-1, original_kernel.shape[-1]).astype(np.float64)
     original_bias = rest[0].astype(np.float64) if rest else 0.0
-    if not is_conv:
-        for start in range(0, len(merged), batch_size):
-            x = np.asarray(merged[start : start + batch_size], np.float64)
-            y = np.asarray(original[start : start + batch_size], np.float64)
+    if not is_conv:  # blocks of at least batch_size rows, of about 64 MB of float64 inputs and targets
+        step = max(batch_size, 8_000_000 // max(1, int(np.prod(merged.shape[1:])) + original_kernel.shape[1]))
+        for start in range(0, len(merged), step):
+            x = np.asarray(merged[start : start + step], np.float64)
+            y = np.asarray(original[start : start + step], np.float64)
             yield x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]) @ original_kernel + original_bias
         return
     geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
@@ -125,7 +127,7 @@ def refit_layers(
         graph: the aligned original models it was zipped from.
         calibration: one array of inputs per task.
         damping: relative pull towards the current (MTZ) weights.
-        batch_size: samples per forward pass.
+        batch_size: fewest samples per block of rows (a Dense layer's blocks hold about 64 MB of inputs and targets).
         layers: refit only these hidden layers (names), still bottom-up; None: all.
         activations: the zip's activation caches (None: built here).
         max_conv_rows: at most this many patch rows (samples x output positions) per task and
