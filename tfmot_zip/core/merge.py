@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from tfmot_zip.core.linalg import block_diagonal_product, diagonal_blocks, spd_inverse
+from tfmot_zip.core.linalg import block_diagonal_product, coalesce_blocks, diagonal_blocks, spd_inverse
 
 __all__ = ["MergeSide", "merge_metric", "merge_cost_matrix", "pair_cost", "apply_merge"]
 
@@ -76,23 +76,55 @@ class MergeSide:
     def update_directions(self, shared_steps: np.ndarray) -> np.ndarray:
         """``steps @ u.T = (steps P) H^-1`` for ``[k, s]`` steps on the shared coordinates, multiplied
         block by block when ``H^-1`` is block diagonal (e.g. a convolution's per-position blocks)."""
-        if "blocks" not in self._cache:
-            self._cache["blocks"] = diagonal_blocks(self.hessian_inverse)
+        blocks = _blocks_of(self, "blocks", self.hessian_inverse)
         full = np.zeros((shared_steps.shape[0], self.weights.shape[1]))
         full[:, self.shared_index] = shared_steps
-        return block_diagonal_product(full, self.hessian_inverse, self._cache["blocks"])
+        return block_diagonal_product(full, self.hessian_inverse, blocks)
 
 
-def _metric(side_a: MergeSide, side_b: MergeSide) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """``merge_metric(side_a.g, side_b.g)`` and its diagonal blocks, computed once per pair of sides
-    (the costs and the update of the same pair both need them)."""
+def _metric(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np.ndarray]]:
+    """``merge_metric(side_a.g, side_b.g)`` as its diagonal blocks ``[(start, stop, block), ...]``,
+    computed once per pair of sides (the costs and the update of the same pair both need it).
+
+    The blocks of ``G_A + G_B`` are those of ``G_A`` and ``G_B`` joined where they overlap, so the
+    sum and its inverse are never formed as dense matrices (for a wide convolution they are mostly
+    zeros: a few hundred MB that would only be allocated, scanned and multiplied by zero)."""
     key = ("metric", id(side_b))
     cached = side_a._cache.get(key)
     if cached is None or cached[0] is not side_b:
-        total = np.asarray(side_a.g, dtype=np.float64) + np.asarray(side_b.g, dtype=np.float64)
-        blocks = diagonal_blocks(total)
-        cached = side_a._cache[key] = (side_b, _inverse_of_sum(total, blocks), blocks)
-    return cached[1], cached[2]
+        g_a, g_b = np.asarray(side_a.g, dtype=np.float64), np.asarray(side_b.g, dtype=np.float64)
+        chunks = coalesce_blocks(_joined(_blocks_of(side_a, "g_blocks", g_a), _blocks_of(side_b, "g_blocks", g_b)))
+        try:  # each block symmetrised and inverted on its own; exactly symmetric
+            metric = [(s, e, spd_inverse(g_a[s:e, s:e] + g_b[s:e, s:e], [(0, e - s)], symmetrize=True)) for s, e in chunks]
+        except np.linalg.LinAlgError:
+            metric = [(0, g_a.shape[0], _inverse_of_sum(g_a + g_b))]
+        cached = side_a._cache[key] = (side_b, metric)
+    return cached[1]
+
+
+def _blocks_of(side: MergeSide, key: str, matrix: np.ndarray) -> list[tuple[int, int]]:
+    if key not in side._cache:
+        side._cache[key] = diagonal_blocks(matrix)
+    return side._cache[key]
+
+
+def _joined(blocks_a: list[tuple[int, int]], blocks_b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The finest partition of ``[0, n)`` into intervals that each block of either list lies within."""
+    ends_a, ends_b = {e for _, e in blocks_a}, {e for _, e in blocks_b}
+    cuts = sorted(ends_a & ends_b)  # a cut is common to both partitions
+    starts = [0] + cuts[:-1]
+    return list(zip(starts, cuts))
+
+
+def _metric_product(a: np.ndarray, metric: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
+    """``a @ M`` for the metric's diagonal blocks."""
+    a = np.asarray(a, dtype=np.float64)
+    if len(metric) == 1:
+        return a @ metric[0][2]
+    out = np.empty(a.shape)
+    for start, stop, block in metric:
+        out[:, start:stop] = a[:, start:stop] @ block
+    return out
 
 
 def _inverse_of_sum(total: np.ndarray, blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
@@ -135,11 +167,11 @@ def merge_cost_matrix(side_a: MergeSide, side_b: MergeSide) -> np.ndarray:
                [0.5, 0. ]])
     """
     _check_pair(side_a, side_b)
-    metric, blocks = _metric(side_a, side_b)
+    metric = _metric(side_a, side_b)
     a = side_a.shared_weights
     b = side_b.shared_weights
-    am = block_diagonal_product(a, metric, blocks)
-    bm = block_diagonal_product(b, metric, blocks)
+    am = _metric_product(a, metric)
+    bm = _metric_product(b, metric)
     qa = np.einsum("ij,ij->i", am, a)
     qb = np.einsum("ij,ij->i", bm, b)
     costs = 0.5 * (qa[:, None] + qb[None, :] - 2.0 * (am @ b.T))
@@ -184,9 +216,9 @@ def apply_merge(
     new_b = side_b.weights.copy()
     if rows.size == 0:
         return new_a, new_b
-    metric, blocks = _metric(side_a, side_b)
+    metric = _metric(side_a, side_b)
     diff = side_a.shared_weights[rows] - side_b.shared_weights[cols]
-    md = block_diagonal_product(diff, metric, blocks)
+    md = _metric_product(diff, metric)
     new_a[rows] -= side_a.update_directions(md)
     new_b[cols] += side_b.update_directions(md)
     if snap:
