@@ -194,6 +194,11 @@ def center_hessian(hessian: np.ndarray) -> np.ndarray:
     return h
 
 
+def _check_damping(damping: float) -> None:
+    if not (damping >= 0 and np.isfinite(damping)):
+        raise ValueError(f"Expected a finite non-negative damping. Received: damping={damping!r}")
+
+
 def damped(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
     """``H + damping * mean(diag H) * I``: makes rank-deficient layer Hessians invertible.
 
@@ -202,8 +207,7 @@ def damped(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
         array([[1.5, 0. ],
                [0. , 1.5]])
     """
-    if not (damping >= 0 and np.isfinite(damping)):
-        raise ValueError(f"Expected a finite non-negative damping. Received: damping={damping!r}")
+    _check_damping(damping)
     h = np.array(hessian, dtype=np.float64)
     scale = float(np.mean(np.diag(h)))
     h[np.diag_indices_from(h)] += damping * scale
@@ -222,8 +226,7 @@ def invert_hessian(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
         array([[0.5 , 0.  ],
                [0.  , 0.25]])
     """
-    if not (damping >= 0 and np.isfinite(damping)):
-        raise ValueError(f"Expected a finite non-negative damping. Received: damping={damping!r}")
+    _check_damping(damping)
     h = np.asarray(hessian, dtype=np.float64)
     if not np.all(np.isfinite(h)):
         raise SingularHessianError("The layer Hessian has NaN or inf entries; check the inputs.")

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import scipy.linalg.lapack as lapack
 
-__all__ = ["block_diagonal_product", "coalesce_blocks", "diagonal_blocks", "spd_inverse", "SummedStatistics"]
+__all__ = ["block_diagonal_product", "blocks_product", "coalesce_blocks", "diagonal_blocks", "spd_inverse", "SummedStatistics"]
 
 
 def diagonal_blocks(matrix: np.ndarray) -> list[tuple[int, int]]:
@@ -111,14 +111,25 @@ def block_diagonal_product(a: np.ndarray, matrix: np.ndarray, blocks: list[tuple
         >>> block_diagonal_product(np.ones((1, 2)), m)
         array([[2., 3.]])
     """
-    a = np.asarray(a, dtype=np.float64)
     m = np.asarray(matrix, dtype=np.float64)
     blocks = coalesce_blocks(diagonal_blocks(m) if blocks is None else blocks)
+    return blocks_product(a, [(start, stop, m[start:stop, start:stop]) for start, stop in blocks])
+
+
+def blocks_product(a: np.ndarray, blocks: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
+    """``a @ M`` for a block-diagonal ``M`` given as its blocks ``[(start, stop, block), ...]``
+    (tiling its rows in order), never formed as a dense matrix.
+
+    Example:
+        >>> blocks_product(np.ones((1, 3)), [(0, 1, np.array([[2.0]])), (1, 3, np.eye(2))])
+        array([[2., 1., 1.]])
+    """
+    a = np.asarray(a, dtype=np.float64)
     if len(blocks) == 1:
-        return a @ m
-    out = np.empty((a.shape[0], m.shape[1]))
-    for start, stop in blocks:
-        out[:, start:stop] = a[:, start:stop] @ m[start:stop, start:stop]
+        return a @ blocks[0][2]
+    out = np.empty(a.shape)
+    for start, stop, block in blocks:
+        out[:, start:stop] = a[:, start:stop] @ block
     return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from tfmot_zip.core.linalg import block_diagonal_product, coalesce_blocks, diagonal_blocks, spd_inverse
+from tfmot_zip.core.linalg import block_diagonal_product, blocks_product, coalesce_blocks, diagonal_blocks, spd_inverse
 
 __all__ = ["MergeSide", "merge_metric", "merge_cost_matrix", "pair_cost", "apply_merge"]
 
@@ -116,20 +116,9 @@ def _joined(blocks_a: list[tuple[int, int]], blocks_b: list[tuple[int, int]]) ->
     return list(zip(starts, cuts))
 
 
-def _metric_product(a: np.ndarray, metric: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
-    """``a @ M`` for the metric's diagonal blocks."""
-    a = np.asarray(a, dtype=np.float64)
-    if len(metric) == 1:
-        return a @ metric[0][2]
-    out = np.empty(a.shape)
-    for start, stop, block in metric:
-        out[:, start:stop] = a[:, start:stop] @ block
-    return out
-
-
-def _inverse_of_sum(total: np.ndarray, blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
+def _inverse_of_sum(total: np.ndarray) -> np.ndarray:
     try:
-        return spd_inverse(total, blocks, symmetrize=True)  # exactly symmetric
+        return spd_inverse(total, symmetrize=True)  # exactly symmetric
     except np.linalg.LinAlgError:
         metric = np.linalg.pinv(0.5 * (total + total.T), hermitian=True)
         return 0.5 * (metric + metric.T)
@@ -170,8 +159,8 @@ def merge_cost_matrix(side_a: MergeSide, side_b: MergeSide) -> np.ndarray:
     metric = _metric(side_a, side_b)
     a = side_a.shared_weights
     b = side_b.shared_weights
-    am = _metric_product(a, metric)
-    bm = _metric_product(b, metric)
+    am = blocks_product(a, metric)
+    bm = blocks_product(b, metric)
     qa = np.einsum("ij,ij->i", am, a)
     qb = np.einsum("ij,ij->i", bm, b)
     costs = 0.5 * (qa[:, None] + qb[None, :] - 2.0 * (am @ b.T))
@@ -218,7 +207,7 @@ def apply_merge(
         return new_a, new_b
     metric = _metric(side_a, side_b)
     diff = side_a.shared_weights[rows] - side_b.shared_weights[cols]
-    md = _metric_product(diff, metric)
+    md = blocks_product(diff, metric)
     new_a[rows] -= side_a.update_directions(md)
     new_b[cols] += side_b.update_directions(md)
     if snap:

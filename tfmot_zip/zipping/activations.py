@@ -231,6 +231,11 @@ class ActivationCache:
         layer.moving_variance.assign(np.where(bad, old_var, new_var).astype(np.float32))
         self._estimated[layer.name] = int(bad.sum())
 
+    def total_count(self) -> int:
+        """Samples per task a BatchNorm estimate uses, summed over the workers of a ``tf.distribute``
+        strategy (one all-reduce: every worker must call it)."""
+        return int(round(float(self.replicas.sum_all([self.count])[0])))
+
     def finish_batchnorm(self) -> BatchNormUpdate:
         """Ends a layer-by-layer re-estimation: every BatchNorm layer not re-estimated yet is, in
         topological order, and every stale one again, by running the model's outputs through the
@@ -243,7 +248,7 @@ class ActivationCache:
         """
         if not self.batchnorm:
             raise ValueError("finish_batchnorm needs a cache built with batchnorm=True.")
-        total = int(round(float(self.replicas.sum_all([self.count])[0])))
+        total = self.total_count()
         if total < MIN_SAMPLES:
             raise ValueError(f"Only {total} calibration samples per task; BatchNorm needs at least {MIN_SAMPLES}.")
         never = [l for l in self.model.layers if isinstance(l, keras.layers.BatchNormalization) and l.name not in self._estimated]

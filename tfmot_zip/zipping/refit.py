@@ -66,7 +66,7 @@ def refit_heads(
             original_bias = rest[0] if rest else np.zeros(original_kernel.shape[1], original_kernel.dtype)
             refit = LinearRefit(kernel.shape[0], kernel.shape[1])
             merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
-            step = max(batch_size, 8_000_000 // max(1, kernel.shape[0] + original_kernel.shape[0]))  # ~64 MB blocks
+            step = _rows_per_block(batch_size, kernel.shape[0] + original_kernel.shape[0])
             for start in range(0, len(merged), step):
                 target = original[start : start + step] @ original_kernel + original_bias
                 refit.update(merged[start : start + step], target)
@@ -78,6 +78,11 @@ def refit_heads(
     return refit_names
 
 
+def _rows_per_block(batch_size: int, width: int) -> int:
+    """Rows per least-squares block: at least ``batch_size``, about 64 MB of float64 values of ``width``."""
+    return max(batch_size, 8_000_000 // max(1, width))
+
+
 def _row_blocks(merged, original, layer: keras.layers.Layer, original_layer: keras.layers.Layer,
                 is_conv: bool, batch_size: int, max_rows: int | None, rng: np.random.Generator):
     """Yields ``(x, y)`` blocks: rows of the layer's merged inputs (conv: patch rows) and the original
@@ -86,8 +91,8 @@ def _row_blocks(merged, original, layer: keras.layers.Layer, original_layer: ker
     original_kernel, *rest = original_layer.get_weights()
     original_kernel = original_kernel.reshape(-1, original_kernel.shape[-1]).astype(np.float64)
     original_bias = rest[0].astype(np.float64) if rest else 0.0
-    if not is_conv:  # blocks of at least batch_size rows, of about 64 MB of float64 inputs and targets
-        step = max(batch_size, 8_000_000 // max(1, int(np.prod(merged.shape[1:])) + original_kernel.shape[1]))
+    if not is_conv:
+        step = _rows_per_block(batch_size, int(np.prod(merged.shape[1:])) + original_kernel.shape[1])
         for start in range(0, len(merged), step):
             x = np.asarray(merged[start : start + step], np.float64)
             y = np.asarray(original[start : start + step], np.float64)

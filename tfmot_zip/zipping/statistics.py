@@ -38,7 +38,8 @@ class LayerStatisticsMixin:
         fewer than ``MIN_SAMPLES`` samples per task: it warns) one training-mode pass over the whole
         model (:func:`~tfmot_zip.model.batchnorm.recalibrate_batchnorm`)."""
         cache = self.activations()
-        if self.batchnorm_layerwise and cache.count >= batchnorm.MIN_SAMPLES:
+        # decided on every worker's samples together, so that all workers take the same branch
+        if self.batchnorm_layerwise and cache.total_count() >= batchnorm.MIN_SAMPLES:
             return cache.finish_batchnorm()
         update = batchnorm.recalibrate_batchnorm(self.model, self.calibration, sum_all=cache.replicas.sum_all)
         cache.reset()  # every BatchNorm changed
