@@ -76,7 +76,7 @@ class MergeSide:
     def update_directions(self, shared_steps: np.ndarray) -> np.ndarray:
         """``steps @ u.T = (steps P) H^-1`` for ``[k, s]`` steps on the shared coordinates, multiplied
         block by block when ``H^-1`` is block diagonal (e.g. a convolution's per-position blocks)."""
-        blocks = _blocks_of(self, "blocks", self.hessian_inverse)
+        blocks = _blocks_of(self, self.hessian_inverse)
         full = np.zeros((shared_steps.shape[0], self.weights.shape[1]))
         full[:, self.shared_index] = shared_steps
         return block_diagonal_product(full, self.hessian_inverse, blocks)
@@ -93,7 +93,7 @@ def _metric(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np.nda
     cached = side_a._cache.get(key)
     if cached is None or cached[0] is not side_b:
         g_a, g_b = np.asarray(side_a.g, dtype=np.float64), np.asarray(side_b.g, dtype=np.float64)
-        chunks = coalesce_blocks(_joined(_blocks_of(side_a, "g_blocks", g_a), _blocks_of(side_b, "g_blocks", g_b)))
+        chunks = coalesce_blocks(_joined(_blocks_of(side_a, side_a.g), _blocks_of(side_b, side_b.g)))
         try:  # each block symmetrised and inverted on its own; exactly symmetric
             metric = [(s, e, spd_inverse(g_a[s:e, s:e] + g_b[s:e, s:e], [(0, e - s)], symmetrize=True)) for s, e in chunks]
         except np.linalg.LinAlgError:
@@ -102,7 +102,10 @@ def _metric(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np.nda
     return cached[1]
 
 
-def _blocks_of(side: MergeSide, key: str, matrix: np.ndarray) -> list[tuple[int, int]]:
+def _blocks_of(side: MergeSide, matrix: np.ndarray) -> list[tuple[int, int]]:
+    """The diagonal blocks of one of the side's matrices, found once (``g`` is ``H^-1`` itself when
+    every coordinate is shared: one search serves both)."""
+    key = ("blocks", id(matrix))
     if key not in side._cache:
         side._cache[key] = diagonal_blocks(matrix)
     return side._cache[key]
