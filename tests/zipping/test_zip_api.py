@@ -245,18 +245,31 @@ def test_merged_hessian_matches_a_direct_computation(rng, merged_hessian):
 
 
 
+def _strided_cnn(seed):
+    from tfmot_zip.compat import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((10, 10, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="down")(inp)
+    x = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="conv")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(x))
+
+
 def test_conv_hessian_subsampling_is_an_argument_and_is_reported():
     import numpy as np
-    from builders import calib, cnn
+    from builders import calib
 
     rng = np.random.default_rng(0)
-    a, b = cnn(1), cnn(2)
-    x = calib(rng, 40, (10, 10, 1))  # conv1 sees 40 x 100 patch rows per task
-    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=1000, method="mtz")
+    a, b = _strided_cnn(1), _strided_cnn(2)
+    x = calib(rng, 40, (10, 10, 1))  # each conv sees 40 x 25 patch rows per task
+    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=500, method="mtz")
     report = tfmot_zip.zip_summary(capped)
-    used, available = report.extra["hessian_subsampling"]["conv1"]
-    assert available == 2 * 40 * 100 and used < available  # both tasks' rows at the last measurement
-    assert report.options["max_conv_rows"] == 1000
+    used, available = report.extra["hessian_subsampling"]["down"]
+    assert available == 2 * 40 * 25 and used < available  # both tasks' rows at the last measurement
+    # the stride-1 conv's Hessian comes from shifted products of its maps: every row, whatever the cap
+    assert "conv" not in report.extra["hessian_subsampling"]
+    assert report.options["max_conv_rows"] == 500
     full = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=None, method="mtz")
     assert "hessian_subsampling" not in tfmot_zip.zip_summary(full).extra
     with pytest.raises(ValueError, match="max_conv_rows=0"):

@@ -31,9 +31,17 @@ class SingularHessianError(ValueError):
     """Raised when a layer Hessian cannot be inverted even after damping."""
 
 
-def _check_finite(squares: np.ndarray) -> None:
+def check_finite(squares: np.ndarray) -> None:
     """Refuses a batch from the diagonal of its product ``sum x^2`` per coordinate: a NaN or inf input
-    (or one whose square overflows) makes it non-finite, at the cost of ``d`` checks, not ``n d``."""
+    (or one whose square overflows) makes it non-finite, at the cost of ``d`` checks, not ``n d``.
+
+    Example:
+        >>> check_finite(np.array([1.0, 4.0]))
+        >>> check_finite(np.array([1.0, np.inf]))
+        Traceback (most recent call last):
+        ...
+        ValueError: Layer inputs contain NaN or inf (or values whose squares overflow); check the calibration data and the model's weights (a diverged model produces non-finite activations).
+    """
     if not np.all(np.isfinite(squares)):
         raise ValueError(
             "Layer inputs contain NaN or inf (or values whose squares overflow); check the calibration data "
@@ -80,7 +88,7 @@ class HessianAccumulator(SummedStatistics):
         rows_b = rows.astype(self.batch_dtype, copy=False)
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite inputs are refused just below
             product = rows_b.T @ rows_b
-        _check_finite(np.diagonal(product))
+        check_finite(np.diagonal(product))
         self._xtx += product
         self._xsum += np.ones(rows_b.shape[0], self.batch_dtype) @ rows_b
         self.count += rows_b.shape[0]
@@ -151,7 +159,7 @@ class BlockHessianAccumulator(SummedStatistics):
         r = rows.astype(self.batch_dtype, copy=False).reshape(rows.shape[0], self.positions, self.channels)
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite inputs are refused just below
             product = np.einsum("npc,npd->pcd", r, r, optimize=True)
-        _check_finite(np.diagonal(product, axis1=1, axis2=2))
+        check_finite(np.diagonal(product, axis1=1, axis2=2))
         self._blocks += product
         self.count += rows.shape[0]
 
@@ -255,7 +263,13 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: str, dilation
     raise ValueError(f"Unsupported padding {padding!r}; expected 'valid' or 'same'.")
 
 
-def _pad_amounts(size: int, kernel: int, stride: int, padding: str, dilation: int) -> tuple[int, int]:
+def pad_amounts(size: int, kernel: int, stride: int, padding: str, dilation: int) -> tuple[int, int]:
+    """Zeros added before and after one spatial axis by a Keras/TensorFlow convolution.
+
+    Example:
+        >>> pad_amounts(32, 3, 1, "same", 1), pad_amounts(32, 3, 2, "same", 1), pad_amounts(8, 3, 1, "valid", 1)
+        ((1, 1), (0, 1), (0, 0))
+    """
     if padding == "valid":
         return 0, 0
     effective = (kernel - 1) * dilation + 1
@@ -283,8 +297,8 @@ def _conv_setup(images, kernel_size, strides, padding, dilation):
 
 def _padded(x, kernel, stride, padding, rate):
     """``x`` padded as the convolution pads it."""
-    ph = _pad_amounts(x.shape[1], kernel[0], stride[0], padding, rate[0])
-    pw = _pad_amounts(x.shape[2], kernel[1], stride[1], padding, rate[1])
+    ph = pad_amounts(x.shape[1], kernel[0], stride[0], padding, rate[0])
+    pw = pad_amounts(x.shape[2], kernel[1], stride[1], padding, rate[1])
     return np.pad(x, ((0, 0), ph, pw, (0, 0))) if any(ph) or any(pw) else x
 
 
