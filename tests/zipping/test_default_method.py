@@ -100,16 +100,24 @@ def test_layer_refit_targets_are_the_original_preactivations(rng, max_conv_rows)
             np.testing.assert_allclose(bias, want_bias, atol=2e-4)
 
 
-@pytest.mark.parametrize("passes", [0, 1, 3])
-def test_relu_passes_re_solve_with_relu_targets_as_brute_force_least_squares(rng, passes):
+@pytest.mark.parametrize("passes, kept_bytes", [(0, None), (1, None), (3, None), (3, "one task"), (3, 0)])
+def test_relu_passes_re_solve_with_relu_targets_as_brute_force_least_squares(rng, monkeypatch, passes, kept_bytes):
     """fc1 of a fully shared ReLU MLP pair: the refit equals the damped least squares on both tasks'
-    stacked rows, re-solved ``passes`` times with relu_targets of the previous solution's predictions."""
+    stacked rows, re-solved ``passes`` times with relu_targets of the previous solution's predictions.
+    The same whether the passes reuse the rows kept from the first solve (default budget), keep one
+    task's but not the other's, or read them again (no budget)."""
     from tfmot_zip.core.refit import relu_targets
     from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping import refit
     from tfmot_zip.zipping.refit import refit_layers
+
 
     a, b = mlp(3), mlp(4)
     data = [calib(rng, 300, (6, 6, 1)) - 0.5, calib(rng, 250, (6, 6, 1)) - 0.5]
+    if kept_bytes is not None:
+        if kept_bytes == "one task":  # a budget per task between the bytes of B's rows and of A's
+            kept_bytes = sum(len(x) for x in data) * (36 + 1 + 16) * 8
+        monkeypatch.setattr(refit, "KEPT_ROWS_BYTES", kept_bytes)
     zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, method="mtz")
     fc1 = zipped.get_layer("fc1")
     prior = np.vstack([fc1.physical_kernel().numpy(), fc1.bias.numpy()[None]]).astype(np.float64)
@@ -126,6 +134,7 @@ def test_relu_passes_re_solve_with_relu_targets_as_brute_force_least_squares(rng
         xs.append(physical)
         ys.append(y)
     assert all(sorted(fc1.get_maps(t)[1].tolist()) == list(range(fc1.capacity)) for t in (0, 1))  # every column shared
+    assert fc1.input_capacity == 36 and fc1.capacity == 16  # the sizes the "one task" budget assumes
     x, y = np.vstack(xs), np.vstack(ys)
     gram = x.T @ x
     lam = 1e-3 * np.mean(np.diag(gram))

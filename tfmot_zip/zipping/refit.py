@@ -164,7 +164,11 @@ def refit_layers(
         is_conv = node.kind == "conv"
         positions = int(np.prod(layer.kernel_size)) if is_conv else 1
         rows = positions * layer.input_capacity
-        sums = [_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed)
+        relu = layer.activation is keras.activations.relu and not layer.repair
+        passes = int(relu_passes) if relu else 0
+        # the passes reuse each task's rows and targets when they fit in memory (else read again)
+        kept = [_KeptRows(KEPT_ROWS_BYTES // len(node.layers)) if passes else None for _ in node.layers]
+        sums = [_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed, kept=kept[task])
                 for task in range(len(node.layers))]
         grams, crosses = [g for g, _ in sums], [c for _, c in sums]
         owners = layer.unit_tasks()
@@ -180,10 +184,9 @@ def refit_layers(
             return solved if layer.use_bias else np.vstack([solved, np.zeros((1, layer.capacity))])
 
         solved = solve(crosses)
-        relu = layer.activation is keras.activations.relu and not layer.repair
-        for _ in range(int(relu_passes) if relu else 0):
-            solved = solve([_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed, solved)[1]
-                            for task in range(len(node.layers))])
+        for _ in range(passes):
+            solved = solve([_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed, solved,
+                                       kept=kept[task])[1] for task in range(len(node.layers))])
         layer.assign_physical_kernel(solved[:rows].reshape(kernel.shape).astype(kernel.dtype))
         if layer.use_bias:
             layer.bias.assign(solved[rows].astype(bias.dtype))
@@ -192,11 +195,28 @@ def refit_layers(
     return names
 
 
+KEPT_ROWS_BYTES = 256 * 2**20  # a layer's rows and targets kept for its ReLU passes, over all tasks
+
+
+class _KeptRows:
+    """One task's ``(rows with a trailing 1, targets)`` blocks of a layer, kept while they fit in
+    ``budget`` bytes (``blocks`` is None once they do not: the passes then read them again)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.blocks = budget, []
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        if self.blocks is not None:
+            self.budget -= x.nbytes + y.nbytes
+            self.blocks = self.blocks + [(x, y)] if self.budget >= 0 else None
+
+
 def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, max_conv_rows, seed: int,
-               solved: np.ndarray | None = None) -> tuple:
+               solved: np.ndarray | None = None, kept: _KeptRows | None = None) -> tuple:
     """``(gram, cross)`` of one task at a hidden zip layer, in physical coordinates (the last row: the
     bias). With ``solved`` (physical weights, bias row last) the targets are the
-    :func:`~tfmot_zip.core.refit.relu_targets` of its predictions, and the gram is not accumulated."""
+    :func:`~tfmot_zip.core.refit.relu_targets` of its predictions, and the gram is not accumulated.
+    ``kept``: the first call keeps its blocks there, the later ones read them from it."""
     rows = positions * layer.input_capacity
     in_map, out_map = layer.get_maps(task)
     ids = (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
@@ -207,8 +227,14 @@ def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, ma
     gram = np.zeros((rows + 1, rows + 1)) if solved is None else None
     cross = np.zeros((rows + 1, layer.capacity))
     weights = None if solved is None else solved[np.ix_(ids, out_map)]
-    for x, y in _row_blocks(merged, original, layer, original_layer, node.kind == "conv", batch_size, max_conv_rows, rng):
-        x = np.hstack([x, np.ones((len(x), 1))])
+    if solved is not None and kept is not None and kept.blocks is not None:
+        blocks = kept.blocks
+    else:
+        read = _row_blocks(merged, original, layer, original_layer, node.kind == "conv", batch_size, max_conv_rows, rng)
+        blocks = ((np.hstack([x, np.ones((len(x), 1))]), y) for x, y in read)
+    for x, y in blocks:
+        if solved is None and kept is not None:
+            kept.add(x, y)
         if weights is None:
             gram[np.ix_(ids, ids)] += x.T @ x
         else:
