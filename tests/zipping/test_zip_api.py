@@ -245,32 +245,41 @@ def test_merged_hessian_matches_a_direct_computation(rng, merged_hessian):
 
 
 
-def _strided_cnn(seed):
-    from tfmot_zip.compat import keras
-
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((10, 10, 1))
-    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="down")(inp)
-    x = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="conv")(x)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inp, keras.layers.Dense(3, name="head")(x))
-
-
 def test_conv_hessian_subsampling_is_an_argument_and_is_reported():
     import numpy as np
-    from builders import calib
+    from builders import calib, cnn
 
     rng = np.random.default_rng(0)
-    a, b = _strided_cnn(1), _strided_cnn(2)
-    x = calib(rng, 40, (10, 10, 1))  # each conv sees 40 x 25 patch rows per task
-    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=500, method="mtz")
+    a, b = cnn(1), cnn(2)
+    x = calib(rng, 40, (10, 10, 1))  # conv1 sees 40 x 100 patch rows per task
+    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=1000, method="mtz")
     report = tfmot_zip.zip_summary(capped)
-    used, available = report.extra["hessian_subsampling"]["down"]
-    assert available == 2 * 40 * 25 and used < available  # both tasks' rows at the last measurement
-    # the stride-1 conv's Hessian comes from shifted products of its maps: every row, whatever the cap
-    assert "conv" not in report.extra["hessian_subsampling"]
-    assert report.options["max_conv_rows"] == 500
+    used, available = report.extra["hessian_subsampling"]["conv1"]
+    assert available == 2 * 40 * 100 and used < available  # both tasks' rows at the last measurement
+    assert "conv2" not in report.extra["hessian_subsampling"]  # 40 x 64 rows per task: under the cap, exact
+    assert report.options["max_conv_rows"] == 1000
     full = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=None, method="mtz")
     assert "hessian_subsampling" not in tfmot_zip.zip_summary(full).extra
     with pytest.raises(ValueError, match="max_conv_rows=0"):
         tfmot_zip.zip_models(a, b, calibration_data=(x, x), max_conv_rows=0, method="mtz")
+
+
+def test_shifted_product_hessians_give_the_zip_of_the_patch_rows(monkeypatch):
+    """The stride-1 convs' Hessians from shifted products (core.conv_hessian) zip exactly as the
+    Hessians of every patch row did: same pairs, same weights (float32 products in both)."""
+    import numpy as np
+    from builders import calib, cnn
+    from tfmot_zip.zipping import statistics
+
+    rng = np.random.default_rng(3)
+    a, b = cnn(3, bn=True), cnn(4, bn=True)
+    data = (calib(rng, 60, (10, 10, 1)), calib(rng, 50, (10, 10, 1)) * 2.0)
+    kwargs = dict(calibration_data=data, sharing=0.75, max_conv_rows=None, method="mtz", progress=False)
+    shifted = tfmot_zip.zip_models(a, b, **kwargs)
+    monkeypatch.setattr(statistics, "shifted_products_apply", lambda kernel, strides: False)
+    rows = tfmot_zip.zip_models(a, b, **kwargs)
+    for name in ("conv1", "conv2", "fc1"):
+        for t in range(2):
+            assert np.array_equal(shifted.get_layer(name).get_maps(t)[1], rows.get_layer(name).get_maps(t)[1])
+            np.testing.assert_allclose(shifted.get_layer(name).get_task_weights(t)[0],
+                                       rows.get_layer(name).get_task_weights(t)[0], rtol=1e-4, atol=1e-5)

@@ -138,12 +138,11 @@ def zip_models(
             per-kernel-position block approximation: kh*kw blocks of C_in x C_in, much cheaper)
             or "auto" (block only where the exact matrix would exceed 1200 x 1200).
         calibration_samples: at most this many samples per model are used (None: all).
-        max_conv_rows: at most this many patch rows (samples x output positions) per task enter the
-            Hessian of a strided or 1x1 convolution; beyond it positions are subsampled evenly, and
+        max_conv_rows: at most this many patch rows (samples x output positions) per task enter a
+            convolution's Hessian; beyond it positions are subsampled evenly, and
             ``zip_summary(model).extra["hessian_subsampling"]`` lists each layer's rows used and
-            available. None uses every row. Stride-1 convolutions with larger kernels always use
-            every row: their Hessian is built from shifted products of the input maps, cheaper
-            than the sample.
+            available. None uses every row (exact; for stride-1 convolutions built from shifted
+            products of the input maps, without forming the rows).
         activation_memory_mb: the zip keeps every layer's inputs on the calibration data between
             stages; at most this many megabytes of them stay in memory, the rest are written to
             temporary files (under ``TMPDIR``, deleted when the zip ends) and read back batch by

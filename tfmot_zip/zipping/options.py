@@ -82,9 +82,8 @@ class ZipOptions:
         merged_hessian: with 3+ models, ``"sum_of_inverses"`` or ``"exact"`` for the merged side.
         conv_hessian: ``"exact"``, ``"block"`` or ``"auto"`` Hessians of Conv2D layers.
         calibration_samples: at most this many calibration samples per task (None: all).
-        max_conv_rows: at most this many patch rows per task enter the Hessian of a strided or 1x1
-            convolution (evenly subsampled positions beyond it, reported per layer by
-            ``zip_summary``); None: all. Stride-1 convolutions with larger kernels use every row.
+        max_conv_rows: at most this many patch rows per task enter a convolution's Hessian (evenly
+            subsampled positions beyond it, reported per layer by ``zip_summary``); None: all.
         seed: seeds the random choices.
         activation_memory_mb: megabytes of cached activations a zip keeps in memory at most; the
             rest go to temporary files read back batch by batch (None: no limit).

@@ -107,14 +107,18 @@ class LayerStatisticsMixin:
         for start in range(0, len(x), images):
             yield extract_patches(np.asarray(x[start : start + images]), *geometry)
 
-    def _shifted_products(self, node: AlignedNode) -> bool:
+    def _shifted_products(self, node: AlignedNode, x) -> bool:
         """Whether this conv's exact patch Hessian comes from shifted products of its input maps
-        (:mod:`tfmot_zip.core.conv_hessian`): stride 1 and a kernel wider than 1x1. Every position is
-        used: this costs less than the ``max_conv_rows`` sample of patch rows it replaces."""
+        (:mod:`tfmot_zip.core.conv_hessian`, cheaper than the patch rows): stride 1, a kernel wider
+        than 1x1, and every patch row wanted (no more rows than ``max_conv_rows``)."""
         if node.kind != "conv":
             return False
         layer = self.layer(node)
-        return shifted_products_apply(layer.kernel_size, layer.strides)
+        if not shifted_products_apply(layer.kernel_size, layer.strides):
+            return False
+        geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
+        rows = len(x) * int(np.prod(conv_output_shape(x.shape[1:3], *geometry)))
+        return self.max_conv_rows is None or rows <= self.max_conv_rows
 
     def _conv_hessian(self, node: AlignedNode, x) -> ConvHessianAccumulator:
         """One task's :class:`~tfmot_zip.core.conv_hessian.ConvHessianAccumulator` over ``x`` read
@@ -149,7 +153,7 @@ class LayerStatisticsMixin:
         accumulators: dict[int, HessianAccumulator] = {}
         self.records[node.index].hessian_rows = [0, 0]  # of this measurement (every task so far)
         for t, x in self._layer_inputs(node, tasks).items():
-            if self._shifted_products(node):
+            if self._shifted_products(node, x):
                 accumulators[t] = self._conv_hessian(node, x)
                 continue
             if node.kind == "conv":
