@@ -206,9 +206,13 @@ class _KeptRows:
         self.budget, self.blocks = budget, []
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        if self.blocks is not None:
-            self.budget -= x.nbytes + y.nbytes
-            self.blocks = self.blocks + [(x, y)] if self.budget >= 0 else None
+        if self.blocks is None:
+            return
+        self.budget -= x.nbytes + y.nbytes
+        if self.budget < 0:
+            self.blocks = None
+        else:
+            self.blocks.append((x, y))
 
 
 def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, max_conv_rows, seed: int,
