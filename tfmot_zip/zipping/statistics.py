@@ -85,12 +85,17 @@ class LayerStatisticsMixin:
             for start in range(0, len(x), batch_size):
                 yield t, x[start : start + batch_size]
 
+    def _conv_geometry(self, node: AlignedNode, x) -> tuple[tuple, int]:
+        """``((kernel_size, strides, padding, dilation_rate), patch rows per sample)`` of a conv on ``x``."""
+        layer = self.layer(node)
+        geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
+        return geometry, int(np.prod(conv_output_shape(x.shape[1:3], *geometry)))
+
     def _conv_rows(self, node: AlignedNode, x: np.ndarray):
         """Yields blocks of a convolution's patch rows on ``x`` (~64 MB each), at most
         ``max_conv_rows`` of them (positions drawn evenly at random beyond it; recorded)."""
         layer = self.layer(node)
-        geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
-        per_image = int(np.prod(conv_output_shape(x.shape[1:3], *geometry)))
+        geometry, per_image = self._conv_geometry(node, x)
         available = len(x) * per_image
         dim = int(np.prod(layer.kernel_size)) * x.shape[-1]
         block = max(1, 16_000_000 // dim)
@@ -116,9 +121,7 @@ class LayerStatisticsMixin:
         layer = self.layer(node)
         if not shifted_products_apply(layer.kernel_size, layer.strides):
             return False
-        geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
-        rows = len(x) * int(np.prod(conv_output_shape(x.shape[1:3], *geometry)))
-        return self.max_conv_rows is None or rows <= self.max_conv_rows
+        return self.max_conv_rows is None or len(x) * self._conv_geometry(node, x)[1] <= self.max_conv_rows
 
     def _conv_hessian(self, node: AlignedNode, x) -> ConvHessianAccumulator:
         """One task's :class:`~tfmot_zip.core.conv_hessian.ConvHessianAccumulator` over ``x`` read
