@@ -264,6 +264,27 @@ def test_conv_hessian_subsampling_is_an_argument_and_is_reported():
         tfmot_zip.zip_models(a, b, calibration_data=(x, x), max_conv_rows=0, method="mtz")
 
 
+def test_a_cap_that_costs_more_than_the_exact_hessian_samples_nothing():
+    """Over ``max_conv_rows``, a stride-1 conv whose exact Hessian (shifted products) costs less than
+    the sample uses every row; one whose sample is cheaper samples, as before."""
+    import numpy as np
+    from builders import calib, cnn
+    from tfmot_zip.core.conv_hessian import shifted_products_cheaper
+
+    rng = np.random.default_rng(5)
+    a, b = cnn(1, filters=(16, 8)), cnn(2, filters=(16, 8))
+    x = calib(rng, 40, (10, 10, 1))  # conv2 reads 40 x 5x5x16 maps: 40 x 9 patch rows of 144 values
+    for cap, exact in ((200, True), (100, False)):
+        assert shifted_products_cheaper(40, (5, 5), 16, (3, 3), cap) is exact
+        zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=cap, method="mtz")
+        subsampled = tfmot_zip.zip_summary(zipped).extra["hessian_subsampling"]
+        assert subsampled["conv1"][0] < subsampled["conv1"][1]  # one channel: the sample is cheaper
+        if exact:
+            assert "conv2" not in subsampled
+        else:
+            assert subsampled["conv2"] == [2 * cap, 2 * 40 * 9]
+
+
 def test_shifted_product_hessians_give_the_zip_of_the_patch_rows(monkeypatch):
     """The stride-1 convs' Hessians from shifted products (core.conv_hessian) zip exactly as the
     Hessians of every patch row did: same pairs, same weights (float32 products in both)."""

@@ -33,7 +33,11 @@ import numpy as np
 from tfmot_zip.core.hessian import check_finite, pad_amounts, conv_output_shape
 from tfmot_zip.core.linalg import SummedStatistics
 
-__all__ = ["ConvHessianAccumulator", "shifted_products_apply"]
+__all__ = ["ConvHessianAccumulator", "shifted_products_apply", "shifted_products_cheaper"]
+
+# Below this many channels a shifted product is a thin matrix product that BLAS runs at a fraction of
+# its speed (measured: C=16 at ~1.6e10 multiply-adds/s, C=6 at ~0.8e10, C=1 at ~0.3e10 on 2 cores).
+_THIN_CHANNELS = 16
 
 
 def shifted_products_apply(kernel_size: Sequence[int], strides: Sequence[int]) -> bool:
@@ -47,6 +51,30 @@ def shifted_products_apply(kernel_size: Sequence[int], strides: Sequence[int]) -
         False
     """
     return tuple(int(s) for s in strides) == (1, 1) and int(np.prod(kernel_size)) > 1
+
+
+def shifted_products_cheaper(samples: int, spatial: Sequence[int], channels: int, kernel_size: Sequence[int],
+                             sampled_rows: int) -> bool:
+    """Whether the exact Hessian of a stride-1 conv from shifted products (every patch row, none
+    formed) costs no more than the Hessian of ``sampled_rows`` patch rows drawn at random.
+
+    Shifted products cost ``samples * h * w * offsets * C * max(C, 16)`` multiply-adds (a thin
+    product of fewer than 16 channels runs BLAS at a fraction of its speed); the sample costs
+    ``sampled_rows * (kh * kw * C)^2`` plus gathering the rows. A 32x32x16 map with a 3x3 kernel on
+    500 images against a 200,000-row sample: 1.7e9 against 4.1e9, shifted products (0.11 s against
+    0.62 s measured); a 14x14x6 map with a 5x5 kernel on 10,000 images: 7.7e9 against 4.5e9, the sample
+    (0.31 s against 0.37 s).
+
+    Example:
+        >>> shifted_products_cheaper(500, (32, 32), 16, (3, 3), 200_000)
+        True
+        >>> shifted_products_cheaper(10_000, (14, 14), 6, (5, 5), 200_000)
+        False
+    """
+    kh, kw = (int(k) for k in kernel_size)
+    offsets = ((2 * kh - 1) * (2 * kw - 1) + 1) // 2
+    shifted = float(samples) * int(np.prod(spatial)) * offsets * channels * max(channels, _THIN_CHANNELS)
+    return shifted <= float(sampled_rows) * (kh * kw * channels) ** 2
 
 
 class ConvHessianAccumulator(SummedStatistics):

@@ -141,8 +141,9 @@ def zip_models(
         max_conv_rows: at most this many patch rows (samples x output positions) per task enter a
             convolution's Hessian; beyond it positions are subsampled evenly, and
             ``zip_summary(model).extra["hessian_subsampling"]`` lists each layer's rows used and
-            available. None uses every row (exact; for stride-1 convolutions built from shifted
-            products of the input maps, without forming the rows).
+            available. A stride-1 convolution uses every row when its exact Hessian, built from
+            shifted products of the input maps without forming the rows, costs less than the
+            sample (many channels). None uses every row (exact).
         activation_memory_mb: the zip keeps every layer's inputs on the calibration data between
             stages; at most this many megabytes of them stay in memory, the rest are written to
             temporary files (under ``TMPDIR``, deleted when the zip ends) and read back batch by

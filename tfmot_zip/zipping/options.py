@@ -83,7 +83,8 @@ class ZipOptions:
         conv_hessian: ``"exact"``, ``"block"`` or ``"auto"`` Hessians of Conv2D layers.
         calibration_samples: at most this many calibration samples per task (None: all).
         max_conv_rows: at most this many patch rows per task enter a convolution's Hessian (evenly
-            subsampled positions beyond it, reported per layer by ``zip_summary``); None: all.
+            subsampled positions beyond it, reported per layer by ``zip_summary``, unless a stride-1
+            convolution's exact Hessian from shifted products costs less); None: all.
         seed: seeds the random choices.
         activation_memory_mb: megabytes of cached activations a zip keeps in memory at most; the
             rest go to temporary files read back batch by batch (None: no limit).

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfmot_zip.compat import keras
 from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
-from tfmot_zip.core.conv_hessian import ConvHessianAccumulator, shifted_products_apply
+from tfmot_zip.core.conv_hessian import ConvHessianAccumulator, shifted_products_apply, shifted_products_cheaper
 from tfmot_zip.core.hessian import conv_output_shape, gather_patches
 from tfmot_zip.model import batchnorm
 from tfmot_zip.model.graph import AlignedNode
@@ -115,13 +115,17 @@ class LayerStatisticsMixin:
     def _shifted_products(self, node: AlignedNode, x) -> bool:
         """Whether this conv's exact patch Hessian comes from shifted products of its input maps
         (:mod:`tfmot_zip.core.conv_hessian`, cheaper than the patch rows): stride 1, a kernel wider
-        than 1x1, and every patch row wanted (no more rows than ``max_conv_rows``)."""
+        than 1x1, and either every patch row wanted (no more rows than ``max_conv_rows``) or the
+        exact Hessian no dearer than a sample of ``max_conv_rows`` rows
+        (:func:`~tfmot_zip.core.conv_hessian.shifted_products_cheaper`): then no row is sampled."""
         if node.kind != "conv":
             return False
         layer = self.layer(node)
         if not shifted_products_apply(layer.kernel_size, layer.strides):
             return False
-        return self.max_conv_rows is None or len(x) * self._conv_geometry(node, x)[1] <= self.max_conv_rows
+        if self.max_conv_rows is None or len(x) * self._conv_geometry(node, x)[1] <= self.max_conv_rows:
+            return True
+        return shifted_products_cheaper(len(x), x.shape[1:3], int(x.shape[-1]), layer.kernel_size, self.max_conv_rows)
 
     def _conv_hessian(self, node: AlignedNode, x) -> ConvHessianAccumulator:
         """One task's :class:`~tfmot_zip.core.conv_hessian.ConvHessianAccumulator` over ``x`` read
