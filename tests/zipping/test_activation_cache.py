@@ -84,3 +84,51 @@ def test_a_whole_zip_runs_each_node_a_bounded_number_of_times(rng, monkeypatch):
     nodes = sum(len(n) for d, n in zipped._nodes_by_depth.items() if d > 0)
     assert len(caches) == 1
     assert 0 < caches[0].computed_nodes <= 2 * nodes
+
+
+@settings(max_examples=6, deadline=None)
+@given(depth=st.integers(3, 7), width=st.integers(2, 9), skip=st.booleans(), seed=st.integers(0, 20))
+def test_a_value_is_dropped_as_soon_as_its_readers_ran(depth, width, skip, seed):
+    """Running a chain holds at most the input, the value being read and the one being written
+    (plus a skip connection's source until its add runs), never every intermediate of the chain;
+    the values still equal a fresh forward pass."""
+    from tfmot_zip.zipping.spill import SpillPolicy
+
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input((width,))
+    source = x = keras.layers.Dense(width, activation="relu")(x)
+    for _ in range(depth):
+        x = keras.layers.Dense(width, activation="tanh")(x)
+    if skip:
+        x = keras.layers.Add()([x, source])
+    model = keras.Model(inp, x)
+    data = np.random.default_rng(seed).normal(size=(64, width)).astype(np.float32)
+    storage = SpillPolicy()
+    cache = ActivationCache(model, [data], storage=storage)
+    np.testing.assert_allclose(np.asarray(cache.value(0, model.output)), model(data).numpy(), rtol=1e-5, atol=1e-6)
+    value_bytes = 64 * width * 4
+    assert cache.computed_nodes == depth + 1 + int(skip)
+    assert storage.peak_held <= (3 + int(skip)) * value_bytes  # the old end-of-call eviction held depth + 1
+    assert storage.held == value_bytes  # only the requested output remains (inputs are not counted)
+
+
+@settings(max_examples=6, deadline=None)
+@given(depth=st.integers(2, 6), width=st.integers(2, 9), n=st.integers(5, 90), batch=st.integers(1, 12),
+       seed=st.integers(0, 20))
+def test_a_chain_over_the_memory_limit_runs_batch_by_batch_and_keeps_only_its_result(depth, width, n, batch, seed):
+    """When the values a call produces would not fit under the limit, every batch goes through the
+    whole chain: nothing transient is stored or spilled, only the requested value (which fits)."""
+    from tfmot_zip.zipping.spill import SpillPolicy
+
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input((width,))
+    for _ in range(depth):
+        x = keras.layers.Dense(width, activation="tanh")(x)
+    model = keras.Model(inp, x)
+    data = np.random.default_rng(seed).normal(size=(n, width)).astype(np.float32)
+    value_bytes = n * width * 4
+    storage = SpillPolicy(memory_bytes=value_bytes + value_bytes // 2, batch_bytes=batch * width * 4 * (depth + 1))
+    cache = ActivationCache(model, [data], storage=storage)
+    np.testing.assert_allclose(np.asarray(cache.value(0, model.output)), model(data).numpy(), rtol=1e-5, atol=1e-6)
+    assert storage.spilled_values == 0 and storage.peak_held == value_bytes  # node by node: the 2nd value spilled
+    assert cache.computed_nodes == depth

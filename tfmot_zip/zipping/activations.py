@@ -103,6 +103,7 @@ class ActivationCache:
                 self._readers.setdefault(tid, []).append(node)
         self._input_ids = [str(id(t)) for t in model.inputs]
         self._values: list[dict[str, object]] = [{} for _ in range(n_worlds)]
+        self._done: list[set[int]] = [set() for _ in range(n_worlds)]  # nodes run since their inputs last changed
         for w in range(n_worlds):
             self._seed(w, calibration)
         self._stale: set[str] = set()  # BatchNorm layers to re-estimate
@@ -157,32 +158,111 @@ class ActivationCache:
                 continue
             needed[id(node)] = node
             stack.extend(i for i in node.flat_input_ids if i not in cache)
-        for node in sorted(needed.values(), key=lambda n: self._order[id(n)]):
-            self._run(world, node)
-        result = [cache[tid] for tid in ids]
-        self._evict(world, keep=set(ids))
-        return result
+        keep = set(ids)
+        self._done[world].difference_update(needed)  # to run again: their inputs must stay until they have
+        order = sorted(needed.values(), key=lambda n: self._order[id(n)])
+        if self._spills(world, order):  # run batch by batch through every node: only what outlives the call is kept
+            for segment in self._segments(order):
+                self._run_fused(world, segment, keep)
+                self._evict(world, keep)
+        else:
+            for node in order:
+                self._run(world, node)
+                self._evict(world, keep)  # as soon as a value is consumed, so the values held stay few
+        return [cache[tid] for tid in ids]
 
-    def _run(self, world: int, node) -> None:
-        cache = self._values[world]
+    def _node_call(self, node):
+        """``call(feeds)``: the node's layer on one value per distinct input (split across the
+        replicas of a ``tf.distribute`` strategy in scope, if any); returns the flat outputs."""
         layer = node.layer
         uses = Counter(node.flat_input_ids)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.name in self._stale:
-            task = self._bn_task.get(layer.name)
-            if not self.single or task == world or task is None and world == 0:
-                self._estimate(layer, cache[node.flat_input_ids[0]])
         kwargs_extra = {"training": False} if getattr(layer, "_expects_training_arg", False) else {}
-        length = max(int(cache[tid].shape[0]) for tid in uses)
-        outputs_symbolic = tf.nest.flatten(node.outputs)
-        per_sample = sum(sample_bytes(cache[tid]) for tid in uses) + sum(sample_bytes(t) for t in outputs_symbolic)
-        step = max(1, self.storage.batch_bytes // max(1, per_sample))
 
         def compute(feeds: list) -> list:
             args, kwargs = node.map_arguments({tid: [v] * n for (tid, n), v in zip(uses.items(), feeds)})
             return tf.nest.flatten(layer(*args, **kwargs, **kwargs_extra))
 
-        def call(part):  # split across the replicas of a tf.distribute strategy in scope, if any
-            return self.replicas.run(compute, [part(tid, cache[tid]) for tid in uses])
+        return lambda feeds: self.replicas.run(compute, feeds)
+
+    def _maybe_estimate(self, world: int, node) -> None:
+        """Re-estimates a stale BatchNorm layer's statistics from its input value, in the world it serves."""
+        layer = node.layer
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name in self._stale:
+            task = self._bn_task.get(layer.name)
+            if not self.single or task == world or task is None and world == 0:
+                self._estimate(layer, self._values[world][node.flat_input_ids[0]])
+
+    def _spills(self, world: int, order: list) -> bool:
+        """Whether running ``order`` node by node would hold more than the memory limit leaves."""
+        if self.storage.memory_bytes is None or len(order) < 2:
+            return False
+        cache = self._values[world]
+        length = max(int(cache[tid].shape[0]) for n in order for tid in n.flat_input_ids if tid in cache)
+        produced = sum(sample_bytes(t) for n in order for t in tf.nest.flatten(n.outputs)) * length
+        return produced > self.storage.memory_bytes - self.storage.held
+
+    def _segments(self, order: list) -> list:
+        """``order`` cut before every stale BatchNorm layer, whose estimate needs its whole input."""
+        segments: list = [[]]
+        for node in order:
+            if segments[-1] and isinstance(node.layer, keras.layers.BatchNormalization) and node.layer.name in self._stale:
+                segments.append([])
+            segments[-1].append(node)
+        return segments
+
+    def _run_fused(self, world: int, nodes: list, keep: set) -> None:
+        """Runs ``nodes`` (topologically ordered) batch by batch, each batch through all of them;
+        keeps only the values requested or read by a node outside ``nodes``."""
+        cache = self._values[world]
+        self._maybe_estimate(world, nodes[0])
+        members = {id(n) for n in nodes}
+        symbolic = {tid: t for n in nodes for tid, t in zip(n.flat_output_ids, tf.nest.flatten(n.outputs))}
+        external = list(dict.fromkeys(t for n in nodes for t in n.flat_input_ids if t not in symbolic))
+        length = {tid: int(cache[tid].shape[0]) for tid in external}
+        for n in nodes:  # a zip layer's output i reads input i only (per-task lengths may differ)
+            ins, outs = n.flat_input_ids, n.flat_output_ids
+            for i, tid in enumerate(outs):
+                length[tid] = length[ins[i]] if len(outs) == len(ins) else max(length[t] for t in ins)
+        store = [tid for tid in symbolic if tid in keep or any(id(r) not in members for r in self._readers.get(tid, []))]
+        per_sample = sum(sample_bytes(cache[t]) for t in external) + sum(sample_bytes(t) for t in symbolic.values())
+        step = max(1, self.storage.batch_bytes // max(1, per_sample))
+        writers = {tid: self.storage.writer(sample_bytes(symbolic[tid]) * length[tid]) for tid in store}
+        calls = [self._node_call(n) for n in nodes]
+        first: dict = {}  # one sample of each value: fed in place of an exhausted input
+        for start in range(0, max(length.values()), step):
+            vals = {t: (_whole(cache[t][start : start + step]) if length[t] > start else None) for t in external}
+            for n, call in zip(nodes, calls):
+                ins = list(Counter(n.flat_input_ids))
+                if all(vals[t] is None for t in ins):
+                    vals.update((t, None) for t in n.flat_output_ids)
+                    continue
+                outs = call([vals[t] if vals[t] is not None else first[t] for t in ins])
+                paired = len(outs) == len(n.flat_input_ids)
+                for i, (tid, out) in enumerate(zip(n.flat_output_ids, outs)):
+                    vals[tid] = None if paired and vals[n.flat_input_ids[i]] is None else out
+            if start == 0:
+                first = {t: v[:1] for t, v in vals.items()}
+            for tid in store:
+                if vals[tid] is not None:
+                    writers[tid].append(vals[tid])
+        for tid in store:
+            cache[tid] = writers[tid].finish()
+        for n in nodes:
+            self._done[world].add(id(n))
+            self.computed_nodes += 1
+
+    def _run(self, world: int, node) -> None:
+        cache = self._values[world]
+        uses = Counter(node.flat_input_ids)
+        self._maybe_estimate(world, node)
+        length = max(int(cache[tid].shape[0]) for tid in uses)
+        outputs_symbolic = tf.nest.flatten(node.outputs)
+        per_sample = sum(sample_bytes(cache[tid]) for tid in uses) + sum(sample_bytes(t) for t in outputs_symbolic)
+        step = max(1, self.storage.batch_bytes // max(1, per_sample))
+        node_call = self._node_call(node)
+
+        def call(part):
+            return node_call([part(tid, cache[tid]) for tid in uses])
 
         if length <= step:  # one call on the whole set
             for tid, out in zip(node.flat_output_ids, call(lambda tid, v: _whole(v))):
@@ -200,6 +280,7 @@ class ActivationCache:
                         writer.append(out)
             for tid, writer in zip(node.flat_output_ids, writers):
                 cache[tid] = writer.finish()
+        self._done[world].add(id(node))
         self.computed_nodes += 1
 
     def _estimate(self, layer, inputs) -> None:
@@ -265,13 +346,14 @@ class ActivationCache:
         return update
 
     def _evict(self, world: int, keep: set[str]) -> None:
-        """Drops values every reader of which has run (the model inputs always stay)."""
-        cache = self._values[world]
+        """Drops values every reader of which has run since its inputs last changed (the model
+        inputs always stay; a reader's own outputs may be gone already, consumed in turn)."""
+        cache, done = self._values[world], self._done[world]
         for tid in list(cache):
             if tid in keep or tid in self._input_ids:
                 continue
             readers = self._readers.get(tid, [])
-            if readers and all(all(o in cache for o in r.flat_output_ids) for r in readers):
+            if readers and all(id(r) in done for r in readers):
                 self.storage.release(cache.pop(tid))
 
     # --- changes -------------------------------------------------------------------------------
@@ -294,13 +376,16 @@ class ActivationCache:
             for tid in node.flat_output_ids:
                 dropped.add(tid)
                 stack.extend(self._readers.get(tid, []))
-        for cache in self._values:
+        for cache, done in zip(self._values, self._done):
+            done.difference_update(seen)
             for tid in dropped:
                 if tid in cache:
                     self.storage.release(cache.pop(tid))
 
     def reset(self) -> None:
         """Forgets every computed value (e.g. after training changed the weights)."""
+        for done in self._done:
+            done.clear()
         for cache in self._values:
             for tid in list(cache):
                 if tid not in self._input_ids:
