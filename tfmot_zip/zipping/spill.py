@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from tfmot_zip.compat import tf
-
 __all__ = ["SpillPolicy", "SpilledArray", "as_array", "nbytes", "sample_bytes"]
 
 
@@ -135,8 +133,14 @@ class _Writer:
         self._file = open(path, "wb") if path is not None else None
 
     def append(self, chunk: Any) -> None:
-        if self._file is not None or not hasattr(chunk, "numpy"):  # a tf tensor in memory stays one
+        if self._file is not None or not hasattr(chunk, "numpy"):
             chunk = np.asarray(chunk)
+        elif self.chunks:
+            # A value of several batches is gathered in numpy: TensorFlow's pooled allocator (oneDNN's)
+            # keeps its high-water mark for good, so batches piling up there would raise the peak of
+            # the whole zip. A value of one batch stays a tf tensor (the next layer reads it as is).
+            self.chunks = [np.array(c) if hasattr(c, "numpy") else c for c in self.chunks]
+            chunk = np.array(chunk)
         if len(chunk) == 0 and self.dtype is not None:
             return  # a batch past the end of a shorter input: nothing to add (its shape may be degenerate)
         self.rows += len(chunk)
@@ -159,11 +163,8 @@ class _Writer:
 
     def finish(self):
         if self._file is None:
-            # tf tensors (a layer's outputs) are joined by TensorFlow, so that the next layer reads
-            # them without converting a numpy array again (TensorFlow copies every array it is fed)
             chunks = [c for c in self.chunks if len(c)] or self.chunks[:1]
-            joined = tf.concat if any(hasattr(c, "numpy") for c in chunks) else np.concatenate
-            value = joined(chunks, 0) if len(chunks) != 1 else chunks[0]
+            value = np.concatenate(chunks, 0) if len(chunks) != 1 else chunks[0]
             self.chunks = []
             self.policy.held -= self.reserved  # the reservation becomes the value (spilled if it outgrew it)
             return self.policy.keep(value)
