@@ -20,7 +20,10 @@ a BatchNorm layer serving task ``t`` is re-estimated in world ``t`` only, on tha
 
 Memory is bounded by a :class:`~tfmot_zip.zipping.spill.SpillPolicy`: a layer runs on at most
 ``batch_bytes`` of samples at a time, and the values kept beyond ``memory_bytes`` go to temporary
-files, read back by sample ranges. Values are numpy arrays, tf tensors or
+files, read back by sample ranges. A request whose values would not fit in what the limit leaves
+runs batch by batch through all its nodes and stores only the values that outlive it (those asked
+for, and those a node outside it reads); a stale BatchNorm, whose estimate needs its whole input,
+cuts it into such runs. Values are numpy arrays, tf tensors or
 :class:`~tfmot_zip.zipping.spill.SpilledArray`; ``np.asarray`` reads any of them whole.
 """
 from __future__ import annotations
