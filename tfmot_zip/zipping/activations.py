@@ -164,14 +164,11 @@ class ActivationCache:
         keep = set(ids)
         self._done[world].difference_update(needed)  # to run again: their inputs must stay until they have
         order = sorted(needed.values(), key=lambda n: self._order[id(n)])
-        if self._spills(world, order):  # run batch by batch through every node: only what outlives the call is kept
-            for segment in self._segments(order):
-                self._run_fused(world, segment, keep)
-                self._evict(world, keep)
-        else:
-            for node in order:
-                self._run(world, node)
-                self._evict(world, keep)  # as soon as a value is consumed, so the values held stay few
+        # node by node; or, when that would hold more than the limit allows, batch by batch through
+        # every node of a segment, so that only what outlives the segment is kept
+        for segment in self._segments(order) if self._spills(world, order) else [[n] for n in order]:
+            self._run(world, segment, keep)
+            self._evict(world, keep)  # as soon as a value is consumed, so the values held stay few
         return [cache[tid] for tid in ids]
 
     def _node_call(self, node):
@@ -213,9 +210,10 @@ class ActivationCache:
             segments[-1].append(node)
         return segments
 
-    def _run_fused(self, world: int, nodes: list, keep: set) -> None:
-        """Runs ``nodes`` (topologically ordered) batch by batch, each batch through all of them;
-        keeps only the values requested or read by a node outside ``nodes``."""
+    def _run(self, world: int, nodes: list, keep: set) -> None:
+        """Runs ``nodes`` (topologically ordered) batch by batch, each batch through all of them (one
+        call on the whole set when it fits in a batch); keeps only the values requested or read by a
+        node outside ``nodes``, in memory or in a file (the storage decides)."""
         cache = self._values[world]
         self._maybe_estimate(world, nodes[0])
         members = {id(n) for n in nodes}
@@ -233,7 +231,7 @@ class ActivationCache:
         calls = [self._node_call(n) for n in nodes]
         first: dict = {}  # one sample of each value: fed in place of an exhausted input
         for start in range(0, max(length.values()), step):
-            vals = {t: (_whole(cache[t][start : start + step]) if length[t] > start else None) for t in external}
+            vals = {t: _batch(cache[t], start, step, length[t]) for t in external}
             for n, call in zip(nodes, calls):
                 ins = list(Counter(n.flat_input_ids))
                 if all(vals[t] is None for t in ins):
@@ -253,38 +251,6 @@ class ActivationCache:
         for n in nodes:
             self._done[world].add(id(n))
             self.computed_nodes += 1
-
-    def _run(self, world: int, node) -> None:
-        cache = self._values[world]
-        uses = Counter(node.flat_input_ids)
-        self._maybe_estimate(world, node)
-        length = max(int(cache[tid].shape[0]) for tid in uses)
-        outputs_symbolic = tf.nest.flatten(node.outputs)
-        per_sample = sum(sample_bytes(cache[tid]) for tid in uses) + sum(sample_bytes(t) for t in outputs_symbolic)
-        step = max(1, self.storage.batch_bytes // max(1, per_sample))
-        node_call = self._node_call(node)
-
-        def call(part):
-            return node_call([part(tid, cache[tid]) for tid in uses])
-
-        if length <= step:  # one call on the whole set
-            for tid, out in zip(node.flat_output_ids, call(lambda tid, v: _whole(v))):
-                cache[tid] = self.storage.keep(out)
-        else:  # batch by batch, each output collected in memory or in a file (the storage decides)
-            writers = [self.storage.writer(sample_bytes(t) * length) for t in outputs_symbolic]
-            inputs = node.flat_input_ids
-            for start in range(0, length, step):
-                # Inputs of different lengths meet only in zip layers (output i reads input i): an
-                # input already exhausted is fed one sample and its output is not kept.
-                done = {tid for tid in uses if int(cache[tid].shape[0]) <= start}
-                outs = call(lambda tid, v: v[:1] if tid in done else v[start : start + step])
-                for i, (writer, out) in enumerate(zip(writers, outs)):
-                    if not (done and len(outs) == len(inputs) and inputs[i] in done):
-                        writer.append(out)
-            for tid, writer in zip(node.flat_output_ids, writers):
-                cache[tid] = writer.finish()
-        self._done[world].add(id(node))
-        self.computed_nodes += 1
 
     def _estimate(self, layer, inputs) -> None:
         """Sets a BatchNorm layer's moving statistics from its input values (see the module doc)."""
@@ -398,6 +364,14 @@ class ActivationCache:
 def _whole(value):
     """A value as a layer can take it whole (a spilled value is read from its file)."""
     return np.asarray(value) if isinstance(value, SpilledArray) else value
+
+
+def _batch(value, start: int, step: int, length: int):
+    """Samples ``[start, start + step)`` of a value of ``length`` samples as a layer takes them
+    (the value itself when that is all of it; None once it is exhausted)."""
+    if start >= length:
+        return None
+    return _whole(value if start == 0 and step >= length else value[start : start + step])
 
 
 class ZipActivations:
