@@ -1,9 +1,10 @@
 """Any recipe of zip_models options on a zoo pair, one JSON line per (sharing, recipe): mean drop
 right after zipping (no retraining), 10,000 calibration images per task, full test splits.
 
-Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPAIR[,...] SHARING[,...] [IMAGES [HELDOUT]]
-  e.g. benchmarks/recipes.py lenet_300_100 same euclidean:1:1,mtz:1:0 0.5,1.0
-  (REFITS 1: refit_layers and refit_heads; REPAIR 1: repair=True; IMAGES: calibration images per task,
+Usage: .venv/bin/python benchmarks/recipes.py ARCH split|same METHOD:REFITS:REPAIR[:HEADS][,...] SHARING[,...] [IMAGES [HELDOUT]]
+  e.g. benchmarks/recipes.py lenet_300_100 same euclidean:1:1,mtz:1:0,mtz:1:0:least_squares 0.5,1.0
+  (REFITS 1: refit_layers and refit_heads; REPAIR 1: repair=True; HEADS: how the heads are refit,
+  refit_heads=HEADS, default True (cross-entropy for the softmax heads); IMAGES: calibration images per task,
   default 10,000; HELDOUT: measure on that many training images after the calibration images, with the
   originals' accuracy on them, instead of the test splits: choosing between recipes there is not tuning
   on the test set)
@@ -28,7 +29,7 @@ if os.environ.get("RELU_PASSES"):  # the layer refit zip_models calls, with relu
 
     _api.refit_layers_ = functools.partial(_refit.refit_layers, relu_passes=int(os.environ["RELU_PASSES"]))
 arch, pair = sys.argv[1], sys.argv[2]
-variants = [tuple((v + ":0:0").split(":")[:3]) for v in sys.argv[3].split(",")]  # method:refits:repair
+variants = [tuple((v.split(":") + ["0", "0", ""][v.count(":"):])[:4]) for v in sys.argv[3].split(",")]  # method:refits:repair:heads
 sharings = [float(s) for s in sys.argv[4].split(",")]
 tasks, trained = load_pair(arch, pair)
 models = [t.model for t in trained]
@@ -45,11 +46,11 @@ else:
     orig = [t.test_accuracy for t in trained]
 print("originals", orig, flush=True)
 for sharing in sharings:
-    for method, refit, rep in variants:
+    for method, refit, rep, heads in variants:
         r = refit == "1"
         t0 = time.time()
-        z = tfmot_zip.zip_models(*models, calibration_data=calib, sharing=sharing, method=method, refit_layers=r, refit_heads=r, repair=rep == "1")
+        z = tfmot_zip.zip_models(*models, calibration_data=calib, sharing=sharing, method=method, refit_layers=r, refit_heads=(heads or True) if r else False, repair=rep == "1")
         sec = time.time() - t0
         acc = training.evaluate_tasks(z, tests)
-        print(json.dumps(dict(arch=arch, pair=pair, sharing=sharing, method=method, refit=r, repair=rep, acc=[round(a, 2) for a in acc],
+        print(json.dumps(dict(arch=arch, pair=pair, sharing=sharing, method=method, refit=r, repair=rep, heads=(heads or "auto") if r else None, acc=[round(a, 2) for a in acc],
                               drop=round(float(np.mean(np.array(orig) - np.array(acc))), 3), sec=round(sec, 1))), flush=True)

@@ -102,7 +102,7 @@ def zip_models(
     schedule: "ZipSchedule | None" = None,
     recalibrate_batchnorm: bool | str = True,
     refit_layers: bool | None = None,
-    refit_heads: bool | None = None,
+    refit_heads: bool | str | None = None,
     repair: bool | None = None,
     verbose: bool = False,
     progress: "bool | Callable[[int, int, str], None] | None" = None,
@@ -168,10 +168,10 @@ def zip_models(
             squares from the inputs the zipped network gives it to each task's original
             pre-activations, jointly over the tasks sharing a unit (beyond the paper; one-shot only).
             None (default): as ``method`` says (on for "mtz+refits", off otherwise).
-        refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
-            the zipped network's features to the original model's pre-activations on the
-            calibration data (beyond the paper; costs no parameters; one-shot zipping only).
-            None (default): as ``method`` says.
+        refit_heads: after zipping, re-solve each task's Dense head from the zipped network's features on
+            the calibration data (beyond the paper; no parameters added; one-shot only): True fits a softmax or
+            sigmoid head by its cross-entropy to the original probabilities, others by least squares to the
+            logits; or "least_squares", "softmax", "sigmoid" for every head. None: as ``method`` says.
         repair: True: after zipping, give every merged unit, per task, the mean and standard deviation
             of its original unit on the calibration data: a per-task affine on the pre-activation,
             bottom-up (REPAIR; beyond the paper; one-shot only; docs/REFIT.md). With
@@ -336,7 +336,7 @@ def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batc
     if options.recalibrate_batchnorm and changed and has_batchnorm:
         batchnorm = zipper.final_batchnorm().as_dict()
     if options.refit_heads and changed:
-        refit_heads_(zipped, graph, calibration, activations=acts)
+        refit_heads_(zipped, graph, calibration, activations=acts, fit="auto" if options.refit_heads is True else options.refit_heads)
     return records, batchnorm, repaired
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tfmot_zip.core.head_fit import HEAD_FITS
 from tfmot_zip.core.selection import SELECTORS
 from tfmot_zip.core.strategies import STRATEGIES
 
@@ -95,8 +96,10 @@ class ZipOptions:
             zipping, by one training-mode pass over the whole model; ``False`` never.
         refit_layers: after zipping, re-solve every merged hidden layer, bottom-up, by damped least
             squares from its zipped inputs to each task's original pre-activations.
-        refit_heads: after zipping, re-solve each task's Dense head by damped least squares from
-            the zipped features to the original model's pre-activations (no parameters added).
+        refit_heads: after zipping, re-solve each task's Dense head from the zipped features (no
+            parameters added): ``True`` (or ``"auto"``) by the cross-entropy to the original model's
+            probabilities for a softmax or sigmoid head, by damped least squares to its
+            pre-activations otherwise; ``"least_squares"``, ``"softmax"`` or ``"sigmoid"`` for every head.
         repair: after zipping (and the layer refit), give every merged unit, per task, the mean and
             standard deviation its original unit had on the calibration data (a per-task affine on
             the pre-activation, bottom-up; docs/REFIT.md).
@@ -124,7 +127,7 @@ class ZipOptions:
     activation_memory_mb: float | None = 256.0
     recalibrate_batchnorm: bool | str = True
     refit_layers: bool = False
-    refit_heads: bool = False
+    refit_heads: bool | str = False
     repair: bool = False
     sharing: dict = field(default_factory=dict)
     schedule: dict | None = None
@@ -180,8 +183,12 @@ class ZipOptions:
         if isinstance(self.recalibrate_batchnorm, np.bool_):
             object.__setattr__(self, "recalibrate_batchnorm", bool(self.recalibrate_batchnorm))
         for name in ("refit_layers", "refit_heads", "repair"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"Expected True or False. Received: {name}={getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, np.bool_):
+                object.__setattr__(self, name, bool(value))
+            elif not isinstance(value, bool) and not (name == "refit_heads" and isinstance(value, str) and value in HEAD_FITS):
+                expected = f"True, False or one of {list(HEAD_FITS)}" if name == "refit_heads" else "True or False"
+                raise ValueError(f"Expected {expected}. Received: {name}={value!r}")
         object.__setattr__(self, "sharing", {str(k): float(v) for k, v in dict(self.sharing).items()})
 
     def replace(self, **changes: Any) -> "ZipOptions":
