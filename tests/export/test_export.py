@@ -273,7 +273,7 @@ def test_only_the_signatures_asked_for_are_written_and_the_file_shrinks(setup):
                         signatures=[ALL_TASKS_SHARED_INPUT])
     assert sorted(tflite_signatures(one)) == [ALL_TASKS_SHARED_INPUT]
     assert len(one) < len(full)
-    xa = setup["x"][0][:50]
+    xa = setup["x"][0]  # 400 images: on 50, one flipped argmax moves the agreement by 2 points
     expected = setup["plain"].predict([xa, xa], verbose=0)
     out = tflite_predict(one, ALL_TASKS_SHARED_INPUT, xa)
     for name, keras_out in zip(TASKS, expected):
