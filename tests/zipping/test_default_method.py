@@ -148,3 +148,29 @@ def test_relu_passes_re_solve_with_relu_targets_as_brute_force_least_squares(rng
     np.testing.assert_allclose(fc1.bias.numpy(), want[-1], rtol=1e-4, atol=1e-5)
     if passes:
         assert not np.allclose(want, first, atol=1e-4)  # a pass changes the solution
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 1000), samples=st.integers(20, 300), tasks=st.integers(2, 3))
+def test_the_layer_refit_takes_the_zips_sums_of_a_layer_reading_the_model_inputs(seed, samples, tasks):
+    # A Dense layer on the model's inputs reads the same rows after zipping: the refit takes the
+    # zip's sum [x 1]^T [x 1] (equal to the brute-force sum) and gives the refit that computes it.
+    from tfmot_zip.zipping import api, statistics
+
+    rng = np.random.default_rng(seed)
+    models = [mlp(seed + t) for t in range(tasks)]
+    data = tuple(calib(rng, samples + 7 * t, (6, 6, 1)) for t in range(tasks))
+    seen = []
+    refit = api.refit_layers_
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(api, "refit_layers_", lambda *a, **k: seen.append(k["grams"]) or refit(*a, **k))
+        reused = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, refit_heads="least_squares", progress=False)
+        patch.setattr(statistics, "_KEPT_GRAM_DIM", 0)  # the zip keeps no sums: the refit computes them
+        computed = tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, refit_heads="least_squares", progress=False)
+    assert sorted(seen[0]) == ["fc1"] and sorted(seen[0]["fc1"]) == list(range(tasks))
+    for t, x in enumerate(data):
+        rows = np.hstack([x.reshape(len(x), -1).astype(np.float64), np.ones((len(x), 1))])
+        np.testing.assert_allclose(seen[0]["fc1"][t], rows.T @ rows, rtol=1e-10, atol=1e-8)
+    assert seen[1] == {}
+    for a, b in zip(reused.get_weights(), computed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

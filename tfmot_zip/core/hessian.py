@@ -106,6 +106,22 @@ class HessianAccumulator(SummedStatistics):
         """The raw sums ``(sum x x^T, sum x, count)``, e.g. to reduce across replicas."""
         return self._xtx.copy(), self._xsum.copy(), self.count
 
+    def gram(self) -> np.ndarray:
+        """``sum x~ x~^T`` (``x~ = [x, 1]``), the unnormalised :meth:`hessian`: what a least-squares
+        fit on the same rows needs.
+
+        Example:
+            >>> acc = HessianAccumulator(1)
+            >>> acc.update(np.array([[1.0], [3.0]]))
+            >>> acc.gram().tolist()
+            [[10.0, 4.0], [4.0, 2.0]]
+        """
+        gram = np.empty((self.dim + 1, self.dim + 1), dtype=np.float64)
+        gram[: self.dim, : self.dim] = self._xtx
+        gram[: self.dim, self.dim] = gram[self.dim, : self.dim] = self._xsum
+        gram[self.dim, self.dim] = self.count
+        return gram
+
     def hessian(self) -> np.ndarray:
         """``E[x~ x~^T]`` as a ``[dim + 1, dim + 1]`` float64 matrix (bias coordinate last)."""
         if self.count == 0:

@@ -324,7 +324,7 @@ def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batc
     acts = None
     if changed and (options.refit_layers or options.repair or options.refit_heads):
         acts = zipper.zip_activations()
-    refit_rows = {"max_conv_rows": options.max_conv_rows, "seed": options.seed}
+    refit_rows = {"max_conv_rows": options.max_conv_rows, "seed": options.seed, "grams": zipper.input_grams}
     if options.refit_layers and options.repair and changed:
         for node in graph.hidden_zip_nodes():  # interleaved: each refit sees the repaired layers below
             refit_layers_(zipped, graph, calibration, layers=[node.name], activations=acts, **refit_rows)

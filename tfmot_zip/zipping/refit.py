@@ -160,6 +160,7 @@ def refit_layers(
     max_conv_rows: int | None = 200_000,
     seed: int = 0,
     relu_passes: int = 0,
+    grams: dict[str, dict[int, np.ndarray]] | None = None,
 ) -> list[str]:
     """Re-solves the weights of every hidden zip layer of ``zipped`` in place, bottom-up.
 
@@ -178,6 +179,9 @@ def refit_layers(
             many more times with :func:`~tfmot_zip.core.refit.relu_targets` of the last solution's
             predictions (0, the default, which ``zip_models`` uses: the plain least squares of the
             pre-activations; docs/REFIT.md measures 2).
+        grams: ``{layer name: {task: sum [x 1]^T [x 1]}}`` of Dense layers whose inputs the zip left
+            unchanged (the model's inputs), in the task's coordinates and summed over every worker
+            (``Zipper.input_grams``): used instead of computing them again; None: none.
 
     Returns:
         The names of the layers refit.
@@ -192,6 +196,7 @@ def refit_layers(
         ['fc1', 'fc2']
     """
     acts = activations if activations is not None else ZipActivations(zipped, graph.models, calibration)
+    known_grams = dict(grams or {})
     names = []
     for node in graph.hidden_zip_nodes():
         if layers is not None and node.name not in layers:
@@ -204,8 +209,9 @@ def refit_layers(
         passes = int(relu_passes) if relu else 0
         # the passes reuse each task's rows and targets when they fit in memory (else read again)
         kept = [_KeptRows(KEPT_ROWS_BYTES // len(node.layers)) if passes else None for _ in node.layers]
-        sums = [_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed, kept=kept[task])
-                for task in range(len(node.layers))]
+        known = known_grams.get(node.name, {}) if not is_conv else {}
+        sums = [_task_sums(layer, node, task, acts, positions, batch_size, max_conv_rows, seed, kept=kept[task],
+                           gram=known.get(task)) for task in range(len(node.layers))]
         grams, crosses = [g for g, _ in sums], [c for _, c in sums]
         owners = layer.unit_tasks()
         column_tasks = [frozenset(owners.get(c, ())) for c in range(layer.capacity)]
@@ -252,11 +258,12 @@ class _KeptRows:
 
 
 def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, max_conv_rows, seed: int,
-               solved: np.ndarray | None = None, kept: _KeptRows | None = None) -> tuple:
+               solved: np.ndarray | None = None, kept: _KeptRows | None = None, gram: np.ndarray | None = None) -> tuple:
     """``(gram, cross)`` of one task at a hidden zip layer, in physical coordinates (the last row: the
     bias). With ``solved`` (physical weights, bias row last) the targets are the
     :func:`~tfmot_zip.core.refit.relu_targets` of its predictions, and the gram is not accumulated.
-    ``kept``: the first call keeps its blocks there, the later ones read them from it."""
+    ``kept``: the first call keeps its blocks there, the later ones read them from it. ``gram``: the
+    task's ``sum [x 1]^T [x 1]`` in its own coordinates, already summed over the workers, when known."""
     rows = positions * layer.input_capacity
     in_map, out_map = layer.get_maps(task)
     ids = (np.arange(positions)[:, None] * layer.input_capacity + in_map[None, :]).reshape(-1)
@@ -264,7 +271,10 @@ def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, ma
     original_layer = node.layers[task]
     merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
     rng = np.random.default_rng([seed, node.index, task])  # the same rows on every pass
+    known = gram if gram is not None and solved is None and gram.shape == (len(ids), len(ids)) else None
     gram = np.zeros((rows + 1, rows + 1)) if solved is None else None
+    if known is not None:
+        gram[np.ix_(ids, ids)] = known
     cross = np.zeros((rows + 1, layer.capacity))
     weights = None if solved is None else solved[np.ix_(ids, out_map)]
     if solved is not None and kept is not None and kept.blocks is not None:
@@ -275,13 +285,13 @@ def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, ma
     for x, y in blocks:
         if solved is None and kept is not None:
             kept.add(x, y)
-        if weights is None:
-            gram[np.ix_(ids, ids)] += x.T @ x
-        else:
+        if weights is not None:
             y = relu_targets(y, x @ weights)
+        elif known is None:
+            gram[np.ix_(ids, ids)] += x.T @ x
         cross[np.ix_(ids, out_map)] += x.T @ y
-    if gram is None:
+    if gram is None or known is not None:  # no gram to sum, or one summed already
         (cross,) = acts.merged.replicas.sum_all([cross])  # over the workers of a tf.distribute strategy
-        return None, cross
+        return gram, cross
     gram, cross = acts.merged.replicas.sum_all([gram, cross])
     return gram, cross

@@ -17,6 +17,8 @@ from tfmot_zip.model.graph import AlignedNode
 from tfmot_zip.zipping.activations import ActivationCache, ZipActivations
 from tfmot_zip.zipping.spill import SpillPolicy, as_array
 
+_KEPT_GRAM_DIM = 2_048  # Dense inputs up to this wide keep their sums for the refit (32 MB per task at most)
+
 __all__ = ["LayerStatisticsMixin"]
 
 
@@ -180,8 +182,13 @@ class LayerStatisticsMixin:
                         accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
                 accumulators[t].update(rows)
         hessians = []
+        # a Dense layer reading the model's inputs reads them unchanged after zipping too: its refit
+        # (zipping/refit.py) takes these sums instead of computing them again
+        keep_gram = node.kind == "dense" and not self.input_feature(node).space_ids
         for t in tasks:
             accumulators[t].reduce(self.activations().replicas.sum_all)  # over the workers of a tf.distribute strategy
+            if keep_gram and isinstance(accumulators[t], HessianAccumulator) and accumulators[t].dim <= _KEPT_GRAM_DIM:
+                self.input_grams.setdefault(node.name, {})[t] = accumulators[t].gram()
             h = self._centered(accumulators[t].hessian())
             if not layer.use_bias:
                 h = h[:-1, :-1]

@@ -107,6 +107,8 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         self.task = 1  # the task being merged in this pass
         self._hessian_cache: dict[int, list[np.ndarray]] = {}
         self._stats_cache: dict[int, dict] = {}
+        # sum [x 1]^T [x 1] of every task at Dense layers reading the model's inputs, by layer name (for the refit)
+        self.input_grams: dict[str, dict[int, np.ndarray]] = {}
         self._layers = {node.index: self.model.get_layer(node.name) for node in self.graph.zip_nodes()}
         for node in self.graph.zip_nodes():
             layer = self.layer(node)
