@@ -97,7 +97,7 @@ def test_a_head_the_zip_left_unchanged_is_not_moved_by_the_cross_entropy_fit(rng
     # sharing 0: the zipped features are the original ones, so the original head is already the
     # minimum of the cross-entropy (and the prior): the refit keeps it.
     from tfmot_zip.model.graph import align_models
-    from tfmot_zip.zipping.refit import refit_heads
+    from tfmot_zip.zipping.head_refit import refit_heads
 
     a, b = mlp(41), mlp(42)
     data = [calib(rng, 200, (6, 6, 1)), calib(rng, 200, (6, 6, 1))]
@@ -109,7 +109,7 @@ def test_a_head_the_zip_left_unchanged_is_not_moved_by_the_cross_entropy_fit(rng
 
 
 def test_the_head_fit_follows_the_head_activation():
-    from tfmot_zip.zipping.refit import head_loss
+    from tfmot_zip.zipping.head_refit import head_loss
 
     assert head_loss(keras.layers.Dense(3, activation="softmax")) == "softmax"
     assert head_loss(keras.layers.Dense(1, activation="sigmoid")) == "sigmoid"
@@ -117,3 +117,73 @@ def test_the_head_fit_follows_the_head_activation():
     assert head_loss(keras.layers.Dense(3), "softmax") == "softmax"  # a linear head whose model applies a softmax
     with pytest.raises(ValueError, match="Unknown head fit 'kl'"):
         head_loss(keras.layers.Dense(3), "kl")
+
+
+def _head_inputs(zipped, task, data):
+    head = zipped.get_layer("head")
+    return keras.Model(zipped.inputs, list(head.input))(list(data), training=False)[task].numpy().astype(np.float64)
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 1000), samples=st.integers(20, 85))
+def test_a_head_with_few_samples_per_input_takes_the_damping_that_loses_least_on_held_out_samples(seed, samples):
+    # Brute force: every fifth sample held out, the fit of the others with each damping scored by its
+    # cross-entropy on them, against the head as the zip left it; the refit must pick the same.
+    from tfmot_zip.core.head_fit import cross_entropy_refit
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping.head_refit import VALIDATE_BELOW, VALIDATION_DAMPINGS, refit_heads
+
+    rng = np.random.default_rng(seed)
+    a, b = mlp(seed, (12, 9)), mlp(seed + 1, (12, 9))
+    data = [calib(rng, samples, (6, 6, 1)), calib(rng, samples + 3, (6, 6, 1))]
+    assert samples + 3 < VALIDATE_BELOW * (9 + 1)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, method="mtz", progress=False)
+    before = [zipped.get_layer("head").get_task_weights(t) for t in range(2)]
+    features = [_head_inputs(zipped, t, data) for t in range(2)]
+    choices = {}
+    refit_heads(zipped, align_models([a, b]), data, choices=choices)
+    for task, (model, x) in enumerate(zip((a, b), data)):
+        target = _head_preactivations(model, x).astype(np.float64)
+        out = np.arange(len(x)) % 5 == 4
+        p = head_probabilities(target[out], "softmax")
+
+        def held_out_loss(kernel, bias):
+            q = head_probabilities(features[task][out] @ kernel + bias, "softmax")
+            return float(-np.mean(np.sum(p * np.log(np.maximum(q, 1e-300)), axis=1)))
+
+        losses = {None: held_out_loss(*before[task])}
+        for damping in VALIDATION_DAMPINGS:
+            fitted = cross_entropy_refit(lambda: [(features[task][~out], target[~out])], *before[task], damping=damping)
+            losses[damping] = held_out_loss(*fitted)
+        best = min(losses, key=lambda d: (losses[d], d is not None))
+        assert choices["head"][task] == {"loss": "softmax", "damping": best, "validated": True}, losses
+        after = zipped.get_layer("head").get_task_weights(task)
+        if best is None:
+            np.testing.assert_array_equal(after[0], before[task][0])
+        else:
+            expected = cross_entropy_refit(lambda: [(features[task], target)], *before[task], damping=best)
+            np.testing.assert_allclose(after[0], expected[0], atol=1e-5)
+
+
+def test_a_head_on_unchanged_features_with_few_samples_is_kept_and_the_choice_is_reported(rng):
+    # Unchanged features: the head already gives the original probabilities, which no fit on four
+    # samples in five beats on the fifth, so it is kept as it is.
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping.head_refit import refit_heads
+
+    a, b = mlp(51), mlp(52)
+    few = [calib(rng, 40, (6, 6, 1)), calib(rng, 40, (6, 6, 1))]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=few, sharing=0.0, refit_heads=False, progress=False)
+    before = [zipped.get_layer("head").get_task_weights(t) for t in range(2)]
+    choices = {}
+    refit_heads(zipped, align_models([a, b]), few, choices=choices)
+    assert choices == {"head": [{"loss": "softmax", "damping": None, "validated": True}] * 2}
+    for t in range(2):
+        for got, kept in zip(zipped.get_layer("head").get_task_weights(t), before[t]):
+            np.testing.assert_array_equal(got, kept)
+    # zip_models reports the choice in the head's record
+    for samples, validated in ((40, True), (400, False)):  # the head has 8 inputs: 90 samples decide
+        data = (calib(rng, samples, (6, 6, 1)),) * 2
+        record = tfmot_zip.zip_models(a, b, calibration_data=data, sharing=1.0, progress=False).get_layer("head").zip_record
+        assert [c["validated"] for c in record["head_refit"]] == [validated] * 2
+        assert validated or [c["damping"] for c in record["head_refit"]] == [1e-3] * 2

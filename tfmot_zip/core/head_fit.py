@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["HEAD_FITS", "HEAD_LOSSES", "cross_entropy_refit", "head_probabilities"]
+__all__ = ["HEAD_FITS", "HEAD_LOSSES", "cross_entropy", "cross_entropy_refit", "head_probabilities"]
 
 #: The output activations whose cross-entropy :func:`cross_entropy_refit` fits.
 HEAD_LOSSES = ("softmax", "sigmoid")
@@ -76,6 +76,20 @@ def _loss_terms(logits: np.ndarray, targets: np.ndarray, loss: str) -> tuple[flo
         own = np.exp(-np.logaddexp(0.0, -logits))
     own -= targets
     return value, own
+
+
+def cross_entropy(logits: np.ndarray, target_logits: np.ndarray, loss: str) -> float:
+    """The summed cross-entropy of a ``loss`` head's ``logits [n, k]`` to the probabilities of
+    ``target_logits`` (the objective above without the damping).
+
+    Example:
+        >>> round(cross_entropy(np.zeros((1, 2)), np.zeros((1, 2)), "softmax"), 4)  # log 2
+        0.6931
+    """
+    if loss not in HEAD_LOSSES:
+        raise ValueError(f"Unknown head loss {loss!r}; expected one of {list(HEAD_LOSSES)}.")
+    logits = np.asarray(logits, np.float64)
+    return _loss_terms(np.ascontiguousarray(logits.T), np.ascontiguousarray(head_probabilities(target_logits, loss).T), loss)[0]
 
 
 def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray, max_iterations: int,

@@ -19,7 +19,7 @@ from tfmot_zip.zipping.schedules import ZipSchedule
 from tfmot_zip.zipping.budget import Budget, allocate_budget
 from tfmot_zip.zipping.report import LayerSummary, ZipReport
 from tfmot_zip.zipping.options import DEFAULT_METHOD, ZipOptions, resolve_method
-from tfmot_zip.zipping.refit import refit_heads as refit_heads_
+from tfmot_zip.zipping.head_refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.repair import repair_statistics
 from tfmot_zip.model.compact import compact_zipped
@@ -293,15 +293,15 @@ def zip_models(
         layerwise = options.recalibrate_batchnorm in (True, "layerwise") and has_batchnorm
         zipper = Zipper(zipped, graph, features, spaces, calibration, progress=on_stage, batchnorm_layerwise=layerwise,
                         spill=storage, **zipper_options(options))
-        records, batchnorm, repaired = _zip_and_refit(zipper, zipped, graph, calibration, options, has_batchnorm,
-                                                      progress, total_stages, close_bar)
+        records, batchnorm, entries = _zip_and_refit(zipper, zipped, graph, calibration, options, has_batchnorm,
+                                                     progress, total_stages, close_bar)
         summary = storage.summary()
         seconds = time.perf_counter() - start
         for node in graph.zip_nodes() + zipper.depthwise_nodes:
             zipped.get_layer(node.name).zip_record = records[node.index].as_config(
                 is_head=node.is_head, zip_seconds=seconds, options=options.get_config(),
                 **({"batchnorm": batchnorm} if batchnorm is not None else {}),
-                **({"repair": repaired[node.name]} if node.name in repaired else {}),
+                **entries.get(node.name, {}),
                 **({"budget": allocation.as_config()} if allocation else {}),
                 activation_storage=summary, **zipper.activations().replicas.record(),
             )
@@ -311,7 +311,7 @@ def zip_models(
 
 
 def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batchnorm, progress, total_stages, close_bar):
-    """Runs the zip and the steps after it (refits, repair, BatchNorm): ``(records, batchnorm, repaired)``."""
+    """Runs the zip and the steps after it (refits, repair, BatchNorm): ``(records, batchnorm, {layer: record entries})``."""
     try:
         records = zipper.run(options.sharing)
         if progress is not None:
@@ -335,9 +335,10 @@ def _zip_and_refit(zipper: Zipper, zipped, graph, calibration, options, has_batc
         repaired = repair_statistics(zipped, graph, calibration, activations=acts)
     if options.recalibrate_batchnorm and changed and has_batchnorm:
         batchnorm = zipper.final_batchnorm().as_dict()
+    heads: dict = {}  # per head: the fit and damping of each task (zip_summary's layer record)
     if options.refit_heads and changed:
-        refit_heads_(zipped, graph, calibration, activations=acts, fit="auto" if options.refit_heads is True else options.refit_heads)
-    return records, batchnorm, repaired
+        refit_heads_(zipped, graph, calibration, activations=acts, fit="auto" if options.refit_heads is True else options.refit_heads, choices=heads)
+    return records, batchnorm, {**{k: {"repair": v} for k, v in repaired.items()}, **{k: {"head_refit": v} for k, v in heads.items()}}
 
 
 def _progress_callback(progress: Any) -> tuple[Callable[[int, int, str], None] | None, Callable[[], None]]:

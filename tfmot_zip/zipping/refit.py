@@ -7,10 +7,7 @@
   second-order approximation of this around the original inputs. With ``relu_passes``, a layer with
   a ReLU is then re-solved that many times with :func:`tfmot_zip.core.refit.relu_targets`: where the original
   unit is off and the prediction is off too, the prediction counts as exact.
-- :func:`refit_heads`: each task's head re-solved from the zipped network's last hidden features
-  to the original model's outputs: a softmax or sigmoid head by its cross-entropy to the original
-  probabilities, any other by least squares to the original pre-activations. Heads stay per task,
-  so this costs no parameters.
+- The head refit is :mod:`tfmot_zip.zipping.head_refit`.
 """
 from __future__ import annotations
 
@@ -19,102 +16,15 @@ from typing import Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.core.head_fit import HEAD_FITS, HEAD_LOSSES, cross_entropy_refit
 from tfmot_zip.core.hessian import conv_output_shape, gather_patches
-from tfmot_zip.core.refit import LinearRefit, refit_shared_columns, relu_targets
+from tfmot_zip.core.refit import refit_shared_columns, relu_targets
 from tfmot_zip.model.graph import ModelGraph
 from tfmot_zip.zipping.activations import ZipActivations
 
-__all__ = ["head_loss", "refit_heads", "refit_layers"]
+__all__ = ["refit_layers", "rows_per_block"]
 
 
-def head_loss(layer: keras.layers.Layer, fit: str = "auto") -> str:
-    """What :func:`refit_heads` fits for an original head ``layer``: ``"least_squares"``,
-    ``"softmax"`` or ``"sigmoid"`` (``fit="auto"`` reads the layer's activation).
-
-    Example:
-        >>> head_loss(keras.layers.Dense(3, activation="softmax")), head_loss(keras.layers.Dense(3))
-        ('softmax', 'least_squares')
-        >>> head_loss(keras.layers.Dense(3, activation="softmax"), "least_squares")
-        'least_squares'
-    """
-    if fit not in HEAD_FITS:
-        raise ValueError(f"Unknown head fit {fit!r}; expected one of {list(HEAD_FITS)}.")
-    if fit != "auto":
-        return fit
-    name = getattr(getattr(layer, "activation", None), "__name__", "")
-    return name if name in HEAD_LOSSES else "least_squares"
-
-
-def refit_heads(
-    zipped: keras.Model,
-    graph: ModelGraph,
-    calibration: Sequence[np.ndarray],
-    damping: float = 1e-3,
-    batch_size: int = 1000,
-    activations: ZipActivations | None = None,
-    fit: str = "auto",
-) -> list[str]:
-    """Re-solves every task's Dense head of ``zipped`` in place; returns the names of the heads refit.
-
-    A softmax or sigmoid head (``fit="auto"``) is fitted by its cross-entropy to the original model's
-    probabilities (:func:`tfmot_zip.core.head_fit.cross_entropy_refit`), any other by damped least
-    squares to the original pre-activations (:class:`~tfmot_zip.core.refit.LinearRefit`); both start
-    from, and are pulled towards, the head's current weights.
-
-    Args:
-        zipped: the zipped model (its zip layers are updated).
-        graph: the aligned original models it was zipped from.
-        calibration: one array of inputs per task (the calibration data of the zip).
-        damping: relative pull towards the head's current weights (see ``LinearRefit.solve``).
-        batch_size: fewest samples per block (blocks hold about 64 MB of inputs).
-        activations: the zip's activation caches (None: built here).
-        fit: one of :data:`~tfmot_zip.core.head_fit.HEAD_FITS` (see :func:`head_loss`).
-
-    Example:
-        >>> import tfmot_zip
-        >>> from tfmot_zip.apps.zoo import example_pair
-        >>> model_a, model_b, (x_a, x_b) = example_pair()
-        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=0.0)
-        >>> from tfmot_zip.model.graph import align_models
-        >>> refit_heads(zipped, align_models([model_a, model_b]), [x_a, x_b], damping=1e-6, fit="least_squares")
-        ['head']
-        >>> bool(np.allclose(zipped.predict([x_a, x_b], verbose=0)[0], model_a.predict(x_a, verbose=0), atol=1e-4))
-        True
-    """
-    acts = activations if activations is not None else ZipActivations(zipped, graph.models, calibration)
-    reduce = acts.merged.replicas.sum_all  # over the workers of a tf.distribute strategy
-    refit_names = []
-    for node in graph.zip_nodes():
-        if not node.is_head or node.kind != "dense":
-            continue
-        layer = zipped.get_layer(node.name)
-        for task, original_layer in enumerate(node.layers):
-            kernel, bias = layer.get_task_weights(task)
-            original_kernel, *rest = original_layer.get_weights()
-            original_bias = rest[0] if rest else np.zeros(original_kernel.shape[1], original_kernel.dtype)
-            merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
-            step = _rows_per_block(batch_size, kernel.shape[0] + original_kernel.shape[0])
-            starts = range(0, len(merged), step)
-            targets = [np.asarray(original[s : s + step], np.float64) @ original_kernel + original_bias for s in starts]
-            loss = head_loss(original_layer, fit)
-            if loss == "least_squares":
-                refit = LinearRefit(kernel.shape[0], kernel.shape[1])
-                for s, target in zip(starts, targets):
-                    refit.update(merged[s : s + step], target)
-                refit.reduce(reduce)
-                new_kernel, new_bias = refit.solve(kernel, bias, damping=damping)
-            else:
-                new_kernel, new_bias = cross_entropy_refit(
-                    lambda: ((merged[s : s + step], target) for s, target in zip(starts, targets)),
-                    kernel, bias, loss=loss, damping=damping, reduce=reduce)
-            layer.set_task_weights(task, new_kernel.astype(kernel.dtype), None if new_bias is None else new_bias.astype(bias.dtype))
-        acts.changed(layer)
-        refit_names.append(node.name)
-    return refit_names
-
-
-def _rows_per_block(batch_size: int, width: int) -> int:
+def rows_per_block(batch_size: int, width: int) -> int:
     """Rows per least-squares block: at least ``batch_size``, about 64 MB of float64 values of ``width``."""
     return max(batch_size, 8_000_000 // max(1, width))
 
@@ -128,7 +38,7 @@ def _row_blocks(merged, original, layer: keras.layers.Layer, original_layer: ker
     original_kernel = original_kernel.reshape(-1, original_kernel.shape[-1]).astype(np.float64)
     original_bias = rest[0].astype(np.float64) if rest else 0.0
     if not is_conv:
-        step = _rows_per_block(batch_size, int(np.prod(merged.shape[1:])) + original_kernel.shape[1])
+        step = rows_per_block(batch_size, int(np.prod(merged.shape[1:])) + original_kernel.shape[1])
         for start in range(0, len(merged), step):
             x = np.asarray(merged[start : start + step], np.float64)
             y = np.asarray(original[start : start + step], np.float64)
