@@ -71,6 +71,8 @@ def _mean_loss(loss: str, blocks: Blocks, kernel, bias, reduce) -> float:
     """The head's loss per sample on ``blocks`` (summed over the workers)."""
     total, count = 0.0, 0
     for x, target in blocks():
+        if len(x) == 0:
+            continue
         logits = np.asarray(x, np.float64).reshape(len(x), -1) @ kernel + (0.0 if bias is None else bias)
         total += float(np.sum((logits - target) ** 2)) if loss == "least_squares" else cross_entropy(logits, target, loss)
         count += len(x)
@@ -89,6 +91,8 @@ def _validated(loss: str, blocks: Blocks, kernel, bias, reduce) -> float | None:
         held.append((x[out], target[out]))
         kept.append((x[~out], target[~out]))
         start += len(x)
+    if float(reduce([np.array([sum(len(x) for x, _ in held)], np.float64)])[0][0]) == 0:
+        return None  # fewer than five samples: nothing to judge a fit by, so the head is kept
     best, best_loss = None, _mean_loss(loss, lambda: held, kernel, bias, reduce)
     for damping in VALIDATION_DAMPINGS:
         fitted = _fit(loss, lambda: kept, kernel, bias, damping, reduce)
