@@ -96,8 +96,9 @@ def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.nd
            memory: int = 10, gradient_tolerance: float = 1e-4, value_tolerance: float = 2.2e-9) -> np.ndarray:
     """Minimises a smooth convex ``objective`` (value and gradient) by L-BFGS with a backtracking
     (Armijo) line search, from ``x``; stops as scipy's L-BFGS-B does, on the largest gradient entry (of
-    the per-sample objective; 1e-4 as scikit-learn's logistic regression) or the relative decrease of the value. Written in numpy so that every product runs in one BLAS
-    thread pool (scipy's Fortran L-BFGS-B brings its own, and alternating two pools is several times slower)."""
+    the per-sample objective; 1e-4 as scikit-learn's logistic regression) or the relative decrease of the
+    value. Written in numpy so that every product runs in one BLAS thread pool (scipy's Fortran L-BFGS-B
+    brings its own, and alternating two pools is several times slower)."""
     value, grad = objective(x)
     history: list[tuple[np.ndarray, np.ndarray, float]] = []
     for _ in range(max_iterations):
@@ -192,7 +193,10 @@ def cross_entropy_refit(
         gram += x.T @ x
         count += len(x)
         kept_bytes += x.nbytes
-        kept.append((x, head_probabilities(targets, loss)) if kept_bytes <= _KEPT_BYTES else None)
+        if kept_bytes > _KEPT_BYTES:  # dropped whole once over the budget: the evaluations then read the blocks
+            kept = None
+        elif kept is not None:
+            kept.append((x, head_probabilities(targets, loss)))
     gram, count = reduce([gram, np.array([count], np.float64)])
     count = float(count[0])
     if count == 0:
@@ -206,10 +210,11 @@ def cross_entropy_refit(
     white = np.linalg.inv(chol).T  # w = white @ phi
     metric = white.T @ white
     start = chol.T @ prior
+
     def whitened(x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.ascontiguousarray((x @ white).T), np.ascontiguousarray(targets.T)  # [d (+1), n], [k, n]
 
-    if all(block is not None for block in kept):  # every block in memory, whitened once
+    if kept is not None:  # every block in memory, whitened once
         data = [whitened(x, p) for x, p in kept]
         pairs = lambda: data  # noqa: E731
     else:
