@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import tfmot_zip
 from builders import calib, cnn, tiny_resnet
-from tfmot_zip.compat import keras
+from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.layers import ZIP_LAYERS
 from tfmot_zip.zipping import spill
 from tfmot_zip.zipping.activations import ActivationCache
@@ -89,8 +89,8 @@ def _spy(policies, forced_batch_bytes):
     """A SpillPolicy.__init__ that records the policies and runs layers on small batches."""
     init = spill.SpillPolicy.__init__
 
-    def wrapped(self, memory_bytes=None, batch_bytes=None, directory=None):
-        init(self, memory_bytes, batch_bytes=forced_batch_bytes, directory=directory)
+    def wrapped(self, memory_bytes=None, batch_bytes=None, directory=None, **kwargs):
+        init(self, memory_bytes, batch_bytes=forced_batch_bytes, directory=directory, **kwargs)
         policies.append(self)
     return wrapped
 
@@ -175,3 +175,95 @@ def test_a_bad_batch_in_a_streamed_dataset_is_named_and_leaves_no_file(rng, monk
     with pytest.raises(ValueError, match=r"calibration_data\[1\] has samples of shape \(6, 8, 1\), but the model input is \(8, 8, 1\)"):
         _zip([tiny_resnet(1), tiny_resnet(2)], wrong, activation_memory_mb=0)
     assert os.listdir(tmp_path) == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(1, 6), st.booleans()), min_size=1, max_size=30),
+       memory_bytes=st.one_of(st.none(), st.integers(0, 400)))
+def test_reused_buffers_never_alias_an_array_still_referenced(ops, memory_bytes):
+    """Generated sequences of ``empty`` and ``release`` (an array released may still be referenced,
+    as a consumer of a cached value might): every live array keeps its own memory and contents, and
+    the free buffers stay within the limit left by the values held."""
+    policy = SpillPolicy(memory_bytes)
+    live, kept = [], []  # arrays in use, and released arrays someone still refers to
+    for n, (allocate, rows, keep_reference) in enumerate(ops):
+        if allocate or not live:
+            array = policy.empty((rows, 4), np.float32)
+            array[...] = n
+            live.append((array, n))
+        else:
+            array, value = live.pop(0)
+            policy.release(array)
+            if keep_reference:
+                kept.append((array, value))
+            del array
+        arrays = live + kept
+        for i, (a, value) in enumerate(arrays):
+            assert np.all(a == value)  # nobody wrote into it
+            assert not any(np.shares_memory(a, b) for b, _ in arrays[i + 1:])
+        limit = spill.FREE_BYTES_UNLIMITED if memory_bytes is None else max(0, memory_bytes - policy.held)
+        assert sum(b.nbytes for b in policy._free) <= limit
+    policy.close()
+
+
+def test_a_buffer_comes_back_only_when_nothing_refers_to_it():
+    policy = SpillPolicy()
+    a = policy.empty((5, 2), np.float64)
+    address = a.ctypes.data
+    view = a[1:3]
+    policy.release(a)
+    del a
+    b = policy.empty((10,), np.float64)  # the view still refers to the released buffer
+    assert b.ctypes.data != address
+    del view
+    assert policy.empty((2, 5), np.float64).ctypes.data == address
+    outside = np.zeros(10)
+    policy.release(outside)  # not the policy's: never handed out again
+    assert not any(np.shares_memory(outside, f) for f in policy._free)
+    policy.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunks=st.lists(st.integers(0, 7), min_size=1, max_size=6), announced_extra=st.integers(-3, 3),
+       as_tensor=st.booleans())
+def test_a_value_written_batch_by_batch_equals_its_batches_concatenated(chunks, announced_extra, as_tensor):
+    """The writer fills one array when the value is announced larger than its first batch; with any
+    batch sizes (empty ones too) and an announcement that is exact, short or long, the value is the
+    concatenation of the batches."""
+    rng = np.random.default_rng(len(chunks))
+    batches = [rng.normal(size=(n, 3)).astype(np.float32) for n in chunks]
+    total = sum(chunks)
+    policy = SpillPolicy()
+    writer = policy.writer(max(0, total + announced_extra) * 3 * 4)
+    for b in batches:
+        writer.append(tf.constant(b) if as_tensor else b)
+    value = np.asarray(writer.finish())
+    np.testing.assert_array_equal(value, np.concatenate(batches))
+    assert policy.held == value.nbytes
+    policy.close()
+
+
+def test_the_zip_asks_numpy_for_ordinary_pages_and_restores_its_setting(rng, monkeypatch):
+    calls = []
+    setting = [True]
+
+    def setter(enabled):
+        calls.append(bool(enabled))
+        previous, setting[0] = setting[0], bool(enabled)
+        return previous
+
+    monkeypatch.setattr(np._core.multiarray, "_set_madvise_hugepage", setter, raising=False)
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    data = [calib(rng, 16, (10, 10, 1)), calib(rng, 16, (10, 10, 1))]
+    _zip([cnn(1), cnn(2)], data, sharing=0.5, method="mtz")
+    assert calls[0] is False and setting[0] is True  # off while zipping, then as it was
+    bad = data[1].copy()
+    bad[3, 2, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _zip([cnn(1), cnn(2)], [data[0], bad], sharing=0.5)  # refused while zipping: restored too
+    assert calls[-1] is True
+    assert setting[0] is True
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's choice is left alone
+    calls.clear()
+    _zip([cnn(1), cnn(2)], data, sharing=0.5, method="mtz")
+    assert calls == []

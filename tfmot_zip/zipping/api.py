@@ -257,7 +257,7 @@ def zip_models(
     options = options.replace(sharing=_resolve_sharing(sharing, graph, features, spaces))
     shape = tuple(models[0].input_shape[1:])
     calibration = None
-    storage = SpillPolicy(None if options.activation_memory_mb is None else int(options.activation_memory_mb * 2**20))
+    storage = SpillPolicy(None if options.activation_memory_mb is None else int(options.activation_memory_mb * 2**20), small_pages=True)
     try:  # the temporary files of streamed calibration data and spilled activations go when the zip ends
         if not deferred:
             calibration = [as_calibration(d, f"calibration_data[{i}]", shape, calibration_samples, storage)
