@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tfmot_zip.core.conv_hessian import ConvHessianAccumulator, shifted_products_apply
+from tfmot_zip.core.conv_hessian import ConvHessianAccumulator
 from tfmot_zip.core.hessian import BlockHessianAccumulator, HessianAccumulator, conv_output_shape, extract_patches
 
 
@@ -69,9 +69,3 @@ def test_bad_shapes_are_refused_with_the_shape():
         ConvHessianAccumulator((5, 5), 0, (3, 3))
     with pytest.raises(ValueError, match="No layer inputs"):
         acc.hessian()
-
-
-def test_applies_to_stride_one_kernels_wider_than_one_position():
-    assert shifted_products_apply((3, 3), (1, 1)) and shifted_products_apply((1, 5), (1, 1))
-    assert not shifted_products_apply((1, 1), (1, 1))
-    assert not shifted_products_apply((3, 3), (1, 2))

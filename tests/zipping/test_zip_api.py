@@ -252,12 +252,13 @@ def test_conv_hessian_subsampling_is_an_argument_and_is_reported():
     rng = np.random.default_rng(0)
     a, b = cnn(1), cnn(2)
     x = calib(rng, 40, (10, 10, 1))  # conv1 sees 40 x 100 patch rows per task
-    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=1000, method="mtz")
+    capped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=100, method="mtz")
     report = tfmot_zip.zip_summary(capped)
-    used, available = report.extra["hessian_subsampling"]["conv1"]
-    assert available == 2 * 40 * 100 and used < available  # both tasks' rows at the last measurement
-    assert "conv2" not in report.extra["hessian_subsampling"]  # 40 x 64 rows per task: under the cap, exact
-    assert report.options["max_conv_rows"] == 1000
+    used, available = report.extra["hessian_subsampling"]["conv1"]  # a sample of 100 is the cheapest here
+    assert available == 2 * 40 * 100 and used == 2 * 100  # both tasks' rows at the last measurement
+    assert report.options["max_conv_rows"] == 100
+    wide = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=4000, method="mtz")
+    assert "hessian_subsampling" not in tfmot_zip.zip_summary(wide).extra  # no more rows than the cap: exact
     full = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=None, method="mtz")
     assert "hessian_subsampling" not in tfmot_zip.zip_summary(full).extra
     with pytest.raises(ValueError, match="max_conv_rows=0"):
@@ -265,29 +266,34 @@ def test_conv_hessian_subsampling_is_an_argument_and_is_reported():
 
 
 def test_a_cap_that_costs_more_than_the_exact_hessian_samples_nothing():
-    """Over ``max_conv_rows``, a stride-1 conv whose exact Hessian (shifted products) costs less than
-    the sample uses every row; one whose sample is cheaper samples, as before."""
+    """Over ``max_conv_rows``, a conv whose exact Hessian costs no more than the sample (as
+    ``conv_hessian_plan`` estimates) uses every row; one whose sample is cheaper samples."""
     import numpy as np
     from builders import calib, cnn
-    from tfmot_zip.core.conv_hessian import shifted_products_cheaper
+    from tfmot_zip.core.pixel_gram import conv_hessian_plan
 
     rng = np.random.default_rng(5)
     a, b = cnn(1, filters=(16, 8)), cnn(2, filters=(16, 8))
     x = calib(rng, 40, (10, 10, 1))  # conv2 reads 40 x 5x5x16 maps: 40 x 9 patch rows of 144 values
-    for cap, exact in ((200, True), (100, False)):
-        assert shifted_products_cheaper(40, (5, 5), 16, (3, 3), cap) is exact
+    conv2 = a.get_layer("conv2")
+    plans = {cap: conv_hessian_plan(40, (5, 5), 16, conv2.kernel_size, conv2.strides, conv2.padding, max_rows=cap)[0]
+             for cap in (20, 100, 200, 300)}
+    assert "sampled_rows" in plans.values() and len(set(plans.values())) > 1  # both cases occur
+    for cap, method in plans.items():
         zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=1.0, max_conv_rows=cap, method="mtz")
         subsampled = tfmot_zip.zip_summary(zipped).extra["hessian_subsampling"]
-        assert subsampled["conv1"][0] < subsampled["conv1"][1]  # one channel: the sample is cheaper
-        if exact:
-            assert "conv2" not in subsampled
-        else:
+        assert subsampled["conv1"][0] < subsampled["conv1"][1]  # 4,000 rows per task: over every cap
+        if method == "sampled_rows":
             assert subsampled["conv2"] == [2 * cap, 2 * 40 * 9]
+        else:
+            assert "conv2" not in subsampled
 
 
-def test_shifted_product_hessians_give_the_zip_of_the_patch_rows(monkeypatch):
-    """The stride-1 convs' Hessians from shifted products (core.conv_hessian) zip exactly as the
-    Hessians of every patch row did: same pairs, same weights (float32 products in both)."""
+@pytest.mark.parametrize("method", ["shifted_products", "pixel_gram"])
+def test_exact_conv_hessians_give_the_zip_of_the_patch_rows(monkeypatch, method):
+    """The convs' Hessians from shifted products (core.conv_hessian) or from the maps' Gram matrix
+    (core.pixel_gram) zip exactly as the Hessians of every patch row: same pairs, same weights
+    (float32 products in all three)."""
     import numpy as np
     from builders import calib, cnn
     from tfmot_zip.zipping import statistics
@@ -296,11 +302,19 @@ def test_shifted_product_hessians_give_the_zip_of_the_patch_rows(monkeypatch):
     a, b = cnn(3, bn=True), cnn(4, bn=True)
     data = (calib(rng, 60, (10, 10, 1)), calib(rng, 50, (10, 10, 1)) * 2.0)
     kwargs = dict(calibration_data=data, sharing=0.75, max_conv_rows=None, method="mtz", progress=False)
-    shifted = tfmot_zip.zip_models(a, b, **kwargs)
-    monkeypatch.setattr(statistics, "shifted_products_apply", lambda kernel, strides: False)
+    chosen = []
+
+    def plan(*args, **kw):
+        chosen.append(method)
+        return method, {}
+
+    monkeypatch.setattr(statistics, "conv_hessian_plan", plan)
+    exact = tfmot_zip.zip_models(a, b, **kwargs)
+    assert chosen
+    monkeypatch.setattr(statistics, "conv_hessian_plan", lambda *args, **kw: ("patch_rows", {}))
     rows = tfmot_zip.zip_models(a, b, **kwargs)
     for name in ("conv1", "conv2", "fc1"):
         for t in range(2):
-            assert np.array_equal(shifted.get_layer(name).get_maps(t)[1], rows.get_layer(name).get_maps(t)[1])
-            np.testing.assert_allclose(shifted.get_layer(name).get_task_weights(t)[0],
+            assert np.array_equal(exact.get_layer(name).get_maps(t)[1], rows.get_layer(name).get_maps(t)[1])
+            np.testing.assert_allclose(exact.get_layer(name).get_task_weights(t)[0],
                                        rows.get_layer(name).get_task_weights(t)[0], rtol=1e-4, atol=1e-5)

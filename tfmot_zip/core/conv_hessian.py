@@ -22,7 +22,8 @@ No patch row is ever formed: per sample it costs ``offsets * h * w * C^2`` multi
 ``(kh * kw * C)^2 * out_h * out_w`` for the patch product (13 against 81 per pixel and channel pair
 for a 3x3 kernel, 41 against 625 for 5x5), and reads the input maps instead of a ``kh * kw`` times
 larger patch matrix. Strided convolutions read a sub-lattice whose blocks do not share offsets; they
-keep the patch rows (:func:`shifted_products_apply`).
+take the patch rows or :mod:`tfmot_zip.core.pixel_gram` (:func:`~tfmot_zip.core.pixel_gram.conv_hessian_plan`
+chooses).
 """
 from __future__ import annotations
 
@@ -33,49 +34,7 @@ import numpy as np
 from tfmot_zip.core.hessian import check_finite, pad_amounts, conv_output_shape
 from tfmot_zip.core.linalg import SummedStatistics
 
-__all__ = ["ConvHessianAccumulator", "shifted_products_apply", "shifted_products_cheaper"]
-
-# Below this many channels a shifted product is a thin matrix product that BLAS runs at a fraction of
-# its speed (measured: C=16 at ~1.6e10 multiply-adds/s, C=6 at ~0.8e10, C=1 at ~0.3e10 on 2 cores).
-_THIN_CHANNELS = 16
-
-
-def shifted_products_apply(kernel_size: Sequence[int], strides: Sequence[int]) -> bool:
-    """Whether :class:`ConvHessianAccumulator` serves a Conv2D of this geometry: stride 1 and a
-    kernel of more than one position (a 1x1 kernel's patch rows are its pixels, already one product).
-
-    Example:
-        >>> shifted_products_apply((3, 3), (1, 1)), shifted_products_apply((3, 3), (2, 2))
-        (True, False)
-        >>> shifted_products_apply((1, 1), (1, 1))
-        False
-    """
-    return tuple(int(s) for s in strides) == (1, 1) and int(np.prod(kernel_size)) > 1
-
-
-def shifted_products_cheaper(samples: int, spatial: Sequence[int], channels: int, kernel_size: Sequence[int],
-                             sampled_rows: int) -> bool:
-    """Whether the exact Hessian of a stride-1 conv from shifted products (every patch row, none
-    formed) costs no more than the Hessian of ``sampled_rows`` patch rows drawn at random.
-
-    Shifted products cost ``samples * h * w * offsets * C * max(C, 16)`` multiply-adds (a thin
-    product of fewer than 16 channels runs BLAS at a fraction of its speed); the sample costs
-    ``sampled_rows * (kh * kw * C)^2`` plus gathering the rows. A 32x32x16 map with a 3x3 kernel on
-    500 images against a 200,000-row sample: 1.7e9 against 4.1e9, shifted products (0.11 s against
-    0.62 s measured); a 14x14x6 map with a 5x5 kernel on 10,000 images: 7.7e9 against 4.5e9, the sample
-    (0.31 s against 0.37 s).
-
-    Example:
-        >>> shifted_products_cheaper(500, (32, 32), 16, (3, 3), 200_000)
-        True
-        >>> shifted_products_cheaper(10_000, (14, 14), 6, (5, 5), 200_000)
-        False
-    """
-    kh, kw = (int(k) for k in kernel_size)
-    offsets = ((2 * kh - 1) * (2 * kw - 1) + 1) // 2
-    shifted = float(samples) * int(np.prod(spatial)) * offsets * channels * max(channels, _THIN_CHANNELS)
-    return shifted <= float(sampled_rows) * (kh * kw * channels) ** 2
-
+__all__ = ["ConvHessianAccumulator"]
 
 class ConvHessianAccumulator(SummedStatistics):
     """Streaming ``E[x~ x~^T]`` of a stride-1 Conv2D's patch rows (bias coordinate last), from

@@ -10,8 +10,9 @@ import numpy as np
 
 from tfmot_zip.compat import keras
 from tfmot_zip.core import BlockHessianAccumulator, HessianAccumulator, center_hessian, extract_patches
-from tfmot_zip.core.conv_hessian import ConvHessianAccumulator, shifted_products_apply, shifted_products_cheaper
+from tfmot_zip.core.conv_hessian import ConvHessianAccumulator
 from tfmot_zip.core.hessian import conv_output_shape, gather_patches
+from tfmot_zip.core.pixel_gram import PixelGramAccumulator, conv_hessian_plan
 from tfmot_zip.model import batchnorm
 from tfmot_zip.model.graph import AlignedNode
 from tfmot_zip.zipping.activations import ActivationCache, ZipActivations
@@ -114,28 +115,27 @@ class LayerStatisticsMixin:
         for start in range(0, len(x), images):
             yield extract_patches(np.asarray(x[start : start + images]), *geometry)
 
-    def _shifted_products(self, node: AlignedNode, x) -> bool:
-        """Whether this conv's exact patch Hessian comes from shifted products of its input maps
-        (:mod:`tfmot_zip.core.conv_hessian`, cheaper than the patch rows): stride 1, a kernel wider
-        than 1x1, and either every patch row wanted (no more rows than ``max_conv_rows``) or the
-        exact Hessian no dearer than a sample of ``max_conv_rows`` rows
-        (:func:`~tfmot_zip.core.conv_hessian.shifted_products_cheaper`): then no row is sampled."""
-        if node.kind != "conv":
-            return False
+    def _conv_plan(self, node: AlignedNode, x) -> str:
+        """How this conv's Hessian is computed on ``x`` (:func:`~tfmot_zip.core.pixel_gram.conv_hessian_plan`):
+        the cheapest exact way when every patch row is wanted (no more rows than ``max_conv_rows``, or
+        no cap), else a sample of ``max_conv_rows`` rows unless an exact way is no dearer."""
         layer = self.layer(node)
-        if not shifted_products_apply(layer.kernel_size, layer.strides):
-            return False
-        if self.max_conv_rows is None or len(x) * self._conv_geometry(node, x)[1] <= self.max_conv_rows:
-            return True
-        return shifted_products_cheaper(len(x), x.shape[1:3], int(x.shape[-1]), layer.kernel_size, self.max_conv_rows)
+        return conv_hessian_plan(len(x), x.shape[1:3], int(x.shape[-1]), layer.kernel_size, layer.strides,
+                                 layer.padding, layer.dilation_rate, self.max_conv_rows)[0]
 
-    def _conv_hessian(self, node: AlignedNode, x) -> ConvHessianAccumulator:
-        """One task's :class:`~tfmot_zip.core.conv_hessian.ConvHessianAccumulator` over ``x`` read
-        in ranges of samples of about 64 MB of float32."""
+    def _conv_hessian(self, node: AlignedNode, x, method: str):
+        """One task's exact conv Hessian accumulator over ``x`` (``"shifted_products"``:
+        :class:`~tfmot_zip.core.conv_hessian.ConvHessianAccumulator`; ``"pixel_gram"``:
+        :class:`~tfmot_zip.core.pixel_gram.PixelGramAccumulator`), read in ranges of samples of
+        about 64 MB of float32."""
         layer = self.layer(node)
-        acc = ConvHessianAccumulator(
-            x.shape[1:3], x.shape[-1], layer.kernel_size, layer.padding, layer.dilation_rate, block=self.uses_block_hessian(node)
-        )
+        block = self.uses_block_hessian(node)
+        if method == "pixel_gram":
+            acc = PixelGramAccumulator(x.shape[1:3], x.shape[-1], layer.kernel_size, layer.strides, layer.padding,
+                                       layer.dilation_rate, block=block)
+        else:
+            acc = ConvHessianAccumulator(x.shape[1:3], x.shape[-1], layer.kernel_size, layer.padding, layer.dilation_rate,
+                                         block=block)
         step = max(1, 16_000_000 // int(np.prod(x.shape[1:])))
         for start in range(0, len(x), step):
             acc.update(np.asarray(x[start : start + step]))
@@ -162,8 +162,9 @@ class LayerStatisticsMixin:
         accumulators: dict[int, HessianAccumulator] = {}
         self.records[node.index].hessian_rows = [0, 0]  # of this measurement (every task so far)
         for t, x in self._layer_inputs(node, tasks).items():
-            if self._shifted_products(node, x):
-                accumulators[t] = self._conv_hessian(node, x)
+            method = self._conv_plan(node, x) if node.kind == "conv" else None
+            if method in ("pixel_gram", "shifted_products"):
+                accumulators[t] = self._conv_hessian(node, x, method)
                 continue
             if node.kind == "conv":
                 blocks = self._conv_rows(node, x)
