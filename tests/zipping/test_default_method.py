@@ -174,3 +174,37 @@ def test_the_layer_refit_takes_the_zips_sums_of_a_layer_reading_the_model_inputs
     assert seen[1] == {}
     for a, b in zip(reused.get_weights(), computed.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_layer_whose_inputs_changed_after_the_zip_does_not_take_its_sums(rng):
+    # A BatchNorm below the first Dense layer is re-estimated when the zip ends: that layer's inputs
+    # are then neither the original model's nor what the zip summed before. Offered those sums, the
+    # refit reads its rows again: the same weights as with no sums offered.
+    from tfmot_zip.compat import keras
+    from tfmot_zip.model.graph import align_models
+    from tfmot_zip.zipping.refit import refit_layers
+
+    def model(seed):
+        keras.utils.set_random_seed(seed)
+        m = keras.Sequential([keras.layers.Flatten(input_shape=(6, 6, 1), name="flat"),
+                              keras.layers.BatchNormalization(name="bn"),
+                              keras.layers.Dense(8, activation="relu", name="fc1"),
+                              keras.layers.Dense(3, activation="softmax", name="head")], name=f"bnmlp{seed}")
+        gamma, beta, mean, var = m.get_layer("bn").get_weights()
+        m.get_layer("bn").set_weights([gamma, beta, mean + 0.5, var * 3.0])  # not the calibration data's statistics
+        return m
+
+    models = [model(1), model(2)]
+    data = [calib(rng, 80, (6, 6, 1)), calib(rng, 90, (6, 6, 1))]
+    stale = {}
+    for t, (m, x) in enumerate(zip(models, data)):  # the sums the zip took before the BatchNorm changed
+        rows = np.asarray(keras.Model(m.inputs, m.get_layer("fc1").input)(x), np.float64)
+        rows = np.hstack([rows, np.ones((len(rows), 1))])
+        stale[t] = rows.T @ rows
+    zips = [tfmot_zip.zip_models(*models, calibration_data=data, sharing=1.0, method="mtz", progress=False) for _ in range(2)]
+    assert tfmot_zip.zip_summary(zips[0]).extra["batchnorm"]["updated"]  # the BatchNorm below fc1 changed
+    graph = align_models(models)
+    refit_layers(zips[0], graph, data, grams={"fc1": stale})
+    refit_layers(zips[1], graph, data)
+    for a, b in zip(zips[0].get_weights(), zips[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

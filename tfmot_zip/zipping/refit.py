@@ -182,10 +182,20 @@ def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, ma
     merged, original = acts.merged_inputs(layer, task), acts.original_input(original_layer, task)
     rng = np.random.default_rng([seed, node.index, task])  # the same rows on every pass
     known = gram if gram is not None and solved is None and gram.shape == (len(ids), len(ids)) else None
+    if known is not None:  # decided by every worker together, so that all make the same reductions
+        same, workers = acts.merged.replicas.sum_all([[float(_same_values(merged, original)), 1.0]])[0]
+        if same < workers:
+            known = None  # a layer below changed after the zip measured these inputs (e.g. a BatchNorm re-estimated)
     gram = np.zeros((rows + 1, rows + 1)) if solved is None else None
+    cross = np.zeros((rows + 1, layer.capacity))
     if known is not None:
         gram[np.ix_(ids, ids)] = known
-    cross = np.zeros((rows + 1, layer.capacity))
+        if kept is None:  # targets [x 1] [W; b] of the same inputs: sum [x 1]^T y = gram [W; b], no pass over the rows
+            kernel, *bias = original_layer.get_weights()
+            kernel = kernel.reshape(-1, kernel.shape[-1])
+            targets = np.vstack([kernel, bias[0][None] if bias else np.zeros((1, kernel.shape[1]))]).astype(np.float64)
+            cross[np.ix_(ids, out_map)] = known @ targets  # the gram is every worker's sum: so is this
+            return gram, cross
     weights = None if solved is None else solved[np.ix_(ids, out_map)]
     if solved is not None and kept is not None and kept.blocks is not None:
         blocks = kept.blocks
@@ -205,3 +215,13 @@ def _task_sums(layer, node, task: int, acts, positions: int, batch_size: int, ma
         return gram, cross
     gram, cross = acts.merged.replicas.sum_all([gram, cross])
     return gram, cross
+
+
+def _same_values(a, b) -> bool:
+    """Whether two layer inputs (numpy arrays, or spilled arrays read by ranges) hold the same values."""
+    if a is b:
+        return True
+    if a.shape != b.shape:
+        return False
+    step = max(1, 4_000_000 // max(1, int(np.prod(a.shape[1:]))))
+    return all(np.array_equal(np.asarray(a[i : i + step]), np.asarray(b[i : i + step])) for i in range(0, len(a), step))
