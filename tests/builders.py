@@ -90,3 +90,19 @@ def tiny_resnet(seed, classes=3, name=None):
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     out = keras.layers.Dense(classes, activation="softmax", name="head")(x)
     return keras.Model(inp, out, name=name or f"res{seed}")
+
+
+def assert_patch_hessian(acc, x, geometry, block: bool, split: int = 2, rtol: float = 1e-10, atol: float = 1e-10) -> None:
+    """Feeds ``x`` to a conv Hessian accumulator in two batches and checks it against the brute-force
+    Hessian of every patch row (per-position blocks with ``block``)."""
+    from tfmot_zip.core.hessian import BlockHessianAccumulator, HessianAccumulator, extract_patches
+
+    for part in np.array_split(x, [min(split, len(x))]):  # streamed in two batches (one may be empty)
+        acc.update(part)
+    rows = extract_patches(x, *geometry)
+    kh, kw = geometry[0]
+    c = x.shape[-1]
+    ref = BlockHessianAccumulator(kh * kw, c, batch_dtype=np.float64) if block else HessianAccumulator(rows.shape[1])
+    ref.update(rows)
+    assert acc.count == ref.count == rows.shape[0]
+    np.testing.assert_allclose(acc.hessian(), ref.hessian(), rtol=rtol, atol=atol)

@@ -1,10 +1,11 @@
 """The stride-1 conv Hessian from shifted products equals the patch-row Hessian (brute force)."""
 import numpy as np
 import pytest
+from builders import assert_patch_hessian
 from hypothesis import given, settings, strategies as st
 
 from tfmot_zip.core.conv_hessian import ConvHessianAccumulator
-from tfmot_zip.core.hessian import BlockHessianAccumulator, HessianAccumulator, conv_output_shape, extract_patches
+from tfmot_zip.core.hessian import HessianAccumulator, conv_output_shape, extract_patches
 
 
 @settings(max_examples=60, deadline=None)
@@ -23,13 +24,7 @@ def test_equals_the_hessian_of_the_patch_rows(n, h, w, c, kh, kw, dh, dw, paddin
             ConvHessianAccumulator((h, w), c, (kh, kw), padding, (dh, dw))
         return
     acc = ConvHessianAccumulator((h, w), c, (kh, kw), padding, (dh, dw), block=block, batch_dtype=np.float64)
-    for part in np.array_split(x, [min(split, n)]):  # streamed in two batches (one may be empty)
-        acc.update(part)
-    rows = extract_patches(x, *geometry)
-    ref = BlockHessianAccumulator(kh * kw, c, batch_dtype=np.float64) if block else HessianAccumulator(rows.shape[1])
-    ref.update(rows)
-    assert acc.count == ref.count == rows.shape[0]
-    np.testing.assert_allclose(acc.hessian(), ref.hessian(), rtol=1e-10, atol=1e-10)
+    assert_patch_hessian(acc, x, geometry, block, split)
 
 
 def test_float32_batches_sum_in_float64():

@@ -3,9 +3,10 @@ Hessian (brute force) for any stride, padding and dilation; the plan picks the c
 unless a capped sample is cheaper still."""
 import numpy as np
 import pytest
+from builders import assert_patch_hessian
 from hypothesis import given, settings, strategies as st
 
-from tfmot_zip.core.hessian import BlockHessianAccumulator, HessianAccumulator, conv_output_shape, extract_patches
+from tfmot_zip.core.hessian import HessianAccumulator, conv_output_shape, extract_patches
 from tfmot_zip.core.pixel_gram import (CONV_HESSIAN_METHODS, PIXEL_GRAM_MAX_DIM, PixelGramAccumulator,
                                        conv_hessian_plan)
 
@@ -28,13 +29,7 @@ def test_equals_the_hessian_of_the_patch_rows(n, h, w, c, kh, kw, sh, sw, dh, dw
             PixelGramAccumulator((h, w), c, (kh, kw), (sh, sw), padding, (dh, dw))
         return
     acc = PixelGramAccumulator((h, w), c, (kh, kw), (sh, sw), padding, (dh, dw), block=block, batch_dtype=np.float64)
-    for part in np.array_split(x, [min(split, n)]):  # streamed in two batches (one may be empty)
-        acc.update(part)
-    rows = extract_patches(x, *geometry)
-    ref = BlockHessianAccumulator(kh * kw, c, batch_dtype=np.float64) if block else HessianAccumulator(rows.shape[1])
-    ref.update(rows)
-    assert acc.count == ref.count == rows.shape[0]
-    np.testing.assert_allclose(acc.hessian(), ref.hessian(), rtol=1e-10, atol=1e-10)
+    assert_patch_hessian(acc, x, geometry, block, split)
 
 
 def test_float32_batches_sum_in_float64():
