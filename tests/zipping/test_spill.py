@@ -267,3 +267,23 @@ def test_the_zip_asks_numpy_for_ordinary_pages_and_restores_its_setting(rng, mon
     calls.clear()
     _zip([cnn(1), cnn(2)], data, sharing=0.5, method="mtz")
     assert calls == []
+
+
+@settings(max_examples=10, deadline=None)
+@given(limit_mb=st.one_of(st.none(), st.floats(0.0, 4096.0)))
+def test_the_zip_runs_layers_on_batches_of_an_eighth_of_its_memory_limit(limit_mb):
+    seen = {}
+    init = spill.SpillPolicy.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen["policy"] = self
+
+    rng = np.random.default_rng(0)
+    data = [calib(rng, 12, (10, 10, 1)), calib(rng, 12, (10, 10, 1))]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spill.SpillPolicy, "__init__", spy)
+        _zip([cnn(1), cnn(2)], data, sharing=0.5, method="mtz", activation_memory_mb=limit_mb)
+    policy = seen["policy"]
+    expected = (128 << 20) if limit_mb is None else min(128 << 20, max(4 << 20, int(limit_mb * 2**20) // 8))
+    assert policy.batch_bytes == expected == spill.default_batch_bytes(policy.memory_bytes)

@@ -141,14 +141,14 @@ def zip_models(
         max_conv_rows: at most this many patch rows (samples x output positions) per task enter a
             convolution's Hessian; beyond it positions are subsampled evenly, and
             ``zip_summary(model).extra["hessian_subsampling"]`` lists each layer's rows used and
-            available. A stride-1 convolution uses every row when its exact Hessian, built from
-            shifted products of the input maps without forming the rows, costs less than the
-            sample (many channels). None uses every row (exact).
+            available. A convolution uses every row when an exact Hessian, built from shifted
+            products or the Gram matrix of its input maps without forming the rows, costs no more
+            than the sample (core.pixel_gram.conv_hessian_plan). None uses every row (exact).
         activation_memory_mb: the zip keeps every layer's inputs on the calibration data between
             stages; at most this many megabytes of them stay in memory, the rest are written to
             temporary files (under ``TMPDIR``, deleted when the zip ends) and read back batch by
-            batch, and layers run on batches of about 128 MB, so the memory a zip needs does not
-            grow with the number of calibration samples. None keeps every value in memory.
+            batch, and layers run on batches of an eighth of it (4-128 MB), so the memory a zip needs
+            does not grow with the number of calibration samples. None keeps every value in memory.
         task_names: names of the tasks (inputs ``<name>_input``, outputs ``<name>``);
             defaults to the models' names.
         single_input: one input for every task (a shared unit whose inputs are all shared

@@ -84,11 +84,12 @@ class ZipOptions:
         conv_hessian: ``"exact"``, ``"block"`` or ``"auto"`` Hessians of Conv2D layers.
         calibration_samples: at most this many calibration samples per task (None: all).
         max_conv_rows: at most this many patch rows per task enter a convolution's Hessian (evenly
-            subsampled positions beyond it, reported per layer by ``zip_summary``, unless a stride-1
-            convolution's exact Hessian from shifted products costs less); None: all.
+            subsampled positions beyond it, reported per layer by ``zip_summary``, unless an exact
+            way, shifted products or the maps' Gram matrix, costs no more); None: all.
         seed: seeds the random choices.
         activation_memory_mb: megabytes of cached activations a zip keeps in memory at most; the
-            rest go to temporary files read back batch by batch (None: no limit).
+            rest go to temporary files read back batch by batch; layers run on batches of an eighth
+            of it (None: no limit, 128 MB batches).
         recalibrate_batchnorm: re-estimate per-task BatchNorm statistics: ``True`` (or
             ``"layerwise"``) after every zipped layer, so that the next layer's Hessian sees the
             statistics it will run with (those no zipped layer reads are estimated when zipping
