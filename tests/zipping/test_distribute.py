@@ -122,3 +122,26 @@ def test_other_strategies_zip_in_this_process_as_without_one():
     assert "distribute" not in tfmot_zip.zip_summary(scoped).extra
     for a, b in zip(plain.get_weights(), scoped.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_conv_hessians_are_planned_on_every_workers_samples_together(monkeypatch):
+    """Across workers the way a conv Hessian is computed (a sample, shifted products, the maps' Gram
+    matrix) must be the same everywhere, or the all-reduced sums would not match: it is planned on
+    the summed sample count. Two identical workers are simulated by sums that double."""
+    import tfmot_zip
+    from builders import calib, cnn
+    from tfmot_zip.zipping import distribute, statistics
+
+    planned = []
+    plan = statistics.conv_hessian_plan
+
+    def spy(samples, *args, **kwargs):
+        planned.append(samples)
+        return plan(samples, *args, **kwargs)
+
+    monkeypatch.setattr(statistics, "conv_hessian_plan", spy)
+    monkeypatch.setattr(distribute.Replicas, "sum_all", lambda self, arrays: [2.0 * np.asarray(a, np.float64) for a in arrays])
+    rng = np.random.default_rng(0)
+    data = (calib(rng, 30, (10, 10, 1)), calib(rng, 30, (10, 10, 1)))
+    tfmot_zip.zip_models(cnn(1), cnn(2), calibration_data=data, sharing=0.5, method="mtz", progress=False)
+    assert planned and set(planned) == {60}

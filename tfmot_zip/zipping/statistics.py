@@ -118,9 +118,12 @@ class LayerStatisticsMixin:
     def _conv_plan(self, node: AlignedNode, x) -> str:
         """How this conv's Hessian is computed on ``x`` (:func:`~tfmot_zip.core.pixel_gram.conv_hessian_plan`):
         the cheapest exact way when every patch row is wanted (no more rows than ``max_conv_rows``, or
-        no cap), else a sample of ``max_conv_rows`` rows unless an exact way is no dearer."""
+        no cap), else a sample of ``max_conv_rows`` rows unless an exact way is no dearer. Planned on
+        the samples of every worker of a ``tf.distribute`` strategy together, so that all accumulate
+        the same sums (one all-reduce)."""
         layer = self.layer(node)
-        return conv_hessian_plan(len(x), x.shape[1:3], int(x.shape[-1]), layer.kernel_size, layer.strides,
+        samples = int(round(float(self.activations().replicas.sum_all([[len(x)]])[0][0])))
+        return conv_hessian_plan(samples, x.shape[1:3], int(x.shape[-1]), layer.kernel_size, layer.strides,
                                  layer.padding, layer.dilation_rate, self.max_conv_rows)[0]
 
     def _conv_hessian(self, node: AlignedNode, x, method: str):
