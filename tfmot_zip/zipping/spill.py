@@ -344,19 +344,33 @@ class SpillPolicy:
     def recycle(self, array: np.ndarray) -> None:
         """Returns the buffer of an array made by :meth:`empty` to the free buffers (anything else is
         ignored). Free buffers count against the memory limit with the values held: the oldest are
-        dropped first (without a limit, at most :data:`FREE_BYTES_UNLIMITED` are kept)."""
+        dropped first (without a limit, at most :data:`FREE_BYTES_UNLIMITED` are kept).
+
+        Example:
+            >>> policy = SpillPolicy(memory_bytes=64)
+            >>> policy.recycle(policy.empty((4, 2), np.float32))  # 32 bytes: kept for reuse
+            >>> policy.recycle(np.zeros(8, np.float32))           # not the policy's: ignored
+            >>> [b.nbytes for b in policy._free]
+            [32]
+            >>> policy.recycle(policy.empty((20,), np.float32))   # 80 bytes: could never be kept, dropped
+            >>> [b.nbytes for b in policy._free]
+            [32]
+        """
         root = array
         while isinstance(root.base, np.ndarray):
             root = root.base
         if self._issued.get(id(root)) is not root:
             return
         del self._issued[id(root)]
-        self._free.append(root)
-        self._trim_free()
+        if root.nbytes <= self._free_limit():  # one that could never be kept does not push out the others
+            self._free.append(root)
+            self._trim_free()
+
+    def _free_limit(self) -> int:
+        return max(0, FREE_BYTES_UNLIMITED if self.memory_bytes is None else self.memory_bytes - self.held)
 
     def _trim_free(self) -> None:
-        limit = FREE_BYTES_UNLIMITED if self.memory_bytes is None else self.memory_bytes - self.held
-        while self._free and sum(b.nbytes for b in self._free) > max(0, limit):
+        while self._free and sum(b.nbytes for b in self._free) > self._free_limit():
             self._free.pop(0)
 
     def summary(self) -> dict:
