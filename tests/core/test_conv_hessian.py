@@ -1,11 +1,16 @@
-"""The stride-1 conv Hessian from shifted products equals the patch-row Hessian (brute force)."""
+"""The stride-1 conv Hessian from shifted products equals the patch-row Hessian (brute force); both
+accumulators of input maps (shifted products, Gram matrix) sum float32 products in float64 and
+refuse bad batches alike."""
 import numpy as np
 import pytest
 from builders import assert_patch_hessian
 from hypothesis import given, settings, strategies as st
 
 from tfmot_zip.core.conv_hessian import ConvHessianAccumulator
+from tfmot_zip.core.pixel_gram import PixelGramAccumulator
 from tfmot_zip.core.hessian import HessianAccumulator, conv_output_shape, extract_patches
+
+ACCUMULATORS = [ConvHessianAccumulator, PixelGramAccumulator]  # the two exact ways from the input maps
 
 
 @settings(max_examples=60, deadline=None)
@@ -27,10 +32,11 @@ def test_equals_the_hessian_of_the_patch_rows(n, h, w, c, kh, kw, dh, dw, paddin
     assert_patch_hessian(acc, x, geometry, block, split)
 
 
-def test_float32_batches_sum_in_float64():
+@pytest.mark.parametrize("accumulator", ACCUMULATORS)
+def test_float32_batches_sum_in_float64(accumulator):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 7, 7, 2))
-    acc = ConvHessianAccumulator((7, 7), 2, (3, 3), "same")  # float32 products
+    acc = accumulator((7, 7), 2, (3, 3), padding="same")  # float32 products
     for part in np.array_split(x, 3):
         acc.update(part)
     ref = HessianAccumulator(18)
@@ -41,11 +47,12 @@ def test_float32_batches_sum_in_float64():
     assert not np.array_equal(got, ref.hessian())  # the products were float32: same to 1e-5, not bit-equal
 
 
+@pytest.mark.parametrize("accumulator", ACCUMULATORS)
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 999), value=st.sampled_from([np.nan, np.inf, -np.inf]))
-def test_a_non_finite_batch_is_refused_and_leaves_the_sums(seed, value):
+def test_a_non_finite_batch_is_refused_and_leaves_the_sums(accumulator, seed, value):
     rng = np.random.default_rng(seed)
-    acc = ConvHessianAccumulator((5, 6), 2, (3, 2), "same")
+    acc = accumulator((5, 6), 2, (3, 2), padding="same")
     acc.update(rng.normal(size=(2, 5, 6, 2)))
     before = acc.hessian()
     bad = rng.normal(size=(3, 5, 6, 2))
@@ -56,11 +63,12 @@ def test_a_non_finite_batch_is_refused_and_leaves_the_sums(seed, value):
     assert acc.count == 2 * 5 * 6
 
 
-def test_bad_shapes_are_refused_with_the_shape():
-    acc = ConvHessianAccumulator((5, 5), 3, (3, 3))
+@pytest.mark.parametrize("accumulator", ACCUMULATORS)
+def test_bad_shapes_are_refused_with_the_shape(accumulator):
+    acc = accumulator((5, 5), 3, (3, 3))
     with pytest.raises(ValueError, match=r"\[n, 5, 5, 3\]. Received \(2, 5, 5, 4\)"):
         acc.update(np.zeros((2, 5, 5, 4)))
     with pytest.raises(ValueError, match="channels=0"):
-        ConvHessianAccumulator((5, 5), 0, (3, 3))
+        accumulator((5, 5), 0, (3, 3))
     with pytest.raises(ValueError, match="No layer inputs"):
         acc.hessian()

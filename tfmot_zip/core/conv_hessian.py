@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfmot_zip.core.hessian import check_finite, pad_amounts, conv_output_shape
+from tfmot_zip.core.hessian import check_finite, check_maps, pad_amounts, conv_output_shape
 from tfmot_zip.core.linalg import SummedStatistics
 
 __all__ = ["ConvHessianAccumulator"]
@@ -118,10 +118,7 @@ class ConvHessianAccumulator(SummedStatistics):
     def update(self, images: np.ndarray) -> None:
         """Adds a batch of input maps ``[n, h, w, C]``; a batch with a non-finite value is refused
         and leaves the sums as they were."""
-        x = np.asarray(images)
-        expected = self.spatial + (self.channels,)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"Expected input maps of shape [n, {', '.join(map(str, expected))}]. Received {tuple(x.shape)}.")
+        x = check_maps(images, self.spatial, self.channels)
         if x.shape[0] == 0:
             return
         (h, w), (rows, cols), c = self.spatial, self.bounds, self.channels

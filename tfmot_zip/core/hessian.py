@@ -7,7 +7,7 @@ samples and positions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tfmot_zip.core.linalg import SummedStatistics, spd_inverse
@@ -29,6 +29,24 @@ __all__ = [
 
 class SingularHessianError(ValueError):
     """Raised when a layer Hessian cannot be inverted even after damping."""
+
+
+def check_maps(images: Any, spatial: tuple, channels: int) -> np.ndarray:
+    """``images`` as an array of input maps ``[n, *spatial, channels]``, or a ValueError naming both shapes.
+
+    Example:
+        >>> check_maps(np.zeros((2, 4, 4, 3)), (4, 4), 3).shape
+        (2, 4, 4, 3)
+        >>> check_maps(np.zeros((2, 4, 4, 1)), (4, 4), 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected input maps of shape [n, 4, 4, 3]. Received (2, 4, 4, 1).
+    """
+    x = np.asarray(images)
+    expected = tuple(spatial) + (channels,)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"Expected input maps of shape [n, {', '.join(map(str, expected))}]. Received {tuple(x.shape)}.")
+    return x
 
 
 def check_finite(squares: np.ndarray) -> None:

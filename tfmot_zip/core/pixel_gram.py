@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfmot_zip.core.hessian import check_finite, conv_output_shape, pad_amounts
+from tfmot_zip.core.hessian import check_finite, check_maps, conv_output_shape, pad_amounts
 from tfmot_zip.core.linalg import SummedStatistics
 
 __all__ = ["CONV_HESSIAN_METHODS", "PIXEL_GRAM_MAX_DIM", "PixelGramAccumulator", "conv_hessian_plan"]
@@ -148,10 +148,7 @@ class PixelGramAccumulator(SummedStatistics):
     def update(self, images: np.ndarray) -> None:
         """Adds a batch of input maps ``[n, h, w, C]``; a batch with a non-finite value is refused
         and leaves the sums as they were."""
-        x = np.asarray(images)
-        expected = self.spatial + (self.channels,)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"Expected input maps of shape [n, {', '.join(map(str, expected))}]. Received {tuple(x.shape)}.")
+        x = check_maps(images, self.spatial, self.channels)
         if x.shape[0] == 0:
             return
         flat = x.reshape(x.shape[0], -1).astype(self.batch_dtype, copy=False)

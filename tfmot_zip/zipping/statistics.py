@@ -115,16 +115,18 @@ class LayerStatisticsMixin:
         for start in range(0, len(x), images):
             yield extract_patches(np.asarray(x[start : start + images]), *geometry)
 
-    def _conv_plan(self, node: AlignedNode, x) -> str:
-        """How this conv's Hessian is computed on ``x`` (:func:`~tfmot_zip.core.pixel_gram.conv_hessian_plan`):
-        the cheapest exact way when every patch row is wanted (no more rows than ``max_conv_rows``, or
-        no cap), else a sample of ``max_conv_rows`` rows unless an exact way is no dearer. Planned on
-        the samples of every worker of a ``tf.distribute`` strategy together, so that all accumulate
-        the same sums (one all-reduce)."""
+    def _conv_plans(self, node: AlignedNode, inputs: dict) -> dict:
+        """``{task: how this conv's Hessian is computed on its input}``
+        (:func:`~tfmot_zip.core.pixel_gram.conv_hessian_plan`): the cheapest exact way when every patch
+        row is wanted (no more rows than ``max_conv_rows``, or no cap), else a sample of
+        ``max_conv_rows`` rows unless an exact way is no dearer. Planned on the samples of every
+        worker of a ``tf.distribute`` strategy together, so that all accumulate the same sums (one
+        all-reduce for every task)."""
         layer = self.layer(node)
-        samples = int(round(float(self.activations().replicas.sum_all([[len(x)]])[0][0])))
-        return conv_hessian_plan(samples, x.shape[1:3], int(x.shape[-1]), layer.kernel_size, layer.strides,
-                                 layer.padding, layer.dilation_rate, self.max_conv_rows)[0]
+        totals = self.activations().replicas.sum_all([[len(x) for x in inputs.values()]])[0]
+        return {t: conv_hessian_plan(int(round(float(n))), x.shape[1:3], int(x.shape[-1]), layer.kernel_size,
+                                     layer.strides, layer.padding, layer.dilation_rate, self.max_conv_rows)[0]
+                for (t, x), n in zip(inputs.items(), totals)}
 
     def _conv_hessian(self, node: AlignedNode, x, method: str):
         """One task's exact conv Hessian accumulator over ``x`` (``"shifted_products"``:
@@ -164,8 +166,10 @@ class LayerStatisticsMixin:
             return hessians
         accumulators: dict[int, HessianAccumulator] = {}
         self.records[node.index].hessian_rows = [0, 0]  # of this measurement (every task so far)
-        for t, x in self._layer_inputs(node, tasks).items():
-            method = self._conv_plan(node, x) if node.kind == "conv" else None
+        inputs = self._layer_inputs(node, tasks)
+        plans = self._conv_plans(node, inputs) if node.kind == "conv" else {}
+        for t, x in inputs.items():
+            method = plans.get(t)
             if method in ("pixel_gram", "shifted_products"):
                 accumulators[t] = self._conv_hessian(node, x, method)
                 continue
