@@ -74,6 +74,40 @@ def test_single_input_worlds_feed_each_task_its_own_data(rng):
         np.testing.assert_allclose(np.asarray(cache.value(t, layer.input[t])), _fresh(zipped, layer.input[t], data[t]), rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=8, deadline=None)
+@given(n_models=st.integers(2, 4), single=st.booleans(), pick=st.integers(0, 10 ** 6), seed=st.integers(0, 30))
+def test_zip_layers_compute_only_the_tasks_asked_for(n_models, single, pick, seed):
+    """Asking for some tasks' inputs of a zip layer runs the zip layers below it for those tasks only
+    (a pass merging task n needs tasks 0..n; with one shared input, world t needs task t), and the
+    values equal the whole model's."""
+    rng = np.random.default_rng(seed)
+    data = [calib(rng, int(rng.integers(20, 60)), (8, 8, 1)) for _ in range(n_models)]
+    zipped = _zipped(tiny_resnet, tuple(range(seed, seed + n_models)), data, single_input=single)
+    ran: list[tuple[str, tuple]] = []
+    for layer in zipped.layers:
+        if isinstance(layer, ZIP_LAYERS):
+            original = layer.task_outputs
+            layer.task_outputs = (lambda x, tasks, original=original, name=layer.name:  # a fresh model each example
+                                  ran.append((name, tuple(tasks))) or original(x, tasks))
+    target = [l for l in zipped.layers if isinstance(l, ZIP_LAYERS)][pick % 5 + 1]  # a zip layer above the stem
+    cache = ActivationCache(zipped, data)
+    if single:
+        world = pick % n_models
+        asked = [world]
+        got = [np.asarray(cache.value(world, target.input[world]))]
+        computed = {t for _, tasks in ran for t in tasks}  # before the brute force runs every task
+        want = [_fresh(zipped, target.input[world], data[world])]
+    else:
+        asked = sorted(set(np.random.default_rng(pick).choice(n_models, size=1 + pick % n_models)))
+        got = [np.asarray(v) for v in cache.values(0, [target.input[t] for t in asked])]
+        computed = {t for _, tasks in ran for t in tasks}
+        want = [_fresh(zipped, target.input[t], data)[: len(data[t])] for t in asked]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert ran, "no zip layer ran below the target"
+    assert computed == set(asked)
+
+
 def test_a_whole_zip_runs_each_node_a_bounded_number_of_times(rng, monkeypatch):
     """The cost grows with the number of nodes, not with nodes x zip layers."""
     caches = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tfmot_zip.compat import keras
 from tfmot_zip.model.graph import AlignedNode, ModelGraph, inbound_tensors
@@ -108,6 +108,17 @@ def _zip_depthwise(node: AlignedNode, space: UnitSpace) -> ZipDepthwiseConv2D:
     )
 
 
+def _copy_weights(layer, node, maps: Callable[[int], dict]) -> None:
+    """Sets each task's maps (``maps(task)``: ``set_maps`` arguments) and copies its original
+    layer's kernel and bias into the zip layer, assigning the physical weights once."""
+    weights = {}
+    for t, source_layer in enumerate(node.layers):
+        values = source_layer.get_weights()
+        layer.set_maps(t, **maps(t))
+        weights[t] = (values[0], values[1] if layer.use_bias else None)
+    layer.set_tasks_weights(weights)
+
+
 def build_zipped_model(
     graph: ModelGraph,
     features: dict[int, Feature],
@@ -141,19 +152,14 @@ def build_zipped_model(
         if node.is_zip:
             layer = _zip_layer(node, features[node.inbound[0]], spaces, (layer_options or {}).get(node.name))
             tensors[node.index] = layer(sources[0])
-            for t, source_layer in enumerate(node.layers):
-                weights = source_layer.get_weights()
-                layer.set_maps(t, in_map=features[node.inbound[0]].in_map(spaces, t), out_map=spaces[features[node.index].space].maps[t])
-                layer.set_task_weights(t, weights[0], weights[1] if layer.use_bias else None)
+            _copy_weights(layer, node, lambda t: {"in_map": features[node.inbound[0]].in_map(spaces, t),
+                                                  "out_map": spaces[features[node.index].space].maps[t]})
             continue
         if node.kind == "depthwise" and features[node.inbound[0]].kind == "units":
             space = spaces[features[node.inbound[0]].space]
             layer = _zip_depthwise(node, space)
             tensors[node.index] = layer(sources[0])
-            for t, source_layer in enumerate(node.layers):
-                weights = source_layer.get_weights()
-                layer.set_maps(t, in_map=space.maps[t])
-                layer.set_task_weights(t, weights[0], weights[1] if layer.use_bias else None)
+            _copy_weights(layer, node, lambda t: {"in_map": space.maps[t]})
             continue
         outs = []
         for t, (task, source_layer) in enumerate(zip(task_names, node.layers)):

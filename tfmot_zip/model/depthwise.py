@@ -122,16 +122,19 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         bias = self.bias.numpy()[channel_map] if self.use_bias else None
         return kernel, bias
 
-    def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
-        """Writes one task's kernel and bias into the physical channels its map points at."""
-        channel_map = self.get_maps(task)[0]
+    def set_tasks_weights(self, weights: dict) -> None:
+        """Writes several tasks' ``{task: (kernel, bias or None)}`` into the physical channels their
+        maps point at, in the dict's order (a later task wins a shared channel)."""
         full = self.kernel.numpy()
-        full[:, :, channel_map] = kernel
+        biases = self.bias.numpy() if self.use_bias else None
+        for task, (kernel, bias) in weights.items():
+            channel_map = self.get_maps(task)[0]
+            full[:, :, channel_map] = kernel
+            if biases is not None and bias is not None:
+                biases[channel_map] = bias
         self.kernel.assign(full)
-        if self.use_bias and bias is not None:
-            b = self.bias.numpy()
-            b[channel_map] = bias
-            self.bias.assign(b)
+        if biases is not None and any(bias is not None for _, bias in weights.values()):
+            self.bias.assign(biases)
 
     def get_config(self) -> dict:
         config = self._common_config()

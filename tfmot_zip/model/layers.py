@@ -16,7 +16,7 @@ before the activation (:mod:`tfmot_zip.model.repair_weights`).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -167,6 +167,32 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
                 raise ValueError(f"Bad out_map for task {task} of {self.name!r}: shape {out_map.shape}.")
             self.out_maps[task].assign(out_map.astype(np.int32))
 
+    def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
+        """Writes one task's kernel and bias into the physical cells its maps point at."""
+        self.set_tasks_weights({task: (kernel, bias)})
+
+    def set_tasks_weights(self, weights: dict) -> None:
+        """Writes several tasks' ``{task: (kernel, bias or None)}`` in the dict's order (a later task
+        wins a cell two tasks point at), reading and assigning the physical weights once.
+
+        Example:
+            >>> layer = ZipDense(task_units=[1, 1], task_input_units=[2, 2], input_capacity=2, capacity=1)
+            >>> layer.build([(None, 2), (None, 2)])
+            >>> layer.set_tasks_weights({1: (np.ones((2, 1)), np.ones(1)), 0: (np.zeros((2, 1)), np.zeros(1))})
+            >>> layer.get_task_weights(1)[0].ravel().tolist()  # task 0 was written last into the shared cells
+            [0.0, 0.0]
+        """
+        full = self.physical_kernel().numpy()
+        biases = self.bias.numpy() if self.use_bias else None
+        for task, (kernel, bias) in weights.items():
+            in_map, out_map = self.get_maps(task)
+            full[..., in_map[:, None], out_map[None, :]] = kernel
+            if biases is not None and bias is not None:
+                biases[out_map] = bias
+        self.assign_physical_kernel(full)
+        if biases is not None and any(bias is not None for _, bias in weights.values()):
+            self.bias.assign(biases)
+
     def get_prunable_weights(self) -> list:
         """The physical kernel (a compact layer's blocks): what TFMOT's ``prune_low_magnitude`` may sparsify."""
         return self.kernel_variables()
@@ -195,9 +221,13 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
     def call(self, inputs: Any, training: Any = None) -> list:
         inputs = self._check_inputs(inputs)
         hooks = self._schedule_hook(inputs, training)
+        return self._finish_outputs(self.task_outputs(inputs, range(len(inputs))), hooks)
+
+    def task_outputs(self, inputs: Sequence, tasks: Iterable[int]) -> list:
+        """The outputs of ``tasks`` only (``inputs[t]`` is task ``t``'s input; the others are not
+        read), as ``call`` computes them; the zip's activation cache runs only the tasks it needs."""
         physical = self.physical_kernel()  # assembled once for every task (a compact layer's blocks)
-        outputs = [self.activation(self._apply_repair(self.preactivation(x, t, physical), t)) for t, x in enumerate(inputs)]
-        return self._finish_outputs(outputs, hooks)
+        return [self.activation(self._apply_repair(self.preactivation(inputs[t], t, physical), t)) for t in tasks]
 
 
 @keras.utils.register_keras_serializable(package="tfmot_zip")
@@ -284,17 +314,6 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         kernel = self.physical_kernel().numpy()[np.ix_(in_map, out_map)]
         bias = self.bias.numpy()[out_map] if self.use_bias else None
         return kernel, bias
-
-    def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
-        """Writes one task's kernel and bias into the physical cells its maps point at."""
-        in_map, out_map = self.get_maps(task)
-        full = self.physical_kernel().numpy()
-        full[np.ix_(in_map, out_map)] = kernel
-        self.assign_physical_kernel(full)
-        if self.use_bias and bias is not None:
-            b = self.bias.numpy()
-            b[out_map] = bias
-            self.bias.assign(b)
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self._common_config()}
@@ -450,17 +469,6 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         kernel = self.physical_kernel().numpy()[:, :, in_map][:, :, :, out_map]
         bias = self.bias.numpy()[out_map] if self.use_bias else None
         return kernel, bias
-
-    def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
-        """Writes one task's kernel and bias into the physical cells its maps point at."""
-        in_map, out_map = self.get_maps(task)
-        full = self.physical_kernel().numpy()
-        full[:, :, in_map[:, None], out_map[None, :]] = kernel
-        self.assign_physical_kernel(full)
-        if self.use_bias and bias is not None:
-            b = self.bias.numpy()
-            b[out_map] = bias
-            self.bias.assign(b)
 
     def get_config(self) -> dict:
         config = {**self._common_config(), **self._geometry_config()}

@@ -36,7 +36,7 @@ import numpy as np
 from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.batchnorm import MIN_SAMPLES, BatchNormUpdate, degenerate_channels, warn_restored
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
-from tfmot_zip.model.layers import ZipLayerMixin
+from tfmot_zip.model.layers import ZIP_LAYERS, ZipLayerMixin
 from tfmot_zip.zipping.distribute import Replicas
 from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy, as_array, sample_bytes
 
@@ -149,6 +149,7 @@ class ActivationCache:
         cache = self._values[world]
         ids = [str(id(t)) for t in tensors]
         needed: dict[int, object] = {}
+        tasks: dict[int, set[int]] = {}  # a zip layer's node -> the outputs (tasks) wanted of it
         stack = [tid for tid in ids if tid not in cache]
         while stack:
             tid = stack.pop()
@@ -157,6 +158,13 @@ class ActivationCache:
             node = self._producer.get(tid)
             if node is None:
                 raise KeyError(f"Tensor {tid} is not computed by the model's graph.")
+            if _per_task(node):  # output t reads input t only: task t's input is all it needs
+                task = node.flat_output_ids.index(tid)
+                if task not in tasks.setdefault(id(node), set()):
+                    tasks[id(node)].add(task)
+                    needed[id(node)] = node
+                    stack.append(node.flat_input_ids[task])
+                continue
             if id(node) in needed:
                 continue
             needed[id(node)] = node
@@ -167,7 +175,7 @@ class ActivationCache:
         # node by node; or, when that would hold more than the limit allows, batch by batch through
         # every node of a segment, so that only what outlives the segment is kept
         for segment in self._segments(order) if self._spills(world, order) else [[n] for n in order]:
-            self._run(world, segment, keep)
+            self._run(world, segment, keep, tasks)
             self._evict(world, keep)  # as soon as a value is consumed, so the values held stay few
         return [cache[tid] for tid in ids]
 
@@ -181,6 +189,15 @@ class ActivationCache:
         def compute(feeds: list) -> list:
             args, kwargs = node.map_arguments({tid: [v] * n for (tid, n), v in zip(uses.items(), feeds)})
             return tf.nest.flatten(layer(*args, **kwargs, **kwargs_extra))
+
+        return lambda feeds: self.replicas.run(compute, feeds)
+
+    def _tasks_call(self, node, tasks: list[int]):
+        """``call(feeds)`` of a zip layer's node computing only ``tasks`` (``feeds``: their inputs, in
+        that order; split across replicas as :meth:`_node_call`); returns their outputs."""
+        def compute(feeds: list) -> list:
+            inputs = dict(zip(tasks, (tf.convert_to_tensor(v, tf.float32) for v in feeds)))
+            return node.layer.task_outputs(inputs, tasks)
 
         return lambda feeds: self.replicas.run(compute, feeds)
 
@@ -210,20 +227,25 @@ class ActivationCache:
             segments[-1].append(node)
         return segments
 
-    def _run(self, world: int, nodes: list, keep: set) -> None:
+    def _run(self, world: int, nodes: list, keep: set, tasks: dict | None = None) -> None:
         """Runs ``nodes`` (topologically ordered) batch by batch, each batch through all of them (one
         call on the whole set when it fits in a batch); keeps only the values requested or read by a
-        node outside ``nodes``, in memory or in a file (the storage decides)."""
+        node outside ``nodes``, in memory or in a file (the storage decides). A zip layer's node
+        computes only the outputs ``tasks[id(node)]`` names (all when it has no entry)."""
         cache = self._values[world]
         self._maybe_estimate(world, nodes[0])
         members = {id(n) for n in nodes}
-        symbolic = {tid: t for n in nodes for tid, t in zip(n.flat_output_ids, tf.nest.flatten(n.outputs))}
-        external = list(dict.fromkeys(t for n in nodes for t in n.flat_input_ids if t not in symbolic))
+        # a zip layer's node runs the wanted tasks only: output t reads input t
+        wanted = {id(n): sorted((tasks or {}).get(id(n), range(len(n.flat_output_ids)))) if _per_task(n)
+                  else range(len(n.flat_output_ids)) for n in nodes}
+        symbolic = {n.flat_output_ids[i]: tf.nest.flatten(n.outputs)[i] for n in nodes for i in wanted[id(n)]}
+        reads = {id(n): [n.flat_input_ids[i] for i in wanted[id(n)]] if _per_task(n) else n.flat_input_ids for n in nodes}
+        external = list(dict.fromkeys(t for n in nodes for t in reads[id(n)] if t not in symbolic))
         length = {tid: int(cache[tid].shape[0]) for tid in external}
         for n in nodes:  # a zip layer's output i reads input i only (per-task lengths may differ)
             ins, outs = n.flat_input_ids, n.flat_output_ids
-            for i, tid in enumerate(outs):
-                length[tid] = length[ins[i]] if len(outs) == len(ins) else max(length[t] for t in ins)
+            for i in wanted[id(n)]:
+                length[outs[i]] = length[ins[i]] if len(outs) == len(ins) else max(length[t] for t in ins)
         store = [tid for tid in symbolic if tid in keep or any(id(r) not in members for r in self._readers.get(tid, []))]
         per_sample = sum(sample_bytes(cache[t]) for t in external) + sum(sample_bytes(t) for t in symbolic.values())
         step = max(1, self.storage.batch_bytes // max(1, per_sample))
@@ -233,6 +255,12 @@ class ActivationCache:
         for start in range(0, max(length.values()), step):
             vals = {t: _batch(cache[t], start, step, length[t]) for t in external}
             for n, call in zip(nodes, calls):
+                if _per_task(n):  # the wanted tasks whose inputs are not exhausted
+                    running = [t for t in wanted[id(n)] if vals[n.flat_input_ids[t]] is not None]
+                    outs = self._tasks_call(n, running)([vals[n.flat_input_ids[t]] for t in running]) if running else []
+                    vals.update((n.flat_output_ids[t], None) for t in wanted[id(n)])
+                    vals.update((n.flat_output_ids[t], out) for t, out in zip(running, outs))
+                    continue
                 ins = list(Counter(n.flat_input_ids))
                 if all(vals[t] is None for t in ins):
                     vals.update((t, None) for t in n.flat_output_ids)
@@ -359,6 +387,13 @@ class ActivationCache:
             for tid in list(cache):
                 if tid not in self._input_ids:
                     self.storage.release(cache.pop(tid))
+
+
+def _per_task(node) -> bool:
+    """Whether a node is a zip layer (Dense or Conv2D) whose outputs the cache computes task by task
+    (:meth:`~tfmot_zip.model.layers.ZipLayerMixin.task_outputs`): one output per input, float32."""
+    return (isinstance(node.layer, ZIP_LAYERS) and node.layer.compute_dtype == "float32"
+            and len(node.flat_output_ids) == len(node.flat_input_ids))
 
 
 def _whole(value):

@@ -133,10 +133,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
 
     def _write(self, node: AlignedNode) -> None:
         """Writes every task's logical weights; lower-numbered tasks win shared cells."""
-        layer = self.layer(node)
-        for t in reversed(range(self.n_tasks)):
-            kernel, bias = self.weights[node.index][t]
-            layer.set_task_weights(t, kernel, bias)
+        self.layer(node).set_tasks_weights({t: self.weights[node.index][t] for t in reversed(range(self.n_tasks))})
 
     # --- coordinates and sides -------------------------------------------------------------------
     def coordinate_ids(self, node: AlignedNode, task: int) -> np.ndarray:
