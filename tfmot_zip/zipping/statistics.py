@@ -165,13 +165,23 @@ class LayerStatisticsMixin:
             self._hessian_cache[node.index] = hessians
             return hessians
         accumulators: dict[int, HessianAccumulator] = {}
-        self.records[node.index].hessian_rows = [0, 0]  # of this measurement (every task so far)
+        record = self.records[node.index]
+        record.hessian_rows = [0, 0]  # of this measurement (every task so far)
         inputs = self._layer_inputs(node, tasks)
         plans = self._conv_plans(node, inputs) if node.kind == "conv" else {}
+        # a layer reading the model's inputs (through no zip layer) reads the same values in every
+        # pass: its Hessians are measured once per task (a later pass of a 3-model zip reuses them)
+        reads_inputs = not self.input_feature(node).space_ids
+        fixed = self._fixed_input_hessians.setdefault(node.index, {}) if reads_inputs else {}
+        task_rows: dict[int, list[int]] = {}  # (rows used, rows available) of each task measured now
         for t, x in inputs.items():
+            if t in fixed:
+                continue
+            rows_before = list(record.hessian_rows)
             method = plans.get(t)
             if method in ("pixel_gram", "shifted_products"):
                 accumulators[t] = self._conv_hessian(node, x, method)
+                task_rows[t] = [a - b for a, b in zip(record.hessian_rows, rows_before)]
                 continue
             if node.kind == "conv":
                 blocks = self._conv_rows(node, x)
@@ -189,15 +199,23 @@ class LayerStatisticsMixin:
                     else:
                         accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
                 accumulators[t].update(rows)
+            task_rows[t] = [a - b for a, b in zip(record.hessian_rows, rows_before)]
         hessians = []
         # a Dense layer reading the model's inputs reads them unchanged after zipping too: its refit
         # (zipping/refit.py) takes these sums instead of computing them again
-        keep_gram = node.kind == "dense" and not self.input_feature(node).space_ids
+        keep_gram = node.kind == "dense" and reads_inputs
         for t in tasks:
-            accumulators[t].reduce(self.activations().replicas.sum_all)  # over the workers of a tf.distribute strategy
-            if keep_gram and isinstance(accumulators[t], HessianAccumulator) and accumulators[t].dim <= _KEPT_GRAM_DIM:
-                self.input_grams.setdefault(node.name, {})[t] = accumulators[t].gram()
-            h = self._centered(accumulators[t].hessian())
+            if t in fixed:  # measured in an earlier pass
+                raw, rows = fixed[t]
+                record.hessian_rows = [a + b for a, b in zip(record.hessian_rows, rows)]
+            else:
+                accumulators[t].reduce(self.activations().replicas.sum_all)  # over the workers of a tf.distribute strategy
+                if keep_gram and isinstance(accumulators[t], HessianAccumulator) and accumulators[t].dim <= _KEPT_GRAM_DIM:
+                    self.input_grams.setdefault(node.name, {})[t] = accumulators[t].gram()
+                raw = accumulators[t].hessian()
+                if reads_inputs:
+                    fixed[t] = (raw, task_rows[t])
+            h = self._centered(raw)
             if not layer.use_bias:
                 h = h[:-1, :-1]
             hessians.append(h)

@@ -106,6 +106,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         self.decided: set[int] = set()
         self.task = 1  # the task being merged in this pass
         self._hessian_cache: dict[int, list[np.ndarray]] = {}
+        self._fixed_input_hessians: dict[int, dict] = {}  # Hessians of layers reading the model inputs, by task
         self._stats_cache: dict[int, dict] = {}
         # sum [x 1]^T [x 1] of every task at Dense layers reading the model's inputs, by layer name (for the refit)
         self.input_grams: dict[str, dict[int, np.ndarray]] = {}
