@@ -87,8 +87,8 @@ def test_zip_layers_compute_only_the_tasks_asked_for(n_models, single, pick, see
     for layer in zipped.layers:
         if isinstance(layer, ZIP_LAYERS):
             original = layer.task_outputs
-            layer.task_outputs = (lambda x, tasks, original=original, name=layer.name:  # a fresh model each example
-                                  ran.append((name, tuple(tasks))) or original(x, tasks))
+            layer.task_outputs = (lambda x, tasks, *rest, original=original, name=layer.name:  # a fresh model each example
+                                  ran.append((name, tuple(tasks))) or original(x, tasks, *rest))
     target = [l for l in zipped.layers if isinstance(l, ZIP_LAYERS)][pick % 5 + 1]  # a zip layer above the stem
     cache = ActivationCache(zipped, data)
     if single:

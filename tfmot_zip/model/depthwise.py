@@ -105,15 +105,16 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         """``[kh, kw, channels of task, 1]``: the kernel task ``task`` computes with."""
         return tf.gather(self.kernel if physical is None else physical, self.in_maps[task], axis=2)
 
-    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
+    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None, weights: tuple | None = None) -> tf.Tensor:
+        kernel, bias = weights if weights is not None else (self.task_kernel(task, physical), None)
         y = tf.nn.depthwise_conv2d(
             x,
-            tf.cast(self.task_kernel(task, physical), x.dtype),
+            tf.cast(kernel, x.dtype),
             strides=(1, *self.strides, 1),
             padding=self.padding.upper(),
             dilations=self.dilation_rate,
         )
-        return self._add_bias(y, task)
+        return self._add_bias(y, task, bias)
 
     def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(kernel [kh, kw, channels, 1], bias or None)`` of one task, as numpy."""

@@ -129,10 +129,11 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
             **self._layout_config(),
         }
 
-    def _add_bias(self, y: tf.Tensor, task: int) -> tf.Tensor:
+    def _add_bias(self, y: tf.Tensor, task: int, bias: tf.Tensor | None = None) -> tf.Tensor:
         if not self.use_bias:
             return y
-        return tf.nn.bias_add(y, tf.cast(tf.gather(self.bias, self.out_maps[task]), y.dtype))
+        bias = tf.gather(self.bias, self.out_maps[task]) if bias is None else bias
+        return tf.nn.bias_add(y, tf.cast(bias, y.dtype))
 
     def _finish_outputs(self, outputs: list, hooks: list) -> list:
         if hooks:
@@ -190,7 +191,7 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
             if biases is not None and bias is not None:
                 biases[out_map] = bias
         self.assign_physical_kernel(full)
-        if biases is not None and any(bias is not None for _, bias in weights.values()):
+        if biases is not None:
             self.bias.assign(biases)
 
     def get_prunable_weights(self) -> list:
@@ -223,11 +224,19 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
         hooks = self._schedule_hook(inputs, training)
         return self._finish_outputs(self.task_outputs(inputs, range(len(inputs))), hooks)
 
-    def task_outputs(self, inputs: Sequence, tasks: Iterable[int]) -> list:
-        """The outputs of ``tasks`` only (``inputs[t]`` is task ``t``'s input; the others are not
-        read), as ``call`` computes them; the zip's activation cache runs only the tasks it needs."""
-        physical = self.physical_kernel()  # assembled once for every task (a compact layer's blocks)
-        return [self.activation(self._apply_repair(self.preactivation(inputs[t], t, physical), t)) for t in tasks]
+    def task_weights(self, tasks: Iterable[int]) -> dict:
+        """``{task: (kernel, bias or None)}``: the tensors ``tasks`` compute with, gathered from the
+        physical weights (assembled once for every task: a compact layer's blocks)."""
+        physical = self.physical_kernel()
+        return {t: (self.task_kernel(t, physical), tf.gather(self.bias, self.out_maps[t]) if self.use_bias else None)
+                for t in tasks}
+
+    def task_outputs(self, inputs: Sequence, tasks: Iterable[int], weights: dict | None = None) -> list:
+        """The outputs of ``tasks`` only (``inputs[t]`` is task ``t``'s input; no other is read), as ``call``
+        computes them; ``weights``: :meth:`task_weights`, when gathered already (the zip's cache does, once)."""
+        tasks = list(tasks)
+        weights = self.task_weights(tasks) if weights is None else weights
+        return [self.activation(self._apply_repair(self.preactivation(inputs[t], t, weights=weights[t]), t)) for t in tasks]
 
 
 @keras.utils.register_keras_serializable(package="tfmot_zip")
@@ -300,9 +309,10 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
         physical = self.physical_kernel() if physical is None else physical
         return tf.gather(tf.gather(physical, self.in_maps[task], axis=0), self.out_maps[task], axis=1)
 
-    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
-        """``x W + b`` of ``task`` (before the repair affine and the activation)."""
-        return self._add_bias(tf.matmul(x, tf.cast(self.task_kernel(task, physical), x.dtype)), task)
+    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None, weights: tuple | None = None) -> tf.Tensor:
+        """``x W + b`` of ``task`` (before repair and activation); ``weights``: its gathered ``(kernel, bias)``."""
+        kernel, bias = weights if weights is not None else (self.task_kernel(task, physical), None)
+        return self._add_bias(tf.matmul(x, tf.cast(kernel, x.dtype)), task, bias)
 
     def compute_output_shape(self, input_shape: Any) -> list:
         return [tf.TensorShape(s).as_list()[:-1] + [n] for s, n in zip(input_shape, self.task_units)]
@@ -452,16 +462,17 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         physical = self.physical_kernel() if physical is None else physical
         return tf.gather(tf.gather(physical, self.in_maps[task], axis=2), self.out_maps[task], axis=3)
 
-    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None) -> tf.Tensor:
-        """The convolution of ``task`` plus its bias (before the repair affine and the activation)."""
+    def preactivation(self, x: tf.Tensor, task: int, physical: tf.Tensor | None = None, weights: tuple | None = None) -> tf.Tensor:
+        """``task``'s convolution plus bias (before repair and activation); ``weights``: its gathered ``(kernel, bias)``."""
+        kernel, bias = weights if weights is not None else (self.task_kernel(task, physical), None)
         y = tf.nn.conv2d(
             x,
-            tf.cast(self.task_kernel(task, physical), x.dtype),
+            tf.cast(kernel, x.dtype),
             strides=(1, *self.strides, 1),
             padding=self.padding.upper(),
             dilations=(1, *self.dilation_rate, 1),
         )
-        return self._add_bias(y, task)
+        return self._add_bias(y, task, bias)
 
     def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(kernel [kh, kw, c_in, c_out], bias or None)`` of one task, as numpy."""

@@ -192,12 +192,13 @@ class ActivationCache:
 
         return lambda feeds: self.replicas.run(compute, feeds)
 
-    def _tasks_call(self, node, tasks: list[int]):
+    def _tasks_call(self, node, tasks: list[int], weights: dict):
         """``call(feeds)`` of a zip layer's node computing only ``tasks`` (``feeds``: their inputs, in
-        that order; split across replicas as :meth:`_node_call`); returns their outputs."""
+        that order; split across replicas as :meth:`_node_call`) with their gathered ``weights``;
+        returns their outputs."""
         def compute(feeds: list) -> list:
             inputs = dict(zip(tasks, (tf.convert_to_tensor(v, tf.float32) for v in feeds)))
-            return node.layer.task_outputs(inputs, tasks)
+            return node.layer.task_outputs(inputs, tasks, weights)
 
         return lambda feeds: self.replicas.run(compute, feeds)
 
@@ -251,13 +252,14 @@ class ActivationCache:
         step = max(1, self.storage.batch_bytes // max(1, per_sample))
         writers = {tid: self.storage.writer(sample_bytes(symbolic[tid]) * length[tid]) for tid in store}
         calls = [self._node_call(n) for n in nodes]
+        gathered = {id(n): n.layer.task_weights(wanted[id(n)]) for n in nodes if _per_task(n)}  # once, not per batch
         first: dict = {}  # one sample of each value: fed in place of an exhausted input
         for start in range(0, max(length.values()), step):
             vals = {t: _batch(cache[t], start, step, length[t]) for t in external}
             for n, call in zip(nodes, calls):
                 if _per_task(n):  # the wanted tasks whose inputs are not exhausted
                     running = [t for t in wanted[id(n)] if vals[n.flat_input_ids[t]] is not None]
-                    outs = self._tasks_call(n, running)([vals[n.flat_input_ids[t]] for t in running]) if running else []
+                    outs = self._tasks_call(n, running, gathered[id(n)])([vals[n.flat_input_ids[t]] for t in running]) if running else []
                     vals.update((n.flat_output_ids[t], None) for t in wanted[id(n)])
                     vals.update((n.flat_output_ids[t], out) for t, out in zip(running, outs))
                     continue
@@ -390,9 +392,9 @@ class ActivationCache:
 
 
 def _per_task(node) -> bool:
-    """Whether a node is a zip layer (Dense or Conv2D) whose outputs the cache computes task by task
-    (:meth:`~tfmot_zip.model.layers.ZipLayerMixin.task_outputs`): one output per input, float32."""
-    return (isinstance(node.layer, ZIP_LAYERS) and node.layer.compute_dtype == "float32"
+    """Whether a node is a zip layer (Dense, Conv2D, depthwise) whose outputs the cache computes task
+    by task (:meth:`~tfmot_zip.model.layers.ZipLayerMixin.task_outputs`): one output per input, float32."""
+    return (isinstance(node.layer, (*ZIP_LAYERS, ZipDepthwiseConv2D)) and node.layer.compute_dtype == "float32"
             and len(node.flat_output_ids) == len(node.flat_input_ids))
 
 
