@@ -17,7 +17,17 @@ TensorFlow is imported). ``tfmot_zip.core`` itself depends only on numpy and sci
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# A zip interleaves TensorFlow's thread pool with numpy's and scipy's OpenBLAS pools (two
+# libraries). OpenBLAS worker threads busy-wait about 2^28 cycles (~0.1 s) after each call by
+# default; on a small machine one pool's spinning threads then stall the next call of the other
+# (a 151x151 Cholesky measured at 50-100 ms instead of 0.5 ms). 2^4 cycles makes them sleep at
+# once. OpenBLAS reads the setting when it loads, so it applies to the pools loaded after this
+# import (all of them when ``tfmot_zip`` is imported before numpy); a value set by the user stays.
+# Three LeNet-5 zipped at 10,000 images: 2.7-2.9 s with it, 3.4-3.5 s without (docs/ZIP_COST.md).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.2.0"
 
