@@ -75,11 +75,15 @@ def test_single_input_worlds_feed_each_task_its_own_data(rng):
 
 
 @settings(max_examples=8, deadline=None)
-@given(n_models=st.integers(2, 4), single=st.booleans(), pick=st.integers(0, 10 ** 6), seed=st.integers(0, 30))
-def test_zip_layers_compute_only_the_tasks_asked_for(n_models, single, pick, seed):
+@given(n_models=st.integers(2, 4), single=st.booleans(), pick=st.integers(0, 10 ** 6), seed=st.integers(0, 30),
+       limited=st.booleans())
+def test_zip_layers_compute_only_the_tasks_asked_for(n_models, single, pick, seed, limited):
     """Asking for some tasks' inputs of a zip layer runs the zip layers below it for those tasks only
     (a pass merging task n needs tasks 0..n; with one shared input, world t needs task t), and the
-    values equal the whole model's."""
+    values equal the whole model's; also when a memory limit runs the request batch by batch
+    through every node (``limited``: tiny batches, values spilled to files)."""
+    from tfmot_zip.zipping.spill import SpillPolicy
+
     rng = np.random.default_rng(seed)
     data = [calib(rng, int(rng.integers(20, 60)), (8, 8, 1)) for _ in range(n_models)]
     zipped = _zipped(tiny_resnet, tuple(range(seed, seed + n_models)), data, single_input=single)
@@ -90,7 +94,8 @@ def test_zip_layers_compute_only_the_tasks_asked_for(n_models, single, pick, see
             layer.task_outputs = (lambda x, tasks, *rest, original=original, name=layer.name:  # a fresh model each example
                                   ran.append((name, tuple(tasks))) or original(x, tasks, *rest))
     target = [l for l in zipped.layers if isinstance(l, ZIP_LAYERS)][pick % 5 + 1]  # a zip layer above the stem
-    cache = ActivationCache(zipped, data)
+    storage = SpillPolicy(memory_bytes=4096, batch_bytes=2048) if limited else None
+    cache = ActivationCache(zipped, data, storage=storage)
     if single:
         world = pick % n_models
         asked = [world]
@@ -106,6 +111,9 @@ def test_zip_layers_compute_only_the_tasks_asked_for(n_models, single, pick, see
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     assert ran, "no zip layer ran below the target"
     assert computed == set(asked)
+    if limited:
+        assert storage.spilled_values > 0  # values went to files: the batch-by-batch path ran
+        storage.close()
 
 
 def test_a_whole_zip_runs_each_node_a_bounded_number_of_times(rng, monkeypatch):
