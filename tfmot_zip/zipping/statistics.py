@@ -213,7 +213,7 @@ class LayerStatisticsMixin:
                 if keep_gram and isinstance(accumulators[t], HessianAccumulator) and accumulators[t].dim <= _KEPT_GRAM_DIM:
                     self.input_grams.setdefault(node.name, {})[t] = accumulators[t].gram()
                 raw = accumulators[t].hessian()
-                if reads_inputs:
+                if reads_inputs and self.task < self.n_tasks - 1:  # kept only for a later pass
                     fixed[t] = (raw, task_rows[t])
             h = self._centered(raw)
             if not layer.use_bias:
