@@ -123,19 +123,10 @@ class ZipDepthwiseConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
         bias = self.bias.numpy()[channel_map] if self.use_bias else None
         return kernel, bias
 
-    def set_tasks_weights(self, weights: dict) -> None:
-        """Writes several tasks' ``{task: (kernel, bias or None)}`` into the physical channels their
-        maps point at, in the dict's order (a later task wins a shared channel)."""
-        full = self.kernel.numpy()
-        biases = self.bias.numpy() if self.use_bias else None
-        for task, (kernel, bias) in weights.items():
-            channel_map = self.get_maps(task)[0]
-            full[:, :, channel_map] = kernel
-            if biases is not None and bias is not None:
-                biases[channel_map] = bias
-        self.kernel.assign(full)
-        if biases is not None and any(bias is not None for _, bias in weights.values()):
-            self.bias.assign(biases)
+    def _kernel_cells(self, task: int) -> tuple:
+        """``(index of task's channels in the kernel, its channels)``: one map for input and output."""
+        channel_map = self.get_maps(task)[0]
+        return (slice(None), slice(None), channel_map), channel_map
 
     def get_config(self) -> dict:
         config = self._common_config()

@@ -155,7 +155,7 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
         return np.asarray(self.in_maps[task]).astype(np.int64), np.asarray(self.out_maps[task]).astype(np.int64)
 
     def set_maps(self, task: int, in_map: np.ndarray | None = None, out_map: np.ndarray | None = None) -> None:
-        """Assigns new maps for ``task`` (weights are not moved: see ``set_task_weights``)."""
+        """Assigns new maps for ``task`` (weights are not moved: see ``set_tasks_weights``)."""
         self._refuse_frozen()
         if in_map is not None:
             in_map = np.asarray(in_map)
@@ -167,10 +167,6 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
             if out_map.shape != (self.task_units[task],) or out_map.min() < 0 or out_map.max() >= self.capacity:
                 raise ValueError(f"Bad out_map for task {task} of {self.name!r}: shape {out_map.shape}.")
             self.out_maps[task].assign(out_map.astype(np.int32))
-
-    def set_task_weights(self, task: int, kernel: np.ndarray, bias: np.ndarray | None) -> None:
-        """Writes one task's kernel and bias into the physical cells its maps point at."""
-        self.set_tasks_weights({task: (kernel, bias)})
 
     def set_tasks_weights(self, weights: dict) -> None:
         """Writes several tasks' ``{task: (kernel, bias or None)}`` in the dict's order (a later task
@@ -186,13 +182,18 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
         full = self.physical_kernel().numpy()
         biases = self.bias.numpy() if self.use_bias else None
         for task, (kernel, bias) in weights.items():
-            in_map, out_map = self.get_maps(task)
-            full[..., in_map[:, None], out_map[None, :]] = kernel
+            cells, units = self._kernel_cells(task)
+            full[cells] = kernel
             if biases is not None and bias is not None:
-                biases[out_map] = bias
+                biases[units] = bias
         self.assign_physical_kernel(full)
         if biases is not None:
             self.bias.assign(biases)
+
+    def _kernel_cells(self, task: int) -> tuple:
+        """``(index of task's cells in the physical kernel, its output units)``."""
+        in_map, out_map = self.get_maps(task)
+        return (..., in_map[:, None], out_map[None, :]), out_map
 
     def get_prunable_weights(self) -> list:
         """The physical kernel (a compact layer's blocks): what TFMOT's ``prune_low_magnitude`` may sparsify."""
@@ -225,8 +226,7 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
         return self._finish_outputs(self.task_outputs(inputs, range(len(inputs))), hooks)
 
     def task_weights(self, tasks: Iterable[int]) -> dict:
-        """``{task: (kernel, bias or None)}``: the tensors ``tasks`` compute with, gathered from the
-        physical weights (assembled once for every task: a compact layer's blocks)."""
+        """``{task: (kernel, bias or None)}``: the tensors ``tasks`` compute with (physical kernel assembled once)."""
         physical = self.physical_kernel()
         return {t: (self.task_kernel(t, physical), tf.gather(self.bias, self.out_maps[t]) if self.use_bias else None)
                 for t in tasks}

@@ -162,7 +162,7 @@ def refit_heads(
             if chosen is None:
                 continue
             new_kernel, new_bias = _fit(loss, blocks, kernel, bias, chosen, reduce)
-            layer.set_task_weights(task, new_kernel.astype(kernel.dtype), None if new_bias is None else new_bias.astype(bias.dtype))
+            layer.set_tasks_weights({task: (new_kernel.astype(kernel.dtype), None if new_bias is None else new_bias.astype(bias.dtype))})
         acts.changed(layer)
         refit_names.append(node.name)
         if choices is not None:

@@ -181,24 +181,8 @@ class LayerStatisticsMixin:
             method = plans.get(t)
             if method in ("pixel_gram", "shifted_products"):
                 accumulators[t] = self._conv_hessian(node, x, method)
-                task_rows[t] = [a - b for a, b in zip(record.hessian_rows, rows_before)]
-                continue
-            if node.kind == "conv":
-                blocks = self._conv_rows(node, x)
-                dtype = np.float32
             else:
-                width = int(np.prod(x.shape[1:]))
-                step = max(1, 16_000_000 // max(1, width))
-                blocks = (np.asarray(x[i : i + step]).reshape(-1, width) for i in range(0, len(x), step))
-                dtype = np.float64
-            for rows in blocks:
-                if t not in accumulators:
-                    if node.kind == "conv" and self.uses_block_hessian(node):
-                        positions = layer.kernel_size[0] * layer.kernel_size[1]
-                        accumulators[t] = BlockHessianAccumulator(positions, rows.shape[1] // positions)
-                    else:
-                        accumulators[t] = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
-                accumulators[t].update(rows)
+                accumulators[t] = self._row_hessian(node, x)
             task_rows[t] = [a - b for a, b in zip(record.hessian_rows, rows_before)]
         hessians = []
         # a Dense layer reading the model's inputs reads them unchanged after zipping too: its refit
@@ -221,6 +205,28 @@ class LayerStatisticsMixin:
             hessians.append(h)
         self._hessian_cache[node.index] = hessians
         return hessians
+
+    def _row_hessian(self, node: AlignedNode, x) -> HessianAccumulator:
+        """One task's Hessian accumulator over the rows of ``x``: a Dense layer's inputs (float64
+        products), or a convolution's patch rows (float32 products; sampled beyond ``max_conv_rows``)."""
+        layer = self.layer(node)
+        if node.kind == "conv":
+            blocks, dtype = self._conv_rows(node, x), np.float32
+        else:
+            width = int(np.prod(x.shape[1:]))
+            step = max(1, 16_000_000 // max(1, width))
+            blocks = (np.asarray(x[i : i + step]).reshape(-1, width) for i in range(0, len(x), step))
+            dtype = np.float64
+        accumulator = None
+        for rows in blocks:
+            if accumulator is None:
+                if node.kind == "conv" and self.uses_block_hessian(node):
+                    positions = layer.kernel_size[0] * layer.kernel_size[1]
+                    accumulator = BlockHessianAccumulator(positions, rows.shape[1] // positions)
+                else:
+                    accumulator = HessianAccumulator(rows.shape[1], batch_dtype=dtype)
+            accumulator.update(rows)
+        return accumulator
 
     def _centered(self, hessian: np.ndarray) -> np.ndarray:
         """The Hessian the strategy scores with (the covariance form for ``mtz-centered``)."""
