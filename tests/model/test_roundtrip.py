@@ -265,3 +265,20 @@ def test_loaded_zipped_model_keeps_training_shared_weights_shared(tmp_path):
     ib = [list(out_b).index(u) for u in common]
     np.testing.assert_array_equal(ka[:, ia], kb[:, ib])
     assert not np.array_equal(ka, zipped.get_layer("fc1").get_task_weights(0)[0])
+
+
+def test_zip_record_stays_out_of_keras_attribute_tracking():
+    """A zip layer's record (pairs of thousands of units) is a plain dict, not a tracked one that every
+    read of ``layer.weights`` walks element by element; it still travels in the config."""
+    rng = np.random.default_rng(0)
+    models = (mlp(1), mlp(2))
+    zipped = tfmot_zip.zip_models(*models, calibration_data=tuple(calib(rng, 40, models[0].input_shape[1:]) for _ in models),
+                                  sharing=0.5)
+    layers = [l for l in zipped.layers if isinstance(l, ZipDense) and (l.zip_record or {}).get("pairs")]
+    assert layers
+    for layer in layers:
+        assert type(layer.zip_record) is dict
+        assert not any(hasattr(t, "keys") for t in layer._self_tracked_trackables)  # no tracked dict
+        layer.zip_record = {**layer.zip_record, "note": [1, 2]}  # a later assignment stays plain too
+        assert type(layer.zip_record) is dict and not any(hasattr(t, "keys") for t in layer._self_tracked_trackables)
+        assert type(layer).from_config(layer.get_config()).zip_record == layer.zip_record
