@@ -236,10 +236,7 @@ def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras
     compact = keras.Model.from_config(config)
     for layer in model.layers:
         target = compact.get_layer(layer.name)
-        values = layer.get_weights()
-        if layer.name in plan:
-            values = _compact_weights(layer, target, plan[layer.name])
-        target.set_weights(values)
+        target.set_weights(_compact_weights(layer, target, plan[layer.name]) if layer.name in plan else layer.get_weights())
     return compact
 
 
