@@ -1,5 +1,6 @@
 """BatchNorm re-estimation: enough samples, never a zero variance, Dropout off, reported."""
 import json
+import re
 import warnings
 
 import numpy as np
@@ -9,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 import tfmot_zip
 from builders import calib, tiny_resnet
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.model.batchnorm import MIN_SAMPLES, recalibrate_batchnorm
+from tfmot_zip.model.batchnorm import MIN_SAMPLES, BatchNormUpdate, recalibrate_batchnorm, warn_restored
 
 
 def _bn_model(seed: int, dropout: float = 0.0) -> keras.Model:
@@ -79,11 +80,32 @@ def test_constant_channels_only_are_restored():
     kernel[:, 0] = 0.0  # channel 0 is constant (its bias) whatever the input
     fc.set_weights([kernel, bias])
     x = np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32)
-    with pytest.warns(UserWarning, match="1 channels"):
+    with pytest.warns(UserWarning, match=r"in 1 channel of 1 layer \(bn: 1;"):
         update = recalibrate_batchnorm(model, [x], batch_size=32)
     var = model.get_layer("bn").moving_variance.numpy()
     assert update.restored_channels == {"bn": 1} and var[0] == 2.0
     np.testing.assert_allclose(var[1:], (x @ kernel[:, 1:]).var(0), rtol=0.15)
+
+
+@settings(max_examples=30, deadline=None)
+@given(counts=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), st.integers(1, 500), min_size=1, max_size=40))
+def test_the_degenerate_channel_warning_names_the_worst_layers_and_counts_the_rest(counts):
+    """A network of many BatchNorms (an EfficientNet: 90 layers) gets one readable line: the total,
+    the five layers with the most restored channels, how many more, and where the whole list is."""
+    with pytest.warns(UserWarning) as caught:
+        warn_restored(BatchNormUpdate(updated=list(counts), samples=64, restored_channels=counts))
+    message = str(caught[0].message)
+    total = sum(counts.values())
+    assert f"in {total} channel{'s' if total != 1 else ''} of {len(counts)} layer{'s' if len(counts) != 1 else ''} (" in message
+    worst = sorted(counts, key=lambda n: (-counts[n], n))[:5]
+    rest = len(counts) - len(worst)
+    listed = re.search(r" layers? \((.*?); all of them", message).group(1)
+    if rest:
+        listed, more = listed.rsplit(" and ", 1)
+        assert more == f"{rest} more layer{'s' if rest != 1 else ''}"
+    named = [item.rsplit(": ", 1) for item in listed.split(", ")]
+    assert [(n, int(c)) for n, c in named] == [(n, counts[n]) for n in worst]  # the worst five, no other
+    assert "restored_channels" in message
 
 
 def test_dropout_is_off_while_statistics_are_gathered():

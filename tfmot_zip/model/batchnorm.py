@@ -192,6 +192,9 @@ def recalibrate_batchnorm(
     return update
 
 
+_NAMED_LAYERS = 5  # layers a degenerate-channel warning names (the most channels first)
+
+
 def warn_restored(update: BatchNormUpdate) -> None:
     """Warns when an update kept the trained statistics of degenerate channels (none: silent).
 
@@ -199,10 +202,15 @@ def warn_restored(update: BatchNormUpdate) -> None:
         >>> warn_restored(BatchNormUpdate(updated=["bn"], samples=64))  # nothing restored: no warning
     """
     if update.restored_channels:
+        counts = update.restored_channels
+        named = sorted(counts, key=lambda name: (-counts[name], name))[:_NAMED_LAYERS]
+        plural = lambda k, word: f"{k} {word}{'' if k == 1 else 's'}"
+        more = f" and {plural(len(counts) - len(named), 'more layer')}" if len(counts) > len(named) else ""
         warnings.warn(
             "BatchNorm re-estimation found degenerate (zero or near-zero) variance in "
-            f"{sum(update.restored_channels.values())} channels of {sorted(update.restored_channels)}; those "
-            "channels keep their trained statistics. Constant or all-zero calibration data causes this.",
+            f"{plural(sum(counts.values()), 'channel')} of {plural(len(counts), 'layer')} ({', '.join(f'{n}: {counts[n]}' for n in named)}{more}; "
+            "all of them: restored_channels of the returned update, or zip_summary(zipped).extra['batchnorm']); "
+            "those channels keep their trained statistics. Constant or all-zero calibration data causes this.",
             UserWarning,
             stacklevel=3,
         )
