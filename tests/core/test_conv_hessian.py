@@ -18,9 +18,9 @@ ACCUMULATORS = [ConvHessianAccumulator, PixelGramAccumulator]  # the two exact w
     n=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 3),
     kh=st.integers(1, 4), kw=st.integers(1, 4), dh=st.integers(1, 3), dw=st.integers(1, 3),
     padding=st.sampled_from(["valid", "same"]), block=st.booleans(), split=st.integers(0, 4),
-    seed=st.integers(0, 999),
+    product_rows=st.sampled_from([1, 20, 2048]), seed=st.integers(0, 999),
 )
-def test_equals_the_hessian_of_the_patch_rows(n, h, w, c, kh, kw, dh, dw, padding, block, split, seed):
+def test_equals_the_hessian_of_the_patch_rows(n, h, w, c, kh, kw, dh, dw, padding, block, split, product_rows, seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, h, w, c)) + rng.normal(size=c)  # non-zero means: the bias column matters
     geometry = ((kh, kw), (1, 1), padding, (dh, dw))
@@ -28,7 +28,8 @@ def test_equals_the_hessian_of_the_patch_rows(n, h, w, c, kh, kw, dh, dw, paddin
         with pytest.raises(ValueError, match="does not fit"):
             ConvHessianAccumulator((h, w), c, (kh, kw), padding, (dh, dw))
         return
-    acc = ConvHessianAccumulator((h, w), c, (kh, kw), padding, (dh, dw), block=block, batch_dtype=np.float64)
+    acc = ConvHessianAccumulator((h, w), c, (kh, kw), padding, (dh, dw), block=block, batch_dtype=np.float64,
+                                 product_rows=product_rows)  # 1: one sample at a time
     assert_patch_hessian(acc, x, geometry, block, split)
 
 

@@ -10,13 +10,14 @@ padding). The block of ``sum(patch patch^T)`` that couples kernel positions ``(a
 
 where ``R_ab`` is the window of input pixels that position ``(a, b)`` reads, clipped to the image.
 It depends on the pair only through ``delta`` and the rectangle. The pixel grid is cut into band
-cells at every edge of a rectangle ``R_ab`` and of an offset's valid pixels (those whose partner is
-in the image), and the accumulator keeps, for each of the ``((2kh - 1)(2kw - 1) + 1) / 2`` offsets up
-to sign, the products ``sum x[q] x[q + delta]^T`` summed over the samples and the pixels of each cell.
-At the end every block is a rectangle sum of cells (2-D prefix sums); the negative offsets are the
-transposes, the blocks of ``(a', b'), (a, b)``. One row of a cell, over every sample of a batch, is a
-contiguous slice of the maps stored ``[h, w, n, C]``, so each product is one matrix product without
-a copy.
+cells at every edge of a rectangle ``R_ab``, and the accumulator keeps, for each of the
+``((2kh - 1)(2kw - 1) + 1) / 2`` offsets up to sign, the products ``sum x[q] x[q + delta]^T`` summed
+over the samples and the pixels of each cell, with ``x`` zero outside the image (a pixel whose partner
+falls outside adds nothing). At the end every block is a rectangle sum of cells (2-D prefix sums);
+the negative offsets are the transposes, the blocks of ``(a', b'), (a, b)``. The maps are stored
+``[h, w, n, C]`` with zero padding, so a run of pixels of one row, over the samples, is a contiguous
+slice and each product is one matrix product without a copy; the products of one row for every
+offset are taken together on a few samples, while the rows are still in cache.
 
 No patch row is ever formed: per sample it costs ``offsets * h * w * C^2`` multiply-adds against
 ``(kh * kw * C)^2 * out_h * out_w`` for the patch product (13 against 81 per pixel and channel pair
@@ -43,7 +44,8 @@ class ConvHessianAccumulator(SummedStatistics):
 
     ``block=True`` keeps only the per-kernel-position blocks, as
     :class:`~tfmot_zip.core.hessian.BlockHessianAccumulator` (one offset instead of 13 for 3x3).
-    Each batch's products are taken in ``batch_dtype`` and summed in float64.
+    Each batch's products are taken in ``batch_dtype`` and summed in float64, a few samples at a
+    time: as many as give the products of one row about ``product_rows`` rows.
 
     Example:
         >>> from tfmot_zip.core.hessian import HessianAccumulator, extract_patches
@@ -67,8 +69,10 @@ class ConvHessianAccumulator(SummedStatistics):
         dilation: Sequence[int] = (1, 1),
         block: bool = False,
         batch_dtype: type = np.float32,
+        product_rows: int = 2048,
     ):
         self.spatial = tuple(int(s) for s in spatial)
+        self.product_rows = int(product_rows)
         self.kernel = tuple(int(k) for k in kernel_size)
         self.rate = tuple(int(d) for d in dilation)
         self.channels = int(channels)
@@ -103,16 +107,9 @@ class ConvHessianAccumulator(SummedStatistics):
         lo = k * self.rate[axis] - self.pad[axis]
         return min(max(lo, 0), self.spatial[axis]), min(max(lo + self.out[axis], 0), self.spatial[axis])
 
-    def _valid_range(self, step: int, axis: int) -> tuple[int, int]:
-        """The pixels whose partner at ``step`` kernel steps along ``axis`` lies in the image."""
-        shift, size = step * self.rate[axis], self.spatial[axis]
-        return min(max(0, -shift), size), max(0, min(size, size - shift))
-
     def _band_edges(self, axis: int) -> list[int]:
-        steps = range(-(self.kernel[axis] - 1), self.kernel[axis])
         edges = {0, self.spatial[axis]}
         edges.update(e for k in range(self.kernel[axis]) for e in self._pixel_range(k, axis))
-        edges.update(e for k in steps for e in self._valid_range(k, axis))
         return sorted(edges)
 
     def update(self, images: np.ndarray) -> None:
@@ -122,23 +119,54 @@ class ConvHessianAccumulator(SummedStatistics):
         if x.shape[0] == 0:
             return
         (h, w), (rows, cols), c = self.spatial, self.bounds, self.channels
-        pixels = np.ascontiguousarray(x.astype(self.batch_dtype, copy=False).transpose(1, 2, 0, 3))  # [h, w, n, C]
-        band = np.searchsorted(rows, np.arange(h), side="right") - 1  # the row band of every row
+        widest = int(np.diff(cols).max())
+        step = max(1, self.product_rows // widest)
         products = np.zeros_like(self._products)
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite inputs are refused below
-            for k, (i, j) in enumerate(self.offsets):
-                dr, dc = i * self.rate[0], j * self.rate[1]
-                (r0, r1), (c0, c1) = self._valid_range(i, 0), self._valid_range(j, 1)
-                cells = [(v, cols[v], cols[v + 1]) for v in range(cols.index(c0), cols.index(c1))]
-                for r in range(r0, r1):
-                    # a row's pixels in a column cell, over every sample, are contiguous: no copy
-                    for v, a, b in cells:
-                        left = pixels[r, a:b].reshape(-1, c)
-                        products[k, band[r], v] += left.T @ pixels[r + dr, a + dc : b + dc].reshape(-1, c)
+            for start in range(0, x.shape[0], step):
+                self._add_products(x[start : start + step], products)
         check_finite(np.diagonal(products[0], axis1=2, axis2=3))  # offset (0, 0): every x^2
         self._products += products
-        self._totals += np.add.reduceat(np.add.reduceat(pixels.sum(axis=2, dtype=np.float64), rows[:-1], 0), cols[:-1], 1)
+        self._totals += np.add.reduceat(np.add.reduceat(x.sum(axis=0, dtype=np.float64), rows[:-1], 0), cols[:-1], 1)
         self.count += x.shape[0] * self.out[0] * self.out[1]
+
+    def _add_products(self, x: np.ndarray, products: np.ndarray) -> None:
+        """Adds the cell products of a few samples ``x`` to ``products``.
+
+        The maps are laid out ``[row, column, sample, C]`` with zero padding below and on both sides,
+        so that a partner outside the image reads zeros and a run of pixels of one row, over the
+        samples, is contiguous. The widest column cell is multiplied row by row, once per offset
+        (a few samples at a time, so that the rows stay in cache across the offsets); the columns of
+        the other (narrow) cells are copied out column-major and multiplied a row band at a time."""
+        (h, w), (kh, kw), (rh, rw), c = self.spatial, self.kernel, self.rate, self.channels
+        rows, cols = self.bounds
+        n, side = x.shape[0], (kw - 1) * rw
+        width = w + 2 * side
+        padded = np.zeros((h + (kh - 1) * rh, width, n, c), self.batch_dtype)
+        padded[:h, side : side + w] = x.transpose(1, 2, 0, 3)
+        flat = padded.reshape(-1, c)
+        shifts = [(i * rh, (i * rh * width + j * rw) * n) for i, j in self.offsets]
+        widest = int(np.argmax(np.diff(cols)))
+        a, b = cols[widest], cols[widest + 1]
+        band = np.searchsorted(rows, np.arange(h), side="right") - 1
+        for r in range(h):
+            start = (r * width + side + a) * n
+            left = flat[start : start + (b - a) * n].T
+            for k, (down, shift) in enumerate(shifts):
+                if r + down < h:  # else the partner row is padding
+                    products[k, band[r], widest] += left @ flat[start + shift : start + shift + (b - a) * n]
+        narrow = [col for col in range(w) if not a <= col < b]
+        if narrow:
+            wanted = sorted({col + side + j * rw for col in narrow for j in range(-(kw - 1), kw)})
+            index = {col: q for q, col in enumerate(wanted)}
+            columns = np.ascontiguousarray(padded[:, wanted].transpose(1, 0, 2, 3))  # [column, row, sample, C]
+            for col in narrow:
+                v = int(np.searchsorted(cols, col, side="right")) - 1
+                for u, (r0, r1) in enumerate(zip(rows[:-1], rows[1:])):
+                    left = columns[index[col + side], r0:r1].reshape(-1, c).T
+                    for k, (i, j) in enumerate(self.offsets):
+                        right = columns[index[col + side + j * rw], r0 + i * rh : r1 + i * rh]
+                        products[k, u, v] += left @ right.reshape(-1, c)
 
     def hessian(self) -> np.ndarray:
         """``E[x~ x~^T]`` as a ``[dim + 1, dim + 1]`` float64 matrix, rows ordered as
