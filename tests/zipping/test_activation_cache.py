@@ -4,10 +4,11 @@ from hypothesis import given, settings, strategies as st
 
 import tfmot_zip
 from builders import calib, cnn, tiny_resnet
-from tfmot_zip.compat import keras
+from tfmot_zip.compat import keras, tf
 from tfmot_zip.model.batchnorm import recalibrate_batchnorm
 from tfmot_zip.model.layers import ZIP_LAYERS
-from tfmot_zip.zipping.activations import ActivationCache
+from tfmot_zip.zipping.activations import ActivationCache, shared_tensor
+from tfmot_zip.zipping.spill import ALIGNMENT, SpillPolicy
 
 
 def _zipped(builder, seeds, data, **kw):
@@ -174,3 +175,44 @@ def test_a_chain_over_the_memory_limit_runs_batch_by_batch_and_keeps_only_its_re
     np.testing.assert_allclose(np.asarray(cache.value(0, model.output)), model(data).numpy(), rtol=1e-5, atol=1e-6)
     assert storage.spilled_values == 0 and storage.peak_held == value_bytes  # node by node: the 2nd value spilled
     assert cache.computed_nodes == depth
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 7), min_size=1, max_size=4), dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+       seed=st.integers(0, 99))
+def test_policy_arrays_are_aligned_and_read_in_place_and_never_reused_while_a_tensor_reads_them(shape, dtype, seed):
+    policy = SpillPolicy()
+    array = policy.empty(tuple(shape), dtype)
+    assert array.ctypes.data % ALIGNMENT == 0 and array.shape == tuple(shape) and array.dtype == dtype
+    array[...] = np.random.default_rng(seed).normal(size=shape).astype(dtype)
+    expected = array.copy()
+    tensor = shared_tensor(array)
+    if dtype != np.float32:  # TensorFlow converts (and copies) anything else itself
+        assert tensor is array
+        return
+    array.reshape(-1)[0] = 7.5  # no copy: the tensor reads the array's memory (the cache never writes a stored value)
+    assert tf.reshape(tensor, [-1])[0].numpy() == 7.5
+    array[...] = expected
+    policy.release(array)
+    del array
+    again = policy.empty(tuple(shape), dtype)  # the tensor still reads the old buffer: new memory
+    again[...] = -1
+    np.testing.assert_array_equal(tensor.numpy(), expected)
+    del tensor
+    policy.release(again)
+    del again
+    assert policy.empty(tuple(shape), dtype).ctypes.data % ALIGNMENT == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(offset=st.integers(1, 15), seed=st.integers(0, 99))
+def test_arrays_tensorflow_cannot_read_in_place_are_left_to_its_conversion(offset, seed):
+    raw = np.random.default_rng(seed).normal(size=64 + 4 * 16).astype(np.float32)
+    start = (-raw.ctypes.data % ALIGNMENT) // 4
+    misaligned = raw[start + offset : start + offset + 64]  # 4 * offset bytes past a 64-byte boundary
+    readonly = raw[start : start + 64].copy()
+    readonly.flags.writeable = False
+    strided = raw[start : start + 128 : 2]
+    for value in (misaligned, readonly, strided):
+        assert shared_tensor(value) is value
+        np.testing.assert_array_equal(tf.convert_to_tensor(shared_tensor(value)).numpy(), value)

@@ -29,7 +29,7 @@ cuts it into such runs. Values are numpy arrays, tf tensors or
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from tfmot_zip.model.layers import ZIP_LAYERS, ZipLayerMixin
 from tfmot_zip.zipping.distribute import Replicas
 from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy, as_array, sample_bytes
 
-__all__ = ["ActivationCache"]
+__all__ = ["ActivationCache", "shared_tensor"]
 
 
 class ActivationCache:
@@ -187,6 +187,7 @@ class ActivationCache:
         kwargs_extra = {"training": False} if getattr(layer, "_expects_training_arg", False) else {}
 
         def compute(feeds: list) -> list:
+            feeds = [shared_tensor(v) for v in feeds]
             args, kwargs = node.map_arguments({tid: [v] * n for (tid, n), v in zip(uses.items(), feeds)})
             return tf.nest.flatten(layer(*args, **kwargs, **kwargs_extra))
 
@@ -197,7 +198,7 @@ class ActivationCache:
         that order; split across replicas as :meth:`_node_call`) with their gathered ``weights``;
         returns their outputs."""
         def compute(feeds: list) -> list:
-            inputs = dict(zip(tasks, (tf.convert_to_tensor(v, tf.float32) for v in feeds)))
+            inputs = dict(zip(tasks, (tf.convert_to_tensor(shared_tensor(v), tf.float32) for v in feeds)))
             return node.layer.task_outputs(inputs, tasks, weights)
 
         return lambda feeds: self.replicas.run(compute, feeds)
@@ -293,7 +294,7 @@ class ActivationCache:
         batches = 0
         for start in range(0, count, self.batch_size):
             chunk = inputs[start : min(start + self.batch_size, count)]
-            mean, var = tf.nn.moments(chunk, axes=reduce)
+            mean, var = tf.nn.moments(shared_tensor(chunk), axes=reduce)
             if getattr(layer, "fused", False):  # the fused kernel's batch variance is the unbiased one
                 n = int(np.prod([chunk.shape[a] for a in reduce]))
                 var = var * (n / max(n - 1, 1))
@@ -396,6 +397,18 @@ def _per_task(node) -> bool:
     by task (:meth:`~tfmot_zip.model.layers.ZipLayerMixin.task_outputs`): one output per input, float32."""
     return (isinstance(node.layer, (*ZIP_LAYERS, ZipDepthwiseConv2D)) and node.layer.compute_dtype == "float32"
             and len(node.flat_output_ids) == len(node.flat_input_ids))
+
+
+def shared_tensor(value: Any) -> Any:
+    """``value`` as a tf tensor sharing its memory when it is a float32 numpy array TensorFlow can
+    read in place (C-contiguous, writeable, 64-byte aligned: :meth:`SpillPolicy.empty` allocates
+    so), through DLPack; anything else unchanged (TensorFlow copies every array it converts).
+    The cache never writes a value's array after it is stored, and a buffer a tensor still refers
+    to is not reused (:meth:`SpillPolicy.empty` counts references)."""
+    if (type(value) is np.ndarray and value.dtype == np.float32 and value.size and value.flags.c_contiguous
+            and value.flags.writeable and value.ctypes.data % 64 == 0):
+        return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+    return value
 
 
 def _whole(value):

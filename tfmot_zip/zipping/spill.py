@@ -29,6 +29,9 @@ __all__ = ["FREE_BYTES_UNLIMITED", "SpillPolicy", "SpilledArray", "as_array", "d
 
 # Released value buffers a policy without a memory limit keeps for reuse (see SpillPolicy.empty).
 FREE_BYTES_UNLIMITED = 512 << 20
+# Byte alignment of the arrays :meth:`SpillPolicy.empty` makes: TensorFlow can read 64-byte aligned
+# memory in place (tfmot_zip.zipping.activations.shared_tensor); it copies every other array.
+ALIGNMENT = 64
 
 
 def sample_bytes(value: Any) -> int:
@@ -333,13 +336,14 @@ class SpillPolicy:
         size = int(np.prod(shape)) * dtype.itemsize
         for i in range(len(self._free)):
             # references: the free list and getrefcount's argument (no view of it anywhere else)
-            if self._free[i].nbytes == size and sys.getrefcount(self._free[i]) <= 2:
+            if self._free[i].nbytes == size + ALIGNMENT and sys.getrefcount(self._free[i]) <= 2:
                 buffer = self._free.pop(i)
                 break
         else:
-            buffer = np.empty(size, np.uint8)
+            buffer = np.empty(size + ALIGNMENT, np.uint8)
         self._issued[id(buffer)] = buffer
-        return buffer.view(dtype).reshape(shape)
+        start = -buffer.ctypes.data % ALIGNMENT  # aligned: TensorFlow reads the array in place
+        return buffer[start : start + size].view(dtype).reshape(shape)
 
     def recycle(self, array: np.ndarray) -> None:
         """Returns the buffer of an array made by :meth:`empty` to the free buffers (anything else is
@@ -347,14 +351,14 @@ class SpillPolicy:
         dropped first (without a limit, at most :data:`FREE_BYTES_UNLIMITED` are kept).
 
         Example:
-            >>> policy = SpillPolicy(memory_bytes=64)
-            >>> policy.recycle(policy.empty((4, 2), np.float32))  # 32 bytes: kept for reuse
+            >>> policy = SpillPolicy(memory_bytes=256)
+            >>> policy.recycle(policy.empty((4, 2), np.float32))  # 32 bytes (96 with the alignment slack): kept
             >>> policy.recycle(np.zeros(8, np.float32))           # not the policy's: ignored
             >>> [b.nbytes for b in policy._free]
-            [32]
-            >>> policy.recycle(policy.empty((20,), np.float32))   # 80 bytes: could never be kept, dropped
+            [96]
+            >>> policy.recycle(policy.empty((80,), np.float32))   # 384 bytes: could never be kept, dropped
             >>> [b.nbytes for b in policy._free]
-            [32]
+            [96]
         """
         root = array
         while isinstance(root.base, np.ndarray):
