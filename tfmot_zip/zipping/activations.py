@@ -292,12 +292,18 @@ class ActivationCache:
         mean_sum = np.zeros([int(inputs.shape[a]) for a in axes])
         var_sum = np.zeros_like(mean_sum)
         batches = 0
+        fused = getattr(layer, "fused", False)  # the fused kernel's batch variance is the unbiased one
+        channels_last = len(inputs.shape) == 4 and axes == [3] and inputs.dtype == np.float32
         for start in range(0, count, self.batch_size):
-            chunk = inputs[start : min(start + self.batch_size, count)]
-            mean, var = tf.nn.moments(shared_tensor(chunk), axes=reduce)
-            if getattr(layer, "fused", False):  # the fused kernel's batch variance is the unbiased one
-                n = int(np.prod([chunk.shape[a] for a in reduce]))
-                var = var * (n / max(n - 1, 1))
+            chunk = shared_tensor(inputs[start : min(start + self.batch_size, count)])
+            if fused and channels_last:  # that kernel itself: one pass, no temporary of the squares
+                c = int(inputs.shape[3])
+                _, mean, var = tf.compat.v1.nn.fused_batch_norm(chunk, tf.ones([c]), tf.zeros([c]), is_training=True)
+            else:
+                mean, var = tf.nn.moments(chunk, axes=reduce)
+                if fused:
+                    n = int(np.prod([chunk.shape[a] for a in reduce]))
+                    var = var * (n / max(n - 1, 1))
             mean_sum += mean.numpy().astype(np.float64)
             var_sum += var.numpy().astype(np.float64)
             batches += 1
