@@ -13,7 +13,7 @@ It depends on the pair only through ``delta`` and the rectangle. The pixel grid 
 cells at every edge of a rectangle ``R_ab``, and the accumulator keeps, for each of the
 ``((2kh - 1)(2kw - 1) + 1) / 2`` offsets up to sign, the products ``sum x[q] x[q + delta]^T`` summed
 over the samples and the pixels of each cell, with ``x`` zero outside the image (a pixel whose partner
-falls outside adds nothing). At the end every block is a rectangle sum of cells (2-D prefix sums);
+falls outside adds nothing). At the end every block is the sum of the cells of a rectangle;
 the negative offsets are the transposes, the blocks of ``(a', b'), (a, b)``. The maps are stored
 ``[h, w, n, C]`` with zero padding, so a run of pixels of one row, over the samples, is a contiguous
 slice and each product is one matrix product without a copy; the products of one row for every
@@ -175,39 +175,28 @@ class ConvHessianAccumulator(SummedStatistics):
             raise ValueError("No layer inputs were accumulated; pass non-empty calibration data.")
         kh, kw = self.kernel
         c, n = self.channels, float(self.count)
-        prefix = {o: _prefix_sums(self._products[k]) for k, o in enumerate(self.offsets)}
+        offsets = {o: k for k, o in enumerate(self.offsets)}
         band = [{e: i for i, e in enumerate(b)} for b in self.bounds]
         rows = [tuple(band[0][e] for e in self._pixel_range(a, 0)) for a in range(kh)]
         cols = [tuple(band[1][e] for e in self._pixel_range(b, 1)) for b in range(kw)]
         h = np.zeros((self.dim + 1, self.dim + 1))
-        positions = [(a, b) for a in range(kh) for b in range(kw)]
-        for p, (a, b) in enumerate(positions):
-            for q, (a2, b2) in enumerate(positions):
-                offset = (a2 - a, b2 - b)
-                if offset not in prefix:  # its transpose is the block (q, p)
+        # a kernel position whose rectangle is empty reads only padding: its rows and columns stay 0
+        positions = [(p, a, b) for p, (a, b) in enumerate((a, b) for a in range(kh) for b in range(kw))
+                     if rows[a][0] < rows[a][1] and cols[b][0] < cols[b][1]]
+        for p, a, b in positions:
+            (r0, r1), (c0, c1) = rows[a], cols[b]
+            for q, a2, b2 in positions:
+                k = offsets.get((a2 - a, b2 - b))
+                if k is None:  # its transpose is the block (q, p)
                     continue
-                block = _rectangle(prefix[offset], rows[a], cols[b]) / n
+                block = self._products[k, r0:r1, c0:c1].sum(axis=(0, 1)) / n  # the rectangle's cells
                 h[p * c : (p + 1) * c, q * c : (q + 1) * c] = block
                 h[q * c : (q + 1) * c, p * c : (p + 1) * c] = block.T
-        if not self.block:
-            totals = _prefix_sums(self._totals)
-            for p, (a, b) in enumerate(positions):
-                mean = _rectangle(totals, rows[a], cols[b]) / n
+            if not self.block:
+                mean = self._totals[r0:r1, c0:c1].sum(axis=(0, 1)) / n
                 h[p * c : (p + 1) * c, self.dim] = mean
                 h[self.dim, p * c : (p + 1) * c] = mean
         h[self.dim, self.dim] = 1.0
         return h
 
 
-def _prefix_sums(values: np.ndarray) -> np.ndarray:
-    """``S[r, c] = values[:r, :c].sum((0, 1))`` over band cells (a leading zero row and column)."""
-    out = np.zeros((values.shape[0] + 1, values.shape[1] + 1) + values.shape[2:])
-    np.cumsum(values, axis=0, out=out[1:, 1:])
-    np.cumsum(out[1:, 1:], axis=1, out=out[1:, 1:])
-    return out
-
-
-def _rectangle(prefix: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    """The sum of the cells ``rows[0] <= r < rows[1]``, ``cols[0] <= c < cols[1]``."""
-    (r0, r1), (c0, c1) = rows, cols
-    return prefix[r1, c1] - prefix[r0, c1] - prefix[r1, c0] + prefix[r0, c0]
