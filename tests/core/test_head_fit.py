@@ -59,7 +59,10 @@ def test_refit_reaches_the_minimum_newtons_method_finds(n, d, k, loss, damping, 
     expected = _newton(x, targets, prior, lam, loss)
     got = np.vstack([got_kernel, got_bias[None]]) if bias else got_kernel
     best, reached = _objective(x, expected, targets, prior, lam, loss), _objective(x, got, targets, prior, lam, loss)
-    assert reached <= best + 1e-6 * n  # per sample within 1e-6 of the minimum
+    # per sample within 1e-5 of the minimum: the solver stops at a per-sample gradient of 1e-4 (as
+    # scikit-learn), which leaves up to ~1e-6 per sample on a nearly flat problem (4 samples, 4
+    # features, 4 classes, damping 1e-3 left 1.2e-6); a wrong solution is off by far more
+    assert reached <= best + 1e-5 * n
     np.testing.assert_allclose(got, expected, atol=2e-2 * max(1.0, np.abs(expected).max()))
     assert (got_bias is None) == (not bias)
 
