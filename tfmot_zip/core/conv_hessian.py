@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from tfmot_zip.core.hessian import check_finite, check_maps, pad_amounts, conv_output_shape
 from tfmot_zip.core.linalg import SummedStatistics
@@ -145,16 +146,27 @@ class ConvHessianAccumulator(SummedStatistics):
         padded = np.zeros((h + (kh - 1) * rh, width, n, c), self.batch_dtype)
         padded[:h, side : side + w] = x.transpose(1, 2, 0, 3)
         flat = padded.reshape(-1, c)
-        shifts = [(i * rh, (i * rh * width + j * rw) * n) for i, j in self.offsets]
         widest = int(np.argmax(np.diff(cols)))
         a, b = cols[widest], cols[widest + 1]
+        length = (b - a) * n
         band = np.searchsorted(rows, np.arange(h), side="right") - 1
+        # the offsets of one row shift i, partners one kernel column apart: one strided stack each
+        groups = []
+        for i in range(kh):
+            ks = [k for k, (di, _) in enumerate(self.offsets) if di == i]
+            if not ks:  # block=True: the offset (0, 0) only
+                continue
+            first = (i * rh * width + self.offsets[ks[0]][1] * rw) * n
+            groups.append((ks[0], ks[-1] + 1, i * rh, first))
+        item = flat.itemsize
         for r in range(h):
             start = (r * width + side + a) * n
-            left = flat[start : start + (b - a) * n].T
-            for k, (down, shift) in enumerate(shifts):
+            left = flat[start : start + length].T
+            for k0, k1, down, first in groups:
                 if r + down < h:  # else the partner row is padding
-                    products[k, band[r], widest] += left @ flat[start + shift : start + shift + (b - a) * n]
+                    partners = as_strided(flat[start + first :], shape=(k1 - k0, length, c),
+                                          strides=(rw * n * c * item, c * item, item), writeable=False)
+                    products[k0:k1, band[r], widest] += np.matmul(left, partners)
         narrow = [col for col in range(w) if not a <= col < b]
         if narrow:
             wanted = sorted({col + side + j * rw for col in narrow for j in range(-(kw - 1), kw)})
