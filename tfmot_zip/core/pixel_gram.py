@@ -33,8 +33,11 @@ PIXEL_GRAM_MAX_DIM = 4096
 # 784- to 1,176-wide rows runs ~1.5e11 multiply-adds/s (counting n d^2) plus ~5e7 of its d^2 entries
 # per second (sums, reading the Hessian out); shifted products of C channels ~1e9 C multiply-adds/s
 # (C = 16: 1.6e10, C = 64: 6.5e10); patch rows ~3e10 multiply-adds/s for their product plus ~1.2e8
-# (row, kernel position) runs gathered per second.
+# (row, kernel position) runs gathered per second. A sample of patch rows drawn from the whole set
+# (session 21, 200,000 rows of widths 25 to 1,152, least squares): ~3.2e-7 s per row, ~3.4e-9 s per
+# value gathered, and its product at ~2.3e11 multiply-adds/s.
 _GRAM_SPEED, _GRAM_ENTRY_SPEED, _SHIFT_SPEED, _ROW_SPEED, _GATHER_SPEED = 1.5e11, 5e7, 1e9, 3e10, 1.2e8
+_SAMPLED_ROW, _SAMPLED_VALUE, _SAMPLED_SPEED = 3.2e-7, 3.4e-9, 2.3e11
 
 CONV_HESSIAN_METHODS = ("pixel_gram", "shifted_products", "patch_rows", "sampled_rows")
 
@@ -56,7 +59,9 @@ def conv_hessian_plan(samples: int, spatial: Sequence[int], channels: int, kerne
         'pixel_gram'
         >>> conv_hessian_plan(500, (32, 32), 16, (3, 3), padding="same")[0]      # a CIFAR ResNet's first stage
         'shifted_products'
-        >>> conv_hessian_plan(10_000, (28, 28), 1, (5, 5), padding="same", max_rows=200_000)[0]
+        >>> conv_hessian_plan(10_000, (28, 28), 1, (5, 5), padding="same", max_rows=200_000)[0]  # LeNet-5's first
+        'pixel_gram'
+        >>> conv_hessian_plan(2048, (32, 32), 3, (7, 7), (2, 2), "same", max_rows=200_000)[0]  # ResNet50's first
         'sampled_rows'
     """
     (h, w), (kh, kw), c = (int(s) for s in spatial), (int(k) for k in kernel_size), int(channels)
@@ -73,7 +78,7 @@ def conv_hessian_plan(samples: int, spatial: Sequence[int], channels: int, kerne
     exact = min(costs, key=costs.get)
     if max_rows is None or rows <= max_rows:
         return exact, costs
-    costs["sampled_rows"] = max_rows * (width * width / _ROW_SPEED + kh * kw / _GATHER_SPEED)
+    costs["sampled_rows"] = max_rows * (_SAMPLED_ROW + width * _SAMPLED_VALUE + width * width / _SAMPLED_SPEED)
     return (exact if costs[exact] <= costs["sampled_rows"] else "sampled_rows"), costs
 
 
