@@ -119,7 +119,7 @@ class ConvHessianAccumulator(SummedStatistics):
         x = check_maps(images, self.spatial, self.channels)
         if x.shape[0] == 0:
             return
-        (h, w), (rows, cols), c = self.spatial, self.bounds, self.channels
+        rows, cols = self.bounds
         widest = int(np.diff(cols).max())
         step = max(1, self.product_rows // widest)
         products = np.zeros_like(self._products)

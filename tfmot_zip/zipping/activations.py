@@ -38,7 +38,7 @@ from tfmot_zip.model.batchnorm import MIN_SAMPLES, BatchNormUpdate, degenerate_c
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZIP_LAYERS, ZipLayerMixin
 from tfmot_zip.zipping.distribute import Replicas
-from tfmot_zip.zipping.spill import SpilledArray, SpillPolicy, as_array, sample_bytes
+from tfmot_zip.zipping.spill import ALIGNMENT, SpilledArray, SpillPolicy, as_array, sample_bytes
 
 __all__ = ["ActivationCache", "shared_tensor"]
 
@@ -407,12 +407,25 @@ def _per_task(node) -> bool:
 
 def shared_tensor(value: Any) -> Any:
     """``value`` as a tf tensor sharing its memory when it is a float32 numpy array TensorFlow can
-    read in place (C-contiguous, writeable, 64-byte aligned: :meth:`SpillPolicy.empty` allocates
-    so), through DLPack; anything else unchanged (TensorFlow copies every array it converts).
-    The cache never writes a value's array after it is stored, and a buffer a tensor still refers
-    to is not reused (:meth:`SpillPolicy.empty` counts references)."""
+    read in place (C-contiguous, writeable, aligned to :data:`~tfmot_zip.zipping.spill.ALIGNMENT`
+    bytes, as :meth:`SpillPolicy.empty` allocates), through DLPack; anything else unchanged
+    (TensorFlow copies every array it converts). The cache never writes a value's array after it is
+    stored, and a buffer a tensor still refers to is not reused (:meth:`SpillPolicy.empty` counts
+    references).
+
+    Example:
+        >>> policy = SpillPolicy()
+        >>> array = policy.empty((2, 3), np.float32)
+        >>> array[...] = 1.0
+        >>> tensor = shared_tensor(array)
+        >>> array[0, 0] = 5.0  # the tensor reads the array's memory
+        >>> float(tensor[0, 0])
+        5.0
+        >>> shared_tensor(np.zeros(3, np.int64)).dtype  # not float32: left to TensorFlow's conversion
+        dtype('int64')
+    """
     if (type(value) is np.ndarray and value.dtype == np.float32 and value.size and value.flags.c_contiguous
-            and value.flags.writeable and value.ctypes.data % 64 == 0):
+            and value.flags.writeable and value.ctypes.data % ALIGNMENT == 0):
         return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
     return value
 

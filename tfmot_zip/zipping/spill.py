@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FREE_BYTES_UNLIMITED", "SpillPolicy", "SpilledArray", "as_array", "default_batch_bytes", "nbytes", "sample_bytes"]
+__all__ = ["ALIGNMENT", "FREE_BYTES_UNLIMITED", "SpillPolicy", "SpilledArray", "as_array", "default_batch_bytes", "nbytes", "sample_bytes"]
 
 # Released value buffers a policy without a memory limit keeps for reuse (see SpillPolicy.empty).
 FREE_BYTES_UNLIMITED = 512 << 20
