@@ -95,10 +95,24 @@ class ConvHessianAccumulator(SummedStatistics):
         ]  # in kernel steps, up to sign
         self.dim = kh * kw * self.channels
         self.batch_dtype = np.dtype(batch_dtype)
-        # The pixel grid is cut into bands at every edge of a rectangle R_ab and of an offset's
-        # valid pixels (those whose partner lies in the image); the sums are kept per band cell.
+        # The pixel grid is cut into bands at every edge of a rectangle R_ab; the sums are kept per
+        # band cell (a partner outside the image reads the zero padding).
         self.bounds = [self._band_edges(axis) for axis in (0, 1)]
         cells = tuple(len(b) - 1 for b in self.bounds)
+        # The loop's geometry (see _add_products): the widest column cell, taken row by row; the
+        # other (narrow) cells' columns with their cell; every row's band; the offsets of each row
+        # shift, consecutive in self.offsets, as ranges (k0, k1, shift).
+        rows, cols = self.bounds
+        self._widest = int(np.argmax(np.diff(cols)))
+        a, b = cols[self._widest], cols[self._widest + 1]
+        self._narrow = [(col, int(np.searchsorted(cols, col, side="right")) - 1) for col in range(self.spatial[1])
+                        if not a <= col < b]
+        self._row_band = np.searchsorted(rows, np.arange(self.spatial[0]), side="right") - 1
+        side, kw, rw = (self.kernel[1] - 1) * self.rate[1], self.kernel[1], self.rate[1]
+        # the padded columns the narrow cells read (theirs and their partners'), in order
+        self._narrow_columns = sorted({col + side + j * rw for col, _ in self._narrow for j in range(-(kw - 1), kw)})
+        shifts = [di for di, _ in self.offsets]
+        self._row_groups = [(shifts.index(i), len(shifts) - shifts[::-1].index(i), i) for i in sorted(set(shifts))]
         self._products = np.zeros((len(self.offsets),) + cells + (self.channels, self.channels))
         self._totals = np.zeros(cells + (self.channels,))
         self.count = 0  # patch rows: samples * out_h * out_w
@@ -120,8 +134,7 @@ class ConvHessianAccumulator(SummedStatistics):
         if x.shape[0] == 0:
             return
         rows, cols = self.bounds
-        widest = int(np.diff(cols).max())
-        step = max(1, self.product_rows // widest)
+        step = max(1, self.product_rows // int(cols[self._widest + 1] - cols[self._widest]))
         products = np.zeros_like(self._products)
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite inputs are refused below
             for start in range(0, x.shape[0], step):
@@ -146,18 +159,11 @@ class ConvHessianAccumulator(SummedStatistics):
         padded = np.zeros((h + (kh - 1) * rh, width, n, c), self.batch_dtype)
         padded[:h, side : side + w] = x.transpose(1, 2, 0, 3)
         flat = padded.reshape(-1, c)
-        widest = int(np.argmax(np.diff(cols)))
+        widest = self._widest
         a, b = cols[widest], cols[widest + 1]
         length = (b - a) * n
-        band = np.searchsorted(rows, np.arange(h), side="right") - 1
-        # the offsets of one row shift i, partners one kernel column apart: one strided stack each
-        groups = []
-        for i in range(kh):
-            ks = [k for k, (di, _) in enumerate(self.offsets) if di == i]
-            if not ks:  # block=True: the offset (0, 0) only
-                continue
-            first = (i * rh * width + self.offsets[ks[0]][1] * rw) * n
-            groups.append((ks[0], ks[-1] + 1, i * rh, first))
+        # the offsets of one row shift, partners one kernel column apart: one strided stack each
+        groups = [(k0, k1, i * rh, (i * rh * width + self.offsets[k0][1] * rw) * n) for k0, k1, i in self._row_groups]
         item = flat.itemsize
         for r in range(h):
             start = (r * width + side + a) * n
@@ -166,14 +172,11 @@ class ConvHessianAccumulator(SummedStatistics):
                 if r + down < h:  # else the partner row is padding
                     partners = as_strided(flat[start + first :], shape=(k1 - k0, length, c),
                                           strides=(rw * n * c * item, c * item, item), writeable=False)
-                    products[k0:k1, band[r], widest] += np.matmul(left, partners)
-        narrow = [col for col in range(w) if not a <= col < b]
-        if narrow:
-            wanted = sorted({col + side + j * rw for col in narrow for j in range(-(kw - 1), kw)})
-            index = {col: q for q, col in enumerate(wanted)}
-            columns = np.ascontiguousarray(padded[:, wanted].transpose(1, 0, 2, 3))  # [column, row, sample, C]
-            for col in narrow:
-                v = int(np.searchsorted(cols, col, side="right")) - 1
+                    products[k0:k1, self._row_band[r], widest] += np.matmul(left, partners)
+        if self._narrow:
+            index = {col: q for q, col in enumerate(self._narrow_columns)}
+            columns = np.ascontiguousarray(padded[:, self._narrow_columns].transpose(1, 0, 2, 3))  # [column, row, sample, C]
+            for col, v in self._narrow:
                 for u, (r0, r1) in enumerate(zip(rows[:-1], rows[1:])):
                     left = columns[index[col + side], r0:r1].reshape(-1, c).T
                     for k, (i, j) in enumerate(self.offsets):
