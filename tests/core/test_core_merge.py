@@ -243,6 +243,62 @@ def test_block_diagonal_hessians_give_the_brute_force_costs_and_updates(sizes, s
     np.testing.assert_array_equal(new_a[1], w_a[1])
 
 
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=12), seed=st.integers(0, 2**31 - 1),
+       dead_fraction=st.sampled_from([0.0, 0.5, 0.9]), scale=st.sampled_from([1e-4, 1.0, 1e4]),
+       n_a=st.integers(1, 5), n_b=st.integers(1, 5), permute_a=st.booleans(), permute_b=st.booleans(),
+       shift=st.sampled_from([0.0, 5e-3]))
+def test_sides_holding_hessians_merge_as_the_brute_force_without_inverses(
+        sizes, seed, dead_fraction, scale, n_a, n_b, permute_a, permute_b, shift):
+    """Every coordinate shared (in any order on either side), Hessians block diagonal or dense, of very
+    different scales: the factorised metric and update (no inverse computed) give the constrained
+    minimum solved by KKT, and both neurons of a pair end equal. A side's damping (``shift``) counts as
+    part of its Hessian."""
+    from tfmot_zip.core.merge import _factorised
+
+    rng = np.random.default_rng(seed)
+    d = sum(sizes)
+    h_a = _block_hessian(rng, sizes, rng.random(d) < dead_fraction)
+    h_b = scale * _block_hessian(rng, sizes, rng.random(d) < dead_fraction)
+    idx_a = rng.permutation(d) if permute_a else np.arange(d)
+    idx_b = rng.permutation(d) if permute_b else np.arange(d)
+    w_a, w_b = rng.normal(size=(n_a, d)), rng.normal(size=(n_b, d))
+    eye = np.eye(d)
+    side_a = MergeSide.from_hessian(w_a, h_a - shift * eye, idx_a, shift)
+    side_b = MergeSide.from_hessian(w_b, h_b - scale * shift * eye, idx_b, scale * shift)
+    assert _factorised(side_a, side_b) is not None
+    costs = merge_cost_matrix(side_a, side_b)
+    k = min(n_a, n_b)
+    rows, cols = rng.permutation(n_a)[:k], rng.permutation(n_b)[:k]
+    new_a, new_b = apply_merge(side_a, side_b, rows, cols, snap=False)
+    assert "inverse" not in side_a._cache and "inverse" not in side_b._cache  # nothing was inverted
+    for i, j in zip(rows, cols):
+        value, a_star, b_star = brute_force_merge(w_a[i], w_b[j], h_a, h_b, idx_a, idx_b)
+        assert costs[i, j] == pytest.approx(value, rel=1e-6, abs=1e-9 * max(1.0, scale))
+        np.testing.assert_allclose(new_a[i], a_star, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(new_b[j], b_star, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(new_a[i, idx_a], new_b[j, idx_b], rtol=1e-12, atol=1e-12)
+    # the same sides through their inverses (computed on request) give the same costs
+    inverse_a = MergeSide.from_hessian_inverse(w_a, side_a.hessian_inverse, idx_a)
+    inverse_b = MergeSide.from_hessian_inverse(w_b, side_b.hessian_inverse, idx_b)
+    assert _factorised(inverse_a, inverse_b) is None
+    np.testing.assert_allclose(costs, merge_cost_matrix(inverse_a, inverse_b), rtol=1e-6, atol=1e-9 * max(1.0, scale))
+
+
+def test_sides_holding_hessians_that_share_only_some_coordinates_use_the_inverses():
+    rng = np.random.default_rng(3)
+    h_a, h_b = random_spd(rng, 6), random_spd(rng, 6)
+    w_a, w_b = rng.normal(size=(2, 6)), rng.normal(size=(2, 6))
+    idx = np.array([4, 0, 2])
+    side_a, side_b = MergeSide.from_hessian(w_a, h_a, idx), MergeSide.from_hessian(w_b, h_b, idx)
+    costs = merge_cost_matrix(side_a, side_b)
+    new_a, new_b = apply_merge(side_a, side_b, [1], [0], snap=False)
+    value, a_star, b_star = brute_force_merge(w_a[1], w_b[0], h_a, h_b, idx, idx)
+    assert costs[1, 0] == pytest.approx(value, rel=1e-8)
+    np.testing.assert_allclose(new_a[1], a_star, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(new_b[0], b_star, rtol=1e-8, atol=1e-10)
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 30), positions=st.integers(1, 4), channels=st.integers(1, 5), seed=st.integers(0, 10**6),
        bad=st.sampled_from([np.nan, np.inf, -np.inf]), dtype=st.sampled_from([np.float32, np.float64]))

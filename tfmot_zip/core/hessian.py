@@ -241,18 +241,41 @@ def _check_damping(damping: float) -> None:
         raise ValueError(f"Expected a finite non-negative damping. Received: damping={damping!r}")
 
 
+def _check_finite_hessian(h: np.ndarray) -> None:
+    if not np.all(np.isfinite(h)):
+        raise SingularHessianError("The layer Hessian has NaN or inf entries; check the inputs.")
+
+
+def damping_shift(hessian: np.ndarray, damping: float = 1e-4) -> float:
+    """``damping * mean(diag H)``: what :func:`damped` adds to the diagonal.
+
+    Raises:
+        SingularHessianError: the Hessian has NaN or inf entries.
+
+    Example:
+        >>> damping_shift(np.diag([1.0, 3.0]), 0.5)
+        1.0
+    """
+    _check_damping(damping)
+    h = np.asarray(hessian)
+    _check_finite_hessian(h)
+    return damping * float(np.mean(np.diag(h)))
+
+
 def damped(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
     """``H + damping * mean(diag H) * I``: makes rank-deficient layer Hessians invertible.
+
+    Raises:
+        SingularHessianError: the Hessian has NaN or inf entries.
 
     Example:
         >>> damped(np.eye(2), 0.5)
         array([[1.5, 0. ],
                [0. , 1.5]])
     """
-    _check_damping(damping)
+    shift = damping_shift(hessian, damping)
     h = np.array(hessian, dtype=np.float64)
-    scale = float(np.mean(np.diag(h)))
-    h[np.diag_indices_from(h)] += damping * scale
+    h[np.diag_indices_from(h)] += shift
     return h
 
 
@@ -268,12 +291,10 @@ def invert_hessian(hessian: np.ndarray, damping: float = 1e-4) -> np.ndarray:
         array([[0.5 , 0.  ],
                [0.  , 0.25]])
     """
-    _check_damping(damping)
     h = np.asarray(hessian, dtype=np.float64)
-    if not np.all(np.isfinite(h)):
-        raise SingularHessianError("The layer Hessian has NaN or inf entries; check the inputs.")
+    shift = damping_shift(h, damping)
     try:
-        inverse = spd_inverse(h, shift=damping * float(np.mean(np.diag(h))))  # the damped matrix, never copied whole
+        inverse = spd_inverse(h, shift=shift)  # the damped matrix, never copied whole
     except np.linalg.LinAlgError as err:
         raise SingularHessianError(
             f"The layer Hessian ({h.shape[0]}x{h.shape[0]}) is singular even with "

@@ -8,6 +8,13 @@ from its inverse layer Hessian: ``G = P H^-1 P^T`` (``[s, s]``) and ``U = H^-1 P
 Sharing neuron ``i`` of A with neuron ``j`` of B under the constraint ``P a_i == P b_j`` costs
 ``dE(i, j) = 1/2 d^T M d`` with ``d = P (a_i - b_j)`` and ``M = (G_A + G_B)^-1``; the minimising
 update is ``a_i -= U_A M d`` and ``b_j += U_B M d``.
+
+When every coordinate of both sides is shared (``P`` a permutation: the usual case of two models at
+full sharing) and the sides hold their damped Hessians rather than inverses (:meth:`MergeSide.from_hessian`),
+no Hessian is inverted. In the shared order, with ``S = H_A + H_B = L L^T``, ``M = (H_A^-1 + H_B^-1)^-1
+= H_A - X^T X`` where ``X = L^-1 H_A``, and the update moves both sides to ``a_i - S^-1 H_B d``
+(``H_A^-1 M = S^-1 H_B``): one Cholesky factor, one triangular solve and one symmetric product per
+layer instead of three inverses.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from scipy.linalg import blas, cho_solve, lapack, solve_triangular
+
 from tfmot_zip.core.linalg import block_diagonal_product, blocks_product, coalesce_blocks, diagonal_blocks, spd_inverse
 
 __all__ = ["MergeSide", "merge_metric", "merge_cost_matrix", "pair_cost", "apply_merge"]
@@ -31,18 +40,28 @@ class MergeSide:
         g: ``[s, s]`` block ``P H^-1 P^T`` (for a side serving several tasks, their sum).
         hessian_inverse: ``[d, d]`` the side's (damped) inverse Hessian ``H^-1``; the update
             operator is ``u = H^-1 P^T``.
+        hessian: ``[d, d]`` the side's Hessian when the side was built from it (:meth:`from_hessian`;
+            ``g`` and ``hessian_inverse`` are then computed only if asked for), else None; the damped
+            Hessian is ``hessian + shift * I``.
+        shift: the damping added to ``hessian``'s diagonal.
 
     Example:
         >>> h_inv = np.eye(3)
         >>> side = MergeSide.from_hessian_inverse(np.ones((2, 3)), h_inv, [0, 2])
         >>> side.g.shape, side.u.shape
         ((2, 2), (3, 2))
+        >>> lazy = MergeSide.from_hessian(np.ones((2, 3)), 2.0 * np.eye(3), [0, 2])
+        >>> lazy.g  # inverted on first use
+        array([[0.5, 0. ],
+               [0. , 0.5]])
     """
 
     weights: np.ndarray
     shared_index: np.ndarray
-    g: np.ndarray
-    hessian_inverse: np.ndarray
+    _g: np.ndarray | None = None
+    _inverse: np.ndarray | None = None
+    hessian: np.ndarray | None = None
+    shift: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -50,18 +69,38 @@ class MergeSide:
         cls, weights: np.ndarray, hessian_inverse: np.ndarray, shared_index: Sequence[int]
     ) -> "MergeSide":
         """Builds a side of one task from its inverse (damped) layer Hessian."""
-        w = np.asarray(weights, dtype=np.float64)
-        h_inv = np.asarray(hessian_inverse, dtype=np.float64)
-        idx = np.asarray(shared_index, dtype=np.int64)
-        if w.ndim != 2 or h_inv.shape != (w.shape[1], w.shape[1]):
-            raise ValueError(
-                f"Expected weights [n, d] and a [d, d] inverse Hessian; received {w.shape} and "
-                f"{h_inv.shape}."
-            )
-        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= w.shape[1])):
-            raise ValueError(f"shared_index must index the {w.shape[1]} coordinates; got {idx}.")
-        every = idx.size == w.shape[1] and bool(np.all(idx == np.arange(idx.size)))
-        return cls(w, idx, h_inv if every else h_inv[np.ix_(idx, idx)], h_inv)
+        w, h_inv, idx = _checked(weights, hessian_inverse, shared_index, "inverse Hessian")
+        return cls(w, idx, h_inv if _every(idx, w.shape[1]) else h_inv[np.ix_(idx, idx)], h_inv)
+
+    @classmethod
+    def from_hessian(cls, weights: np.ndarray, hessian: np.ndarray, shared_index: Sequence[int],
+                     shift: float = 0.0) -> "MergeSide":
+        """Builds a side of one task from its layer Hessian, damped by ``shift`` (the side's Hessian is
+        ``hessian + shift * I``, symmetric positive definite; ``hessian`` is read, never copied whole).
+
+        Paired with another such side with which it shares every coordinate, the metric and the update
+        need no inverse (module doc); otherwise the inverse is computed when first needed."""
+        w, h, idx = _checked(weights, hessian, shared_index, "Hessian")
+        return cls(w, idx, None, None, h, float(shift))
+
+    @property
+    def hessian_inverse(self) -> np.ndarray:
+        """``[d, d]`` the side's (damped) inverse Hessian ``H^-1``."""
+        if self._inverse is not None:
+            return self._inverse
+        if "inverse" not in self._cache:
+            self._cache["inverse"] = spd_inverse(self.hessian, shift=self.shift)
+        return self._cache["inverse"]
+
+    @property
+    def g(self) -> np.ndarray:
+        """``[s, s]`` block ``P H^-1 P^T``."""
+        if self._g is not None:
+            return self._g
+        if "g" not in self._cache:
+            inverse, idx = self.hessian_inverse, self.shared_index
+            self._cache["g"] = inverse if _every(idx, inverse.shape[0]) else inverse[np.ix_(idx, idx)]
+        return self._cache["g"]
 
     @property
     def u(self) -> np.ndarray:
@@ -82,9 +121,72 @@ class MergeSide:
         return block_diagonal_product(full, self.hessian_inverse, blocks)
 
 
+def _checked(weights, matrix, shared_index, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w = np.asarray(weights, dtype=np.float64)
+    m = np.asarray(matrix, dtype=np.float64)
+    idx = np.asarray(shared_index, dtype=np.int64)
+    if w.ndim != 2 or m.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"Expected weights [n, d] and a [d, d] {what}; received {w.shape} and {m.shape}.")
+    if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= w.shape[1])):
+        raise ValueError(f"shared_index must index the {w.shape[1]} coordinates; got {idx}.")
+    return w, m, idx
+
+
+def _every(idx: np.ndarray, dim: int) -> bool:
+    """Whether ``idx`` is ``0..dim-1`` in order."""
+    return idx.size == dim and bool(np.all(idx == np.arange(dim)))
+
+
+def _permutes(side: MergeSide) -> bool:
+    """Whether the side shares every coordinate (its ``shared_index`` a permutation)."""
+    if "permutes" not in side._cache:
+        idx, dim = side.shared_index, side.weights.shape[1]
+        side._cache["permutes"] = idx.size == dim and _every(np.sort(idx), dim)
+    return side._cache["permutes"]
+
+
+def _in_shared_order(side: MergeSide) -> np.ndarray:
+    """The side's Hessian with rows and columns in ``shared_index`` order."""
+    idx = side.shared_index
+    return side.hessian if _every(idx, idx.size) else side.hessian[np.ix_(idx, idx)]
+
+
+def _shifted(block: np.ndarray, shift: float) -> np.ndarray:
+    """``block + shift * I`` (a copy when shifted)."""
+    if not shift:
+        return block
+    out = block.copy()
+    out[np.diag_indices_from(out)] += shift
+    return out
+
+
+def _factorised(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np.ndarray, np.ndarray]] | None:
+    """``[(start, stop, M block, (L, H_B block)), ...]`` for two sides holding Hessians and sharing every
+    coordinate (module doc), per diagonal block of ``H_A`` and ``H_B`` in the shared order; None when the
+    sides do not qualify or ``H_A + H_B`` is not positive definite (the inverses then decide)."""
+    if side_a.hessian is None or side_b.hessian is None or not (_permutes(side_a) and _permutes(side_b)):
+        return None
+    h_a, h_b = _in_shared_order(side_a), _in_shared_order(side_b)
+    out = []
+    for start, stop in coalesce_blocks(_joined(diagonal_blocks(h_a), diagonal_blocks(h_b))):
+        a, b = (_shifted(h[start:stop, start:stop], side.shift) for h, side in ((h_a, side_a), (h_b, side_b)))
+        total = a + b
+        factor, info = lapack.dpotrf(0.5 * (total + total.T), lower=1, clean=1, overwrite_a=1)
+        if info != 0:
+            return None
+        # M = H_A - H_A S^-1 H_A = H_B - H_B S^-1 H_B: from the smaller one, which loses less to cancellation
+        base = a if np.trace(a) <= np.trace(b) else b
+        x = solve_triangular(factor, base, lower=True, check_finite=False)
+        product = blas.dsyrk(1.0, x, trans=1, lower=1)  # X^T X, lower triangle
+        metric = base - product - np.tril(product, -1).T
+        out.append((start, stop, 0.5 * (metric + metric.T), (factor, b)))
+    return out
+
+
 def _metric(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np.ndarray]]:
     """``merge_metric(side_a.g, side_b.g)`` as its diagonal blocks ``[(start, stop, block), ...]``,
-    computed once per pair of sides (the costs and the update of the same pair both need it).
+    computed once per pair of sides (the costs and the update of the same pair both need it); without
+    an inverse when both sides hold Hessians and share every coordinate (:func:`_factorised`).
 
     The blocks of ``G_A + G_B`` are those of ``G_A`` and ``G_B`` joined where they overlap, so the
     sum and its inverse are never formed as dense matrices (for a wide convolution they are mostly
@@ -92,14 +194,26 @@ def _metric(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np.nda
     key = ("metric", id(side_b))
     cached = side_a._cache.get(key)
     if cached is None or cached[0] is not side_b:
+        factorised = _factorised(side_a, side_b)
+        if factorised is not None:
+            cached = side_a._cache[key] = (side_b, [(s, e, m) for s, e, m, _ in factorised],
+                                           [(s, e, f) for s, e, _, f in factorised])
+            return cached[1]
         g_a, g_b = np.asarray(side_a.g, dtype=np.float64), np.asarray(side_b.g, dtype=np.float64)
         chunks = coalesce_blocks(_joined(_blocks_of(side_a, side_a.g), _blocks_of(side_b, side_b.g)))
         try:  # each block symmetrised and inverted on its own; exactly symmetric
             metric = [(s, e, spd_inverse(g_a[s:e, s:e] + g_b[s:e, s:e], [(0, e - s)], symmetrize=True)) for s, e in chunks]
         except np.linalg.LinAlgError:
             metric = [(0, g_a.shape[0], _inverse_of_sum(g_a + g_b))]
-        cached = side_a._cache[key] = (side_b, metric)
+        cached = side_a._cache[key] = (side_b, metric, None)
     return cached[1]
+
+
+def _merged_solver(side_a: MergeSide, side_b: MergeSide) -> list | None:
+    """The factors ``[(start, stop, (L, H_B block)), ...]`` of the factorised metric of this pair
+    (computed with it), or None when the metric came from the inverses."""
+    _metric(side_a, side_b)
+    return side_a._cache[("metric", id(side_b))][2]
 
 
 def _blocks_of(side: MergeSide, matrix: np.ndarray) -> list[tuple[int, int]]:
@@ -210,6 +324,15 @@ def apply_merge(
         return new_a, new_b
     metric = _metric(side_a, side_b)
     diff = side_a.shared_weights[rows] - side_b.shared_weights[cols]
+    solver = _merged_solver(side_a, side_b)
+    if solver is not None:  # every coordinate shared: both move to a - S^-1 H_B d (module doc)
+        step = np.empty_like(diff)
+        for start, stop, (factor, h_b) in solver:
+            step[:, start:stop] = cho_solve((factor, True), h_b @ diff[:, start:stop].T, check_finite=False).T
+        merged = side_a.shared_weights[rows] - step
+        new_a[np.ix_(rows, side_a.shared_index)] = merged
+        new_b[np.ix_(cols, side_b.shared_index)] = merged
+        return new_a, new_b
     md = blocks_product(diff, metric)
     new_a[rows] -= side_a.update_directions(md)
     new_b[cols] += side_b.update_directions(md)

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras
-from tfmot_zip.core import MergeSide, invert_hessian, select_pairs
+from tfmot_zip.core import MergeSide, SingularHessianError, invert_hessian, select_pairs
+from tfmot_zip.core.hessian import damping_shift
 from tfmot_zip.model.graph import AlignedNode, ModelGraph
 from tfmot_zip.model.spaces import Feature, UnitSpace
 from tfmot_zip.core.strategies import Strategy, get_strategy
@@ -179,11 +180,11 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
             groups.append(_Group(tasks, np.asarray(units, np.int64), coords))
         return groups
 
-    def _invert(self, node: AlignedNode, hessian: np.ndarray, tasks: Sequence[int]) -> np.ndarray:
-        from tfmot_zip.core import SingularHessianError
-
+    def _invert(self, node: AlignedNode, hessian: np.ndarray, tasks: Sequence[int], invert: bool = True):
+        """The inverse of the damped ``hessian`` (``invert=False``: the damping added to its diagonal);
+        errors name the layer and the tasks."""
         try:
-            return invert_hessian(hessian, self.damping)
+            return invert_hessian(hessian, self.damping) if invert else damping_shift(hessian, self.damping)
         except SingularHessianError as err:
             names = ", ".join(self.model.output_names[t] for t in tasks)
             raise SingularHessianError(f"Layer {node.name!r} (task {names}): {err}") from None
@@ -218,12 +219,25 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         has_bias = self.layer(node).use_bias
         ids_n = self.coordinate_ids(node, n)
         rows_n = self.task_rows(node, n)
+        groups = self.merged_groups(node, space)
+        if self._hessian_sides(node, groups, ids_n):  # one task each side, every coordinate shared: no inverse
+            (group,) = groups
+            task = group.tasks[0]
+            weights = self.task_rows(node, task)[self._columns_of(space, task, group.units)]
+            shared = np.argsort(ids_n)  # the new task's position of each coordinate, in the group's order
+            if self.layer(node).use_bias:
+                shared = np.append(shared, rows_n.shape[1] - 1)
+            hessians = self.hessians(node)
+            return [(group,
+                     MergeSide.from_hessian(weights, hessians[task], np.arange(weights.shape[1]),
+                                            self._invert(node, hessians[task], [task], invert=False)),
+                     MergeSide.from_hessian(rows_n, hessians[n], shared, self._invert(node, hessians[n], [n], invert=False)))]
         if self.strategy.needs_hessian:
             inv_n = self._invert(node, self.hessians(node)[n], [n])
         else:
             inv_n = np.eye(rows_n.shape[1])
         out = []
-        for group in self.merged_groups(node, space):
+        for group in groups:
             weights = np.zeros((len(group.units), len(group.coords) + (1 if has_bias else 0)))
             for t in reversed(group.tasks):  # tasks of a group agree on shared cells
                 columns = self._columns_of(space, t, group.units)
@@ -243,6 +257,17 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
                 MergeSide.from_hessian_inverse(rows_n, inv_n, idx_n),
             ))
         return out
+
+    def _hessian_sides(self, node: AlignedNode, groups: list[_Group], ids_n: np.ndarray) -> bool:
+        """Whether the merge can work from the damped Hessians (:meth:`MergeSide.from_hessian`, no inverse):
+        a Hessian strategy with damping, one merged group serving one task that reads every coordinate in
+        order, and the new task reading exactly the same coordinates."""
+        if not (self.strategy.needs_hessian and self.damping > 0 and len(groups) == 1 and len(groups[0].tasks) == 1):
+            return False
+        coords = groups[0].coords
+        ids_t = self.coordinate_ids(node, groups[0].tasks[0])
+        return (len(ids_t) == len(coords) == len(ids_n) and bool(np.all(ids_t == coords))
+                and bool(np.all(np.sort(ids_n) == coords)))
 
     @staticmethod
     def _columns_of(space: UnitSpace, task: int, units: np.ndarray) -> np.ndarray:
