@@ -246,8 +246,8 @@ def test_block_diagonal_hessians_give_the_brute_force_costs_and_updates(sizes, s
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=12), seed=st.integers(0, 2**31 - 1),
        dead_fraction=st.sampled_from([0.0, 0.5, 0.9]), scale=st.sampled_from([1e-4, 1.0, 1e4]),
-       n_a=st.integers(1, 5), n_b=st.integers(1, 5), permute_a=st.booleans(), permute_b=st.booleans(),
-       shift=st.sampled_from([0.0, 5e-3]))
+       n_a=st.integers(1, 5), n_b=st.integers(1, 5), shift=st.sampled_from([0.0, 5e-3]),
+       permute_a=st.sampled_from(["none", "any", "within blocks"]), permute_b=st.sampled_from(["none", "any", "within blocks"]))
 def test_sides_holding_hessians_merge_as_the_brute_force_without_inverses(
         sizes, seed, dead_fraction, scale, n_a, n_b, permute_a, permute_b, shift):
     """Every coordinate shared (in any order on either side), Hessians block diagonal or dense, of very
@@ -260,8 +260,16 @@ def test_sides_holding_hessians_merge_as_the_brute_force_without_inverses(
     d = sum(sizes)
     h_a = _block_hessian(rng, sizes, rng.random(d) < dead_fraction)
     h_b = scale * _block_hessian(rng, sizes, rng.random(d) < dead_fraction)
-    idx_a = rng.permutation(d) if permute_a else np.arange(d)
-    idx_b = rng.permutation(d) if permute_b else np.arange(d)
+    starts = np.cumsum([0] + sizes)
+
+    def order(kind):  # "within blocks": each block's coordinates stay together (a conv's channels permuted)
+        if kind == "any":
+            return rng.permutation(d)
+        if kind == "none":
+            return np.arange(d)
+        return np.concatenate([a + rng.permutation(b - a) for a, b in zip(starts[:-1], starts[1:])])
+
+    idx_a, idx_b = order(permute_a), order(permute_b)
     w_a, w_b = rng.normal(size=(n_a, d)), rng.normal(size=(n_b, d))
     eye = np.eye(d)
     side_a = MergeSide.from_hessian(w_a, h_a - shift * eye, idx_a, shift)

@@ -19,7 +19,7 @@ layer instead of three inverses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.linalg import blas, cho_solve, lapack, solve_triangular
@@ -109,8 +109,9 @@ class MergeSide:
 
     @property
     def shared_weights(self) -> np.ndarray:
-        """``P w`` for every neuron: ``[n, s]``."""
-        return self.weights[:, self.shared_index]
+        """``P w`` for every neuron: ``[n, s]`` (the weights themselves when ``P = I``; not to be written)."""
+        idx = self.shared_index
+        return self.weights if _every(idx, self.weights.shape[1]) else self.weights[:, idx]
 
     def update_directions(self, shared_steps: np.ndarray) -> np.ndarray:
         """``steps @ u.T = (steps P) H^-1`` for ``[k, s]`` steps on the shared coordinates, multiplied
@@ -145,10 +146,25 @@ def _permutes(side: MergeSide) -> bool:
     return side._cache["permutes"]
 
 
-def _in_shared_order(side: MergeSide) -> np.ndarray:
-    """The side's Hessian with rows and columns in ``shared_index`` order."""
-    idx = side.shared_index
-    return side.hessian if _every(idx, idx.size) else side.hessian[np.ix_(idx, idx)]
+def _shared_blocks(side: MergeSide) -> tuple[list[tuple[int, int]], Callable[[int, int], np.ndarray]]:
+    """The diagonal blocks of the side's Hessian in ``shared_index`` order, and a reader of the block
+    ``[start:stop]`` of that reordered Hessian. When the order keeps each block of the Hessian together
+    (a convolution's channels permuted alike at every kernel position), only the blocks are copied, not
+    the whole reordered matrix."""
+    h, idx = side.hessian, side.shared_index
+    if _every(idx, idx.size):
+        return diagonal_blocks(h), lambda start, stop: h[start:stop, start:stop]
+    position = np.empty_like(idx)
+    position[idx] = np.arange(idx.size)  # shared position of each of the side's coordinates
+    ranges = []
+    for start, stop in diagonal_blocks(h):
+        where = position[start:stop]
+        low = int(where.min())
+        if int(where.max()) - low + 1 != stop - start:  # the block is spread out: reorder the whole matrix
+            whole = h[np.ix_(idx, idx)]
+            return diagonal_blocks(whole), lambda a, b: whole[a:b, a:b]
+        ranges.append((low, low + stop - start))
+    return sorted(ranges), lambda start, stop: h[np.ix_(idx[start:stop], idx[start:stop])]
 
 
 def _shifted(block: np.ndarray, shift: float) -> np.ndarray:
@@ -166,10 +182,10 @@ def _factorised(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np
     sides do not qualify or ``H_A + H_B`` is not positive definite (the inverses then decide)."""
     if side_a.hessian is None or side_b.hessian is None or not (_permutes(side_a) and _permutes(side_b)):
         return None
-    h_a, h_b = _in_shared_order(side_a), _in_shared_order(side_b)
+    (blocks_a, read_a), (blocks_b, read_b) = _shared_blocks(side_a), _shared_blocks(side_b)
     out = []
-    for start, stop in coalesce_blocks(_joined(diagonal_blocks(h_a), diagonal_blocks(h_b))):
-        a, b = (_shifted(h[start:stop, start:stop], side.shift) for h, side in ((h_a, side_a), (h_b, side_b)))
+    for start, stop in coalesce_blocks(_joined(blocks_a, blocks_b)):
+        a, b = _shifted(read_a(start, stop), side_a.shift), _shifted(read_b(start, stop), side_b.shift)
         total = a + b
         factor, info = lapack.dpotrf(0.5 * (total + total.T), lower=1, clean=1, overwrite_a=1)
         if info != 0:
