@@ -190,6 +190,29 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
         if biases is not None:
             self.bias.assign(biases)
 
+    def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(kernel, bias or None)`` of one task as numpy: a Dense kernel ``[n_in, n_out]``, a Conv2D kernel
+        ``[kh, kw, c_in, c_out]``."""
+        return self.get_tasks_weights([task])[task]
+
+    def get_tasks_weights(self, tasks: Iterable[int]) -> dict:
+        """``{task: (kernel, bias or None)}`` of several tasks as numpy, reading the physical weights once
+        (each as :meth:`get_task_weights` gives it).
+
+        Example:
+            >>> layer = ZipDense(task_units=[1, 2], task_input_units=[2, 2], input_capacity=2)
+            >>> layer.build([(None, 2), (None, 2)])
+            >>> {t: k.shape for t, (k, b) in layer.get_tasks_weights([0, 1]).items()}
+            {0: (2, 1), 1: (2, 2)}
+        """
+        full = self.physical_kernel().numpy()
+        biases = self.bias.numpy() if self.use_bias else None
+        out = {}
+        for task in tasks:
+            cells, units = self._kernel_cells(task)
+            out[task] = (full[cells], None if biases is None else biases[units])
+        return out
+
     def _kernel_cells(self, task: int) -> tuple:
         """``(index of task's cells in the physical kernel, its output units)``."""
         in_map, out_map = self.get_maps(task)
@@ -316,14 +339,6 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> list:
         return [tf.TensorShape(s).as_list()[:-1] + [n] for s, n in zip(input_shape, self.task_units)]
-
-    # numpy weight access ---------------------------------------------------------------
-    def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(kernel [n_in, n_out], bias [n_out] or None)`` of one task, as numpy."""
-        in_map, out_map = self.get_maps(task)
-        kernel = self.physical_kernel().numpy()[np.ix_(in_map, out_map)]
-        bias = self.bias.numpy()[out_map] if self.use_bias else None
-        return kernel, bias
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self._common_config()}
@@ -473,13 +488,6 @@ class ZipConv2D(ConvGeometryMixin, ZipLayerMixin, keras.layers.Layer):
             dilations=(1, *self.dilation_rate, 1),
         )
         return self._add_bias(y, task, bias)
-
-    def get_task_weights(self, task: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(kernel [kh, kw, c_in, c_out], bias or None)`` of one task, as numpy."""
-        in_map, out_map = self.get_maps(task)
-        kernel = self.physical_kernel().numpy()[:, :, in_map][:, :, :, out_map]
-        bias = self.bias.numpy()[out_map] if self.use_bias else None
-        return kernel, bias
 
     def get_config(self) -> dict:
         config = {**self._common_config(), **self._geometry_config()}

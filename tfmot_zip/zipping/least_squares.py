@@ -33,4 +33,4 @@ class LeastSquaresMixin:
         refit_layers(self.model, self.graph, self.calibration, layers=[node.name], activations=self.zip_activations(),
                      max_conv_rows=self.max_conv_rows, seed=self.seed)
         layer = self.layer(node)
-        self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
+        self.weights[node.index] = list(layer.get_tasks_weights(range(self.n_tasks)).values())

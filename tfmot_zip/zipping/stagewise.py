@@ -66,7 +66,7 @@ class StagewiseMixin:
             self._activation_cache.reset()
         for node in self.graph.zip_nodes():
             layer = self.layer(node)
-            fresh = [layer.get_task_weights(t) for t in range(self.n_tasks)]
+            fresh = list(layer.get_tasks_weights(range(self.n_tasks)).values())
             if node.index not in self.merged and self.task < self.n_tasks:
                 kernel_mask, bias_mask = self.aliased_cells(node, self.task)
                 old_kernel, old_bias = self.weights[node.index][self.task]

@@ -114,7 +114,7 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         self._layers = {node.index: self.model.get_layer(node.name) for node in self.graph.zip_nodes()}
         for node in self.graph.zip_nodes():
             layer = self.layer(node)
-            self.weights[node.index] = [layer.get_task_weights(t) for t in range(self.n_tasks)]
+            self.weights[node.index] = list(layer.get_tasks_weights(range(self.n_tasks)).values())
             self.records[node.index] = LayerRecord(node.name, node.kind, list(layer.task_units))
         self._init_depthwise(LayerRecord)
 
