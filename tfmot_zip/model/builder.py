@@ -116,7 +116,7 @@ def _copy_weights(layer, node, maps: Callable[[int], dict]) -> None:
         values = source_layer.get_weights()
         layer.set_maps(t, **maps(t))
         weights[t] = (values[0], values[1] if layer.use_bias else None)
-    layer.set_tasks_weights(weights)
+    layer.set_tasks_weights(weights, unwritten_zero=True)  # built with zero initialisers: nothing to read
 
 
 def build_zipped_model(

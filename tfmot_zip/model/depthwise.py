@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
-from tfmot_zip.model.layers import ConvGeometryMixin, ZipLayerMixin
+from tfmot_zip.model.conv_geometry import ConvGeometryMixin
+from tfmot_zip.model.layers import ZipLayerMixin
 
 __all__ = ["ZipDepthwiseConv2D"]
 

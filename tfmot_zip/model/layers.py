@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tfmot_zip.compat import keras, tf
+from tfmot_zip.model.conv_geometry import ConvGeometryMixin
 from tfmot_zip.model.frozen_layout import FrozenLayoutMixin
 from tfmot_zip.model.hessian_tracking import HessianTrackingMixin
 from tfmot_zip.model.repair_weights import RepairMixin
@@ -168,9 +169,11 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
                 raise ValueError(f"Bad out_map for task {task} of {self.name!r}: shape {out_map.shape}.")
             self.out_maps[task].assign(out_map.astype(np.int32))
 
-    def set_tasks_weights(self, weights: dict) -> None:
+    def set_tasks_weights(self, weights: dict, unwritten_zero: bool = False) -> None:
         """Writes several tasks' ``{task: (kernel, bias or None)}`` in the dict's order (a later task
         wins a cell two tasks point at), reading and assigning the physical weights once.
+        ``unwritten_zero``: the cells no task of ``weights`` points at become zero instead of keeping
+        their values, which are then not read (for a layer just built with zero initialisers).
 
         Example:
             >>> layer = ZipDense(task_units=[1, 1], task_input_units=[2, 2], input_capacity=2, capacity=1)
@@ -179,8 +182,12 @@ class ZipLayerMixin(FrozenLayoutMixin, HessianTrackingMixin, RepairMixin):
             >>> layer.get_task_weights(1)[0].ravel().tolist()  # task 0 was written last into the shared cells
             [0.0, 0.0]
         """
-        full = self.physical_kernel().numpy()
-        biases = self.bias.numpy() if self.use_bias else None
+        if unwritten_zero:
+            full = np.zeros(tuple(self.physical_kernel().shape), self.dtype)
+            biases = np.zeros(tuple(self.bias.shape), self.dtype) if self.use_bias else None
+        else:
+            full = self.physical_kernel().numpy()
+            biases = self.bias.numpy() if self.use_bias else None
         for task, (kernel, bias) in weights.items():
             cells, units = self._kernel_cells(task)
             full[cells] = kernel
@@ -342,63 +349,6 @@ class ZipDense(ZipLayerMixin, keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self._common_config()}
-
-
-def int_pair(value: Any, name: str) -> tuple[int, int]:
-    """``(a, b)`` from an int or a pair of positive ints (kernel sizes, strides); ``name`` is for the error.
-
-    Example:
-        >>> int_pair(3, "kernel_size")
-        (3, 3)
-    """
-    if isinstance(value, (int, np.integer)):
-        value = (value, value)
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError:
-        raise ValueError(f"Expected an int or a pair of ints. Received: {name}={value!r}") from None
-    if len(out) != 2 or min(out) <= 0:
-        raise ValueError(f"Expected an int or a pair of positive ints. Received: {name}={value!r}")
-    return out  # type: ignore[return-value]
-
-
-class ConvGeometryMixin:
-    """Kernel size, strides, padding and dilation of a zip convolution (``ZipConv2D``, ``ZipDepthwiseConv2D``).
-
-    Example:
-        >>> layer = ZipConv2D(task_units=[4], task_input_units=[1], input_capacity=1, kernel_size=3, strides=2,
-        ...                   padding="same")
-        >>> layer.compute_output_shape([(None, 8, 8, 1)])
-        [[None, 4, 4, 4]]
-    """
-
-    def _init_geometry(self, kernel_size: Any, strides: Any, padding: str, dilation_rate: Any) -> None:
-        self.kernel_size = int_pair(kernel_size, "kernel_size")
-        self.strides = int_pair(strides, "strides")
-        self.dilation_rate = int_pair(dilation_rate, "dilation_rate")
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(f"Expected padding 'valid' or 'same'. Received: padding={padding!r}")
-        self.padding = padding
-
-    def _geometry_config(self) -> dict:
-        return {
-            "kernel_size": list(self.kernel_size),
-            "strides": list(self.strides),
-            "padding": self.padding,
-            "dilation_rate": list(self.dilation_rate),
-        }
-
-    def compute_output_shape(self, input_shape: Any) -> list:
-        from tfmot_zip.core.hessian import conv_output_size
-
-        shapes = []
-        for s, n in zip(input_shape, self.task_units):
-            s = tf.TensorShape(s).as_list()
-            h = None if s[1] is None else conv_output_size(s[1], self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0])
-            w = None if s[2] is None else conv_output_size(s[2], self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1])
-            shapes.append([s[0], h, w, n])
-        return shapes
 
 
 @keras.utils.register_keras_serializable(package="tfmot_zip")
