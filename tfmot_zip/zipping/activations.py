@@ -112,6 +112,7 @@ class ActivationCache:
         self._stale: set[str] = set()  # BatchNorm layers to re-estimate
         self._estimated: dict[str, int] = {}  # BatchNorm layers re-estimated so far -> channels kept trained
         self._bn_task = self._batchnorm_tasks() if batchnorm else {}
+        self.before_run: Any = None  # called with the layers of the nodes about to run (e.g. to write them)
 
     def _seed(self, world: int, calibration: Sequence[np.ndarray]) -> None:
         feeds = [calibration[world]] if self.single else list(calibration)
@@ -235,6 +236,8 @@ class ActivationCache:
         node outside ``nodes``, in memory or in a file (the storage decides). A zip layer's node
         computes only the outputs ``tasks[id(node)]`` names (all when it has no entry)."""
         cache = self._values[world]
+        if self.before_run is not None:
+            self.before_run([n.layer for n in nodes])
         self._maybe_estimate(world, nodes[0])
         members = {id(n) for n in nodes}
         # a zip layer's node runs the wanted tasks only: output t reads input t

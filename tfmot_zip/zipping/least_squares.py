@@ -30,6 +30,8 @@ class LeastSquaresMixin:
         done.add((self.task, node.index))
         from tfmot_zip.zipping.refit import refit_layers
 
+        self.flush_writes([self.layer(node)])  # the refit reads the layer's weights and maps as they stand
+
         refit_layers(self.model, self.graph, self.calibration, layers=[node.name], activations=self.zip_activations(),
                      max_conv_rows=self.max_conv_rows, seed=self.seed)
         layer = self.layer(node)

@@ -32,6 +32,7 @@ class LayerStatisticsMixin:
         cache = getattr(self, "_activation_cache", None)
         if cache is None:
             cache = ActivationCache(self.model, self.calibration, batchnorm=self.batchnorm_layerwise, storage=self.storage())
+            cache.before_run = self.flush_writes  # a layer's deferred weights are written before it runs
             if self.strategy.needs_activations:
                 cache.replicas.refuse_workers(f"method={self.strategy.name!r}", "Use method='mtz' or the default.")
             self._activation_cache = cache

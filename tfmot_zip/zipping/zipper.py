@@ -77,6 +77,8 @@ class _Group:
 class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresMixin):
     """Holds the logical per-task weights and applies the zipping layer by layer."""
 
+    DEFER_WRITES = True  # run(): a re-indexed reader's weights written when it is merged, not also before
+
     model: keras.Model
     graph: ModelGraph
     features: dict[int, Feature]
@@ -107,6 +109,11 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         self.decided: set[int] = set()
         self.task = 1  # the task being merged in this pass
         self._hessian_cache: dict[int, list[np.ndarray]] = {}
+        # Layers re-indexed by a pairing (readers of a paired space) whose weights are not written yet:
+        # during :meth:`run` a reader is written once it is merged, or before anything runs it
+        # (:meth:`flush_writes`), not also when the space it reads is paired.
+        self._unwritten: set[int] = set()
+        self.defer_writes = False
         self._fixed_input_hessians: dict[int, dict] = {}  # Hessians of layers reading the model inputs, by task
         self._stats_cache: dict[int, dict] = {}
         # sum [x 1]^T [x 1] of every task at Dense layers reading the model's inputs, by layer name (for the refit)
@@ -135,7 +142,16 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
 
     def _write(self, node: AlignedNode) -> None:
         """Writes every task's logical weights; lower-numbered tasks win shared cells."""
+        self._unwritten.discard(node.index)
         self.layer(node).set_tasks_weights({t: self.weights[node.index][t] for t in reversed(range(self.n_tasks))})
+
+    def flush_writes(self, layers: Sequence | None = None) -> None:
+        """Writes the layers whose writes were deferred (of those, the ones among ``layers``; None: all).
+        The activation cache calls it with the layers it is about to run."""
+        ids = None if layers is None else {id(layer) for layer in layers}
+        for index in sorted(self._unwritten):
+            if ids is None or id(self._layers[index]) in ids:
+                self._write(self.graph.nodes[index])
 
     # --- coordinates and sides -------------------------------------------------------------------
     def coordinate_ids(self, node: AlignedNode, task: int) -> np.ndarray:
@@ -357,7 +373,10 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
             layer = self.layer(consumer)
             layer.set_maps(self.task, in_map=self.input_feature(consumer).in_map(self.spaces, self.task))
         for node_index in set(space.writers) | {c.index for c in self.consumers(space)}:
-            self._write(self.graph.nodes[node_index])
+            if self.defer_writes and node_index not in space.writers and node_index not in self.merged:
+                self._unwritten.add(node_index)  # written when merged (or before it runs)
+            else:
+                self._write(self.graph.nodes[node_index])
 
     def zip_stage(self, node: AlignedNode, shares: dict[str, float], selection: str | None = None) -> list[AlignedNode]:
         """Zips one layer of the current pass; returns the layers it merged."""
@@ -391,10 +410,15 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         ``shares`` maps the first writer of each space to its sharing fraction; a pass shares
         ``round(fraction * min(width of the new task, units of the merged network))`` pairs.
         """
-        for n in range(1, self.n_tasks):
-            self.begin_pass(n)
-            for node in self.graph.hidden_zip_nodes():
-                self.zip_stage(node, shares, selection)
+        self.defer_writes = self.DEFER_WRITES
+        try:
+            for n in range(1, self.n_tasks):
+                self.begin_pass(n)
+                for node in self.graph.hidden_zip_nodes():
+                    self.zip_stage(node, shares, selection)
+        finally:
+            self.defer_writes = False
+            self.flush_writes()
         return self.records
 
 
