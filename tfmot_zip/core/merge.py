@@ -193,9 +193,9 @@ def _factorised(side_a: MergeSide, side_b: MergeSide) -> list[tuple[int, int, np
         # M = H_A - H_A S^-1 H_A = H_B - H_B S^-1 H_B: from the smaller one, which loses less to cancellation
         base = a if np.trace(a) <= np.trace(b) else b
         x = solve_triangular(factor, base, lower=True, check_finite=False)
-        product = blas.dsyrk(1.0, x, trans=1, lower=1)  # X^T X, lower triangle
-        metric = base - product - np.tril(product, -1).T
-        out.append((start, stop, 0.5 * (metric + metric.T), (factor, b)))
+        metric = np.tril(base - blas.dsyrk(1.0, x, trans=1, lower=1))  # H - X^T X, lower triangle
+        metric += np.tril(metric, -1).T  # exactly symmetric
+        out.append((start, stop, metric, (factor, b)))
     return out
 
 

@@ -255,7 +255,8 @@ def _compact_weights(layer, target, entry: dict) -> list:
     else:
         kernel = kernel[..., rows, :][..., cols]
     replace = {id(v): value for v, value in zip(target.kernel_variables(), target.kernel_block_values(kernel))}
-    by_name = {_weight_key(w): value for w, value in zip(layer.weights, layer.get_weights())}
+    skip = {id(v) for v in layer.kernel_variables()}  # read above
+    by_name = {_weight_key(w): w.numpy() for w in layer.weights if id(w) not in skip}
     if layer.use_bias:
         by_name["bias"] = by_name["bias"][cols]
     return [replace[id(w)] if id(w) in replace else by_name[_weight_key(w)] for w in target.weights]

@@ -198,9 +198,12 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
 
     def _invert(self, node: AlignedNode, hessian: np.ndarray, tasks: Sequence[int], invert: bool = True):
         """The inverse of the damped ``hessian`` (``invert=False``: the damping added to its diagonal);
-        errors name the layer and the tasks."""
+        errors name the layer and the tasks. A Hessian the zip summed itself is finite (every batch was
+        checked): only a provided one (``ZipCallback``'s, from training) is scanned for NaN and inf."""
         try:
-            return invert_hessian(hessian, self.damping) if invert else damping_shift(hessian, self.damping)
+            if invert:
+                return invert_hessian(hessian, self.damping)
+            return damping_shift(hessian, self.damping, check_finite=self.hessian_provider is not None)
         except SingularHessianError as err:
             names = ", ".join(self.model.output_names[t] for t in tasks)
             raise SingularHessianError(f"Layer {node.name!r} (task {names}): {err}") from None
