@@ -173,20 +173,21 @@ class LayerStatisticsMixin:
         reads_inputs = not self.input_feature(node).space_ids
         fixed = self._fixed_input_hessians.setdefault(node.index, {}) if reads_inputs else {}
         task_rows: dict[int, list[int]] = {}  # (rows used, rows available) of each task measured now
-        exact = [t for t in inputs if t not in fixed and plans.get(t) in ("pixel_gram", "shifted_products")]
-        # the exact conv Hessians: independent thin products, the tasks' side by side on the cores
-        done = map_in_threads(lambda t: self._conv_hessian(node, inputs[t], plans[t]), exact)
-        for t, acc in zip(exact, done):
-            accumulators[t] = acc
-            task_rows[t] = [acc.count, acc.count]
+        # shifted products are thin matrix products the BLAS library splits badly: the tasks' run side
+        # by side on the cores; a pixel Gram matrix is one wide product it splits well
+        shifted = [t for t in inputs if t not in fixed and plans.get(t) == "shifted_products"]
+        exact = dict(zip(shifted, map_in_threads(lambda t: self._conv_hessian(node, inputs[t], plans[t]), shifted)))
         for t, x in inputs.items():
-            if t in fixed or t in accumulators:
+            if t in fixed:
+                continue
+            if t in exact or plans.get(t) == "pixel_gram":
+                accumulators[t] = exact[t] if t in exact else self._conv_hessian(node, x, plans[t])
+                task_rows[t] = [accumulators[t].count] * 2
+                record.hessian_rows = [a + accumulators[t].count for a in record.hessian_rows]
                 continue
             rows_before = list(record.hessian_rows)
             accumulators[t] = self._row_hessian(node, x)
             task_rows[t] = [a - b for a, b in zip(record.hessian_rows, rows_before)]
-        record.hessian_rows = [a + sum(rows[i] for t, rows in task_rows.items() if t in exact)
-                               for i, a in enumerate(record.hessian_rows)]
         hessians = []
         # a Dense layer reading the model's inputs reads them unchanged after zipping too: its refit
         # (zipping/refit.py) takes these sums instead of computing them again
