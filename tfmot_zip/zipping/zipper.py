@@ -19,8 +19,9 @@ whenever one part is paired, and merged once every part is (:meth:`Zipper.input_
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -196,17 +197,25 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
             groups.append(_Group(tasks, np.asarray(units, np.int64), coords))
         return groups
 
-    def _invert(self, node: AlignedNode, hessian: np.ndarray, tasks: Sequence[int], invert: bool = True):
-        """The inverse of the damped ``hessian`` (``invert=False``: the damping added to its diagonal);
-        errors name the layer and the tasks. A Hessian the zip summed itself is finite (every batch was
-        checked): only a provided one (``ZipCallback``'s, from training) is scanned for NaN and inf."""
+    @contextmanager
+    def _naming(self, node: AlignedNode, tasks: Sequence[int]) -> Iterator[None]:
+        """A ``SingularHessianError`` raised inside names the layer and the tasks."""
         try:
-            if invert:
-                return invert_hessian(hessian, self.damping)
-            return damping_shift(hessian, self.damping, check_finite=self.hessian_provider is not None)
+            yield
         except SingularHessianError as err:
             names = ", ".join(self.model.output_names[t] for t in tasks)
             raise SingularHessianError(f"Layer {node.name!r} (task {names}): {err}") from None
+
+    def _invert(self, node: AlignedNode, hessian: np.ndarray, tasks: Sequence[int]) -> np.ndarray:
+        """The inverse of the damped ``hessian``."""
+        with self._naming(node, tasks):
+            return invert_hessian(hessian, self.damping)
+
+    def _damping(self, node: AlignedNode, hessian: np.ndarray, tasks: Sequence[int]) -> float:
+        """What the damping adds to ``hessian``'s diagonal. A Hessian the zip summed itself is finite
+        (every batch was checked): only a provided one (``ZipCallback``'s, from training) is scanned."""
+        with self._naming(node, tasks):
+            return damping_shift(hessian, self.damping, check_finite=self.hessian_provider is not None)
 
     def _inverse_for(self, node: AlignedNode, tasks: Sequence[int], coords: np.ndarray) -> np.ndarray:
         """Inverse Hessian over ``coords`` (+ bias) of a side serving ``tasks``."""
@@ -249,8 +258,8 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
             hessians = self.hessians(node)
             return [(group,
                      MergeSide.from_hessian(weights, hessians[task], np.arange(weights.shape[1]),
-                                            self._invert(node, hessians[task], [task], invert=False)),
-                     MergeSide.from_hessian(rows_n, hessians[n], shared, self._invert(node, hessians[n], [n], invert=False)))]
+                                            self._damping(node, hessians[task], [task])),
+                     MergeSide.from_hessian(rows_n, hessians[n], shared, self._damping(node, hessians[n], [n])))]
         if self.strategy.needs_hessian:
             inv_n = self._invert(node, self.hessians(node)[n], [n])
         else:
