@@ -248,22 +248,9 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
         ids_n = self.coordinate_ids(node, n)
         rows_n = self.task_rows(node, n)
         groups = self.merged_groups(node, space)
-        if self._hessian_sides(node, groups, ids_n):  # one task each side, every coordinate shared: no inverse
-            (group,) = groups
-            task = group.tasks[0]
-            weights = self.task_rows(node, task)[self._columns_of(space, task, group.units)]
-            shared = np.argsort(ids_n)  # the new task's position of each coordinate, in the group's order
-            if self.layer(node).use_bias:
-                shared = np.append(shared, rows_n.shape[1] - 1)
-            hessians = self.hessians(node)
-            return [(group,
-                     MergeSide.from_hessian(weights, hessians[task], np.arange(weights.shape[1]),
-                                            self._damping(node, hessians[task], [task])),
-                     MergeSide.from_hessian(rows_n, hessians[n], shared, self._damping(node, hessians[n], [n])))]
-        if self.strategy.needs_hessian:
-            inv_n = self._invert(node, self.hessians(node)[n], [n])
-        else:
-            inv_n = np.eye(rows_n.shape[1])
+        # one task on each side and every coordinate shared: the sides hold Hessians, nothing is inverted
+        from_hessians = self._hessian_sides(node, groups, ids_n)
+        inv_n = None
         out = []
         for group in groups:
             weights = np.zeros((len(group.units), len(group.coords) + (1 if has_bias else 0)))
@@ -274,16 +261,21 @@ class Zipper(LayerStatisticsMixin, StagewiseMixin, DepthwiseMixin, LeastSquaresM
                 weights[:, pos] = task_rows[:, : len(pos)]
                 if has_bias:
                     weights[:, -1] = task_rows[:, -1]
-            inv_group = self._inverse_for(node, group.tasks, group.coords)
             _, idx_g, idx_n = np.intersect1d(group.coords, ids_n, assume_unique=True, return_indices=True)
             if has_bias:
                 idx_g = np.append(idx_g, weights.shape[1] - 1)
                 idx_n = np.append(idx_n, rows_n.shape[1] - 1)
-            out.append((
-                group,
-                MergeSide.from_hessian_inverse(weights, inv_group, idx_g),
-                MergeSide.from_hessian_inverse(rows_n, inv_n, idx_n),
-            ))
+            if from_hessians:
+                hessians, task = self.hessians(node), group.tasks[0]
+                sides = (MergeSide.from_hessian(weights, hessians[task], idx_g, self._damping(node, hessians[task], [task])),
+                         MergeSide.from_hessian(rows_n, hessians[n], idx_n, self._damping(node, hessians[n], [n])))
+            else:
+                if inv_n is None:
+                    inv_n = (self._invert(node, self.hessians(node)[n], [n]) if self.strategy.needs_hessian
+                             else np.eye(rows_n.shape[1]))
+                sides = (MergeSide.from_hessian_inverse(weights, self._inverse_for(node, group.tasks, group.coords), idx_g),
+                         MergeSide.from_hessian_inverse(rows_n, inv_n, idx_n))
+            out.append((group, *sides))
         return out
 
     def _hessian_sides(self, node: AlignedNode, groups: list[_Group], ids_n: np.ndarray) -> bool:
