@@ -22,7 +22,7 @@ import tfmot_zip
 from builders import calib, mlp, tiny_resnet, generated_head
 from tfmot_zip import data
 from tfmot_zip.compat import keras
-from tfmot_zip.model.compact import compact_zipped, unit_renumbering
+from tfmot_zip.model.compact import compact_in_place, compact_zipped, unit_renumbering
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D
 from tfmot_zip.model.layers import ZipConv2D, ZipDense
 from tfmot_zip.zipping import api
@@ -31,7 +31,7 @@ from tfmot_zip.zipping import api
 @pytest.fixture(autouse=True)
 def uncompacted(monkeypatch):
     """zip_models compacts its result; these tests compact the raw zipped model themselves."""
-    monkeypatch.setattr(api, "compact_zipped", lambda model, graph=None: model)
+    monkeypatch.setattr(api, "compact_in_place", lambda model, graph=None: model)
 
 
 def test_zip_models_returns_the_compacted_model(rng, monkeypatch):
@@ -204,6 +204,34 @@ def check_compact(zipped, xs, tmp_dir):
     return compact
 
 
+def check_in_place(zipped, compact, xs, tmp_dir):
+    """``compact_in_place(zipped)`` (what zip_models does) gives ``compact``: the same config, weights (names,
+    shapes, order, values, trainable), outputs, and it saves, loads and trains like it. Modifies ``zipped``."""
+    compact_outs = [o.numpy() for o in compact(xs)]
+    layers = list(zipped.layers)
+    assert compact_in_place(zipped) is zipped
+    assert list(zipped.layers) == layers and all(a is b for a, b in zip(zipped.layers, layers))  # the same objects
+    assert zipped.get_config() == compact.get_config()
+    for mine, theirs in zip(zipped.layers, compact.layers):
+        assert [(w.name, tuple(w.shape), w.trainable) for w in mine.weights] == \
+            [(w.name, tuple(w.shape), w.trainable) for w in theirs.weights], mine.name
+        for w0, w1 in zip(mine.weights, theirs.weights):
+            np.testing.assert_array_equal(w0.numpy(), w1.numpy(), err_msg=w0.name)
+    assert zipped.count_params() == compact.count_params()
+    assert len(zipped.trainable_weights) == len(compact.trainable_weights)
+    for got, want in zip(zipped(xs), compact_outs):
+        np.testing.assert_array_equal(got.numpy(), want, err_msg="in place vs compact_zipped")
+    path = os.path.join(tmp_dir, "in_place.keras")
+    zipped.save(path)
+    for got, want in zip(keras.models.load_model(path)(xs), compact_outs):
+        np.testing.assert_array_equal(got.numpy(), want, err_msg="in place: save/load")
+    # one training step moves the compact weights (the optimiser sees the new variables, not the old ones)
+    zipped.compile(optimizer=keras.optimizers.SGD(0.1), loss=["mse"] * len(xs))
+    before = [w.numpy().copy() for w in zipped.trainable_weights]
+    zipped.fit(xs, [o + 1.0 for o in compact_outs], epochs=1, batch_size=len(xs[0]), verbose=0)
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, zipped.trainable_weights))
+
+
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("TFMOT_ZIP_FUZZ_RANDOM"),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(spec=architectures())
@@ -240,6 +268,7 @@ def test_compact_generated_models(spec, tmp_path):
                     mask = np.ones_like(mask[:, :1])
                 want = np.where(mask, original.physical_kernel().numpy(), 0)
                 np.testing.assert_array_equal(layer.physical_kernel().numpy(), want)
+    check_in_place(zipped, compact, xs, str(tmp_path))
 
 
 @pytest.mark.parametrize("n_models", [2, 3])
@@ -257,6 +286,7 @@ def test_compact_tiny_resnets(n_models, sharing, tmp_path):
     assert plan["b2_conv2"]["capacity"] == plan["b2_proj"]["capacity"] == compact.get_layer("head").input_capacity
     if n_models == 2:  # the stem's stream: 4 units per task, round(4 * sharing) of them shared
         assert compact.get_layer("stem").capacity == 8 - round(4 * sharing)
+    check_in_place(zipped, compact, xs, str(tmp_path))
 
 
 @pytest.mark.parametrize("arch", ["lenet_300_100", "resnet20"])

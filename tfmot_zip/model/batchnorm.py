@@ -43,7 +43,16 @@ def _training_pass(model: keras.Model):
         _PASSES[model] = cached
     return cached[1]
 
-__all__ = ["BatchNormUpdate", "MIN_SAMPLES", "degenerate_channels", "recalibrate_batchnorm", "warn_restored"]
+
+def forget_training_pass(model: keras.Model) -> None:
+    """Drops ``model``'s traced training-mode pass (its layers' variables were replaced).
+
+    Example:
+        >>> forget_training_pass(keras.Sequential([keras.layers.Dense(1)]))  # nothing traced: nothing to drop
+    """
+    _PASSES.pop(model, None)
+
+__all__ = ["BatchNormUpdate", "forget_training_pass", "MIN_SAMPLES", "degenerate_channels", "recalibrate_batchnorm", "warn_restored"]
 
 #: Fewest calibration samples per task from which BatchNorm statistics are re-estimated.
 MIN_SAMPLES = 32

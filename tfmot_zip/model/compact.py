@@ -28,7 +28,7 @@ from tfmot_zip.model.layers import ZipConv2D, ZipDense
 if TYPE_CHECKING:
     from tfmot_zip.model.graph import ModelGraph
 
-__all__ = ["compact_zipped", "unit_renumbering"]
+__all__ = ["compact_in_place", "compact_zipped", "unit_renumbering"]
 
 _ZIP_CLASSES = (ZipDense, ZipConv2D, ZipDepthwiseConv2D)
 
@@ -207,37 +207,87 @@ def compact_zipped(model: keras.Model, graph: ModelGraph | None = None) -> keras
     plan = _plan(model, graph)
     config = model.get_config()
     for spec in config["layers"]:
-        name = spec["name"]
-        if name not in plan:
-            continue
-        layer, entry = model.get_layer(name), plan[name]
-        rows_table = _lookup(entry["rows"], layer.input_capacity)
-        cols_table = _lookup(entry["columns"], layer.capacity)
-        layer_config = dict(spec["config"])
-        layer_config["capacity"] = entry["capacity"]
-        if not isinstance(layer, ZipDepthwiseConv2D):
-            layer_config["input_capacity"] = entry["input_capacity"]
-            layer_config["track_hessians"] = False  # a frozen layout is not zipped again: no accumulators
-        layer_config["layout"] = {
-            key: [_renumber(table, layer.get_maps(t)[i], f"{key[:-1]} of task {t}", name).tolist() for t in range(layer.num_tasks)]
-            for key, i, table in (("in_maps", 0, rows_table), ("out_maps", 1, cols_table))
-        }
-        if isinstance(layer, ZipDepthwiseConv2D):
-            layer_config["layout"]["in_maps"] = layer_config["layout"]["out_maps"]
-        record = _plain(layer_config.get("zip_record"))
-        if record and record.get("pairs"):
-            record["pairs"] = [
-                [int(n), _renumber(cols_table, units, "zip_record pairs", name).tolist(), [int(c) for c in cols]]
-                for n, units, cols in record["pairs"]
-            ]
-        if record is not None:
-            layer_config["zip_record"] = record
-        spec["config"] = layer_config
+        if spec["name"] in plan:
+            spec["config"] = _compact_config(model.get_layer(spec["name"]), spec["config"], plan[spec["name"]])
     compact = keras.Model.from_config(config)
     for layer in model.layers:
         target = compact.get_layer(layer.name)
         target.set_weights(_compact_weights(layer, target, plan[layer.name]) if layer.name in plan else layer.get_weights())
     return compact
+
+
+def _compact_config(layer, config: dict, entry: dict) -> dict:
+    """``layer``'s config (``config``) with the capacities, frozen maps and ``zip_record`` pairs of ``entry``
+    (one layer of :func:`_plan`)."""
+    name = layer.name
+    rows_table = _lookup(entry["rows"], layer.input_capacity)
+    cols_table = _lookup(entry["columns"], layer.capacity)
+    layer_config = dict(config)
+    layer_config["capacity"] = entry["capacity"]
+    if not isinstance(layer, ZipDepthwiseConv2D):
+        layer_config["input_capacity"] = entry["input_capacity"]
+        layer_config["track_hessians"] = False  # a frozen layout is not zipped again: no accumulators
+    layer_config["layout"] = {
+        key: [_renumber(table, layer.get_maps(t)[i], f"{key[:-1]} of task {t}", name).tolist() for t in range(layer.num_tasks)]
+        for key, i, table in (("in_maps", 0, rows_table), ("out_maps", 1, cols_table))
+    }
+    if isinstance(layer, ZipDepthwiseConv2D):
+        layer_config["layout"]["in_maps"] = layer_config["layout"]["out_maps"]
+    record = _plain(layer_config.get("zip_record"))
+    if record and record.get("pairs"):
+        record["pairs"] = [
+            [int(n), _renumber(cols_table, units, "zip_record pairs", name).tolist(), [int(c) for c in cols]]
+            for n, units, cols in record["pairs"]
+        ]
+    if record is not None:
+        layer_config["zip_record"] = record
+    return layer_config
+
+
+# What a layer object owns as a node of its functional model (set when the model was built by calling
+# it on symbolic tensors): kept when the layer takes a compact form in place.
+_GRAPH_STATE = ("_inbound_nodes_value", "_outbound_nodes_value", "_saved_model_inputs_spec", "_saved_model_arg_spec",
+                "_build_input_shape")
+
+
+def compact_in_place(model: keras.Model, graph: ModelGraph | None = None) -> keras.Model:
+    """:func:`compact_zipped` without building the model again: each zip layer of ``model`` takes its
+    compact form in place (``zip_models`` calls this on the model it has just built, which nobody else
+    holds yet). Returns ``model``.
+
+    A zip layer's inputs and outputs are per-task tensors of the tasks' own widths, which compaction
+    does not change: only its weights and config do. So each zip layer is built afresh from its
+    compact config (its variables created directly at the compact size, no symbolic call) and the
+    layer object takes the new layer's state, keeping its place in the functional graph (its nodes
+    and save spec). The result equals :func:`compact_zipped`'s: the same configs, weights (names,
+    shapes, order, values) and outputs (tested).
+
+    Raises:
+        ValueError: as :func:`compact_zipped`.
+
+    Example:
+        >>> import tfmot_zip
+        >>> from tfmot_zip.apps.zoo import example_pair
+        >>> model_a, model_b, (x_a, x_b) = example_pair()
+        >>> zipped = tfmot_zip.zip_models(model_a, model_b, calibration_data=(x_a, x_b), sharing=1.0)  # compacts in place
+        >>> compact_in_place(zipped) is zipped, zipped.count_params()  # compacting again changes nothing
+        (True, 782)
+    """
+    from tfmot_zip.model.batchnorm import forget_training_pass
+
+    _refuse_pending([l for l in model.layers if isinstance(l, _ZIP_CLASSES)])
+    plan = _plan(model, graph)
+    for name, entry in plan.items():
+        layer = model.get_layer(name)
+        fresh = type(layer).from_config(_compact_config(layer, layer.get_config(), entry))
+        fresh.build(layer.get_build_config()["input_shape"])
+        fresh.set_weights(_compact_weights(layer, fresh, entry))
+        state = {key: layer.__dict__[key] for key in _GRAPH_STATE if key in layer.__dict__}
+        layer.__dict__.clear()
+        layer.__dict__.update(fresh.__dict__)
+        layer.__dict__.update(state)
+    forget_training_pass(model)  # a traced pass holds the old variables
+    return model
 
 
 def _weight_key(weight) -> str:

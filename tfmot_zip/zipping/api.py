@@ -22,7 +22,7 @@ from tfmot_zip.zipping.options import DEFAULT_METHOD, ZipOptions, resolve_method
 from tfmot_zip.zipping.head_refit import refit_heads as refit_heads_
 from tfmot_zip.zipping.refit import refit_layers as refit_layers_
 from tfmot_zip.zipping.repair import repair_statistics
-from tfmot_zip.model.compact import compact_zipped
+from tfmot_zip.model.compact import compact_in_place
 from tfmot_zip.zipping.calibration import as_calibration
 from tfmot_zip.zipping.spill import SpillPolicy
 from tfmot_zip.zipping.zipper import Zipper, zipper_options
@@ -305,7 +305,8 @@ def zip_models(
                 **({"budget": allocation.as_config()} if allocation else {}),
                 activation_storage=summary, **zipper.activations().replicas.record(),
             )
-        return compact_zipped(zipped, graph=graph)  # physical units no task reads are dropped: count_params() ~ the stripped model's
+        # Physical units no task reads are dropped (count_params() ~ the stripped model's), in place: no second build.
+        return compact_in_place(zipped, graph=graph)
     finally:
         storage.close()
 
