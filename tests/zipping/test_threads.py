@@ -51,3 +51,45 @@ def test_an_error_in_one_call_is_raised_after_the_others_finish():
     with pytest.raises(ValueError, match="bad item 0"):
         map_in_threads(work, [0, 1, 2], workers=2)
     assert sorted(finished) == [1, 2]
+
+
+def _strided_cnn(seed, strides, kernel, widths):
+    from tfmot_zip.compat import keras
+
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input((9, 9, 2))
+    for i, (s, k, w) in enumerate(zip(strides, kernel, widths)):
+        x = keras.layers.Conv2D(w, k, strides=s, padding="same", activation="relu", name=f"conv{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(x))
+
+
+@settings(max_examples=6, deadline=None)
+@given(layers=st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.sampled_from([1, 2, 3]), st.integers(2, 5)),
+                       min_size=1, max_size=3),
+       n_models=st.integers(2, 3), sharing=st.sampled_from([0.5, 1.0]), cap=st.sampled_from([None, 150]))
+def test_zips_computing_the_tasks_hessians_side_by_side_equal_sequential_zips(layers, n_models, sharing, cap):
+    """Every patch row (and shifted products) of the tasks in threads, or one task after another: the same
+    zip (weights bit for bit) and the same counts of patch rows used and available in each layer's record.
+    With a cap the sampled layers draw from the zip's generator in task order (never in threads)."""
+    import tfmot_zip
+    from tfmot_zip.zipping.zipper import Zipper
+
+    strides, kernel, widths = zip(*layers)
+    models = [_strided_cnn(10 + m, strides, kernel, widths) for m in range(n_models)]
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((24, 9, 9, 2)).astype("float32") for _ in models]
+    zips = []
+    for side_by_side in (Zipper.SIDE_BY_SIDE, ()):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Zipper, "SIDE_BY_SIDE", side_by_side)
+            zipped = tfmot_zip.zip_models(*models, calibration_data=data, sharing=sharing, method="mtz", max_conv_rows=cap,
+                                          progress=False)
+        zips.append(zipped)
+    threaded, sequential = zips
+    for a, b in zip(threaded.weights, sequential.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+    for i in range(len(layers)):
+        rows = [z.get_layer(f"conv{i}").zip_record["hessian_rows"] for z in zips]
+        assert list(rows[0]) == list(rows[1])
+        assert rows[0][1] > 0  # counted: every task's patch positions

@@ -27,6 +27,9 @@ __all__ = ["LayerStatisticsMixin"]
 class LayerStatisticsMixin:
     """Hessians and activation statistics of the zipper's layers (uses the zipper's fields)."""
 
+    #: Conv Hessian plans whose tasks are computed side by side, one thread each (:meth:`hessians`).
+    SIDE_BY_SIDE = ("shifted_products", "patch_rows")
+
     def activations(self) -> ActivationCache:
         """The zipped model's tensors on the calibration data, kept across stages (built once)."""
         cache = getattr(self, "_activation_cache", None)
@@ -96,23 +99,23 @@ class LayerStatisticsMixin:
         geometry = (layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
         return geometry, int(np.prod(conv_output_shape(x.shape[1:3], *geometry)))
 
-    def _conv_rows(self, node: AlignedNode, x: np.ndarray):
+    def _conv_rows(self, node: AlignedNode, x: np.ndarray, counts: list):
         """Yields blocks of a convolution's patch rows on ``x`` (~64 MB each), at most
-        ``max_conv_rows`` of them (positions drawn evenly at random beyond it; recorded)."""
+        ``max_conv_rows`` of them (positions drawn evenly at random beyond it). Adds the rows used and
+        available to ``counts``."""
         layer = self.layer(node)
         geometry, per_image = self._conv_geometry(node, x)
         available = len(x) * per_image
         dim = int(np.prod(layer.kernel_size)) * x.shape[-1]
         block = max(1, 16_000_000 // dim)
-        record = self.records[node.index].hessian_rows
-        record[1] += available
+        counts[1] += available
         if self.max_conv_rows is not None and available > self.max_conv_rows:
             chosen = np.sort(self.rng.choice(available, size=self.max_conv_rows, replace=False))
-            record[0] += len(chosen)
+            counts[0] += len(chosen)
             for start in range(0, len(chosen), block):
                 yield gather_patches(x, *geometry, rows=chosen[start : start + block])
             return
-        record[0] += available
+        counts[0] += available
         images = max(1, block // per_image)
         for start in range(0, len(x), images):
             yield extract_patches(np.asarray(x[start : start + images]), *geometry)
@@ -173,21 +176,16 @@ class LayerStatisticsMixin:
         reads_inputs = not self.input_feature(node).space_ids
         fixed = self._fixed_input_hessians.setdefault(node.index, {}) if reads_inputs else {}
         task_rows: dict[int, list[int]] = {}  # (rows used, rows available) of each task measured now
-        # shifted products are thin matrix products the BLAS library splits badly: the tasks' run side
-        # by side on the cores; a pixel Gram matrix is one wide product it splits well
-        shifted = [t for t in inputs if t not in fixed and plans.get(t) == "shifted_products"]
-        exact = dict(zip(shifted, map_in_threads(lambda t: self._conv_hessian(node, inputs[t], plans[t]), shifted)))
+        # shifted products are thin matrix products the BLAS library splits badly, and every patch row
+        # (no sample: no random draws) is mostly gathering: the tasks' run side by side on the cores; a
+        # pixel Gram matrix is one wide product it splits well, and a sample draws from the zip's generator
+        side_by_side = [t for t in inputs if t not in fixed and plans.get(t) in self.SIDE_BY_SIDE]
+        exact = dict(zip(side_by_side, map_in_threads(lambda t: self._exact_hessian(node, inputs[t], plans[t]), side_by_side)))
         for t, x in inputs.items():
             if t in fixed:
                 continue
-            if t in exact or plans.get(t) == "pixel_gram":
-                accumulators[t] = exact[t] if t in exact else self._conv_hessian(node, x, plans[t])
-                task_rows[t] = [accumulators[t].count] * 2
-                record.hessian_rows = [a + accumulators[t].count for a in record.hessian_rows]
-                continue
-            rows_before = list(record.hessian_rows)
-            accumulators[t] = self._row_hessian(node, x)
-            task_rows[t] = [a - b for a, b in zip(record.hessian_rows, rows_before)]
+            accumulators[t], task_rows[t] = exact[t] if t in exact else self._exact_hessian(node, x, plans.get(t))
+            record.hessian_rows = [a + b for a, b in zip(record.hessian_rows, task_rows[t])]
         hessians = []
         # a Dense layer reading the model's inputs reads them unchanged after zipping too: its refit
         # (zipping/refit.py) takes these sums instead of computing them again
@@ -210,12 +208,22 @@ class LayerStatisticsMixin:
         self._hessian_cache[node.index] = hessians
         return hessians
 
-    def _row_hessian(self, node: AlignedNode, x) -> HessianAccumulator:
+    def _exact_hessian(self, node: AlignedNode, x, method: str | None) -> tuple:
+        """``(accumulator, [rows used, rows available])`` of one task's Hessian over ``x`` computed the way
+        ``method`` (a conv plan; ``None`` for a Dense layer) says."""
+        if method in ("shifted_products", "pixel_gram"):
+            accumulator = self._conv_hessian(node, x, method)
+            return accumulator, [accumulator.count] * 2
+        counts = [0, 0]
+        return self._row_hessian(node, x, counts), counts
+
+    def _row_hessian(self, node: AlignedNode, x, counts: list) -> HessianAccumulator:
         """One task's Hessian accumulator over the rows of ``x``: a Dense layer's inputs (float64
-        products), or a convolution's patch rows (float32 products; sampled beyond ``max_conv_rows``)."""
+        products), or a convolution's patch rows (float32 products; sampled beyond ``max_conv_rows``,
+        the rows used and available added to ``counts``)."""
         layer = self.layer(node)
         if node.kind == "conv":
-            blocks, dtype = self._conv_rows(node, x), np.float32
+            blocks, dtype = self._conv_rows(node, x, counts), np.float32
         else:
             width = int(np.prod(x.shape[1:]))
             step = max(1, 16_000_000 // max(1, width))
