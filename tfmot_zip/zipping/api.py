@@ -187,7 +187,8 @@ def zip_models(
         A new, uncompiled tf_keras model with one input and one output per task, in the order
         the models were given. ``zip_summary(model)`` describes what is shared. After a one-shot
         zip its zip layers hold only the physical units some task reads
-        (:func:`tfmot_zip.compact_zipped`), so ``count_params()`` is close to the stripped model's.
+        (compacted in place as :func:`tfmot_zip.compact_zipped` would), so ``count_params()`` is close to the
+        stripped model's.
 
     Example:
         >>> import tfmot_zip
