@@ -355,3 +355,38 @@ def test_compact_refuses_maps_pointing_at_units_nobody_writes(rng):
     fc2.set_maps(1, in_map=in_map)
     with pytest.raises(ValueError, match=rf"'fc2'.*in_map of task 1.*\[{dropped[0]}\].*damaged"):
         compact_zipped(zipped)
+
+
+def test_zip_models_with_a_training_mode_batchnorm_pass_keeps_no_trace_of_the_uncompacted_layers(rng):
+    """``recalibrate_batchnorm="end"`` traces a training-mode pass of the zipped model before it is compacted
+    in place; that trace captures the full-capacity kernels. zip_models drops it, so the returned model
+    holds (and keeps alive) only its compact variables, and re-estimating afterwards gives the statistics
+    a model that never had a trace gets."""
+    import gc
+    import weakref
+
+    from tfmot_zip.model import batchnorm
+    from tfmot_zip.model.compact import compact_in_place as in_place
+
+    a, b = tiny_resnet(1), tiny_resnet(2)
+    cal = (calib(rng, 40, (8, 8, 1)), calib(rng, 40, (8, 8, 1)))
+    kept = {}
+
+    def spy(model, graph=None):  # the real compaction, watching the variables it replaces
+        kept["old"] = [weakref.ref(w) for l in model.layers if isinstance(l, ZIP) for w in l.weights]
+        kept["traced"] = model in batchnorm._PASSES
+        return in_place(model, graph=graph)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(api, "compact_in_place", spy)
+        zipped = tfmot_zip.zip_models(a, b, calibration_data=cal, sharing=1.0, recalibrate_batchnorm="end",
+                                      progress=False, method="mtz")
+    assert kept["traced"]  # the pass was traced before compaction ...
+    assert zipped not in batchnorm._PASSES  # ... and dropped with it
+    gc.collect()
+    assert all(ref() is None for ref in kept["old"])  # no full-capacity variable is still alive
+    reference = compact_zipped(zipped)
+    for model in (zipped, reference):
+        batchnorm.recalibrate_batchnorm(model, cal)
+    for mine, theirs in zip(zipped.weights, reference.weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-7, err_msg=mine.name)

@@ -52,6 +52,7 @@ def forget_training_pass(model: keras.Model) -> None:
     """
     _PASSES.pop(model, None)
 
+
 __all__ = ["BatchNormUpdate", "forget_training_pass", "MIN_SAMPLES", "degenerate_channels", "recalibrate_batchnorm", "warn_restored"]
 
 #: Fewest calibration samples per task from which BatchNorm statistics are re-estimated.

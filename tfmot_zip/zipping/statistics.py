@@ -180,11 +180,11 @@ class LayerStatisticsMixin:
         # (no sample: no random draws) is mostly gathering: the tasks' run side by side on the cores; a
         # pixel Gram matrix is one wide product it splits well, and a sample draws from the zip's generator
         side_by_side = [t for t in inputs if t not in fixed and plans.get(t) in self.SIDE_BY_SIDE]
-        exact = dict(zip(side_by_side, map_in_threads(lambda t: self._exact_hessian(node, inputs[t], plans[t]), side_by_side)))
+        exact = dict(zip(side_by_side, map_in_threads(lambda t: self._task_hessian(node, inputs[t], plans[t]), side_by_side)))
         for t, x in inputs.items():
             if t in fixed:
                 continue
-            accumulators[t], task_rows[t] = exact[t] if t in exact else self._exact_hessian(node, x, plans.get(t))
+            accumulators[t], task_rows[t] = exact[t] if t in exact else self._task_hessian(node, x, plans.get(t))
             record.hessian_rows = [a + b for a, b in zip(record.hessian_rows, task_rows[t])]
         hessians = []
         # a Dense layer reading the model's inputs reads them unchanged after zipping too: its refit
@@ -208,7 +208,7 @@ class LayerStatisticsMixin:
         self._hessian_cache[node.index] = hessians
         return hessians
 
-    def _exact_hessian(self, node: AlignedNode, x, method: str | None) -> tuple:
+    def _task_hessian(self, node: AlignedNode, x, method: str | None) -> tuple:
         """``(accumulator, [rows used, rows available])`` of one task's Hessian over ``x`` computed the way
         ``method`` (a conv plan; ``None`` for a Dense layer) says."""
         if method in ("shifted_products", "pixel_gram"):
