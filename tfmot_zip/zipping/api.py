@@ -306,8 +306,7 @@ def zip_models(
                 **({"budget": allocation.as_config()} if allocation else {}),
                 activation_storage=summary, **zipper.activations().replicas.record(),
             )
-        # Physical units no task reads are dropped (count_params() ~ the stripped model's), in place: no second build.
-        return compact_in_place(zipped, graph=graph)
+        return compact_in_place(zipped, graph=graph)  # units no task reads dropped, no second build: count_params() ~ stripped
     finally:
         storage.close()
 
