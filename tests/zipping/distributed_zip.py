@@ -77,7 +77,8 @@ def main() -> None:
         distribute = tfmot_zip.zip_summary(zipped).extra.get("distribute")  # the public report of what ran
         if distribute is not None:
             results[f"{name}/distribute"] = np.asarray(json.dumps(plain(distribute)))
-        results[f"{name}/variable_type"] = np.asarray(type(zipped.trainable_weights[0]).__name__)
+        # every trainable variable, the zip layers' compact ones (made when zip_models compacts in place) included
+        results[f"{name}/variable_type"] = np.asarray(",".join(sorted({type(w).__name__ for w in zipped.trainable_weights})))
     np.savez(out, **results)
 
 
