@@ -79,13 +79,26 @@ def test_zips_computing_the_tasks_hessians_side_by_side_equal_sequential_zips(la
     models = [_strided_cnn(10 + m, strides, kernel, widths) for m in range(n_models)]
     rng = np.random.default_rng(0)
     data = [rng.standard_normal((24, 9, 9, 2)).astype("float32") for _ in models]
-    zips = []
-    for side_by_side in (Zipper.SIDE_BY_SIDE, ()):
+    zips, calls = [], {}  # calls[mode]: (plan, ran off the main thread) of every task's Hessian
+    for mode, side_by_side in (("threads", Zipper.SIDE_BY_SIDE), ("sequential", ())):
+        original, seen = Zipper._task_hessian, calls.setdefault(mode, [])
+
+        def spy(self, node, x, method, _original=original, _seen=seen):
+            _seen.append((method, threading.current_thread() is not threading.main_thread()))
+            return _original(self, node, x, method)
+
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(Zipper, "SIDE_BY_SIDE", side_by_side)
+            patch.setattr(Zipper, "_task_hessian", spy)
             zipped = tfmot_zip.zip_models(*models, calibration_data=data, sharing=sharing, method="mtz", max_conv_rows=cap,
                                           progress=False)
         zips.append(zipped)
+    assert sorted(calls["threads"]) != [] and sorted(m for m, _ in calls["threads"]) == sorted(m for m, _ in calls["sequential"])
+    # only these run in threads (a single task of a pass runs in the calling thread)
+    assert all(method in ("patch_rows", "shifted_products") for method, off in calls["threads"] if off)
+    assert not any(off for _, off in calls["sequential"])
+    if cap is None and any(s > 1 and k > 1 for s, k, _ in layers):  # a strided layer takes every patch row
+        assert ("patch_rows", True) in calls["threads"]
     threaded, sequential = zips
     for a, b in zip(threaded.weights, sequential.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
