@@ -225,6 +225,12 @@ def check_in_place(zipped, compact, xs, tmp_dir):
     zipped.save(path)
     for got, want in zip(keras.models.load_model(path)(xs), compact_outs):
         np.testing.assert_array_equal(got.numpy(), want, err_msg="in place: save/load")
+    # a TensorFlow checkpoint of it (variables found by attribute path) restores compact_zipped's model
+    compact.set_weights([np.zeros_like(w) for w in compact.get_weights()])
+    zipped.save_weights(os.path.join(tmp_dir, "in_place_ckpt"))
+    compact.load_weights(os.path.join(tmp_dir, "in_place_ckpt")).assert_existing_objects_matched()
+    for got, want in zip(compact(xs), compact_outs):
+        np.testing.assert_array_equal(got.numpy(), want, err_msg="in place: checkpoint into compact_zipped's model")
     # one training step moves the compact weights (the optimiser sees the new variables, not the old ones)
     zipped.compile(optimizer=keras.optimizers.SGD(0.1), loss=["mse"] * len(xs))
     before = [w.numpy().copy() for w in zipped.trainable_weights]
