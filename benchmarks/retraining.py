@@ -17,6 +17,9 @@ architecture with ``--arch``), sharing 1.0, and each retraining budget ``B`` (st
 * control: the unzipped originals trained on for ``B`` steps with the same optimizer (originals
   that stopped on a noisy epoch gain from any extra training; this keeps the comparison fair).
 
+``--batch-size N`` (default 128) changes the batch per task per step of every variant and of the
+control alike: the step count stays the budget, each step sees more data.
+
 ``--seed S`` (default 0) sets the retraining data order: the zipped variants shuffle task ``i`` with
 seed ``S + i``, the control with ``S + 1``, and ``keras.utils.set_random_seed(S)`` runs before each
 variant's zipping and training (the global seed enters tf.data's shuffle order). The originals
@@ -28,7 +31,7 @@ The smallest budget at which every task is within 0.5 point of its original give
 Usage:
     python benchmarks/retraining.py [--quick] [--out out/retraining] [--arch lenet5_caffe ...]
         [--budgets 100,200,235,300,500] [--variants oneshot,layerwise,layerwise_batches,control]
-        [--conv-hessian auto|exact|block] [--learning-rate 1e-3] [--seed 0]
+        [--conv-hessian auto|exact|block] [--learning-rate 1e-3] [--seed 0] [--batch-size 128]
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LEARNING_RATE = 1e-3
+BATCH_SIZE = 128
 DEFAULT_ARCHS = ("lenet_300_100", "lenet5")
 DEFAULT_BUDGETS = (100, 200, 235, 300, 500)
 VARIANTS = ("oneshot", "layerwise", "layerwise_batches", "control")
@@ -50,11 +54,11 @@ ZIPPED_VARIANTS = ("oneshot", "layerwise", "layerwise_batches", "oneshot_plus")
 PLUS_OPTIONS = {"method": "mtz+refits"}
 
 
-def _fit(model, tasks, budget, callbacks=(), seed=0, learning_rate=LEARNING_RATE):
+def _fit(model, tasks, budget, callbacks=(), seed=0, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE):
     from tfmot_zip import data, training
 
     training.compile_multitask(model, learning_rate, decay_steps=budget)
-    model.fit(data.multitask(*[t.train for t in tasks], seed=seed), steps_per_epoch=budget, epochs=1,
+    model.fit(data.multitask(*[t.train for t in tasks], seed=seed, batch_size=batch_size), steps_per_epoch=budget, epochs=1,
               verbose=0, callbacks=list(callbacks))
     return [round(a, 2) for a in training.evaluate_tasks(model, [t.test for t in tasks])]
 
@@ -74,7 +78,7 @@ def _set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def control_accuracy(trained, tasks, budget, learning_rate=LEARNING_RATE, seed=0):
+def control_accuracy(trained, tasks, budget, learning_rate=LEARNING_RATE, seed=0, batch_size=BATCH_SIZE):
     """The originals trained on for ``budget`` steps; data order seed ``seed + 1`` (1 at the default)."""
     from tfmot_zip import data, training
     from tfmot_zip.compat import keras
@@ -86,7 +90,7 @@ def control_accuracy(trained, tasks, budget, learning_rate=LEARNING_RATE, seed=0
         model.set_weights(tr.model.get_weights())
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, budget)
         model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy")
-        ds = data.multitask(t.train, seed=seed + 1).map(lambda x, y: (x[0], y[0]))
+        ds = data.multitask(t.train, seed=seed + 1, batch_size=batch_size).map(lambda x, y: (x[0], y[0]))
         model.fit(ds, steps_per_epoch=budget, epochs=1, verbose=0)
         out.append(round(training.accuracy(model.predict(t.x_test, verbose=0), t.y_test), 2))
     return out
@@ -97,12 +101,14 @@ def within(accs, originals, tolerance=0.5):
 
 
 def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, conv_hessian: str = "auto",
-        learning_rate: float = LEARNING_RATE, seed: int = 0, plus_options: dict | None = None) -> dict:
+        learning_rate: float = LEARNING_RATE, seed: int = 0, plus_options: dict | None = None,
+        batch_size: int = BATCH_SIZE) -> dict:
     """One architecture: originals, one-shot zip without retraining, then each budget's ``variants``.
 
     ``batches=False`` drops "layerwise_batches" (kept for callers of the old signature);
     ``conv_hessian`` applies to the one-shot zips (the layer-wise ones use the library default).
     ``seed`` is the retraining data-order seed (see the module docstring); the originals stay seed 0.
+    ``batch_size``: examples per task per step, for every variant and the control.
     """
     import tfmot_zip
     from tfmot_zip import data, training
@@ -124,7 +130,7 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
     variants = [v for v in variants if batches or v != "layerwise_batches"]
     result = {"arch": arch, "originals": originals, "original_train_steps": steps_original,
               "no_retraining": no_retraining, "zip_seconds": round(zip_seconds, 2), "learning_rate": learning_rate,
-              "seed": seed, "conv_hessian": conv_hessian, "variants": list(variants), "rows": []}
+              "seed": seed, "batch_size": batch_size, "conv_hessian": conv_hessian, "variants": list(variants), "rows": []}
     log(f"  one-shot zip (no retraining): {no_retraining} in {zip_seconds:.1f} s")
     for budget in budgets:
         started = time.perf_counter()
@@ -132,13 +138,13 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
         if "oneshot" in variants:
             _set_seed(seed)
             z = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0, conv_hessian=conv_hessian, method="mtz")
-            row["oneshot"] = _fit(z, tasks, budget, seed=seed, learning_rate=learning_rate)
+            row["oneshot"] = _fit(z, tasks, budget, seed=seed, learning_rate=learning_rate, batch_size=batch_size)
         if "oneshot_plus" in variants:
             _set_seed(seed)
             z = tfmot_zip.zip_models(*models, calibration_data=cal, sharing=1.0, conv_hessian=conv_hessian,
                                      **(plus_options or PLUS_OPTIONS))
             row["oneshot_plus_no_retraining"] = [round(a, 2) for a in training.evaluate_tasks(z, [t.test for t in tasks])]
-            row["oneshot_plus"] = _fit(z, tasks, budget, seed=seed, learning_rate=learning_rate)
+            row["oneshot_plus"] = _fit(z, tasks, budget, seed=seed, learning_rate=learning_rate, batch_size=batch_size)
         for key, callback_data in (("layerwise", cal), ("layerwise_batches", None)):
             if key not in variants:
                 continue
@@ -147,11 +153,12 @@ def run(arch: str, budgets, log=print, batches: bool = True, variants=VARIANTS, 
             _set_seed(seed)
             z = tfmot_zip.zip_models(*models, calibration_data=None, sharing=1.0, schedule=schedule)
             callback = tfmot_zip.ZipCallback(calibration_data=callback_data)
-            row[key] = _fit(z, tasks, budget, [callback], seed=seed, learning_rate=learning_rate)
+            row[key] = _fit(z, tasks, budget, [callback], seed=seed, learning_rate=learning_rate, batch_size=batch_size)
             row[f"{key}_zipped_at"] = [e["global_step"] for e in callback.log]
             assert not tfmot_zip.zipping.callbacks.pending_layers(z)
         if "control" in variants:
-            row["control"] = control_accuracy(trained, tasks, budget, learning_rate=learning_rate, seed=seed)
+            row["control"] = control_accuracy(trained, tasks, budget, learning_rate=learning_rate, seed=seed,
+                                              batch_size=batch_size)
         for key in [k for k in ZIPPED_VARIANTS if k in row]:
             row[f"{key}_within_0.5"] = within(row[key], originals)
             if "control" in row:
@@ -197,6 +204,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="retraining data-order seed of the zipped variants and the control; the originals "
                              "stay the zoo's seed 0 (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"examples per task per step, every variant and the control (default: {BATCH_SIZE})")
     args = parser.parse_args()
 
     from tfmot_zip.apps import zoo
@@ -226,6 +235,8 @@ def main() -> None:
         budgets = (100, 200) if args.quick else DEFAULT_BUDGETS
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative integer; received {args.seed}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer; received {args.batch_size}")
     if not args.learning_rate > 0:
         parser.error(f"--learning-rate must be positive; received {args.learning_rate}")
 
@@ -237,7 +248,8 @@ def main() -> None:
     for arch in archs:
         started = time.perf_counter()
         results["runs"].append(run(arch, budgets, variants=variants, conv_hessian=args.conv_hessian,
-                                   learning_rate=args.learning_rate, seed=args.seed, plus_options=plus))
+                                   learning_rate=args.learning_rate, seed=args.seed, plus_options=plus,
+                                   batch_size=args.batch_size))
         results["runs"][-1]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"  {arch}: {results['runs'][-1]['seconds']} s", flush=True)
         atomic_write_json(out / "retraining.json", results)
