@@ -2,7 +2,9 @@
 
 For each architecture (``weights=None``, 32x32x3, ``classes=5``; two seeds), used directly and
 nested as a transfer-learning base under a new head (``Sequential([base(include_top=False),
-GlobalAveragePooling2D(), Dense(5)])``), with 32 calibration images per task (random, in [0, 1]):
+GlobalAveragePooling2D(), Dense(5)])``), or (variant ``keras3``) built by Keras 3's
+``keras.applications`` and handed to ``zip_models`` as it is (converted to tf_keras on the way),
+with 32 calibration images per task (random, in [0, 1]):
 
 - sharing 0: the largest |difference| between the zipped model's outputs and the originals';
 - sharing 1.0: zip time, parameters of the stripped model against the two originals (target
@@ -13,7 +15,7 @@ GlobalAveragePooling2D(), Dense(5)])``), with 32 calibration images per task (ra
   re-estimated on the same images as zipping does (random weights: int8 calibration of an
   untrained deep network is poor whether zipped or not), and whether the default ``TOLERANCES`` pass.
 
-Run:  nice python -m benchmarks.applications [--arch MobileNetV2 ...] [--variants direct nested]
+Run:  nice python -m benchmarks.applications [--arch MobileNetV2 ...] [--variants direct nested keras3]
       [--out out/applications.json] [--doc docs/APPLICATIONS.md]
 """
 from __future__ import annotations
@@ -37,20 +39,26 @@ SHAPE = (32, 32, 3)
 CLASSES = 5
 
 
-def _apps():
-    A = keras.applications
+def _apps(applications=None):
+    A = applications or keras.applications
     return {
         "MobileNet": lambda **k: A.MobileNet(alpha=0.25, **k),
         "MobileNetV2": lambda **k: A.MobileNetV2(alpha=0.35, **k),
         "MobileNetV3Small": lambda **k: A.MobileNetV3Small(**k),
         "EfficientNetB0": lambda **k: A.EfficientNetB0(**k),
+        "EfficientNetV2B0": lambda **k: A.EfficientNetV2B0(**k),
         "DenseNet121": lambda **k: A.DenseNet121(**k),
         "ResNet50": lambda **k: A.ResNet50(**k),
     }
 
 
 def build(arch: str, variant: str, seed: int) -> keras.Model:
-    """One model: the application itself, or its base nested under a new head."""
+    """One model: the application itself, its base nested under a new head, or Keras 3's application."""
+    if variant == "keras3":
+        import keras as keras3  # Keras 3: the benchmark builds with it, the package never imports it
+
+        keras3.utils.set_random_seed(seed)
+        return _apps(keras3.applications)[arch](input_shape=SHAPE, weights=None, classes=CLASSES)
     keras.utils.set_random_seed(seed)
     make = _apps()[arch]
     if variant == "direct":
@@ -85,7 +93,7 @@ def measure(arch: str, variant: str, images: int = 32) -> dict:
     # The reference: the first original with its BatchNorm statistics re-estimated on the same images,
     # as zipping re-estimates the zipped model's (random networks with default statistics give
     # near-constant outputs, which any export reproduces).
-    reference = copy_model(a)
+    reference = copy_model(tfmot_zip.from_keras3(a) if variant == "keras3" else a)
     recalibrate_batchnorm(reference, [xa])
     loose = Tolerance(max_abs=float("inf"))  # measure; the verdict against TOLERANCES is recorded beside
     for mode in (None, "int8"):
@@ -138,7 +146,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="*", default=list(_apps()))
-    parser.add_argument("--variants", nargs="*", default=["direct", "nested"])
+    parser.add_argument("--variants", nargs="*", default=["direct", "nested"], choices=["direct", "nested", "keras3"])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--out", default="out/applications.json")
     args = parser.parse_args()

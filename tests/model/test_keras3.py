@@ -22,9 +22,12 @@ def randomize(model, seed=0):
     shows while deep models keep their activations in range."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        layer.set_weights([rng.uniform(0.5, 2.0, size=w.shape).astype("float32") if "variance" in v.path
+        layer.set_weights([w if not np.issubdtype(w.dtype, np.floating)  # a Normalization's sample count
+                           else rng.uniform(0.5, 2.0, size=w.shape).astype("float32") if "variance" in v.path
                            else (w + rng.normal(scale=0.2 * np.std(w) + 0.05, size=w.shape)).astype("float32")
                            for v, w in zip(layer.weights, layer.get_weights())])
+        if hasattr(layer, "finalize_state"):  # as adapt() and loading do: a Normalization reads its new weights
+            layer.finalize_state()
     return model
 
 
@@ -60,6 +63,9 @@ MODELS = {
         [L3.Rescaling(1 / 255.0, offset=-0.5, name="rescale"), L3.ZeroPadding2D(((1, 0), (0, 1)), name="pad"),
          L3.DepthwiseConv2D(3, depth_multiplier=2, use_bias=True, name="dw"), L3.GlobalAveragePooling2D(name="gap"),
          L3.Dense(3, name="head")]),
+    "Normalization (adapted weights; mean and variance given)": lambda: image(
+        [L3.Normalization(axis=-1, name="norm"), L3.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 3.0],
+                                                                  name="norm_given"), L3.Conv2D(2, 1, name="pw")]),
     "Reshape/GlobalMaxPooling2D": lambda: image(
         [L3.Reshape((4, 16, 3), name="reshape"), L3.Conv2D(2, 1, name="pw"), L3.GlobalMaxPooling2D(name="gmp")]),
     "Add": lambda: residual(L3.Add),
@@ -242,3 +248,60 @@ def test_keras3_mobilenet_v3_small_converts_and_zips():
     za, zb = zipped([x, x])
     np.testing.assert_allclose(za, np.asarray(a(x)), atol=1e-5)
     np.testing.assert_allclose(zb, np.asarray(b(x)), atol=1e-5)
+
+
+def test_keras3_dropout_follows_the_models_training_argument():
+    """Keras 3 records training=False on every Dropout node but lets the model's training argument win; a
+    tf_keras node argument would win over the model's, so the converted model must not carry it."""
+    x = k3.Input((1000,))
+    model3 = k3.Model(x, L3.Dropout(0.5, name="drop")(L3.Dense(1000, name="fc")(x)), name="drop3")
+    assert model3.get_config()["layers"][2]["inbound_nodes"][0]["kwargs"] == {"training": False}
+    converted = from_keras3(model3)
+    assert all("training" not in node.call_kwargs for l in converted.layers for node in l._inbound_nodes)
+    data = np.ones((2, 1000), "float32")
+    for training in (True, False):
+        dropped3 = np.mean(np.asarray(model3(data, training=training)) == 0)
+        dropped = np.mean(converted(data, training=training).numpy() == 0)
+        assert (dropped3 > 0.3) == (dropped > 0.3) == training
+
+
+def efficientnet_like(seed, name):
+    """The blocks of Keras 3's EfficientNet: Rescaling and Normalization in front, a squeeze-and-excitation
+    gate, a Dropout Keras 3 records with training=False, and a residual Add."""
+    k3.utils.set_random_seed(seed)
+    inputs = k3.Input((8, 8, 3), name="image")
+    x = L3.Normalization(axis=-1, name="norm")(L3.Rescaling(1 / 255.0, name="rescale")(inputs))
+    x = L3.Activation("swish", name="stem_act")(L3.BatchNormalization(name="stem_bn")(L3.Conv2D(8, 3, padding="same",
+                                                                                                 name="stem")(x)))
+    y = L3.Activation("swish", name="dw_act")(L3.BatchNormalization(name="dw_bn")(
+        L3.DepthwiseConv2D(3, padding="same", name="dw")(x)))
+    gate = L3.Conv2D(2, 1, activation="swish", name="se_reduce")(L3.GlobalAveragePooling2D(keepdims=True, name="se")(y))
+    y = L3.Multiply(name="se_excite")([y, L3.Conv2D(8, 1, activation="sigmoid", name="se_expand")(gate)])
+    y = L3.BatchNormalization(name="project_bn")(L3.Conv2D(8, 1, name="project")(y))
+    x = L3.Add(name="add")([L3.Dropout(0.2, noise_shape=(None, 1, 1, 1), name="drop")(y), x])
+    outputs = L3.Dense(4, activation="softmax", name="head")(L3.GlobalAveragePooling2D(name="gap")(x))
+    model = randomize(k3.Model(inputs, outputs, name=name), seed)
+    model.get_layer("norm").adapt(np.random.default_rng(seed).uniform(0.2, 0.8, (64, 8, 8, 3)).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("sharing", [0.0, 0.5, 1.0])
+def test_keras3_efficientnet_blocks_zip(sharing):
+    """Keras 3 EfficientNets were refused (Normalization) and then crashed at sharing > 0 (the Dropout's
+    recorded training argument); the blocks now zip, and sharing 0 reproduces the Keras 3 models."""
+    a, b = efficientnet_like(1, "effnet_a"), efficientnet_like(2, "effnet_b")
+    x = np.random.default_rng(0).uniform(0, 255, (48, 8, 8, 3)).astype("float32")
+    before = [w.copy() for w in a.get_weights()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=sharing, recalibrate_batchnorm=False,
+                                      progress=False)
+    za, zb = zipped([x, x])
+    if sharing == 0.0:
+        np.testing.assert_allclose(za, np.asarray(a(x)), atol=1e-5)
+        np.testing.assert_allclose(zb, np.asarray(b(x)), atol=1e-5)
+    else:
+        assert tfmot_zip.zip_summary(zipped).layers[0].shared_units > 0
+        assert np.allclose(np.sum(za, axis=1), 1.0, atol=1e-5) and np.isfinite(zb).all()
+    assert isinstance(zipped.get_layer("drop__effnet_a"), keras.layers.Dropout)  # kept: it acts when the model trains
+    assert all(np.array_equal(w, v) for w, v in zip(a.get_weights(), before))

@@ -1,5 +1,6 @@
 """Generated architectures (hypothesis): random small Dense/Conv2D models with BatchNorm,
-residual adds, pooling, depthwise convolutions and activations, 2-3 models of differing widths. For each: sharing 0
+residual adds, pooling, depthwise convolutions, activations and Dropout (BatchNorm and Dropout
+sometimes called with ``training=False``), 2-3 models of differing widths. For each: sharing 0
 reproduces the originals, ``strip_zipping`` matches the zipped model, save/load is bit-exact and
 the input models are left unmodified; for a fifth of the examples (``TFMOT_ZIP_FUZZ_TFLITE_EXAMPLES``),
 every TFLite signature of the float export of the stripped model matches Keras.
@@ -33,6 +34,8 @@ def architectures(draw):
             "kernel": draw(st.sampled_from([1, 3])) if conv else None,
             "activation": draw(st.sampled_from(ACTIVATIONS)),
             "bn": draw(st.booleans()),
+            "bn_called_in_inference": draw(st.booleans()),
+            "dropout": draw(st.sampled_from([None, "plain", "called_in_inference"])),
             "residual": draw(st.booleans()),
             "pool": conv and draw(st.booleans()),
             "depthwise": conv and draw(st.booleans()),
@@ -66,8 +69,12 @@ def build(spec, m, seed):
         else:
             y = L.Dense(units, name=f"dense{k}")(x)
         if block["bn"]:
-            y = L.BatchNormalization(name=f"bn{k}")(y)
+            bn = L.BatchNormalization(name=f"bn{k}")
+            y = bn(y, training=False) if block.get("bn_called_in_inference") else bn(y)
         y = L.Activation(block["activation"], name=f"act{k}")(y)
+        if block.get("dropout"):
+            dropout = L.Dropout(0.25, name=f"drop{k}")
+            y = dropout(y, training=False) if block["dropout"] == "called_in_inference" else dropout(y)
         if block.get("depthwise"):  # follows the pairing of the space it reads
             y = L.DepthwiseConv2D(3, padding="same", use_bias=block["depthwise_bias"], name=f"dw{k}")(y)
         x = L.Add(name=f"add{k}")([x, y]) if residual else y

@@ -15,6 +15,10 @@ model computing the same thing:
   in inference mode: forward results are identical in training and inference, but their
   ``gamma``/``beta`` no longer train) and its Dropout/noise layers, which never act there, are
   left out; ``training=True`` and other call arguments of a nested model are refused;
+- a layer called with ``training=False`` (``Dropout(0.2)(x, training=False)``; Keras 3 models keep it
+  on their nodes) is treated the same way: the argument is dropped, a Dropout/noise layer with it is
+  left out and a BatchNormalization with it gets ``trainable=False``; a layer called with
+  ``training=True`` (always in training mode, as Monte-Carlo dropout) is refused;
 - an elementwise TF-op layer of one tensor and at most one Python scalar becomes the Keras layer
   computing the same (``Rescaling`` for ``+ - * /`` by a scalar, ``ReLU``/``Activation`` for
   ``tf.nn.relu``, ``relu6``, ``sigmoid``, ``tanh``, ``silu``/``swish``, ``elu``); other TF-op
@@ -90,8 +94,14 @@ def _unit_reshape(layer: Any) -> bool:
     )
 
 
+def _passes_training(layer: Any) -> bool:
+    """Whether some call of ``layer`` passes a ``training`` argument."""
+    return any("training" in (getattr(node, "call_kwargs", None) or {}) for node in getattr(layer, "_inbound_nodes", []))
+
+
 def needs_flattening(model: Any) -> bool:
-    """Whether :func:`flatten_model` would rewrite ``model`` (nested models, TF-op layers, unit Reshapes).
+    """Whether :func:`flatten_model` would rewrite ``model`` (nested models, TF-op layers, unit Reshapes,
+    layers called with a ``training`` argument).
 
     Example:
         >>> from tfmot_zip.compat import keras
@@ -103,6 +113,7 @@ def needs_flattening(model: Any) -> bool:
         return False
     return any(
         _is_model(l) or type(l).__name__ == "TFOpLambda" or (_unit_reshape(l) and l.target_shape[-1] != -1)
+        or _passes_training(l)
         for l in model.layers
     )
 
@@ -113,8 +124,8 @@ def flatten_model(model: Any) -> Any:
     Returns ``model`` itself when there is nothing to rewrite.
 
     Raises:
-        UnsupportedModelError: a nested model called twice or with ``training=True``, or two
-            layers of one name once flattened.
+        UnsupportedModelError: a nested model called twice or with ``training=True``, a layer
+            called with ``training=True``, or two layers of one name once flattened.
 
     Example:
         >>> from tfmot_zip.compat import keras
@@ -139,6 +150,35 @@ def flatten_model(model: Any) -> Any:
         if source is not None and layer.weights:
             layer.set_weights(source.get_weights())
     return flat
+
+
+def _without_training(model: Any, layer: Any, nodes: list) -> tuple[list, bool]:
+    """``nodes`` (a layer's calls, in config form) without their ``training`` argument, and whether every
+    call passed ``training=False``; ``training=True``, another value, or ``False`` in some calls only is refused."""
+    values, stripped = [], []
+    for node in nodes:
+        node_values, entries = set(), []
+        for entry in node:
+            if isinstance(entry, list) and len(entry) > 3 and isinstance(entry[0], str) and isinstance(entry[3], dict):
+                kwargs = dict(entry[3])
+                if "training" in kwargs:
+                    value = kwargs.pop("training")
+                    node_values.add(value if isinstance(value, (bool, type(None))) else repr(value))
+                entry = [*entry[:3], kwargs]
+            entries.append(entry)
+        stripped.append(entries)
+        values.append(node_values.pop() if len(node_values) == 1 else (None if not node_values else "mixed"))
+    if all(v is None for v in values):
+        return nodes, False
+    if any(v is not None and v is not False for v in values) or any(v is None for v in values):
+        raise UnsupportedModelError(
+            f"{_describe(model, layer)} is called with training={values[0] if len(values) == 1 else values!r}; "
+            "tfmot_zip zips layers "
+            "that follow the model's training mode, or are called with training=False in every call. Rebuild the "
+            "model without the training argument of this layer (or with training=False), e.g. "
+            f"{type(layer).__name__}(...)(x) instead of {type(layer).__name__}(...)(x, training=True)."
+        )
+    return stripped, True
 
 
 class _Flattener:
@@ -214,6 +254,8 @@ class _Flattener:
         """Adds one layer (its calls ``nodes``, in config form); returns its first call's output refs."""
         if _is_model(layer):
             return self._inline(model, layer, nodes, inference)
+        nodes, called_in_inference = _without_training(model, layer, nodes)
+        inference = inference or called_in_inference
         if inference and isinstance(layer, NOISE_LAYERS) and len(nodes) == 1:
             self.alias[(layer.name, 0)] = self._resolve(nodes[0][0][:3])
             return [self._resolve(nodes[0][0][:3])]

@@ -33,7 +33,7 @@ __all__ = ["SUPPORTED_LAYERS", "from_keras3", "as_tf_keras_model", "keras3_file_
 SUPPORTED_LAYERS = (
     "InputLayer", "Dense", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "MaxPooling2D",
     "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Dropout", "Activation",
-    "ReLU", "Add", "Multiply", "Concatenate", "Reshape", "Rescaling", "ZeroPadding2D",
+    "ReLU", "Add", "Multiply", "Concatenate", "Reshape", "Rescaling", "Normalization", "ZeroPadding2D",
 )
 # Keras 3 options without a tf_keras argument, dropped when they hold these (default) values.
 _DROPPABLE = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, "synchronized": False,
@@ -362,7 +362,11 @@ def _build_functional(config: dict, weights: dict) -> Any:
         outputs[new_layer.name] = []
         for node in layer.get("inbound_nodes", []):
             args = _history(node.get("args", []), outputs, layer)
-            kwargs = {k: _history(v, outputs, layer) for k, v in node.get("kwargs", {}).items() if v is not None}
+            # Keras 3 records ``training`` on nodes (False even where none was passed) but lets the model's own
+            # training argument override it; tf_keras would make a recorded value override the model's
+            # (a Dropout never active in fit), so the value is left to the model, as in Keras 3.
+            kwargs = {k: _history(v, outputs, layer) for k, v in node.get("kwargs", {}).items()
+                      if v is not None and k != "training"}
             result = new_layer(*args, **kwargs)
             outputs[new_layer.name].append(result if isinstance(result, (list, tuple)) else [result])
         built.append((layer, new_layer))
