@@ -117,7 +117,8 @@ def test_layers_called_with_training_false_keep_its_meaning_without_the_argument
     inputs = keras.Input(SHAPE)
     x = L.BatchNormalization(name="b")(L.Conv2D(2, 1, name="c")(inputs), training=False)
     x = L.GaussianNoise(0.5, name="n")(L.Dropout(0.5, name="d")(x, training=False), training=False)
-    model = keras.Model(inputs, L.Dense(2, name="h")(L.Flatten(name="f")(L.Dropout(0.5, name="active")(x))))
+    x = L.Dropout(0.5, name="active")(x, training=None)  # None follows the model: kept, and acts in training
+    model = keras.Model(inputs, L.Dense(2, name="h")(L.Flatten(name="f")(x)))
     random_bn(model.get_layer("b"), rng)
     assert needs_flattening(model)
     flat = flatten_model(model)
@@ -126,6 +127,7 @@ def test_layers_called_with_training_false_keep_its_meaning_without_the_argument
     data = rng.random((64,) + SHAPE).astype("float32")
     np.testing.assert_allclose(flat(data).numpy(), model(data).numpy(), atol=1e-6)
     assert np.mean(flat.get_layer("active")(np.ones((1, 1000)), training=True).numpy() == 0) > 0.3  # still acts
+    assert not any("training" in node.call_kwargs for l in flat.layers for node in l._inbound_nodes)
 
 
 def test_flat_models_are_returned_unchanged():

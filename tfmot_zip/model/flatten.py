@@ -168,15 +168,14 @@ def _without_training(model: Any, layer: Any, nodes: list) -> tuple[list, bool]:
             entries.append(entry)
         stripped.append(entries)
         values.append(node_values.pop() if len(node_values) == 1 else (None if not node_values else "mixed"))
-    if all(v is None for v in values):
-        return nodes, False
-    if any(v is not None and v is not False for v in values) or any(v is None for v in values):
+    if all(v is None for v in values):  # training=None (or nothing) follows the model's mode
+        return stripped, False
+    if any(v is not False for v in values):
         raise UnsupportedModelError(
             f"{_describe(model, layer)} is called with training={values[0] if len(values) == 1 else values!r}; "
-            "tfmot_zip zips layers "
-            "that follow the model's training mode, or are called with training=False in every call. Rebuild the "
-            "model without the training argument of this layer (or with training=False), e.g. "
-            f"{type(layer).__name__}(...)(x) instead of {type(layer).__name__}(...)(x, training=True)."
+            "tfmot_zip zips layers that follow the model's training mode, or are called with training=False in "
+            "every call. Rebuild the model without the training argument of this layer (or with training=False), "
+            f"e.g. {type(layer).__name__}(...)(x) instead of {type(layer).__name__}(...)(x, training=True)."
         )
     return stripped, True
 
