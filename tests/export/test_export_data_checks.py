@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tfmot_zip
 from builders import calib, mlp
@@ -104,6 +105,16 @@ def nan_and_inf(x, nan, inf):
 # ------------------------------------------------------------------ item 1: non-finite or degenerate data
 
 
+def overflowing(x, rows):
+    """``x`` with ``rows`` replaced by finite inputs of float32's largest size, signed along the shared layer's
+    largest-weight unit, so that unit's pre-activation (and every output after it) overflows."""
+    kernel = two_tasks().get_layer("shared").get_weights()[0]
+    unit = int(np.argmax(np.abs(kernel).sum(axis=0)))
+    bad = x.copy()
+    bad[list(rows)] = np.sign(kernel[:, unit]) * np.finfo(np.float32).max
+    return bad
+
+
 # (case, representative data for task_b, pattern of the message). Registry for docs/BAD_INPUTS.md.
 REPRESENTATIVE_CASES = [
     ("one task's representative data all NaN", lambda x: np.full_like(x, np.nan),
@@ -112,6 +123,8 @@ REPRESENTATIVE_CASES = [
      rf"representative_data for task 'task_b' contains NaN or inf values: 0 NaN and 3 inf out of {N * 4}"),
     ("NaN and inf in representative data", lambda x: nan_and_inf(x, 5, 2), r"task 'task_b'.*5 NaN and 2 inf.*np\.nan_to_num"),
     ("constant representative data", lambda x: np.zeros_like(x), r"task 'task_b' is constant \(all 160 values are 0\.0\).*typical inputs"),
+    ("representative data on which the model overflows (was a file whose run is a segmentation fault)", lambda x: overflowing(x, range(0, N, 2)),
+     rf"the model's outputs there are NaN or inf \(output 'task_b' on {N // 2} of {N} samples\)\. Nothing was written"),
     ("complex representative data", lambda x: x.astype(np.complex64), r"representative_data\[1\]: the data has dtype complex64"),
     ("object representative data", lambda x: np.array(list(x) + ["a"], dtype=object), r"representative_data\[1\]: the data has dtype object"),
     ("a generator as representative data", lambda x: (row for row in x), r"representative_data\[1\]: as_inputs received a generator"),
@@ -124,6 +137,22 @@ def test_bad_representative_data_is_refused_before_any_work(model, x, tmp_path, 
     with pytest.raises(ValueError, match=pattern):
         export_tflite(model, target, quantize="int8", representative_data=(x, make(x)))
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(blown=st.sets(st.integers(0, N - 1), max_size=N - 1))
+def test_outputs_that_overflow_on_representative_data_are_counted_per_output_before_any_work(model, x, no_work, blown):
+    """The count in the message is the number of samples whose output is NaN or inf (counted here directly)."""
+    bad = overflowing(x, sorted(blown))
+    outputs = model.predict([x, bad], verbose=0)
+    expected = {name: int(np.sum(~np.isfinite(out).all(axis=1))) for name, out in zip(model.output_names, outputs)}
+    assert expected["task_a"] == 0 and expected["task_b"] == len(blown)
+    if not blown:
+        with pytest.raises(AssertionError, match="started working"):
+            export_tflite(model, quantize="int8", representative_data=(x, bad))
+        return
+    with pytest.raises(ValueError, match=rf"outputs there are NaN or inf \(output 'task_b' on {expected['task_b']} of {N} samples\)"):
+        export_tflite(model, quantize="int8", representative_data=(x, bad))
 
 
 def test_representative_data_is_checked_on_the_samples_used_and_dict_keys_name_the_task(model, x, no_work):

@@ -214,6 +214,28 @@ def _representative_dataset(model: keras.Model, plans: Sequence[SignaturePlan], 
     return generate
 
 
+def _check_finite_outputs(model: keras.Model, arrays: list[np.ndarray], samples: int) -> None:
+    """A ValueError naming each output that is NaN or inf on some representative sample: the int8
+    calibrator sets activation ranges from these values, so it would give a broken file or none."""
+    count = min(samples, min(len(a) for a in arrays))
+    feeds = [a[:count] for a in arrays]
+    outputs = model.predict(feeds if len(feeds) > 1 else feeds[0], batch_size=64, verbose=0)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    found = []
+    for name, out in zip(model.output_names, outputs):
+        bad = int(np.sum(~np.isfinite(np.asarray(out).reshape(len(out), -1)).all(axis=1)))
+        if bad:
+            found.append(f"output {name!r} on {bad} of {count} samples")
+    if found:
+        raise ValueError(
+            "export_tflite(quantize='int8') calibrates activation ranges on representative_data, but the model's "
+            f"outputs there are NaN or inf ({'; '.join(found)}). Nothing was written. The model overflows on this "
+            "data: check that it is typical input at the scale the model was trained on, and the model itself (a "
+            "BatchNormalization whose moving variance is near zero multiplies small differences); its float outputs "
+            "must be finite before it can be quantized."
+        )
+
+
 def export_tflite(
     model: keras.Model,
     path: PathLike | None = None,
@@ -268,8 +290,8 @@ def export_tflite(
     Raises:
         ValueError: unknown ``quantize``; a ``path`` not ending in ``.tflite``; "int8" without
             ``representative_data`` for a model that is not quantization-aware, or with
-            representative data that holds NaN or inf values (counted, per task) or is
-            constant; a quantization-aware model with another mode; a model with zip layers
+            representative data that holds NaN or inf values (counted, per task), is
+            constant, or on which the model's outputs are NaN or inf (counted, per output); a quantization-aware model with another mode; a model with zip layers
             (call ``tfmot_zip.strip_zipping`` first) or with pruning wrappers (call
             ``tfmot.sparsity.keras.strip_pruning`` first); a task named like a reserved
             signature; a converted file without the tensor types of ``quantize`` (nothing is
@@ -331,6 +353,7 @@ def export_tflite(
     arrays = None
     if quantize == "int8" and representative_data is not None:
         arrays = per_input_arrays(model, representative_data, "representative_data", representative_samples, refuse_constant=True)
+        _check_finite_outputs(model, arrays, representative_samples)
 
     functions = _concrete_functions(model, plans)
     root = tf.Module()
