@@ -43,3 +43,22 @@ def test_report_lists_every_zip_layer_with_its_physical_units(widths, depthwise,
         for t in range(2):  # brute force: the physical units some task writes
             used |= {int(u) for u in layer.get_maps(t)[1]}
         assert entry["physical_units"] == len(used)
+
+
+@settings(max_examples=30, deadline=None)
+@given(layers=st.lists(st.tuples(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
+                                 st.lists(st.integers(1, 100_000), min_size=2, max_size=3), st.booleans()),
+                       min_size=1, max_size=6))
+def test_summary_table_columns_stay_apart_for_any_name_length(layers):
+    """Long layer names (keras.applications' run to 25 characters) ran into the widths column."""
+    from tfmot_zip.zipping.report import LayerSummary, ZipReport
+
+    summaries = [LayerSummary(name, "dense", widths, 1, 10, 5, 0.5, head) for name, widths, head in layers]
+    lines = str(ZipReport(["a", "b"], summaries, 100, 60)).splitlines()
+    header, rows = lines[0], lines[2:2 + len(layers)]
+    widths_at, shared_end = header.index("widths"), header.index("shared") + len("shared")
+    for row, (name, widths, head) in zip(rows, layers):
+        assert row[:widths_at].rstrip() == name and row[len(name):widths_at].startswith("  ")
+        cell = "/".join(map(str, widths)) + (" (head)" if head else "")
+        assert row[widths_at:].startswith(cell) and row[widths_at + len(cell):shared_end - 1].strip() == ""
+        assert row[:shared_end].endswith("1") and len(row) == len(header)

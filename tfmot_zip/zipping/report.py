@@ -80,12 +80,17 @@ class ZipReport:
         }
 
     def __str__(self) -> str:
-        head = f"{'layer':<14}{'widths':<14}{'shared':>8}{'params before':>15}{'params after':>14}{'merge cost':>12}"
+        widths = ["/".join(str(w) for w in l.widths) + (" (head)" if l.is_head else "") for l in self.layers]
+        # columns as wide as their longest entry (keras.applications names run to 25 characters), at least 14
+        name_width = max([14] + [len(l.name) + 2 for l in self.layers])
+        widths_width = max([14] + [len(w) + 2 for w in widths])
+        head = (f"{'layer':<{name_width}}{'widths':<{widths_width}}{'shared':>8}{'params before':>15}{'params after':>14}"
+                f"{'merge cost':>12}")
         lines = [head, "-" * len(head)]
-        for l in self.layers:
+        for l, width in zip(self.layers, widths):
             cost = "" if l.merge_cost is None else f"{l.merge_cost:.4g}"
-            widths = "/".join(str(w) for w in l.widths) + (" (head)" if l.is_head else "")
-            lines.append(f"{l.name:<14}{widths:<14}{l.shared_units:>8}{l.params_before:>15,}{l.params_after:>14,}{cost:>12}")
+            lines.append(f"{l.name:<{name_width}}{width:<{widths_width}}{l.shared_units:>8}{l.params_before:>15,}"
+                         f"{l.params_after:>14,}{cost:>12}")
         lines.append(
             f"total parameters: {self.params_original:,} in the separate models -> {self.params_zipped:,} "
             f"zipped ({self.params_zipped / self.params_original:.1%})"
