@@ -29,8 +29,10 @@ def test_per_model_specs_repeat_one_spec_or_need_one_each():
 
 def test_outputs_never_overwrite_an_input_npz(tmp_path):
     data = tmp_path / "calib.npz"
-    specs = [parse_data_spec(f"{data}?count=5"), parse_data_spec("mnist:train")]
-    assert npz_files(specs) == [data]
+    specs = [parse_data_spec(f"{data}?count=5"), parse_data_spec("mnist:train"), parse_data_spec(f"{tmp_path / 'x.npy'}")]
+    assert npz_files(specs) == [data, tmp_path / "x.npy"]
+    with pytest.raises(UsageError, match="is also an input"):
+        check_output_file(tmp_path / "x.npy", (".npy",), "--out", inputs=npz_files(specs))
     with pytest.raises(UsageError, match="is also an input"):
         check_output_file(tmp_path / "calib.npz", (".npz",), "--out", inputs=npz_files(specs))
     assert check_output_file(tmp_path / "out.keras", (".keras",), "--out", inputs=npz_files(specs)) == tmp_path / "out.keras"

@@ -5,6 +5,7 @@ because the command line is its main user.
 """
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tfmot_zip.data.specs import DataSpec, load_data_spec, parse_data_spec
 
@@ -16,12 +17,46 @@ def test_parse_data_spec():
     assert (spec.name, spec.split, spec.transform, spec.count, spec.scale) == ("mnist:3.0.1", "test[10%:20%]", "transpose", 7, "none")
     spec = parse_data_spec("some/dir/calib.npz?classes=3,1")
     assert (spec.source, spec.name, spec.classes) == ("npz", "some/dir/calib.npz", (3, 1))
+    spec = parse_data_spec("some/dir/Inputs.NPY?count=3")
+    assert (spec.source, spec.name, spec.count) == ("npy", "some/dir/Inputs.NPY", 3)
     for bad, pattern in [("", "empty"), ("x:train?count=0", "count"), ("x:train?classes=1,1", "distinct"),
                          ("x:train?scale=255", "scale"), ("x:train?count", "KEY=VALUE"), ("x:train?count=1&count=2", "twice"),
                          (":train", "split is missing"), ("x:", "split is missing"), ("x:train?classes=a", "integer labels"),
                          ("x:train?transform=spin", "transform='spin'"), ("x:train?colour=red", "unknown option 'colour'")]:
         with pytest.raises(ValueError, match=pattern):
             parse_data_spec(bad)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), dtype=st.sampled_from(["uint8", "float32", "float64", "int16"]),
+       count=st.one_of(st.none(), st.integers(1, 6)), transform=st.sampled_from(["none", "flip_lr"]))
+def test_npy_spec_reads_the_inputs_with_the_options_of_an_npz(tmp_path_factory, shape, dtype, count, transform):
+    """A .npy file of inputs loads as the same inputs as a .npz holding them as 'x' (options applied alike)."""
+    if transform != "none" and len(shape) != 4:
+        transform = "none"  # spatial transforms need images (N, H, W, C)
+    folder = tmp_path_factory.mktemp("npy")
+    x = (np.random.default_rng(len(shape)).random(shape) * 200).astype(dtype)
+    np.save(folder / "inputs.npy", x)
+    np.savez(folder / "inputs.npz", x=x)
+    options = "&".join(o for o in (f"count={count}" if count else "", f"transform={transform}") if o)
+    from_npy = load_data_spec(f"{folder / 'inputs.npy'}?{options}")
+    from_npz = load_data_spec(f"{folder / 'inputs.npz'}?{options}")
+    assert from_npy.spec.source == "npy" and from_npy.y is None
+    np.testing.assert_array_equal(from_npy.x, from_npz.x)
+    assert len(from_npy) == min(count or shape[0], shape[0])
+
+
+def test_npy_spec_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"file '.*missing\.npy' does not exist\. Pass an existing \.npy file"):
+        load_data_spec(str(tmp_path / "missing.npy"))
+    np.save(tmp_path / "objects.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"cannot read .*objects\.npy' as a \.npy file of numbers.*np\.save\(path, inputs\)"):
+        load_data_spec(str(tmp_path / "objects.npy"))
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"classes= needs labels.*np\.savez\(path, x=inputs, y=labels\)"):
+        load_data_spec(f"{tmp_path / 'x.npy'}?classes=0")
+    with pytest.raises(ValueError, match="has no labels, which training and evaluation need"):
+        load_data_spec(str(tmp_path / "x.npy"), need_labels=True)
 
 
 def test_npz_spec_options(tmp_path):

@@ -163,11 +163,11 @@ def file_size(path: Path) -> int:
 
 
 def npz_files(specs: Iterable[DataSpec]) -> list[Path]:
-    """The ``.npz`` files that data specs read (outputs must not overwrite them).
+    """The ``.npz`` and ``.npy`` files that data specs read (outputs must not overwrite them).
 
     Example:
         >>> from tfmot_zip.data.specs import parse_data_spec
         >>> npz_files([parse_data_spec("a.npz?count=5"), parse_data_spec("mnist:train")])
         [PosixPath('a.npz')]
     """
-    return [Path(s.name).expanduser() for s in specs if s.source == "npz"]
+    return [Path(s.name).expanduser() for s in specs if s.source in ("npz", "npy")]

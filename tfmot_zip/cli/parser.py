@@ -31,7 +31,8 @@ COMMANDS: tuple[ModuleType, ...] = (zip_cmd, retrain_cmd, export_cmd, inspect_cm
 
 SPEC_HELP = (
     "data specs: NAME:SPLIT (tensorflow-datasets; local_fashion_mnist reads the local Debian files, other names only "
-    "if already prepared, never downloaded) or FILE.npz (key 'x', or the first array; labels 'y'); options after '?': "
+    "if already prepared, never downloaded), FILE.npz (key 'x', or the first array; labels 'y') or FILE.npy (inputs "
+    "only); options after '?': "
     "classes=0,1,2 (keep and remap labels), transform=transpose|flip_lr|flip_ud, count=N, scale=auto|none "
     "(auto: uint8 -> [0, 1])."
 )

@@ -1,7 +1,8 @@
 """Data specs: one string that names examples to read, and the function that reads them.
 
-A spec is a tensorflow-datasets name with a split (``local_fashion_mnist:train[:5000]``) or a
-``.npz`` file (``calib.npz``), with optional options after ``?``
+A spec is a tensorflow-datasets name with a split (``local_fashion_mnist:train[:5000]``), a
+``.npz`` file (``calib.npz``: inputs ``x``, optional labels ``y``) or a ``.npy`` file of inputs
+(``calib.npy``), with optional options after ``?``
 (``local_fashion_mnist:train?classes=0,1,2,3,4&count=2000``). :func:`parse_data_spec` checks the
 syntax; :func:`load_data_spec` reads the examples as float32 inputs and int64 labels. Nothing is
 ever downloaded. Every problem raises ``ValueError`` with a message that says what to do.
@@ -28,7 +29,7 @@ class DataSpec:
 
     Attributes:
         text: the spec as written.
-        source: "tfds" or "npz".
+        source: "tfds", "npz" or "npy".
         name: the tensorflow-datasets name (tfds) or the file path (npz).
         split: the tfds split expression (e.g. ``train[:5000]``); None for npz.
         classes: keep only these labels, remapped to ``0..len(classes)-1`` in the order given.
@@ -73,7 +74,8 @@ class LoadedData:
 def _spec_error(text: str, problem: str) -> ValueError:
     return ValueError(
         f"Bad data spec {text!r}: {problem}. A spec is NAME:SPLIT for tensorflow-datasets "
-        f"(e.g. {LOCAL_FASHION_MNIST}:train[:5000]) or a .npz file (key 'x', optional 'y'), "
+        f"(e.g. {LOCAL_FASHION_MNIST}:train[:5000]), a .npz file (key 'x', optional 'y') or a .npy file "
+        "of inputs, "
         "optionally followed by ?classes=0,1,2&transform=transpose&count=1000&scale=none."
     )
 
@@ -116,8 +118,8 @@ def _parse_count(text: str, value: str) -> int:
 def parse_data_spec(text: str) -> DataSpec:
     """Parses a data spec.
 
-    Grammar: ``SOURCE[?OPTION=VALUE[&OPTION=VALUE...]]``. ``SOURCE`` is a ``.npz`` file path
-    or ``NAME:SPLIT`` (a tensorflow-datasets name and split expression; the last ``:``
+    Grammar: ``SOURCE[?OPTION=VALUE[&OPTION=VALUE...]]``. ``SOURCE`` is a ``.npz`` or ``.npy``
+    file path (a ``.npy`` file holds inputs only) or ``NAME:SPLIT`` (a tensorflow-datasets name and split expression; the last ``:``
     separates them, so ``NAME:VERSION:SPLIT`` works too). Options:
 
     - ``classes=0,1,2``: keep these labels only, remapped to ``0, 1, 2`` in the order given
@@ -133,8 +135,8 @@ def parse_data_spec(text: str) -> DataSpec:
         >>> spec = parse_data_spec("local_fashion_mnist:train[:5000]?classes=0,1,2,3,4")
         >>> spec.name, spec.split, spec.classes
         ('local_fashion_mnist', 'train[:5000]', (0, 1, 2, 3, 4))
-        >>> parse_data_spec("calib.npz?count=100").source
-        'npz'
+        >>> parse_data_spec("calib.npz?count=100").source, parse_data_spec("inputs.npy").source
+        ('npz', 'npy')
     """
     if not isinstance(text, str) or not text.strip():
         raise _spec_error(str(text), "it is empty")
@@ -150,8 +152,9 @@ def parse_data_spec(text: str) -> DataSpec:
     if scale not in ("auto", "none"):
         raise _spec_error(text, f"scale={scale!r} must be 'auto' or 'none'")
     common = dict(classes=classes, transform=transform, count=count, scale=scale)
-    if source.lower().endswith(".npz"):
-        return DataSpec(text, "npz", source, None, **common)
+    for suffix in (".npz", ".npy"):
+        if source.lower().endswith(suffix):
+            return DataSpec(text, suffix[1:], source, None, **common)
     depth, cut = 0, -1
     for position, char in enumerate(source):  # the last ':' outside a slice such as train[:5000]
         depth += {"[": 1, "]": -1}.get(char, 0)
@@ -159,7 +162,7 @@ def parse_data_spec(text: str) -> DataSpec:
             cut = position
     name, split = (source[:cut], source[cut + 1:]) if cut >= 0 else (source, "")
     if not name or not split:
-        raise _spec_error(text, "it is neither a .npz file nor NAME:SPLIT (the split is missing)")
+        raise _spec_error(text, "it is neither a .npz or .npy file nor NAME:SPLIT (the split is missing)")
     return DataSpec(text, "tfds", name, split, **common)
 
 
@@ -250,11 +253,23 @@ def _read_npz(spec: DataSpec, path: Path) -> tuple[np.ndarray | None, np.ndarray
     return x, y
 
 
+def _read_npy(spec: DataSpec, path: Path) -> np.ndarray:
+    """The inputs array of a .npy file."""
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except Exception as err:  # format errors, or an object array (which needs pickle)
+        raise ValueError(
+            f"Data spec {spec.text!r}: cannot read {str(path)!r} as a .npy file of numbers ({type(err).__name__}: "
+            f"{str(err)[:160]}). Save it with np.save(path, inputs), or labels too with np.savez(path, x=inputs, y=labels)."
+        ) from None
+
+
 def _load_npz(spec: DataSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ``.npz`` spec's inputs and labels (None when it has none), or a ``.npy`` spec's inputs."""
     path = Path(spec.name).expanduser()
     if not path.is_file():
-        raise ValueError(f"Data spec {spec.text!r}: file {str(path)!r} does not exist. Pass an existing .npz file.")
-    x, y = _read_npz(spec, path)
+        raise ValueError(f"Data spec {spec.text!r}: file {str(path)!r} does not exist. Pass an existing .{spec.source} file.")
+    x, y = (_read_npy(spec, path), None) if spec.source == "npy" else _read_npz(spec, path)
     if x is None:
         raise ValueError(f"Data spec {spec.text!r}: {str(path)!r} holds no arrays; save one with np.savez(path, x=inputs, y=labels).")
     if x.ndim == 0:
@@ -274,7 +289,8 @@ def _load_npz(spec: DataSpec) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _select_classes(spec: DataSpec, x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if y is None:
-        raise ValueError(f"Data spec {spec.text!r}: classes= needs labels, but the data has none (add 'y' to the .npz).")
+        raise ValueError(f"Data spec {spec.text!r}: classes= needs labels, but the data has none (save inputs and "
+                         "labels with np.savez(path, x=inputs, y=labels)).")
     keep = np.isin(y, spec.classes)
     if not keep.any():
         present = np.unique(y).tolist()
@@ -355,7 +371,7 @@ def load_data_spec(
         spec = parse_data_spec(spec)
     if not isinstance(spec, DataSpec):
         raise TypeError(f"Expected a data spec string or DataSpec. Received: spec={spec!r}")
-    x, y = _load_npz(spec) if spec.source == "npz" else _load_tfds(spec, tfds_data_dir, quiet)
+    x, y = _load_npz(spec) if spec.source in ("npz", "npy") else _load_tfds(spec, tfds_data_dir, quiet)
     x, y = _apply_options(spec, x, y)
     if need_labels and y is None:
         raise ValueError(
