@@ -30,8 +30,8 @@ class DataSpec:
     Attributes:
         text: the spec as written.
         source: "tfds", "npz" or "npy".
-        name: the tensorflow-datasets name (tfds) or the file path (npz).
-        split: the tfds split expression (e.g. ``train[:5000]``); None for npz.
+        name: the tensorflow-datasets name (tfds) or the file path (npz, npy).
+        split: the tfds split expression (e.g. ``train[:5000]``); None for a file.
         classes: keep only these labels, remapped to ``0..len(classes)-1`` in the order given.
         transform: "none", "transpose" (swap height and width), "flip_lr" or "flip_ud".
         count: keep at most this many examples (after the class filter).
@@ -119,8 +119,9 @@ def parse_data_spec(text: str) -> DataSpec:
     """Parses a data spec.
 
     Grammar: ``SOURCE[?OPTION=VALUE[&OPTION=VALUE...]]``. ``SOURCE`` is a ``.npz`` or ``.npy``
-    file path (a ``.npy`` file holds inputs only) or ``NAME:SPLIT`` (a tensorflow-datasets name and split expression; the last ``:``
-    separates them, so ``NAME:VERSION:SPLIT`` works too). Options:
+    file path (a ``.npy`` file holds inputs only) or ``NAME:SPLIT`` (a tensorflow-datasets name
+    and split expression; the last ``:`` separates them, so ``NAME:VERSION:SPLIT`` works too).
+    Options:
 
     - ``classes=0,1,2``: keep these labels only, remapped to ``0, 1, 2`` in the order given
       (applied after the split slice: ``train[:5000]?classes=0,1,2,3,4`` keeps about 2,500);
