@@ -48,6 +48,7 @@ __all__ = [
     "quantize_annotate_zipped",
     "quantize_zipped",
     "zip_quantize_scope",
+    "prune_zipped",
     "has_pruning_wrappers",
     "is_quantization_aware",
     "shared_layers",
@@ -366,6 +367,47 @@ def quantize_zipped(model: keras.Model, *, preserve_sparsity: bool = False) -> k
     annotated = quantize_annotate_zipped(model)
     with zip_quantize_scope():
         return _qk.quantize_apply(annotated, scheme)
+
+
+def prune_zipped(model: keras.Model, **prune_params: Any) -> keras.Model:
+    """``tfmot.sparsity.keras.prune_low_magnitude`` of every layer TFMOT can prune, the others left as they are.
+
+    TFMOT's whole-model call refuses a model with a layer it has no pruning rule for, such as the
+    ``Rescaling`` and ``Normalization`` preprocessing of keras.applications' MobileNetV3 and
+    EfficientNets; its documented remedy is to clone the model and wrap only the layers to prune.
+    This does that for a zipped or stripped model: layers TFMOT's registry knows (Dense, Conv2D,
+    DepthwiseConv2D, BatchNormalization, ...) and zip layers are wrapped, the rest are kept. The
+    result trains and strips (``tfmot.sparsity.keras.strip_pruning``) as TFMOT's own.
+
+    Args:
+        model: a Sequential or functional model (a stripped or zipped model).
+        **prune_params: passed to ``prune_low_magnitude`` (``pruning_schedule``, ...).
+
+    Example:
+        >>> import tensorflow_model_optimization as tfmot
+        >>> from tfmot_zip.compat import keras
+        >>> x = keras.Input((4,))
+        >>> model = keras.Model(x, keras.layers.Dense(2, name="fc")(keras.layers.Rescaling(0.5, name="scale")(x)))
+        >>> pruned = prune_zipped(model, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, 0))
+        >>> [type(layer).__name__ for layer in pruned.layers]
+        ['InputLayer', 'Rescaling', 'PruneLowMagnitude']
+    """
+    model = _check_model(model, "prune_zipped")
+    register_with_tfmot()
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    def wrap(layer: Any) -> Any:
+        copy = layer.__class__.from_config(layer.get_config())  # never the user's layer: training must not change it
+        prunable = (isinstance(layer, _PrunableLayer) or hasattr(layer, "get_prunable_weights")
+                    or PruneRegistry.supports(layer))
+        return tfmot.sparsity.keras.prune_low_magnitude(copy, **prune_params) if prunable else copy
+
+    with keras.utils.custom_object_scope(custom_objects()):
+        pruned = keras.models.clone_model(model, clone_function=wrap)
+    for source, target in zip(model.layers, pruned.layers):  # the copies start from the model's weights
+        if source.weights:
+            getattr(target, "layer", target).set_weights(source.get_weights())
+    return pruned
 
 
 def has_pruning_wrappers(model: keras.Model) -> bool:

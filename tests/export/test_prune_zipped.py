@@ -1,0 +1,82 @@
+"""prune_zipped: TFMOT pruning of the layers TFMOT can prune, for models whose preprocessing layers
+(Rescaling, Normalization: keras.applications' MobileNetV3 and EfficientNets) make TFMOT's whole-model
+``prune_low_magnitude`` refuse. Generated pairs (hypothesis) are zipped, optionally stripped, pruned and
+trained a few steps; the pruned kernels reach the target sparsity, the rest is untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import tensorflow_model_optimization as tfmot  # noqa: E402  (tfmot_zip sets TF_USE_LEGACY_KERAS on import)
+
+import tfmot_zip
+from tfmot_zip import data, training
+from tfmot_zip.compat import keras
+from tfmot_zip.export.tfmot import prune_zipped
+
+L = keras.layers
+sparsity_api = tfmot.sparsity.keras
+
+
+def preprocessed_cnn(seed, name, preprocessing):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = inputs
+    if preprocessing in ("rescaling", "both"):
+        x = L.Rescaling(1 / 255.0, name="rescale")(x)
+    if preprocessing == "both":
+        norm = L.Normalization(axis=-1, name="norm")
+        x = norm(x)
+    x = L.Activation("swish", name="act")(L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="conv")(x)))
+    x = L.GlobalAveragePooling2D(name="gap")(L.DepthwiseConv2D(3, padding="same", name="dw")(x))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="head")(L.Dense(12, activation="relu", name="fc")(x)),
+                        name=name)
+    if preprocessing == "both":
+        norm.adapt(np.random.default_rng(seed).uniform(0, 1, (32, 8, 8, 3)).astype("float32"))
+    return model
+
+
+def is_wrapper(layer):
+    return type(layer).__name__ == "PruneLowMagnitude"
+
+
+def pruned_weights(layer):
+    """The weights TFMOT prunes in ``layer`` (a zip layer says; Dense/Conv2D/DepthwiseConv2D: their kernel)."""
+    if hasattr(layer, "get_prunable_weights"):
+        return layer.get_prunable_weights()
+    return [getattr(layer, name) for name in ("kernel", "depthwise_kernel") if getattr(layer, name, None) is not None]
+
+
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(preprocessing=st.sampled_from(["none", "rescaling", "both"]), sharing=st.sampled_from([0.5, 1.0]),
+       stripped=st.booleans())
+def test_prune_zipped_prunes_what_tfmot_can_and_keeps_the_rest(preprocessing, sharing, stripped):
+    a, b = preprocessed_cnn(1, "task_a", preprocessing), preprocessed_cnn(2, "task_b", preprocessing)
+    rng = np.random.default_rng(0)
+    xs = [rng.uniform(0, 255, (64, 8, 8, 3)).astype("float32") for _ in range(2)]
+    ys = [rng.integers(0, 3, 64) for _ in range(2)]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=xs, sharing=sharing, progress=False)
+    model = tfmot_zip.strip_zipping(zipped) if stripped else zipped
+    before = [w.copy() for w in model.get_weights()]
+    if preprocessing != "none":  # what prune_zipped is for
+        with pytest.raises(ValueError, match="supported layer"):
+            sparsity_api.prune_low_magnitude(model, pruning_schedule=sparsity_api.ConstantSparsity(0.5, 0))
+    pruned = prune_zipped(model, pruning_schedule=sparsity_api.ConstantSparsity(0.5, begin_step=0, frequency=1))
+    inner = [l.layer for l in pruned.layers if is_wrapper(l)]
+    kept = [l for l in pruned.layers if not is_wrapper(l)]
+    assert not any(isinstance(l, (L.Rescaling, L.Normalization)) for l in inner)
+    assert not any(isinstance(l, (L.Dense, L.Conv2D, L.DepthwiseConv2D)) or pruned_weights(l) for l in kept)
+    assert sum(len(pruned_weights(l)) for l in inner) >= 3  # conv, depthwise, fc and heads (or their zip layers)
+    for p, q in zip(pruned.predict(xs, verbose=0), model.predict(xs, verbose=0)):
+        np.testing.assert_allclose(p, q, atol=1e-5)  # no mask applied before the first training step
+    training.compile_multitask(pruned, 1e-3)
+    pruned.fit(data.multitask(*zip(xs, ys), batch_size=16), steps_per_epoch=3, epochs=1, verbose=0,
+               callbacks=[sparsity_api.UpdatePruningStep()])
+    final = sparsity_api.strip_pruning(pruned)
+    for layer in inner:
+        for weight in pruned_weights(final.get_layer(layer.name)):
+            kernel = weight.numpy()
+            assert abs(np.mean(kernel == 0) - 0.5) <= 1.0 / kernel.size + 0.01, (layer.name, np.mean(kernel == 0))
+    for w0, w1 in zip(before, model.get_weights()):  # the model given is never trained
+        np.testing.assert_array_equal(w0, w1)
