@@ -50,8 +50,6 @@ def run_pair(arch: str, pair: str, fraction: float, refit: bool, samples: int = 
 
     ``heldout``: also measure on that many training images per task after the calibration images.
     """
-    import numpy as np
-
     import tfmot_zip
     from tfmot_zip import training
     from tfmot_zip.zipping.budget import Budget, uniform_for_budget
@@ -64,22 +62,18 @@ def run_pair(arch: str, pair: str, fraction: float, refit: bool, samples: int = 
     budget = Budget(fraction=fraction)
     held, held_originals = _held_out(tasks, models, samples, heldout)
 
-    def drops(reference, accuracy) -> dict:
-        return {"accuracy": [round(a, 2) for a in accuracy],
-                "mean_drop": round(float(np.mean([o - a for o, a in zip(reference, accuracy)])), 2)}
-
     def measure(sharing) -> tuple[dict, float]:
         start = time.perf_counter()
         zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=sharing, **options)
         seconds = time.perf_counter() - start
         result = {
             "params": int(tfmot_zip.strip_zipping(zipped).count_params()),
-            **drops(originals, training.evaluate_tasks(zipped, [t.test for t in tasks])),
+            **_drops(originals, training.evaluate_tasks(zipped, [t.test for t in tasks])),
             "zip_seconds": round(seconds, 1),
             "report": tfmot_zip.zip_summary(zipped).budget,
         }
         if heldout:
-            result["heldout"] = drops(held_originals, training.evaluate_tasks(zipped, held))
+            result["heldout"] = _drops(held_originals, training.evaluate_tasks(zipped, held))
         return result, seconds
 
     auto, _ = measure(budget)
@@ -108,6 +102,14 @@ def run_pair(arch: str, pair: str, fraction: float, refit: bool, samples: int = 
     return row
 
 
+def _drops(reference, accuracy, digits: int = 2) -> dict:
+    """Accuracies and their mean drop against ``reference`` (points)."""
+    import numpy as np
+
+    return {"accuracy": [round(a, 2) for a in accuracy],
+            "mean_drop": round(float(np.mean([o - a for o, a in zip(reference, accuracy)])), digits)}
+
+
 def _held_out(tasks, models, samples: int, heldout: int):
     """The ``heldout`` training images per task after the first ``samples``, and the originals' accuracy on them."""
     from tfmot_zip import training
@@ -123,8 +125,6 @@ def _held_out(tasks, models, samples: int, heldout: int):
 def scan(arch: str, pair: str, fraction: float, layer: str, values, fill: str, samples: int = 10_000,
          heldout: int = 0, log=print) -> list[dict]:
     """For each fraction of ``layer``, the least sharing of ``fill`` that fits the budget, zipped and measured."""
-    import numpy as np
-
     import tfmot_zip
     from tfmot_zip import training
     from tfmot_zip.zipping.budget import Budget
@@ -154,11 +154,11 @@ def scan(arch: str, pair: str, fraction: float, layer: str, values, fill: str, s
             low, high = (low, middle) if stripped_params({layer: value, fill: middle / 100}) <= budget else (middle + 1, high)
         sharing = {layer: value, fill: low / 100}
         zipped = tfmot_zip.zip_models(*models, calibration_data=calibration, sharing=sharing, progress=False)
-        test = training.evaluate_tasks(zipped, [t.test for t in tasks])
+        test = _drops(originals, training.evaluate_tasks(zipped, [t.test for t in tasks]), digits=3)
         row = {"sharing": sharing, "params": int(tfmot_zip.strip_zipping(zipped).count_params()),
-               "mean_drop": round(float(np.mean(np.subtract(originals, test))), 3)}
+               "mean_drop": test["mean_drop"]}
         if heldout:
-            row["heldout_mean_drop"] = round(float(np.mean(np.subtract(held_originals, training.evaluate_tasks(zipped, held)))), 3)
+            row["heldout_mean_drop"] = _drops(held_originals, training.evaluate_tasks(zipped, held), digits=3)["mean_drop"]
         rows.append(row)
         log(f"| {value:.2f} | {low / 100:.2f} | {row['params']:,} | {row['mean_drop']:.2f} | "
             f"{row.get('heldout_mean_drop', float('nan')):.2f} |")

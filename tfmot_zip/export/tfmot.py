@@ -32,6 +32,7 @@ from tfmot_zip.compat import keras, tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 from tfmot_zip.export.signatures import unwrap_layer  # noqa: E402
+from tfmot_zip.model.copying import copy_model  # noqa: E402
 from tfmot_zip.model.depthwise import ZipDepthwiseConv2D  # noqa: E402
 from tfmot_zip.model.layers import ZIP_LAYERS, ZipConv2D, ZipDense  # noqa: E402
 
@@ -397,17 +398,13 @@ def prune_zipped(model: keras.Model, **prune_params: Any) -> keras.Model:
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
     def wrap(layer: Any) -> Any:
-        copy = layer.__class__.from_config(layer.get_config())  # never the user's layer: training must not change it
         prunable = (isinstance(layer, _PrunableLayer) or hasattr(layer, "get_prunable_weights")
                     or PruneRegistry.supports(layer))
-        return tfmot.sparsity.keras.prune_low_magnitude(copy, **prune_params) if prunable else copy
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, **prune_params) if prunable else layer
 
     with keras.utils.custom_object_scope(custom_objects()):
-        pruned = keras.models.clone_model(model, clone_function=wrap)
-    for source, target in zip(model.layers, pruned.layers):  # the copies start from the model's weights
-        if source.weights:
-            getattr(target, "layer", target).set_weights(source.get_weights())
-    return pruned
+        # TFMOT wraps the layer objects it is given: those of a copy, so training never changes ``model``
+        return keras.models.clone_model(copy_model(model), clone_function=wrap)
 
 
 def has_pruning_wrappers(model: keras.Model) -> bool:
