@@ -106,3 +106,24 @@ def assert_patch_hessian(acc, x, geometry, block: bool, split: int = 2, rtol: fl
     ref.update(rows)
     assert acc.count == ref.count == rows.shape[0]
     np.testing.assert_allclose(acc.hessian(), ref.hessian(), rtol=rtol, atol=atol)
+
+
+def preprocessed_cnn(seed, name, preprocessing):
+    """A small CNN with keras.applications-style preprocessing ("none", "rescaling", or "both":
+    Rescaling then an adapted Normalization) before conv, BN, depthwise, dense and head."""
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = inputs
+    if preprocessing in ("rescaling", "both"):
+        x = L.Rescaling(1 / 255.0, name="rescale")(x)
+    if preprocessing == "both":
+        norm = L.Normalization(axis=-1, name="norm")
+        x = norm(x)
+    x = L.Activation("swish", name="act")(L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="conv")(x)))
+    x = L.GlobalAveragePooling2D(name="gap")(L.DepthwiseConv2D(3, padding="same", name="dw")(x))
+    outputs = L.Dense(3, activation="softmax", name="head")(L.Dense(12, activation="relu", name="fc")(x))
+    model = keras.Model(inputs, outputs, name=name)
+    if preprocessing == "both":
+        norm.adapt(np.random.default_rng(seed).uniform(0, 1, (32, 8, 8, 3)).astype("float32"))
+    return model

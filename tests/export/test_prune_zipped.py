@@ -15,26 +15,10 @@ from tfmot_zip import data, training
 from tfmot_zip.compat import keras
 from tfmot_zip.export.tfmot import prune_zipped
 
+from builders import preprocessed_cnn
+
 L = keras.layers
 sparsity_api = tfmot.sparsity.keras
-
-
-def preprocessed_cnn(seed, name, preprocessing):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 3), name="image")
-    x = inputs
-    if preprocessing in ("rescaling", "both"):
-        x = L.Rescaling(1 / 255.0, name="rescale")(x)
-    if preprocessing == "both":
-        norm = L.Normalization(axis=-1, name="norm")
-        x = norm(x)
-    x = L.Activation("swish", name="act")(L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="conv")(x)))
-    x = L.GlobalAveragePooling2D(name="gap")(L.DepthwiseConv2D(3, padding="same", name="dw")(x))
-    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="head")(L.Dense(12, activation="relu", name="fc")(x)),
-                        name=name)
-    if preprocessing == "both":
-        norm.adapt(np.random.default_rng(seed).uniform(0, 1, (32, 8, 8, 3)).astype("float32"))
-    return model
 
 
 def is_wrapper(layer):

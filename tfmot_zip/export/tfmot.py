@@ -273,16 +273,21 @@ def _check_model(model: Any, function: str) -> keras.Model:
     return model
 
 
-def quantize_annotate_zipped(model: keras.Model) -> keras.Model:
-    """Annotates every layer of ``model`` for QAT, zip layers with their zip quantize configs.
+def quantize_annotate_zipped(model: keras.Model, *, preserve_sparsity: bool = False) -> keras.Model:
+    """Annotates the layers of ``model`` that QAT can quantize, zip layers with their zip quantize configs.
 
     The counterpart of ``tfmot.quantization.keras.quantize_annotate_model`` for models that
     contain ``ZipDense``/``ZipConv2D`` layers (it works on stripped models too). Layers already
-    annotated are kept. Like TFMOT, the annotated model wraps the original layer objects;
+    annotated are kept. Layers the scheme has no rule for (``Rescaling`` and ``Normalization``,
+    the preprocessing of keras.applications' MobileNetV3 and EfficientNets), which TFMOT's
+    whole-model call refuses, are left unannotated: they stay float during QAT, as TFMOT
+    documents for layers one chooses not to quantize. Like TFMOT, the annotated model wraps the original layer objects;
     ``quantize_apply`` then builds new layers, so ``model`` is not changed by the whole flow.
 
     Args:
         model: a Sequential or functional tf_keras model (not nested).
+        preserve_sparsity: decide what can be quantized by the registry of TFMOT's
+            prune-preserving scheme instead of the default 8-bit one.
 
     Returns:
         The annotated model, to pass to ``tfmot.quantization.keras.quantize_apply`` inside
@@ -304,12 +309,14 @@ def quantize_annotate_zipped(model: keras.Model) -> keras.Model:
         QuantizeAnnotate as annotate_cls,
     )
 
+    registry = _scheme(preserve_sparsity).get_quantize_registry()
+
     def annotate(layer: Any) -> Any:
         if isinstance(layer, annotate_cls):
             return layer
         if isinstance(layer, TFMOT_LAYERS):
             return _qk.quantize_annotate_layer(layer, quantize_config=quantize_config_for(layer))
-        return annotate_cls(layer)
+        return annotate_cls(layer) if registry.supports(layer) else layer
 
     return keras.models.clone_model(model, input_tensors=None, clone_function=annotate)
 
@@ -360,14 +367,15 @@ def quantize_zipped(model: keras.Model, *, preserve_sparsity: bool = False) -> k
             f"preserve_sparsity=True keeps zeros of built-in layers only, but model {model.name!r} "
             "has zip layers; call tfmot_zip.strip_zipping(model) first."
         )
-    scheme = (
-        tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-        if preserve_sparsity
-        else _qk.default_8bit.Default8BitQuantizeScheme()
-    )
-    annotated = quantize_annotate_zipped(model)
+    annotated = quantize_annotate_zipped(model, preserve_sparsity=preserve_sparsity)
     with zip_quantize_scope():
-        return _qk.quantize_apply(annotated, scheme)
+        return _qk.quantize_apply(annotated, _scheme(preserve_sparsity))
+
+
+def _scheme(preserve_sparsity: bool) -> Any:
+    if preserve_sparsity:
+        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    return _qk.default_8bit.Default8BitQuantizeScheme()
 
 
 def prune_zipped(model: keras.Model, **prune_params: Any) -> keras.Model:
