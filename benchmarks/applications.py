@@ -1,6 +1,6 @@
 """keras.applications architectures through the whole chain: zip, strip, TFLite (float and int8).
 
-For each architecture (``weights=None``, 32x32x3, ``classes=5``; two seeds), used directly and
+For each architecture (``weights=None``, 32x32x3 (Xception: 71x71x3, its smallest), ``classes=5``; two seeds), used directly and
 nested as a transfer-learning base under a new head (``Sequential([base(include_top=False),
 GlobalAveragePooling2D(), Dense(5)])``), or (variant ``keras3``) built by Keras 3's
 ``keras.applications`` and handed to ``zip_models`` as it is (converted to tf_keras on the way),
@@ -36,6 +36,8 @@ from tfmot_zip.model.batchnorm import recalibrate_batchnorm
 from tfmot_zip.model.copying import copy_model
 
 SHAPE = (32, 32, 3)
+#: Architectures whose smallest input is larger than SHAPE.
+SHAPES = {"Xception": (71, 71, 3)}
 CLASSES = 5
 
 
@@ -49,23 +51,25 @@ def _apps(applications=None):
         "EfficientNetV2B0": lambda **k: A.EfficientNetV2B0(**k),
         "DenseNet121": lambda **k: A.DenseNet121(**k),
         "ResNet50": lambda **k: A.ResNet50(**k),
+        "Xception": lambda **k: A.Xception(**k),
     }
 
 
 def build(arch: str, variant: str, seed: int) -> keras.Model:
     """One model: the application itself, its base nested under a new head, or Keras 3's application."""
+    shape = SHAPES.get(arch, SHAPE)
     if variant == "keras3":
         import keras as keras3  # Keras 3: the benchmark builds with it, the package never imports it
 
         keras3.utils.set_random_seed(seed)
-        return _apps(keras3.applications)[arch](input_shape=SHAPE, weights=None, classes=CLASSES)
+        return _apps(keras3.applications)[arch](input_shape=shape, weights=None, classes=CLASSES)
     keras.utils.set_random_seed(seed)
     make = _apps()[arch]
     if variant == "direct":
-        return make(input_shape=SHAPE, weights=None, classes=CLASSES)
-    base = make(input_shape=SHAPE, weights=None, include_top=False)
+        return make(input_shape=shape, weights=None, classes=CLASSES)
+    base = make(input_shape=shape, weights=None, include_top=False)
     return keras.Sequential(
-        [keras.Input(SHAPE), base, keras.layers.GlobalAveragePooling2D(name="pool"),
+        [keras.Input(shape), base, keras.layers.GlobalAveragePooling2D(name="pool"),
          keras.layers.Dense(CLASSES, activation="softmax", name="new_head")],
         name=f"{arch.lower()}_tl_{seed}",
     )
@@ -73,7 +77,7 @@ def build(arch: str, variant: str, seed: int) -> keras.Model:
 
 def measure(arch: str, variant: str, images: int = 32) -> dict:
     rng = np.random.default_rng(0)
-    xa, xb = (rng.random((images,) + SHAPE).astype("float32") for _ in range(2))
+    xa, xb = (rng.random((images,) + SHAPES.get(arch, SHAPE)).astype("float32") for _ in range(2))
     a, b = build(arch, variant, 1), build(arch, variant, 2)
     row: dict = {"arch": arch, "variant": variant, "params_originals": int(a.count_params() + b.count_params())}
     start = time.perf_counter()

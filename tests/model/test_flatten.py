@@ -220,3 +220,47 @@ def test_unit_axis_reshape_gets_a_free_channel_size():
     assert flat.get_layer("r").target_shape == (1, 1, -1)
     x = np.ones((2, 4), "float32")
     np.testing.assert_array_equal(flat(x).numpy(), model(x).numpy())
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(kernel=st.sampled_from([1, 3, (3, 1)]), strides=st.sampled_from([1, 2]), dilation=st.sampled_from([1, 2]),
+       padding=st.sampled_from(["same", "valid"]), use_bias=st.booleans(),
+       activation=st.sampled_from([None, "relu", "tanh"]), filters=st.integers(1, 5), nested=st.booleans())
+def test_separable_conv_becomes_its_depthwise_and_pointwise_convolutions(kernel, strides, dilation, padding, use_bias,
+                                                                         activation, filters, nested):
+    if strides > 1 and dilation > 1:
+        dilation = 1  # Keras refuses both at once
+    rng = np.random.default_rng(filters)
+    inputs = keras.Input((9, 9, 3), name="x")
+    separable = L.SeparableConv2D(filters, kernel, strides=strides, dilation_rate=dilation, padding=padding,
+                                  use_bias=use_bias, activation=activation, name="sep")
+    model = keras.Model(inputs, L.GlobalAveragePooling2D(name="gap")(separable(inputs)), name="m")
+    separable.set_weights([rng.normal(size=w.shape) for w in separable.get_weights()])
+    if nested:
+        outer_in = keras.Input((9, 9, 3), name="outer_x")
+        model = keras.Model(outer_in, L.Dense(2, name="head")(model(outer_in)), name="outer")
+    before = [w.copy() for w in model.get_weights()]
+    assert needs_flattening(model)
+    flat = flatten_model(model)
+    depthwise, pointwise = flat.get_layer("sep_depthwise"), flat.get_layer("sep")
+    assert type(depthwise) is L.DepthwiseConv2D and type(pointwise) is L.Conv2D
+    assert not depthwise.use_bias and pointwise.kernel_size == (1, 1) and pointwise.strides == (1, 1)
+    assert depthwise.strides == separable.strides and depthwise.dilation_rate == separable.dilation_rate
+    assert pointwise.use_bias == use_bias and pointwise.activation is separable.activation
+    x = rng.normal(size=(4, 9, 9, 3)).astype("float32")
+    np.testing.assert_allclose(flat(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    for w0, w1 in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+
+
+def test_separable_conv_with_a_depth_multiplier_is_refused_with_the_fix():
+    import tfmot_zip
+
+    def make():
+        x = keras.Input((6, 6, 2), name="x")
+        y = L.SeparableConv2D(3, 3, depth_multiplier=2, name="sep")(x)
+        return keras.Model(x, L.Dense(2, name="head")(L.Flatten(name="flat")(y)))
+
+    data = [np.zeros((4, 6, 6, 2), "float32")] * 2
+    with pytest.raises(UnsupportedModelError, match=r"'sep' \(SeparableConv2D\).*depth_multiplier=2.*depth_multiplier=1"):
+        tfmot_zip.zip_models(make(), make(), calibration_data=data)

@@ -63,6 +63,9 @@ MODELS = {
         [L3.Rescaling(1 / 255.0, offset=-0.5, name="rescale"), L3.ZeroPadding2D(((1, 0), (0, 1)), name="pad"),
          L3.DepthwiseConv2D(3, depth_multiplier=2, use_bias=True, name="dw"), L3.GlobalAveragePooling2D(name="gap"),
          L3.Dense(3, name="head")]),
+    "SeparableConv2D/UpSampling2D/Cropping2D": lambda: image(
+        [L3.SeparableConv2D(4, 3, depth_multiplier=2, padding="same", activation="relu", name="sep"),
+         L3.UpSampling2D(2, name="up"), L3.Cropping2D(((1, 0), (2, 1)), name="crop"), L3.Conv2D(2, 1, name="pw")]),
     "Normalization (adapted weights; mean and variance given)": lambda: image(
         [L3.Normalization(axis=-1, name="norm"), L3.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 3.0],
                                                                   name="norm_given"), L3.Conv2D(2, 1, name="pw")]),

@@ -9,6 +9,7 @@ import pytest
 from builders import calib, cnn, mlp, tiny_resnet
 
 import tfmot_zip
+from tfmot_zip.compat import keras
 from tfmot_zip.core.budget import BudgetError, params_range, uniform_fraction, zipped_params
 from tfmot_zip.model.graph import align_models
 from tfmot_zip.model.spaces import trace_spaces
@@ -25,7 +26,22 @@ PAIRS = {
     "cnn_flatten": lambda: [cnn(0, filters=(3, 4), dense=5), cnn(1, filters=(4, 3), dense=4)],
     "cnn_batchnorm": lambda: [cnn(2, filters=(3, 3), dense=4, bn=True), cnn(3, filters=(3, 3), dense=4, bn=True)],
     "resnet_streams": lambda: [tiny_resnet(0), tiny_resnet(1)],
+    "depthwise_and_separable": lambda: [depthwise_cnn(0, (3, 4)), depthwise_cnn(1, (4, 3))],
+    "depthwise_with_bias": lambda: [depthwise_cnn(2, (4, 4), True), depthwise_cnn(3, (4, 2), True)],
 }
+
+
+def depthwise_cnn(seed, widths, dw_bias=False):
+    """Conv2D, DepthwiseConv2D (with and without bias), a SeparableConv2D (zipped as depthwise + 1x1) and a head."""
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    x = inp = keras.Input((6, 6, 2), name="image")
+    x = L.DepthwiseConv2D(3, padding="same", name="dw_input")(x)  # on the raw input: never shared
+    x = L.Conv2D(widths[0], 3, padding="same", activation="relu", name="conv")(x)
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=dw_bias, name="dw")(x)
+    x = L.SeparableConv2D(widths[1], 3, strides=2, activation="relu", name="sep")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="head")(x), name=f"dw{seed}")
 
 
 @pytest.mark.parametrize("pair", sorted(PAIRS))

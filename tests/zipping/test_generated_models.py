@@ -1,5 +1,5 @@
-"""Generated architectures (hypothesis): random small Dense/Conv2D models with BatchNorm,
-residual adds, pooling, depthwise convolutions, activations and Dropout (BatchNorm and Dropout
+"""Generated architectures (hypothesis): random small Dense/Conv2D/SeparableConv2D models with BatchNorm,
+residual adds, pooling, upsampling and cropping, depthwise convolutions, activations and Dropout (BatchNorm and Dropout
 sometimes called with ``training=False``), 2-3 models of differing widths. For each: sharing 0
 reproduces the originals, ``strip_zipping`` matches the zipped model, save/load is bit-exact and
 the input models are left unmodified; for a fifth of the examples (``TFMOT_ZIP_FUZZ_TFLITE_EXAMPLES``),
@@ -40,6 +40,8 @@ def architectures(draw):
             "pool": conv and draw(st.booleans()),
             "depthwise": conv and draw(st.booleans()),
             "depthwise_bias": draw(st.booleans()),
+            "separable": conv and draw(st.booleans()),
+            "resample": conv and draw(st.booleans()),
         })
     n_models = draw(st.integers(2, 3))
     offsets = [[draw(st.integers(0, 2)) for _ in blocks] for _ in range(n_models)]
@@ -64,7 +66,9 @@ def build(spec, m, seed):
     for k, block in enumerate(spec["blocks"]):
         residual = block["residual"] and width is not None and not block["pool"]
         units = width if residual else block["width"] + spec["offsets"][m][k]
-        if spec["conv"]:
+        if spec["conv"] and block.get("separable"):  # zipped as its depthwise and 1x1 convolutions
+            y = L.SeparableConv2D(units, block["kernel"], padding="same", name=f"conv{k}")(x)
+        elif spec["conv"]:
             y = L.Conv2D(units, block["kernel"], padding="same", name=f"conv{k}")(x)
         else:
             y = L.Dense(units, name=f"dense{k}")(x)
@@ -80,6 +84,8 @@ def build(spec, m, seed):
         x = L.Add(name=f"add{k}")([x, y]) if residual else y
         if block["pool"]:
             x = L.MaxPooling2D(2, name=f"pool{k}")(x)
+        if block.get("resample"):  # size s -> 2s - 1
+            x = L.Cropping2D(((1, 0), (0, 1)), name=f"crop{k}")(L.UpSampling2D(2, name=f"up{k}")(x))
         width = units
     return generated_head(inp, x, spec, m, seed)
 

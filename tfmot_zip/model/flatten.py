@@ -25,6 +25,10 @@ model computing the same thing:
   layers stay and the graph reader refuses them with the fix;
 - a ``Reshape`` that only adds or removes axes of size 1 in front of the channels gets ``-1`` as
   its channel size, so it applies to any group of channels.
+- a ``SeparableConv2D`` (depth_multiplier 1, channels last: Xception, NASNetMobile) becomes the two
+  layers it computes, a ``DepthwiseConv2D`` named ``<name>_depthwise`` (its kernel size, strides,
+  padding and dilation, no bias) and a 1x1 ``Conv2D`` keeping the name, the bias and the activation,
+  so both zip; the sum is the same as ``tf.nn.separable_conv2d``'s, which runs those two convolutions.
 
 A nested model called more than once (shared weights) is refused. Models needing none of this are
 returned unchanged (the same object); otherwise the result holds copies (same config and
@@ -99,9 +103,15 @@ def _passes_training(layer: Any) -> bool:
     return any("training" in (getattr(node, "call_kwargs", None) or {}) for node in getattr(layer, "_inbound_nodes", []))
 
 
+def _splits(layer: Any) -> bool:
+    """A SeparableConv2D that becomes a DepthwiseConv2D and a 1x1 Conv2D (others are refused by the graph reader)."""
+    return (isinstance(layer, L.SeparableConv2D) and int(layer.depth_multiplier) == 1
+            and layer.data_format == "channels_last")
+
+
 def needs_flattening(model: Any) -> bool:
     """Whether :func:`flatten_model` would rewrite ``model`` (nested models, TF-op layers, unit Reshapes,
-    layers called with a ``training`` argument).
+    layers called with a ``training`` argument, SeparableConv2D layers).
 
     Example:
         >>> from tfmot_zip.compat import keras
@@ -113,7 +123,7 @@ def needs_flattening(model: Any) -> bool:
         return False
     return any(
         _is_model(l) or type(l).__name__ == "TFOpLambda" or (_unit_reshape(l) and l.target_shape[-1] != -1)
-        or _passes_training(l)
+        or _passes_training(l) or _splits(l)
         for l in model.layers
     )
 
@@ -147,7 +157,9 @@ def flatten_model(model: Any) -> Any:
     flat = keras.Model.from_config(config, custom_objects=custom)
     for layer in flat.layers:
         source = flattener.sources.get(layer.name)
-        if source is not None and layer.weights:
+        if layer.name in flattener.weights:
+            layer.set_weights(flattener.weights[layer.name])
+        elif source is not None and layer.weights:
             layer.set_weights(source.get_weights())
     return flat
 
@@ -187,6 +199,7 @@ class _Flattener:
         self.model = model
         self.specs: list[dict] = []
         self.sources: dict[str, Any] = {}  # layer name -> the layer whose weights it takes
+        self.weights: dict[str, list] = {}  # layer name -> its weights, for the layers split in two
         self.owner: dict[str, str] = {}  # layer name -> name of the model it came from
         self.alias: dict[tuple[str, int], list] = {}  # (layer, tensor index) -> the ref it stands for
 
@@ -267,9 +280,35 @@ class _Flattener:
             spec["config"] = {**spec["config"], "target_shape": tuple(layer.target_shape[:-1]) + (-1,)}
         if inference and isinstance(layer, L.BatchNormalization):
             spec["config"] = {**spec["config"], "trainable": False}
+        if _splits(layer):
+            return self._separable(model, layer, nodes)
         spec["inbound_nodes"] = nodes
         self.specs.append(spec)
         self.sources[layer.name] = layer
+        return [[layer.name, 0, 0]]
+
+    def _separable(self, model: Any, layer: Any, nodes: list) -> list:
+        """Adds ``layer`` (a SeparableConv2D) as a DepthwiseConv2D and a 1x1 Conv2D of the same weights."""
+        config = layer.get_config()
+        base = {k: config[k] for k in ("trainable", "dtype") if k in config}
+        depthwise = L.DepthwiseConv2D(
+            config["kernel_size"], strides=config["strides"], padding=config["padding"],
+            data_format=config["data_format"], dilation_rate=config["dilation_rate"], use_bias=False,
+            depthwise_initializer=config["depthwise_initializer"], depthwise_regularizer=config["depthwise_regularizer"],
+            depthwise_constraint=config["depthwise_constraint"], name=f"{layer.name}_depthwise", **base)
+        pointwise = L.Conv2D(
+            config["filters"], 1, data_format=config["data_format"], activation=config["activation"],
+            use_bias=config["use_bias"], kernel_initializer=config["pointwise_initializer"],
+            bias_initializer=config["bias_initializer"], kernel_regularizer=config["pointwise_regularizer"],
+            bias_regularizer=config["bias_regularizer"], activity_regularizer=config["activity_regularizer"],
+            kernel_constraint=config["pointwise_constraint"], bias_constraint=config["bias_constraint"],
+            name=layer.name, **base)
+        weights = layer.get_weights()
+        self._claim(depthwise, model)
+        self.specs.append({**keras.layers.serialize(depthwise), "name": depthwise.name, "inbound_nodes": nodes})
+        self.specs.append({**keras.layers.serialize(pointwise), "name": layer.name,
+                           "inbound_nodes": [[[depthwise.name, 0, 0, {}]]]})
+        self.weights[depthwise.name], self.weights[layer.name] = weights[:1], weights[1:]
         return [[layer.name, 0, 0]]
 
     def _inline(self, model: Any, nested: Any, nodes: list, inference: bool) -> list:

@@ -31,13 +31,15 @@ CHANNELWISE = (
     L.MaxPooling2D,
     L.AveragePooling2D,
     L.ZeroPadding2D,
+    L.Cropping2D,
+    L.UpSampling2D,
     L.BatchNormalization,
 )
 #: Per-channel input preprocessing: supported on a task's input, before its first Dense/Conv2D.
 INPUT_ONLY = (L.Normalization, L.Rescaling)
 SUPPORTED_LAYERS = (
-    "InputLayer, Dense, Conv2D (groups=1), DepthwiseConv2D (depth_multiplier=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
-    "(elementwise), Dropout, MaxPooling2D, AveragePooling2D, ZeroPadding2D, Flatten, "
+    "InputLayer, Dense, Conv2D (groups=1), DepthwiseConv2D and SeparableConv2D (depth_multiplier=1), BatchNormalization, Activation/ReLU/LeakyReLU/ELU "
+    "(elementwise), Dropout, MaxPooling2D, AveragePooling2D, ZeroPadding2D, Cropping2D, UpSampling2D, Flatten, "
     "GlobalAveragePooling2D, GlobalMaxPooling2D (keepdims or not), Add, Multiply (e.g. squeeze-and-excitation gates), "
     "Concatenate on the channel (last) axis of layer outputs (e.g. DenseNet blocks), Rescaling (scalar), Reshape adding or removing "
     "size-1 axes before the channels, elementwise TF-op layers with one scalar (x + 3.0, x * c, "
@@ -171,11 +173,11 @@ def _kind(layer, model) -> str:
         return "input"
     if isinstance(layer, L.SeparableConv2D):
         raise UnsupportedModelError(
-            f"{_describe(model, layer)} is a SeparableConv2D, which tfmot_zip does not zip as one layer. "
-            "It computes a DepthwiseConv2D followed by a 1x1 Conv2D: rebuild the model with those two layers "
-            "(DepthwiseConv2D(kernel_size, strides, padding, depth_multiplier, use_bias=False) then "
-            "Conv2D(filters, 1, activation=..., use_bias=...)) and copy depthwise_kernel, pointwise_kernel and "
-            "bias into them; both are zip-able."
+            f"{_describe(model, layer)} is a SeparableConv2D with depth_multiplier={layer.depth_multiplier} and "
+            f"data_format={layer.data_format!r}; tfmot_zip zips a SeparableConv2D as its DepthwiseConv2D and 1x1 "
+            "Conv2D when depth_multiplier=1 and data_format='channels_last'. Rebuild the layer that way, or as the "
+            "two layers (DepthwiseConv2D(kernel_size, strides, padding, use_bias=False) then Conv2D(filters, 1, "
+            "activation=..., use_bias=...)) with depthwise_kernel, pointwise_kernel and bias copied into them."
         )
     if isinstance(layer, L.DepthwiseConv2D):
         if int(layer.depth_multiplier) != 1:

@@ -31,9 +31,10 @@ __all__ = ["SUPPORTED_LAYERS", "from_keras3", "as_tf_keras_model", "keras3_file_
 
 #: The Keras 3 layer classes :func:`from_keras3` converts (conversion only: what zips is another matter).
 SUPPORTED_LAYERS = (
-    "InputLayer", "Dense", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "MaxPooling2D",
+    "InputLayer", "Dense", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "MaxPooling2D",
     "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Dropout", "Activation",
     "ReLU", "Add", "Multiply", "Concatenate", "Reshape", "Rescaling", "Normalization", "ZeroPadding2D",
+    "Cropping2D", "UpSampling2D",
 )
 # Keras 3 options without a tf_keras argument, dropped when they hold these (default) values.
 _DROPPABLE = {"quantization_config": None, "lora_rank": None, "lora_alpha": None, "synchronized": False,

@@ -161,15 +161,26 @@ def layer_shapes(graph: ModelGraph, features: dict[int, Feature], spaces: dict[i
     def space_name(space_id: int) -> str:
         return graph.nodes[spaces[space_id].writers[0]].name
 
-    unmodelled = [n.name for n in graph.nodes if n.kind == "depthwise" or features[n.index].parts]
+    unmodelled = [n.name for n in graph.nodes if features[n.index].parts]
     if unmodelled:
         raise UnsupportedModelError(
-            f"sharing=Budget(...) counts parameters of Dense/Conv2D layers fed by one unit space; layers "
-            f"{unmodelled[:3]} are depthwise convolutions or channel concatenations, which it does not count "
-            "yet. Pass a sharing fraction (e.g. sharing=0.6) or {layer_name: fraction} instead."
+            f"sharing=Budget(...) counts parameters of Dense/Conv2D/DepthwiseConv2D layers fed by one unit space; "
+            f"layers {unmodelled[:3]} are channel concatenations, which it does not count yet. Pass a sharing "
+            "fraction (e.g. sharing=0.6) or {layer_name: fraction} instead."
         )
     shapes = []
-    for node in graph.zip_nodes():
+    for node in graph.nodes:
+        if node.kind == "depthwise":  # one kernel per channel of the space it reads (and writes)
+            if features[node.index].space not in spaces:  # on a raw input: never shared, counted in ``other``
+                continue
+            layer, out = node.layers[0], spaces[features[node.index].space]
+            shapes.append(LayerShape(
+                node.name, space_name(out.id), None, 1, int(np.prod(layer.kernel_size)),
+                tuple(int(w) for w in out.widths), (1,) * len(node.layers), bool(layer.use_bias), False,
+            ))
+            continue
+        if not node.is_zip:
+            continue
         layer = node.layers[0]
         feature = features[node.inbound[0]]
         kernel = int(np.prod(layer.kernel_size)) if node.kind == "conv" else 1
