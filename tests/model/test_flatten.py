@@ -24,11 +24,17 @@ def random_bn(layer, rng):
                        for i, w in enumerate(layer.get_weights())])
 
 
+def seeded(draw):
+    """A kernel initializer with a drawn seed (an unseeded one would draw from Python's ``random``,
+    which hypothesis asks strategies not to touch)."""
+    return keras.initializers.GlorotUniform(seed=draw(st.integers(0, 2**16)))
+
+
 def block(draw, shape, rng):
     """A functional or Sequential block of Conv2D, optional BatchNorm, activation and Dropout (in a
     functional block, BatchNorm and Dropout may be called with ``training=False``)."""
     inputs = keras.Input(shape, name=unique("in"))
-    layers = [L.Conv2D(draw(st.integers(2, 4)), 3, padding="same", name=unique("conv"))]
+    layers = [L.Conv2D(draw(st.integers(2, 4)), 3, padding="same", kernel_initializer=seeded(draw), name=unique("conv"))]
     if draw(st.booleans()):
         layers.append(L.BatchNormalization(name=unique("bn")))
     layers.append(L.ReLU(max_value=draw(st.sampled_from([None, 6.0])), name=unique("relu")))
@@ -58,11 +64,14 @@ def nested_models(draw):
     if draw(st.booleans()):  # nested twice
         inputs = keras.Input(SHAPE, name=unique("wrap_in"))
         x = inner(inputs, training=False) if draw(st.booleans()) else inner(inputs)
-        inner = keras.Model(inputs, L.Conv2D(3, 1, name=unique("wrap_conv"))(x), name=unique("wrap"))
+        inner = keras.Model(inputs, L.Conv2D(3, 1, kernel_initializer=seeded(draw), name=unique("wrap_conv"))(x),
+                            name=unique("wrap"))
     training = draw(st.sampled_from([None, False]))
-    head = [L.GlobalAveragePooling2D(name=unique("gap")), L.Dense(3, name=unique("head"))]
+    head = [L.GlobalAveragePooling2D(name=unique("gap")), L.Dense(3, kernel_initializer=seeded(draw), name=unique("head"))]
     if training is None and draw(st.booleans()):
-        return keras.Sequential([inner] + head, name=unique("outer_seq")), training
+        outer = keras.Sequential([inner] + head, name=unique("outer_seq"))
+        outer.build((None,) + SHAPE)  # a Sequential over a nested Sequential is built on its first call
+        return outer, training
     inputs = keras.Input(SHAPE, name=unique("image"))
     x = inner(inputs, training=False) if training is False else inner(inputs)
     for layer in head:
