@@ -2,11 +2,13 @@
 against exhaustive search, on tiny cases (numpy only; the check against strip_zipping on real models is
 tests/zipping/test_budget.py)."""
 import itertools
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import tfmot_zip.core.budget as budget_math
 from tfmot_zip.core.budget import (
     BudgetError,
     LayerShape,
@@ -142,7 +144,6 @@ def test_allocation_is_optimal_against_exhaustive_search(case):
 
 def test_greedy_path_for_many_spaces_meets_the_budget(monkeypatch):
     """Beyond the exhaustive limit the greedy search still meets the budget and prefers cheap spaces."""
-    import tfmot_zip.core.budget as budget_math
 
     monkeypatch.setattr(budget_math, "EXHAUSTIVE_LIMIT", 1)
     layers = chain((4, 4, 4), (4, 4, 4), inputs=6, positions=(1, 1, 1, 1))
@@ -154,6 +155,22 @@ def test_greedy_path_for_many_spaces_meets_the_budget(monkeypatch):
     assert chosen["l1"] == chosen["l2"] == 0 and chosen["l0"] > 0
     everything = allocate(layers, low, cheap_first)
     assert everything == dict(space_sizes(layers))
+
+
+@settings(max_examples=10, deadline=None)
+@given(n_spaces=st.integers(15, 60), width=st.integers(2, 30), fraction=st.floats(0.3, 0.95))
+def test_deep_networks_take_the_greedy_path_without_overflowing_the_grid_size(n_spaces, width, fraction):
+    """A deep network's grid has 21 levels per space: 21**15 and more wrap around in int64 (np.prod gave a
+    negative size, which chose the exhaustive search, and itertools.product of MobileNetV2's spaces filled
+    24 GB); the size is counted in Python integers, so the greedy search runs and meets the budget."""
+    layers = chain((width,) * n_spaces, (width,) * n_spaces, positions=(1,) * (n_spaces + 1))
+    low, high = params_range(layers)
+    budget = int(low + fraction * (high - low))
+    costs = {l.space: (lambda f: f) for l in layers if not l.is_head}
+    with mock.patch.object(budget_math.itertools, "product", side_effect=AssertionError("exhaustive grid search")):
+        chosen = allocate(layers, budget, costs)  # before the fix: the exhaustive search (and all the memory)
+    assert zipped_params(layers, chosen) <= budget
+    assert sorted(chosen) == sorted(space_sizes(layers))
 
 
 @settings(max_examples=40, deadline=None)

@@ -244,7 +244,7 @@ def allocate(
     need = original_params(layers) + int(other) - int(budget)  # parameters to save
     levels = [_levels(sizes[s], steps) for s in spaces]
     level_cost = [np.array([cost[s](k / max(sizes[s], 1)) for k in lv]) for s, lv in zip(spaces, levels)]
-    if int(np.prod([len(lv) for lv in levels])) <= EXHAUSTIVE_LIMIT:
+    if math.prod(len(lv) for lv in levels) <= EXHAUSTIVE_LIMIT:  # Python ints: np.prod wraps past 2**63
         grid = np.array(list(itertools.product(*[range(len(lv)) for lv in levels])), np.int64).reshape(-1, len(spaces))
         units = np.stack([lv[grid[:, i]] for i, lv in enumerate(levels)], axis=1)
         total = sum(c[grid[:, i]] for i, c in enumerate(level_cost))
