@@ -144,7 +144,6 @@ def test_allocation_is_optimal_against_exhaustive_search(case):
 
 def test_greedy_path_for_many_spaces_meets_the_budget(monkeypatch):
     """Beyond the exhaustive limit the greedy search still meets the budget and prefers cheap spaces."""
-
     monkeypatch.setattr(budget_math, "EXHAUSTIVE_LIMIT", 1)
     layers = chain((4, 4, 4), (4, 4, 4), inputs=6, positions=(1, 1, 1, 1))
     low, high = params_range(layers)
