@@ -40,9 +40,8 @@ class Budget:
     ``strip_zipping(zipped)``; heads stay task-specific.
 
     The allocation costs whole zips: one per hidden space and probe fraction, two to verify and up to
-    ``refine`` more. A LeNet pair has two hidden spaces; a MobileNetV2 has dozens (every block
-    writes its own expansion and depthwise channels), so for deep networks start with
-    ``probe_fractions=(1.0,)`` and ``refine=0``: one zip per space.
+    ``refine`` more. A LeNet pair has two hidden spaces, a MobileNetV2 25, so for deep networks
+    start with ``probe_fractions=(1.0,)`` and ``refine=0``: one zip per space.
 
     Attributes:
         params: most parameters of the zipped and stripped model.
