@@ -127,3 +127,16 @@ def preprocessed_cnn(seed, name, preprocessing):
     if preprocessing == "both":
         norm.adapt(np.random.default_rng(seed).uniform(0, 1, (32, 8, 8, 3)).astype("float32"))
     return model
+
+
+def preprocessed_pair(preprocessing, sharing, stripped):
+    """Two :func:`preprocessed_cnn` zipped at ``sharing`` (stripped or not), with 64 random images
+    (0-255) and labels per task: ``(model, images, labels)``."""
+    import tfmot_zip
+
+    a, b = preprocessed_cnn(1, "task_a", preprocessing), preprocessed_cnn(2, "task_b", preprocessing)
+    rng = np.random.default_rng(0)
+    xs = [rng.uniform(0, 255, (64, 8, 8, 3)).astype("float32") for _ in range(2)]
+    ys = [rng.integers(0, 3, 64) for _ in range(2)]
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=xs, sharing=sharing, progress=False)
+    return (tfmot_zip.strip_zipping(zipped) if stripped else zipped), xs, ys

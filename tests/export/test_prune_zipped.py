@@ -10,12 +10,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (tfmot_zip sets TF_USE_LEGACY_KERAS on import)
 
-import tfmot_zip
 from tfmot_zip import data, training
 from tfmot_zip.compat import keras
 from tfmot_zip.export.tfmot import prune_zipped
 
-from builders import preprocessed_cnn
+from builders import preprocessed_pair
 
 L = keras.layers
 sparsity_api = tfmot.sparsity.keras
@@ -36,12 +35,7 @@ def pruned_weights(layer):
 @given(preprocessing=st.sampled_from(["none", "rescaling", "both"]), sharing=st.sampled_from([0.5, 1.0]),
        stripped=st.booleans())
 def test_prune_zipped_prunes_what_tfmot_can_and_keeps_the_rest(preprocessing, sharing, stripped):
-    a, b = preprocessed_cnn(1, "task_a", preprocessing), preprocessed_cnn(2, "task_b", preprocessing)
-    rng = np.random.default_rng(0)
-    xs = [rng.uniform(0, 255, (64, 8, 8, 3)).astype("float32") for _ in range(2)]
-    ys = [rng.integers(0, 3, 64) for _ in range(2)]
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=xs, sharing=sharing, progress=False)
-    model = tfmot_zip.strip_zipping(zipped) if stripped else zipped
+    model, xs, ys = preprocessed_pair(preprocessing, sharing, stripped)
     before = [w.copy() for w in model.get_weights()]
     if preprocessing != "none":  # what prune_zipped is for
         with pytest.raises(ValueError, match="supported layer"):

@@ -13,13 +13,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (tfmot_zip sets TF_USE_LEGACY_KERAS on import)
 
-import tfmot_zip
 from tfmot_zip import data
 from tfmot_zip.compat import keras
 from tfmot_zip.export import TOLERANCES, export_tflite, verify_tflite
 from tfmot_zip.export.tfmot import TFMOT_LAYERS, quantize_zipped
 
-from builders import preprocessed_cnn
+from builders import preprocessed_pair
 
 L = keras.layers
 PREPROCESSING = (L.Rescaling, L.Normalization)
@@ -33,12 +32,7 @@ def outputs(model, xs):
 @given(preprocessing=st.sampled_from(["rescaling", "both"]), sharing=st.sampled_from([0.5, 1.0]),
        stripped=st.booleans())
 def test_quantize_zipped_keeps_preprocessing_float_and_exports_int8(preprocessing, sharing, stripped):
-    a, b = preprocessed_cnn(1, "task_a", preprocessing), preprocessed_cnn(2, "task_b", preprocessing)
-    rng = np.random.default_rng(0)
-    xs = [rng.uniform(0, 255, (64, 8, 8, 3)).astype("float32") for _ in range(2)]
-    ys = [rng.integers(0, 3, 64) for _ in range(2)]
-    zipped = tfmot_zip.zip_models(a, b, calibration_data=xs, sharing=sharing, progress=False)
-    model = tfmot_zip.strip_zipping(zipped) if stripped else zipped
+    model, xs, ys = preprocessed_pair(preprocessing, sharing, stripped)
     before = [w.copy() for w in model.get_weights()]
     with pytest.raises(RuntimeError, match="Rescaling.*is not supported"):  # what quantize_zipped is for
         tfmot.quantization.keras.quantize_model(model)
