@@ -281,8 +281,9 @@ def quantize_annotate_zipped(model: keras.Model, *, preserve_sparsity: bool = Fa
     annotated are kept. Layers the scheme has no rule for (``Rescaling`` and ``Normalization``,
     the preprocessing of keras.applications' MobileNetV3 and EfficientNets), which TFMOT's
     whole-model call refuses, are left unannotated: they stay float during QAT, as TFMOT
-    documents for layers one chooses not to quantize. Like TFMOT, the annotated model wraps the original layer objects;
-    ``quantize_apply`` then builds new layers, so ``model`` is not changed by the whole flow.
+    documents for layers one chooses not to quantize. Like TFMOT, the annotated model wraps the
+    original layer objects; ``quantize_apply`` then builds new layers, so ``model`` is not changed
+    by the whole flow.
 
     Args:
         model: a Sequential or functional tf_keras model (not nested).

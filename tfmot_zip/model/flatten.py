@@ -25,7 +25,7 @@ model computing the same thing:
   layers stay and the graph reader refuses them with the fix;
 - a ``Reshape`` that only adds or removes axes of size 1 in front of the channels gets ``-1`` as
   its channel size, so it applies to any group of channels.
-- a ``SeparableConv2D`` (depth_multiplier 1, channels last: Xception, NASNetMobile) becomes the two
+- a ``SeparableConv2D`` (depth_multiplier 1, channels last, as in Xception) becomes the two
   layers it computes, a ``DepthwiseConv2D`` named ``<name>_depthwise`` (its kernel size, strides,
   padding and dilation, no bias) and a 1x1 ``Conv2D`` keeping the name, the bias and the activation,
   so both zip; the sum is the same as ``tf.nn.separable_conv2d``'s, which runs those two convolutions.
