@@ -261,15 +261,3 @@ def test_separable_conv_becomes_its_depthwise_and_pointwise_convolutions(kernel,
     for w0, w1 in zip(before, model.get_weights()):
         np.testing.assert_array_equal(w0, w1)
 
-
-def test_separable_conv_with_a_depth_multiplier_is_refused_with_the_fix():
-    import tfmot_zip
-
-    def make():
-        x = keras.Input((6, 6, 2), name="x")
-        y = L.SeparableConv2D(3, 3, depth_multiplier=2, name="sep")(x)
-        return keras.Model(x, L.Dense(2, name="head")(L.Flatten(name="flat")(y)))
-
-    data = [np.zeros((4, 6, 6, 2), "float32")] * 2
-    with pytest.raises(UnsupportedModelError, match=r"'sep' \(SeparableConv2D\).*depth_multiplier=2.*depth_multiplier=1"):
-        tfmot_zip.zip_models(make(), make(), calibration_data=data)

@@ -163,7 +163,9 @@ def _with(layer_factory):
 
 @pytest.mark.parametrize("factory, message", [
     (lambda: L.DepthwiseConv2D(3, depth_multiplier=2, name="dw"), "depth_multiplier=2.*depth_multiplier=1"),
-    (lambda: L.SeparableConv2D(4, 3, name="sep"), "SeparableConv2D.*DepthwiseConv2D.*pointwise_kernel"),
+    # depth_multiplier=1 is zipped as its depthwise and 1x1 convolutions (tests/model/test_flatten.py)
+    (lambda: L.SeparableConv2D(4, 3, depth_multiplier=2, name="sep"),
+     "SeparableConv2D with depth_multiplier=2.*depth_multiplier=1.*pointwise_kernel"),
 ])
 def test_unsupported_depthwise_variants_are_refused_with_the_fix(factory, message):
     x = np.zeros((4, 8, 8, 2), np.float32)
