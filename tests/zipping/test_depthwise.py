@@ -204,7 +204,27 @@ def test_zipped_depthwise_layers_prune_with_tfmot(rng):
     assert float(np.mean(used == 0.0)) > 0.25  # and not only in the unused channels (zero already)
 
 
-def test_budget_sharing_refuses_depthwise_models_with_the_fix(rng):
+@pytest.mark.parametrize("se", [False, True])
+def test_budget_sharing_counts_depthwise_layers_exactly(rng, se):
+    """The depthwise kernels of the shared channels count once: the record's count is the stripped model's."""
     x = calib(rng, 40, (8, 8, 2))
-    with pytest.raises(UnsupportedModelError, match="depthwise.*sharing=0.6"):
-        tfmot_zip.zip_models(mobile_block(1), mobile_block(2), calibration_data=(x, x), sharing=tfmot_zip.Budget(fraction=0.6))
+    a, b = mobile_block(1, se=se), mobile_block(2, se=se)
+    budget = tfmot_zip.Budget(fraction=0.7, probe_fractions=(1.0,), refine=0, holdout=8)
+    zipped = tfmot_zip.zip_models(a, b, calibration_data=(x, x), sharing=budget)
+    record = tfmot_zip.zip_summary(zipped).budget
+    stripped = tfmot_zip.strip_zipping(zipped).count_params()
+    assert stripped == record["params"] <= 0.7 * (a.count_params() + b.count_params())
+
+
+def test_budget_sharing_refuses_channel_concatenations_with_the_fix(rng):
+    def dense_block(seed):
+        keras.utils.set_random_seed(seed)
+        x = inp = keras.Input((8, 8, 2), name="image")
+        y = L.Conv2D(3, 3, padding="same", name="c1")(x)
+        z = L.Conv2D(3, 3, padding="same", name="c2")(y)
+        x = L.Concatenate(name="cat")([y, z])
+        return keras.Model(inp, L.Dense(3, name="head")(L.GlobalAveragePooling2D(name="gap")(x)))
+
+    x = calib(rng, 40, (8, 8, 2))
+    with pytest.raises(UnsupportedModelError, match="concatenations.*sharing=0.6"):
+        tfmot_zip.zip_models(dense_block(1), dense_block(2), calibration_data=(x, x), sharing=tfmot_zip.Budget(fraction=0.6))
