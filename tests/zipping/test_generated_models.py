@@ -66,7 +66,11 @@ def build(spec, m, seed):
     for k, block in enumerate(spec["blocks"]):
         residual = block["residual"] and width is not None and not block["pool"]
         units = width if residual else block["width"] + spec["offsets"][m][k]
-        if spec["conv"] and block.get("separable"):  # zipped as its depthwise and 1x1 convolutions
+        # zipped as its depthwise and 1x1 convolutions; a 1x1 one (a scaled Conv2D) is not drawn: TensorFlow's
+        # oneDNN kernels abort in graph mode on a 1x1 depthwise without bias over 1 channel feeding a 1-filter
+        # 1x1 Conv2D (a plain keras SeparableConv2D(1, 1) on a 1-channel input fails the same way), and every
+        # later graph of the process then fails too
+        if spec["conv"] and block.get("separable") and block["kernel"] > 1:
             y = L.SeparableConv2D(units, block["kernel"], padding="same", name=f"conv{k}")(x)
         elif spec["conv"]:
             y = L.Conv2D(units, block["kernel"], padding="same", name=f"conv{k}")(x)
