@@ -1,7 +1,7 @@
 """keras.applications architectures through the whole chain: zip, strip, TFLite (float and int8).
 
-For each architecture (``weights=None``, 32x32x3 (Xception: 71x71x3, its smallest), ``classes=5``; two seeds), used directly and
-nested as a transfer-learning base under a new head (``Sequential([base(include_top=False),
+For each architecture (``weights=None``, 32x32x3 (Xception: 71x71x3, its smallest), ``classes=5``;
+two seeds), used directly and nested as a transfer-learning base under a new head (``Sequential([base(include_top=False),
 GlobalAveragePooling2D(), Dense(5)])``), or (variant ``keras3``) built by Keras 3's
 ``keras.applications`` and handed to ``zip_models`` as it is (converted to tf_keras on the way),
 with 32 calibration images per task (random, in [0, 1]):
@@ -55,9 +55,13 @@ def _apps(applications=None):
     }
 
 
+def input_shape(arch: str) -> tuple:
+    return SHAPES.get(arch, SHAPE)
+
+
 def build(arch: str, variant: str, seed: int) -> keras.Model:
     """One model: the application itself, its base nested under a new head, or Keras 3's application."""
-    shape = SHAPES.get(arch, SHAPE)
+    shape = input_shape(arch)
     if variant == "keras3":
         import keras as keras3  # Keras 3: the benchmark builds with it, the package never imports it
 
@@ -77,7 +81,7 @@ def build(arch: str, variant: str, seed: int) -> keras.Model:
 
 def measure(arch: str, variant: str, images: int = 32) -> dict:
     rng = np.random.default_rng(0)
-    xa, xb = (rng.random((images,) + SHAPES.get(arch, SHAPE)).astype("float32") for _ in range(2))
+    xa, xb = (rng.random((images,) + input_shape(arch)).astype("float32") for _ in range(2))
     a, b = build(arch, variant, 1), build(arch, variant, 2)
     row: dict = {"arch": arch, "variant": variant, "params_originals": int(a.count_params() + b.count_params())}
     start = time.perf_counter()

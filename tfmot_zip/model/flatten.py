@@ -272,16 +272,16 @@ class _Flattener:
             self.alias[(layer.name, 0)] = self._resolve(nodes[0][0][:3])
             return [self._resolve(nodes[0][0][:3])]
         self._claim(layer, model)
-        spec = {**keras.layers.serialize(layer), "name": layer.name}
         nodes = self._rewrite(nodes)
+        if _splits(layer):
+            return self._separable(model, layer, nodes)
+        spec = {**keras.layers.serialize(layer), "name": layer.name}
         if type(layer).__name__ == "TFOpLambda" and len(nodes) == 1:
             nodes = self._plain_op(spec, nodes[0]) or nodes
         if _unit_reshape(layer):
             spec["config"] = {**spec["config"], "target_shape": tuple(layer.target_shape[:-1]) + (-1,)}
         if inference and isinstance(layer, L.BatchNormalization):
             spec["config"] = {**spec["config"], "trainable": False}
-        if _splits(layer):
-            return self._separable(model, layer, nodes)
         spec["inbound_nodes"] = nodes
         self.specs.append(spec)
         self.sources[layer.name] = layer
